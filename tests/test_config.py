@@ -1,0 +1,49 @@
+from pathlib import Path
+
+import pytest
+
+from workbench.config import ConfigError, load_settings
+
+
+def test_defaults_are_under_the_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("WORKBENCH_DATA_DIR", "WORKBENCH_REPORTS_DIR", "WORKBENCH_CONFIG", "WORKBENCH_HOME"):
+        monkeypatch.delenv(key, raising=False)
+    s = load_settings(tmp_path)
+    assert s.data_dir == tmp_path / "data"
+    assert s.warehouse_path == tmp_path / "data" / "warehouse" / "warehouse.duckdb"
+    assert s.approvals_url == f"sqlite:///{tmp_path}/data/approvals/approvals.sqlite"
+    assert s.sources == {}
+
+
+def test_toml_then_env_then_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("WORKBENCH_DATA_DIR", "WORKBENCH_REPORTS_DIR", "WORKBENCH_CONFIG", "WORKBENCH_HOME"):
+        monkeypatch.delenv(key, raising=False)
+    (tmp_path / "workbench.toml").write_text(
+        '[workbench]\ndata_dir = "lake"\nreporting_currency = "EUR"\nengine = "duckdb"\n'
+    )
+    s = load_settings(tmp_path)
+    assert s.data_dir == tmp_path / "lake"
+    assert s.warehouse_path == tmp_path / "lake" / "warehouse" / "warehouse.duckdb"
+    assert s.reporting_currency == "eur"
+    assert s.sources["data_dir"] == str(tmp_path / "workbench.toml")
+
+    monkeypatch.setenv("WORKBENCH_DATA_DIR", "/srv/billing")
+    s = load_settings(tmp_path)
+    assert s.data_dir == Path("/srv/billing")
+    assert s.sources["data_dir"] == "$WORKBENCH_DATA_DIR"
+
+    s = load_settings(tmp_path, overrides={"data_dir": tmp_path / "x"})
+    assert s.data_dir == tmp_path / "x" and s.sources["data_dir"] == "override"
+
+
+def test_bad_config_says_what_is_wrong(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WORKBENCH_CONFIG", raising=False)
+    (tmp_path / "workbench.toml").write_text('[workbench]\ndata_dri = "x"\n')
+    with pytest.raises(ConfigError, match="unknown setting 'data_dri'"):
+        load_settings(tmp_path)
+    (tmp_path / "workbench.toml").write_text('[workbench]\nengine = "oracle"\n')
+    with pytest.raises(ConfigError, match="engine must be"):
+        load_settings(tmp_path)
+    (tmp_path / "workbench.toml").write_text('[workbench]\nlock_timeout_s = "soon"\n')
+    with pytest.raises(ConfigError, match="lock_timeout_s"):
+        load_settings(tmp_path)

@@ -1,0 +1,136 @@
+"""The pipeline runner on tiny fixture notebooks in a throwaway project."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+from click.testing import CliRunner
+
+from workbench.cli import main
+from workbench.config import load_settings
+from workbench.runner import (
+    RunnerError,
+    StepFailed,
+    notebook_parameters,
+    resolve_steps,
+    run_pipeline,
+)
+
+
+def _notebook(path: Path, params: str, *body: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    cell = nbformat.v4.new_code_cell(params)
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# Title"), cell, *(nbformat.v4.new_code_cell(b) for b in body)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.fixture()
+def project(tmp_path: Path, isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    root = tmp_path / "proj"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "workbench.toml").write_text("[workbench]\n")
+    monkeypatch.setenv("WORKBENCH_HOME", str(root))
+    monkeypatch.setenv("WORKBENCH_REPORTS_DIR", str(root / "reports"))
+    _notebook(
+        root / "notebooks" / "01_first.ipynb",
+        'run_id: str = ""  # pipeline run id\nn: int = 2  # how many\nlabel: str = "x"  # a label',
+        "result = n * 10\nprint('SECRET-CODE-MARKER', result, label, run_id)",
+    )
+    _notebook(
+        root / "notebooks" / "02_second.ipynb",
+        "fail: bool = False  # raise on purpose",
+        "if fail:\n    raise ValueError('boom on purpose')",
+        "print('second done')",
+    )
+    _notebook(root / "notebooks" / "03_third.ipynb", "k: float = 0.5  # a rate", "print(k)")
+    return root
+
+
+def test_parameters_are_read_typed_and_commented(project: Path) -> None:
+    params = notebook_parameters(project / "notebooks" / "01_first.ipynb")
+    assert [(p.name, p.type, p.default, p.help) for p in params] == [
+        ("run_id", "str", "''", "pipeline run id"),
+        ("n", "int", "2", "how many"),
+        ("label", "str", "'x'", "a label"),
+    ]
+    bad = _notebook(project / "bad.ipynb", "n = 2  # untyped")
+    with pytest.raises(RunnerError, match="typed assignment"):
+        notebook_parameters(bad)
+    bad = _notebook(project / "bad2.ipynb", "n: int = 2")
+    with pytest.raises(RunnerError, match="no help comment"):
+        notebook_parameters(bad)
+
+
+def test_steps_resolve_by_number_name_or_stem(project: Path) -> None:
+    names = [p.stem for p in resolve_steps(project, ["third", "01", "02_second"])]
+    assert names == ["01_first", "02_second", "03_third"]  # always run order
+    with pytest.raises(RunnerError, match="known steps: 01_first, 02_second, 03_third"):
+        resolve_steps(project, ["ingest"])
+
+
+def test_successful_run_writes_reports_manifest_and_index(project: Path) -> None:
+    settings = load_settings(project)
+    manifest = run_pipeline(["01", "03"], parameters={"n": "7"}, settings=settings, progress=False)
+    run_dir = settings.reports_dir / manifest.run_id
+    assert manifest.status == "ok"
+    assert [s.status for s in manifest.steps] == ["ok", "ok"]
+    executed = nbformat.read(run_dir / "01_first.ipynb", as_version=4)
+    text = json.dumps(executed)
+    assert "SECRET-CODE-MARKER 70 x " + manifest.run_id in text  # typed int, run id injected
+    html = (run_dir / "01_first.html").read_text()
+    assert "SECRET-CODE-MARKER 70" in html  # outputs kept
+    assert "print(&#39;SECRET-CODE-MARKER&#39;" not in html and "print('SECRET" not in html  # code hidden
+    saved = json.loads((run_dir / "manifest.json").read_text())
+    assert saved["status"] == "ok" and saved["parameters"] == {"n": "7"}
+    assert saved["steps"][0]["parameters"] == {"n": 7, "run_id": manifest.run_id}
+    assert saved["steps"][1]["parameters"] == {}  # 03 declares neither n nor run_id
+    assert saved["packages"]["papermill"] != "not installed"
+    assert all(s["duration_s"] is not None and s["outputs"] for s in saved["steps"])
+    index = (settings.reports_dir / "index.html").read_text()
+    assert manifest.run_id in index and "01_first.html" in index
+
+
+def test_failing_cell_stops_the_run_and_keeps_the_notebook(project: Path) -> None:
+    settings = load_settings(project)
+    with pytest.raises(StepFailed, match="boom on purpose") as info:
+        run_pipeline(parameters={"fail": "true"}, settings=settings, progress=False)
+    failed = nbformat.read(info.value.output, as_version=4)
+    top = json.dumps(failed.cells[0])
+    assert "An Exception was encountered" in top  # papermill's error banner at the top
+    run_dir = info.value.output.parent
+    saved = json.loads((run_dir / "manifest.json").read_text())
+    assert saved["status"] == "failed"
+    assert [s["status"] for s in saved["steps"]] == ["ok", "failed", "skipped"]
+    assert "ValueError: boom on purpose" in saved["steps"][1]["error"]
+
+
+def test_unknown_or_mistyped_parameters_are_errors(project: Path) -> None:
+    settings = load_settings(project)
+    with pytest.raises(RunnerError, match="unknown parameter.*horizon"):
+        run_pipeline(parameters={"horizon": "3"}, settings=settings, progress=False)
+    with pytest.raises(RunnerError, match="n is int"):
+        run_pipeline(["01"], parameters={"n": "many"}, settings=settings, progress=False)
+    assert not list((settings.reports_dir).glob("*/manifest.json"))  # nothing ran
+
+
+def test_cli_exit_codes_and_params(project: Path) -> None:
+    cli = CliRunner()
+    result = cli.invoke(main, ["params", "01"])
+    assert result.exit_code == 0, result.output
+    assert "n: int = 2" in result.output and "how many" in result.output
+    result = cli.invoke(main, ["run", "02", "-p", "fail=yes", "--no-progress"])
+    assert result.exit_code == 1
+    result = cli.invoke(main, ["run", "01", "-p", "bogus=1"])
+    assert result.exit_code != 0 and "unknown parameter" in result.output
+    params_file = project / "p.yaml"
+    params_file.write_text("n: 3\nlabel: hello\n")
+    result = cli.invoke(main, ["run", "01", "-f", str(params_file), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "Run " in result.output and "01_first" in result.output

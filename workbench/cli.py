@@ -1,0 +1,178 @@
+"""The ``workbench`` command line: what a scheduler or an operator types.
+
+Every command exits non-zero on failure and says what to do next.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+
+from workbench.config import ConfigError, load_settings
+
+
+def _settings(ctx: click.Context):
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _parse_params(pairs: tuple[str, ...], files: tuple[str, ...]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for file in files:
+        data = yaml.safe_load(Path(file).read_text()) or {}
+        if not isinstance(data, dict):
+            raise click.BadParameter(f"{file} must hold a mapping of parameter: value", param_hint="-f")
+        params.update(data)
+    for pair in pairs:
+        if "=" not in pair:
+            raise click.BadParameter(f"{pair!r} is not name=value", param_hint="-p")
+        key, value = pair.split("=", 1)
+        params[key.strip()] = value
+    return params
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log debug messages.")
+@click.version_option(package_name="billing-workbench")
+def main(verbose: bool) -> None:
+    """Billing Workbench: subscription billing analytics from Jupyter."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("papermill", "traitlets", "numba", "matplotlib", "feast", "mlflow", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+# --------------------------------------------------------------------------- config
+
+
+@main.command("config")
+@click.pass_context
+def config_cmd(ctx: click.Context) -> None:
+    """Print the effective configuration and where each value came from."""
+    settings = _settings(ctx)
+    rows = settings.describe()
+    width = max(len(name) for name, _, _ in rows)
+    for name, value, source in rows:
+        click.echo(f"{name:<{width}}  {value}  [{source}]")
+
+
+# --------------------------------------------------------------------------- pipeline
+
+
+@main.command("params")
+@click.argument("step")
+@click.pass_context
+def params_cmd(ctx: click.Context, step: str) -> None:
+    """Print a pipeline notebook's parameters with types, defaults and help."""
+    from workbench.runner import RunnerError, notebook_parameters, resolve_steps
+
+    settings = _settings(ctx)
+    try:
+        (notebook,) = resolve_steps(settings.root, [step])
+        params = notebook_parameters(notebook)
+    except RunnerError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"Parameters of {notebook.relative_to(settings.root)}:")
+    for p in params:
+        click.echo(f"  {p.name}: {p.type} = {p.default}\n      {p.help}")
+
+
+@main.command("run")
+@click.argument("steps", nargs=-1)
+@click.option("-p", "--param", "pairs", multiple=True, metavar="NAME=VALUE", help="A notebook parameter (repeatable).")
+@click.option("-f", "--params-file", "files", multiple=True, type=click.Path(exists=True, dir_okay=False), help="YAML file of parameters.")
+@click.option("--run-id", default=None, help="Use this run id instead of a fresh one.")
+@click.option("--no-progress", is_flag=True, help="Hide the cell progress bar.")
+@click.pass_context
+def run_cmd(ctx: click.Context, steps: tuple[str, ...], pairs, files, run_id, no_progress) -> None:
+    """Execute pipeline notebooks (default: all, in order) and write reports/<run_id>/."""
+    from workbench.runner import RunnerError, StepFailed, run_pipeline
+
+    settings = _settings(ctx)
+    try:
+        manifest = run_pipeline(
+            list(steps) or None, parameters=_parse_params(pairs, files), settings=settings,
+            run_id=run_id, progress=not no_progress,
+        )
+    except RunnerError as exc:
+        raise click.ClickException(str(exc)) from exc
+    except StepFailed as exc:
+        click.echo(f"Run failed. {exc}", err=True)
+        sys.exit(1)
+    run_dir = Path(settings.reports_dir) / manifest.run_id
+    click.echo(f"Run {manifest.run_id} ok in {manifest.duration_s:.0f} s.")
+    for step in manifest.steps:
+        click.echo(f"  {step.step:<22} {step.status:<7} {step.duration_s:>7.1f} s")
+    click.echo(f"Reports: {run_dir}  (index: {Path(settings.reports_dir) / 'index.html'})")
+
+
+@main.command("demo")
+@click.option("--accounts", default=None, type=int, help="Simulated accounts (default: the notebook's).")
+@click.option("--months", default=None, type=int, help="Simulated months (default: the notebook's).")
+@click.pass_context
+def demo_cmd(ctx: click.Context, accounts: int | None, months: int | None) -> None:
+    """Simulate a company and run the whole pipeline on it."""
+    params = {k: v for k, v in {"accounts": accounts, "months": months}.items() if v is not None}
+    ctx.invoke(run_cmd, steps=(), pairs=tuple(f"{k}={v}" for k, v in params.items()), files=(), run_id=None, no_progress=False)
+    click.echo("Dashboards: `make serve`, then open the URL it prints.")
+
+
+# --------------------------------------------------------------------------- simulate
+
+
+@main.command("simulate")
+@click.option("--accounts", default=3000, show_default=True, help="Number of accounts.")
+@click.option("--months", default=36, show_default=True, help="Months of history.")
+@click.option("--seed", default=0, show_default=True, help="Random seed (same seed, same bytes).")
+@click.option("--start", default="2023-01-01", show_default=True, help="First day simulated.")
+@click.option("--faults", is_flag=True, help="Inject ingestion faults (listed in a manifest).")
+@click.option("--regime-change", type=int, default=None, help="Month index from which behaviour shifts.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Data folder (default: the configured data_dir).")
+@click.pass_context
+def simulate_cmd(ctx, accounts, months, seed, start, faults, regime_change, out) -> None:
+    """Simulate a subscription company as Stripe events and CSV exports, with its ground truth."""
+    from workbench.simulator import simulate
+
+    settings = _settings(ctx)
+    summary = simulate(
+        accounts=accounts, months=months, seed=seed, start=start, faults=faults,
+        regime_change=regime_change, out=out or settings.data_dir, progress=True,
+    )
+    for key, value in summary.to_dict().items():
+        if not isinstance(value, dict | list):
+            click.echo(f"{key:<24} {value}")
+
+
+# --------------------------------------------------------------------------- serve
+
+
+@main.command("serve")
+@click.option("--port", default=8866, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.pass_context
+def serve_cmd(ctx: click.Context, port: int, host: str) -> None:
+    """Serve the Voila dashboards in notebooks/dashboards/."""
+    import subprocess
+
+    settings = _settings(ctx)
+    folder = settings.root / "notebooks" / "dashboards"
+    click.echo(f"Dashboards: http://{host}:{port}/  (Ctrl-C to stop)")
+    cmd = [
+        sys.executable, "-m", "voila", str(folder), f"--port={port}", f"--Voila.ip={host}",
+        "--no-browser", "--Voila.tornado_settings={'headers': {'Content-Security-Policy': \"frame-ancestors 'self'\"}}",
+    ]
+    raise SystemExit(subprocess.call(cmd, cwd=settings.root))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,163 @@
+"""Effective configuration: defaults, then ``workbench.toml``, then environment variables.
+
+Every setting records where its value came from, so ``workbench config`` can
+say why a path is what it is. Relative paths are resolved against the project
+root (the folder holding ``workbench.toml`` or this project's ``pyproject.toml``).
+
+Environment variables are ``WORKBENCH_<NAME>`` in upper case, e.g.
+``WORKBENCH_DATA_DIR=/srv/billing``. ``WORKBENCH_CONFIG`` names another toml file
+and ``WORKBENCH_HOME`` names the project root.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "WORKBENCH_"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed; the message says which and how to fix it."""
+
+
+def find_root(start: Path | None = None) -> Path:
+    """Return the project root: ``$WORKBENCH_HOME``, else the nearest folder upwards from
+    ``start`` (default: the current directory) holding ``workbench.toml`` or this project's
+    ``pyproject.toml``, else ``start`` itself."""
+    if os.environ.get("WORKBENCH_HOME"):
+        return Path(os.environ["WORKBENCH_HOME"]).resolve()
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "workbench.toml").is_file():
+            return folder
+        pyproject = folder / "pyproject.toml"
+        if pyproject.is_file() and 'name = "billing-workbench"' in pyproject.read_text():
+            return folder
+    # Outside the project (e.g. papermill started elsewhere): the checkout this package is in.
+    package_root = Path(__file__).resolve().parents[1]
+    if (package_root / "pyproject.toml").is_file():
+        return package_root
+    return here
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The workbench's settings. Paths are absolute once loaded through :func:`load_settings`."""
+
+    data_dir: Path = Path("data")
+    warehouse_path: Path = Path("data/warehouse/warehouse.duckdb")
+    snapshot_dir: Path = Path("data/snapshots")
+    reports_dir: Path = Path("reports")
+    approvals_url: str = "sqlite:///data/approvals/approvals.sqlite"
+    mlflow_tracking_uri: str = "sqlite:///data/mlflow/mlflow.db"
+    engine: str = "duckdb"  # duckdb | spark
+    spark_master: str = "local[2]"
+    policy_file: Path = Path("workbench/policies/default.yaml")
+    reporting_currency: str = "usd"
+    lock_timeout_s: float = 600.0  # how long a second writer waits for the lock
+    root: Path = Path(".")
+    sources: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """Rows of (setting, value, where it came from) for display."""
+        return [
+            (f.name, str(getattr(self, f.name)), self.sources.get(f.name, "default"))
+            for f in fields(self)
+            if f.name not in ("sources",)
+        ]
+
+
+_PATH_FIELDS = {"data_dir", "warehouse_path", "snapshot_dir", "reports_dir", "policy_file"}
+_SQLITE_URL_FIELDS = {"approvals_url", "mlflow_tracking_uri"}
+
+
+def _coerce(name: str, raw: Any, target: Any) -> Any:
+    try:
+        if isinstance(target, Path):
+            return Path(str(raw))
+        if isinstance(target, float):
+            return float(raw)
+        if isinstance(target, int) and not isinstance(target, bool):
+            return int(raw)
+        return str(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name!r} has value {raw!r}, which is not a {type(target).__name__}") from exc
+
+
+def _absolute_sqlite(url: str, root: Path) -> str:
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/"):
+        return prefix + str((root / url[len(prefix):]).resolve())
+    return url
+
+
+def load_settings(root: Path | None = None, *, overrides: dict[str, Any] | None = None) -> Settings:
+    """Build the effective settings.
+
+    Args:
+        root: The project root; found with :func:`find_root` when omitted.
+        overrides: Values that win over everything else (e.g. from a test or a CLI flag).
+
+    Returns:
+        Settings with absolute paths and a ``sources`` map naming each value's origin.
+
+    Raises:
+        ConfigError: An unknown key in the toml file or a value of the wrong type.
+    """
+    root = (root or find_root()).resolve()
+    defaults = Settings()
+    known = {f.name: f for f in fields(Settings) if f.name not in ("root", "sources")}
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+
+    toml_path = Path(os.environ["WORKBENCH_CONFIG"]) if os.environ.get("WORKBENCH_CONFIG") else root / "workbench.toml"
+    if toml_path.is_file():
+        try:
+            data = tomllib.loads(toml_path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{toml_path} is not valid TOML: {exc}") from exc
+        section = data.get("workbench", data)
+        for key, raw in section.items():
+            if key not in known:
+                raise ConfigError(
+                    f"{toml_path}: unknown setting {key!r}; known settings: {', '.join(sorted(known))}"
+                )
+            values[key] = _coerce(key, raw, getattr(defaults, key))
+            sources[key] = str(toml_path)
+
+    for key in known:
+        env = ENV_PREFIX + key.upper()
+        if env in os.environ:
+            values[key] = _coerce(key, os.environ[env], getattr(defaults, key))
+            sources[key] = f"${env}"
+
+    for key, raw in (overrides or {}).items():
+        if key not in known:
+            raise ConfigError(f"unknown setting {key!r}")
+        values[key] = _coerce(key, raw, getattr(defaults, key))
+        sources[key] = "override"
+
+    # Paths under the data directory follow it unless set on their own.
+    data_dir = Path(values.get("data_dir", defaults.data_dir))
+    data_dir = data_dir if data_dir.is_absolute() else root / data_dir
+    for key, rel in (("warehouse_path", "warehouse/warehouse.duckdb"), ("snapshot_dir", "snapshots")):
+        if key not in values:
+            values[key] = data_dir / rel
+    for key, rel in (("approvals_url", "approvals/approvals.sqlite"), ("mlflow_tracking_uri", "mlflow/mlflow.db")):
+        if key not in values:
+            values[key] = f"sqlite:///{data_dir / rel}"
+    values["data_dir"] = data_dir
+
+    for key in _PATH_FIELDS:
+        path = Path(values.get(key, getattr(defaults, key)))
+        values[key] = (path if path.is_absolute() else root / path).resolve()
+    for key in _SQLITE_URL_FIELDS:
+        values[key] = _absolute_sqlite(str(values.get(key, getattr(defaults, key))), root)
+    if values.get("engine", defaults.engine) not in ("duckdb", "spark"):
+        raise ConfigError(f"engine must be 'duckdb' or 'spark', not {values['engine']!r}")
+    values["reporting_currency"] = str(values.get("reporting_currency", defaults.reporting_currency)).lower()
+    return Settings(**values, root=root, sources=sources)

@@ -1,0 +1,420 @@
+"""The pipeline runner: execute the numbered notebooks with papermill and keep a record.
+
+Each run gets a ``run_id`` (passed into every notebook that declares it), and leaves
+``reports/<run_id>/`` with the executed notebooks, an HTML rendering of each without
+code cells, and ``manifest.json`` (parameters, package versions, git commit, start,
+end, duration and status per step, outputs written). ``reports/index.html`` lists
+every run, newest first.
+
+A failing cell stops the run: papermill still writes the failed notebook with the
+error marked at the top, the manifest records the failure, and :class:`StepFailed`
+is raised (the CLI exits non-zero). Unknown parameters are an error, not a warning.
+"""
+
+from __future__ import annotations
+
+import ast
+import html
+import json
+import logging
+import os
+import platform
+import subprocess
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+from workbench.config import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+PIPELINE_DIR = "notebooks"
+KEY_PACKAGES = (
+    "billing-workbench", "pandas", "numpy", "duckdb", "pyarrow", "statsforecast", "lightgbm",
+    "scikit-learn", "shap", "evidently", "altair", "ipywidgets", "voila", "papermill", "mlflow",
+    "feast", "pandera",
+)
+
+
+class RunnerError(RuntimeError):
+    """The run cannot start: an unknown step or parameter, or a malformed notebook."""
+
+
+class StepFailed(RuntimeError):
+    """A notebook failed; the executed notebook with the error is in the run folder."""
+
+    def __init__(self, step: str, output: Path, message: str) -> None:
+        super().__init__(f"step {step} failed: {message}\nThe failed notebook, with the error at the top, is {output}")
+        self.step = step
+        self.output = output
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One parameter of a notebook's tagged ``parameters`` cell."""
+
+    name: str
+    type: str  # the annotation as written, e.g. "int"
+    default: str  # the default as written
+    help: str  # the trailing comment
+
+    def coerce(self, raw: Any) -> Any:
+        """Convert a value given on the command line (a string) to this parameter's type.
+
+        Raises:
+            RunnerError: The value does not fit the type.
+        """
+        if not isinstance(raw, str):
+            return raw
+        kind = self.type.replace(" ", "")
+        try:
+            if kind == "int":
+                return int(raw)
+            if kind == "float":
+                return float(raw)
+            if kind == "bool":
+                lowered = raw.strip().lower()
+                if lowered in ("1", "true", "yes", "on"):
+                    return True
+                if lowered in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(raw)
+            if kind in ("str", "str|None", "Optional[str]"):
+                return raw
+            if kind.startswith(("list", "dict", "tuple")) or kind.startswith("int|None"):
+                return ast.literal_eval(raw)
+        except (ValueError, SyntaxError) as exc:
+            raise RunnerError(f"parameter {self.name} is {self.type}; {raw!r} is not one") from exc
+        return raw
+
+
+def notebook_parameters(path: Path) -> list[Parameter]:
+    """Read the typed parameters of a notebook's single cell tagged ``parameters``.
+
+    Each line must read ``name: type = default  # help``.
+
+    Raises:
+        RunnerError: No tagged cell, more than one, or a line that is not a typed,
+            commented assignment.
+    """
+    nb = nbformat.read(path, as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(tagged) != 1:
+        raise RunnerError(f"{path}: expected exactly one cell tagged 'parameters', found {len(tagged)}")
+    params: list[Parameter] = []
+    source = tagged[0].source
+    tree = ast.parse(source)
+    lines = source.splitlines()
+    for node in tree.body:
+        if not isinstance(node, ast.AnnAssign) or not isinstance(node.target, ast.Name):
+            raise RunnerError(
+                f"{path}: parameters cell line {node.lineno} is not a typed assignment "
+                "(write `name: type = default  # help`)"
+            )
+        line = lines[node.lineno - 1]
+        comment = line.split("#", 1)[1].strip() if "#" in line else ""
+        if not comment:
+            raise RunnerError(f"{path}: parameter {node.target.id} has no help comment")
+        params.append(
+            Parameter(
+                name=node.target.id,
+                type=ast.unparse(node.annotation),
+                default=ast.unparse(node.value) if node.value is not None else "",
+                help=comment,
+            )
+        )
+    return params
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def pipeline_notebooks(root: Path) -> list[Path]:
+    """The pipeline notebooks in run order (``notebooks/NN_*.ipynb``)."""
+    return sorted(p for p in (root / PIPELINE_DIR).glob("[0-9][0-9]_*.ipynb"))
+
+
+def resolve_steps(root: Path, steps: Sequence[str] | None) -> list[Path]:
+    """Map step names (``01``, ``ingest``, ``01_ingest``, or a path) to notebooks, in run order.
+
+    Raises:
+        RunnerError: A step matches no notebook; the message lists the known steps.
+    """
+    available = pipeline_notebooks(root)
+    if not steps:
+        return available
+    chosen: list[Path] = []
+    for step in steps:
+        candidate = Path(step)
+        if candidate.suffix == ".ipynb" and candidate.exists():
+            chosen.append(candidate.resolve())
+            continue
+        matches = [
+            p for p in available
+            if step in (p.stem, p.stem[:2], p.stem[3:]) or p.name == step
+        ]
+        if len(matches) != 1:
+            known = ", ".join(p.stem for p in available)
+            raise RunnerError(f"unknown step {step!r}; known steps: {known}")
+        chosen.append(matches[0])
+    order = {p: i for i, p in enumerate(available)}
+    return sorted(dict.fromkeys(chosen), key=lambda p: order.get(p, len(order)))
+
+
+def bind_parameters(
+    notebooks: Sequence[Path], given: Mapping[str, Any]
+) -> dict[Path, dict[str, Any]]:
+    """Give each notebook the parameters it declares, typed.
+
+    Raises:
+        RunnerError: A given parameter is declared by none of the notebooks.
+    """
+    declared = {nb: {p.name: p for p in notebook_parameters(nb)} for nb in notebooks}
+    unknown = set(given) - {name for params in declared.values() for name in params}
+    if unknown:
+        listing = "; ".join(f"{nb.stem}: {', '.join(ps) or '(none)'}" for nb, ps in declared.items())
+        raise RunnerError(
+            f"unknown parameter(s) {', '.join(sorted(unknown))}. Parameters by step: {listing}"
+        )
+    return {
+        nb: {name: params[name].coerce(value) for name, value in given.items() if name in params}
+        for nb, params in declared.items()
+    }
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass
+class StepRecord:
+    """What happened to one step of a run."""
+
+    step: str
+    notebook: str
+    status: str = "pending"  # pending | ok | failed | skipped
+    parameters: dict[str, Any] = field(default_factory=dict)
+    started_at: str | None = None
+    finished_at: str | None = None
+    duration_s: float | None = None
+    outputs: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class RunManifest:
+    """The record of one pipeline run (written as ``manifest.json``)."""
+
+    run_id: str
+    status: str
+    parameters: dict[str, Any]
+    started_at: str
+    finished_at: str | None = None
+    duration_s: float | None = None
+    git_commit: str | None = None
+    python: str = field(default_factory=platform.python_version)
+    packages: dict[str, str] = field(default_factory=dict)
+    steps: list[StepRecord] = field(default_factory=list)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, default=str)
+
+
+def new_run_id() -> str:
+    """A sortable, unique run id such as ``20261125T134501Z-3f9a1c``."""
+    return f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:6]}"
+
+
+def package_versions(names: Iterable[str] = KEY_PACKAGES) -> dict[str, str]:
+    """Installed versions of the packages that shape results."""
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def git_commit(root: Path) -> str | None:
+    """The checked-out commit, with ``-dirty`` when the work tree has changes."""
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def render_html(notebook: Path, target: Path) -> Path:
+    """Render an executed notebook to HTML without code cells (a report, not code)."""
+    from nbconvert import HTMLExporter
+
+    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
+    target.write_text(body)
+    return target
+
+
+def write_index(reports_dir: Path) -> Path:
+    """Write ``reports/index.html`` listing every run, newest first."""
+    rows = []
+    for manifest_path in sorted(reports_dir.glob("*/manifest.json"), reverse=True):
+        try:
+            m = json.loads(manifest_path.read_text())
+        except ValueError:
+            continue
+        run_dir = manifest_path.parent.name
+        links = " ".join(
+            f'<a href="{html.escape(run_dir)}/{html.escape(Path(s["notebook"]).stem)}.html">'
+            f'{html.escape(s["step"])}</a>'
+            f'{"" if s["status"] == "ok" else " (" + html.escape(s["status"]) + ")"}'
+            for s in m.get("steps", [])
+        )
+        rows.append(
+            f"<tr><td>{html.escape(m['run_id'])}</td><td>{html.escape(m['status'])}</td>"
+            f"<td>{html.escape(m['started_at'])}</td><td>{m.get('duration_s') or ''}</td>"
+            f"<td>{links}</td><td><a href=\"{html.escape(run_dir)}/manifest.json\">manifest</a></td></tr>"
+        )
+    page = (
+        "<!doctype html><meta charset='utf-8'><title>Billing Workbench runs</title>"
+        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:.3em .8em;text-align:left}"
+        "tr:nth-child(even){background:#f4f4f4}</style>"
+        "<h1>Billing Workbench: pipeline runs</h1><table><tr><th>run</th><th>status</th>"
+        "<th>started (UTC)</th><th>seconds</th><th>reports</th><th></th></tr>"
+        + "".join(rows) + "</table>"
+    )
+    index = reports_dir / "index.html"
+    index.write_text(page)
+    return index
+
+
+# --------------------------------------------------------------------------- run
+
+
+def run_pipeline(
+    steps: Sequence[str] | None = None,
+    *,
+    parameters: Mapping[str, Any] | None = None,
+    settings: Settings | None = None,
+    run_id: str | None = None,
+    progress: bool = True,
+    kernel_name: str = "python3",
+) -> RunManifest:
+    """Execute pipeline notebooks in order and write the run's reports.
+
+    Args:
+        steps: Step names (``"01"``, ``"ingest"``, ``"01_ingest"``); all when empty.
+        parameters: Values by parameter name; each notebook gets those it declares, typed.
+        settings: Paths (reports folder, data folder); the environment's when omitted.
+        run_id: Defaults to a fresh sortable id.
+        progress: Show papermill's cell progress bar.
+        kernel_name: The Jupyter kernel to run in.
+
+    Returns:
+        The manifest, also written to ``reports/<run_id>/manifest.json``.
+
+    Raises:
+        RunnerError: Unknown step or parameter (nothing was run).
+        StepFailed: A notebook failed (the manifest and the failed notebook are written).
+    """
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    settings = settings or load_settings()
+    root = settings.root
+    notebooks = resolve_steps(root, steps)
+    if not notebooks:
+        raise RunnerError(f"no pipeline notebooks under {root / PIPELINE_DIR}")
+    given = dict(parameters or {})
+    run_id = run_id or new_run_id()
+    bound = bind_parameters(notebooks, {**given, "run_id": run_id} if "run_id" not in given else given)
+    # run_id is a builtin: it is fine for a notebook not to declare it.
+    if "run_id" not in given:
+        for nb in notebooks:
+            if "run_id" not in {p.name for p in notebook_parameters(nb)}:
+                bound[nb].pop("run_id", None)
+
+    run_dir = Path(settings.reports_dir) / run_id
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest = RunManifest(
+        run_id=run_id,
+        status="running",
+        parameters=given,
+        started_at=_now(),
+        git_commit=git_commit(root),
+        packages=package_versions(),
+        steps=[StepRecord(step=nb.stem, notebook=str(nb.relative_to(root)) if nb.is_relative_to(root) else str(nb)) for nb in notebooks],
+    )
+    manifest_path = run_dir / "manifest.json"
+    manifest_path.write_text(manifest.to_json())
+    # Settings reach the kernels through the environment (they inherit it).
+    env_backup = dict(os.environ)
+    os.environ.update({
+        "WORKBENCH_HOME": str(root),
+        "WORKBENCH_DATA_DIR": str(settings.data_dir),
+        "WORKBENCH_REPORTS_DIR": str(settings.reports_dir),
+        "WORKBENCH_RUN_ID": run_id,
+    })
+    t_run = time.perf_counter()
+    failure: StepFailed | None = None
+    try:
+        for nb, record in zip(notebooks, manifest.steps, strict=True):
+            record.parameters = bound[nb]
+            record.started_at = _now()
+            out = run_dir / nb.name
+            log.info("run %s: step %s", run_id, nb.stem)
+            t0 = time.perf_counter()
+            try:
+                pm.execute_notebook(
+                    str(nb), str(out), parameters=bound[nb], kernel_name=kernel_name,
+                    cwd=str(root), progress_bar=progress, request_save_on_cell_execute=False,
+                    log_output=False,
+                )
+                record.status = "ok"
+            except PapermillExecutionError as exc:
+                record.status = "failed"
+                record.error = f"{exc.ename}: {exc.evalue}"
+                failure = StepFailed(nb.stem, out, record.error)
+            finally:
+                record.duration_s = round(time.perf_counter() - t0, 2)
+                record.finished_at = _now()
+                if out.exists():
+                    record.outputs.append(str(out.relative_to(settings.reports_dir)))
+                    html_path = render_html(out, out.with_suffix(".html"))
+                    record.outputs.append(str(html_path.relative_to(settings.reports_dir)))
+                manifest_path.write_text(manifest.to_json())
+            if failure:
+                for later in manifest.steps:
+                    if later.status == "pending":
+                        later.status = "skipped"
+                break
+    finally:
+        os.environ.clear()
+        os.environ.update(env_backup)
+        manifest.status = "failed" if failure else "ok"
+        manifest.finished_at = _now()
+        manifest.duration_s = round(time.perf_counter() - t_run, 2)
+        manifest_path.write_text(manifest.to_json())
+        write_index(Path(settings.reports_dir))
+    if failure:
+        raise failure
+    return manifest
