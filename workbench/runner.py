@@ -345,13 +345,12 @@ def run_pipeline(
     if not notebooks:
         raise RunnerError(f"no pipeline notebooks under {root / PIPELINE_DIR}")
     given = dict(parameters or {})
-    run_id = run_id or new_run_id()
-    bound = bind_parameters(notebooks, {**given, "run_id": run_id} if "run_id" not in given else given)
-    # run_id is a builtin: it is fine for a notebook not to declare it.
-    if "run_id" not in given:
-        for nb in notebooks:
-            if "run_id" not in {p.name for p in notebook_parameters(nb)}:
-                bound[nb].pop("run_id", None)
+    run_id = str(run_id or given.pop("run_id", None) or new_run_id())
+    bound = bind_parameters(notebooks, given)
+    # run_id is a builtin: every notebook that declares it gets it.
+    for nb in notebooks:
+        if "run_id" in {p.name for p in notebook_parameters(nb)}:
+            bound[nb]["run_id"] = run_id
 
     run_dir = Path(settings.reports_dir) / run_id
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,88 @@
+"""Helpers for dashboard tests: a real Voila server and a real headless Chromium."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CHROMIUM_FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+
+
+def chromium_path() -> str:
+    """Debian's Chromium; the tests fail loudly (not skip) when it is missing, since CI installs it."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    pytest.fail("Chromium not found: install Debian's `chromium` package (.ci/run does).")
+    raise AssertionError
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def voila_server(notebook: Path, *, env: dict[str, str], cwd: Path, timeout: float = 90) -> Iterator[str]:
+    """Serve one dashboard notebook with Voila on a free port; yield its URL."""
+    port = free_port()
+    log_path = Path(env.get("WORKBENCH_DATA_DIR", cwd)) / f"voila-{port}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "voila", str(notebook), f"--port={port}", "--no-browser",
+             "--Voila.ip=127.0.0.1", "--VoilaConfiguration.file_allowlist=['.*']"],
+            cwd=cwd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}/"
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"voila exited early: {log_path.read_text()[-3000:]}")
+                try:
+                    urllib.request.urlopen(url, timeout=2)  # noqa: S310 - loopback
+                    break
+                except urllib.error.HTTPError:
+                    break  # it answered: the server is up
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"voila did not start: {log_path.read_text()[-3000:]}") from None
+                    time.sleep(0.3)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@contextlib.contextmanager
+def chromium_page() -> Iterator[object]:
+    """A Playwright page in headless Debian Chromium."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            yield page
+        finally:
+            browser.close()
