@@ -153,6 +153,27 @@ def simulate_cmd(ctx, accounts, months, seed, start, faults, regime_change, out)
             click.echo(f"{key:<24} {value}")
 
 
+# --------------------------------------------------------------------------- receive
+
+
+@main.command("receive")
+@click.option("--port", default=8787, show_default=True, help="Port to listen on.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
+@click.pass_context
+def receive_cmd(ctx: click.Context, port: int, host: str) -> None:
+    """Receive Stripe webhooks at POST /webhooks/stripe (secrets from $STRIPE_WEBHOOK_SECRET)."""
+    from workbench.webhooks import secrets_from_env, serve
+
+    settings = _settings(ctx)
+    if not secrets_from_env():
+        raise click.ClickException(
+            "STRIPE_WEBHOOK_SECRET is not set: export the endpoint's signing secret(s), "
+            "comma-separated during rotation (whsec_...)."
+        )
+    click.echo(f"Receiving at http://{host}:{port}/webhooks/stripe  (Ctrl-C to stop)")
+    serve(port, host=host, settings=settings)
+
+
 # --------------------------------------------------------------------------- serve
 
 

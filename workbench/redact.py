@@ -1,7 +1,9 @@
 """Card-number (PAN) redaction: nothing that looks like a card number is ever written.
 
 A candidate is a run of 13 to 19 digits, optionally separated by single spaces or
-dashes (as people type them), that passes the Luhn check. It is replaced by
+dashes (as people type them), that passes the Luhn check and starts with 1-9 (no issuer number begins with 0, and
+without this rule zero-padded ids such as ``cus_00000000000000`` would be "card numbers").
+It is replaced by
 ``[REDACTED PAN ****1234]`` (keeping at most the last four digits, which PCI DSS
 allows to be shown). Runs that fail the Luhn check are left alone (order ids,
 timestamps in milliseconds and the like).
@@ -30,7 +32,7 @@ def luhn_valid(digits: str) -> bool:
 
 def _replace(match: re.Match[str]) -> str:
     digits = re.sub(r"[ -]", "", match.group(0))
-    if 13 <= len(digits) <= 19 and luhn_valid(digits):
+    if 13 <= len(digits) <= 19 and digits[0] != "0" and luhn_valid(digits):
         return f"[REDACTED PAN ****{digits[-4:]}]"
     return match.group(0)
 
