@@ -58,7 +58,7 @@ class Dashboard:
         self.settings = settings or load_settings()
         self.message = widgets.HTML()
         self.content = widgets.VBox()
-        self.root = widgets.VBox([widgets.HTML(CSS + f"<h2>{html.escape(self.title)}</h2>"), self.message, self.content])
+        self.root = widgets.VBox([widgets.HTML(CSS), self.message, self.content])  # the notebook holds the title
         self.tables: dict[str, pd.DataFrame] = {}
 
     def load(self) -> bool:
@@ -95,11 +95,14 @@ class Dashboard:
     def build(self) -> None:  # pragma: no cover - each dashboard draws itself
         raise NotImplementedError
 
-    def show(self) -> widgets.Widget:
-        """Build and display the dashboard (the notebook's only call)."""
+    def show(self) -> None:
+        """Build and display the dashboard (the notebook's only call). Returns None so that
+        Voila does not draw it a second time as the cell's value."""
         from IPython.display import display
 
+        from workbench.display import setup_notebook
+
+        setup_notebook()
         if self.load():
             self.guarded(self.build)()
         display(self.root)
-        return self.root

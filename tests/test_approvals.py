@@ -1,0 +1,463 @@
+"""The action queue: roles, maker-checker, state checks, execute-once, rollback, pause."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from workbench import approvals as ap
+from workbench import audit
+from workbench.approvals import Identity, Role
+from workbench.config import load_settings
+from workbench.policy import Policy, parse_policy
+
+NOW = pd.Timestamp("2024-06-03T10:00:00", tz="UTC")
+POLICY = Policy()
+ALICE = Identity("alice", Role.ANALYST)
+ADA = Identity("ada", Role.ADMIN)
+BOB = Identity("bob", Role.APPROVER)
+CAROL = Identity("carol", Role.APPROVER)
+VIC = Identity("vic", Role.VIEWER)
+STATE = {
+    "invoice_id": "in_1",
+    "amount_due": 12_000,
+    "attempt_count": 4,
+    "recommendation": "write_off",
+}
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> ap.ApprovalStore:
+    return ap.ApprovalStore(f"sqlite:///{tmp_path / 'approvals.sqlite'}")
+
+
+@pytest.fixture(autouse=True)
+def _restore_executors():
+    saved = dict(ap._EXECUTORS)
+    yield
+    ap._EXECUTORS.clear()
+    ap._EXECUTORS.update(saved)
+
+
+def request_write_off(
+    store, who=ALICE, state=STATE, subject="in_1", amount=12_000, **kw
+) -> ap.Outcome:
+    return ap.request_action(
+        store, who=who, action_type="write_off", subject_id=subject, state=state, policy=POLICY,
+        amount_minor=amount, currency="usd", amount_reporting_minor=amount, account_id="acct_1",
+        payload={"reason_code": "credit_loss", "reason": "idle 70 days", "recovery_probability": 0.02}, now=NOW, **kw,
+    )  # fmt: skip
+
+
+def events(store) -> list[tuple[str, str, str | None]]:
+    frame = audit.audit_frame(store, limit=None).iloc[::-1]
+    return list(zip(frame["event"], frame["actor"], frame["item_id"], strict=True))
+
+
+def same_state(item: ap.ActionItem) -> dict:
+    return STATE
+
+
+# --------------------------------------------------------------------------- roles
+
+
+def test_roles_file_yaml_and_toml(isolated_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings()
+    (settings.data_dir).mkdir(parents=True, exist_ok=True)
+    (settings.data_dir / "roles.yaml").write_text(
+        "roles:\n  alice: approver\n  vic: viewer\ndefault_role: analyst\n"
+    )
+    book = ap.load_roles(settings)
+    assert book.role_of("alice") is Role.APPROVER and book.role_of("stranger") is Role.ANALYST
+    toml = isolated_env / "roles.toml"
+    toml.write_text('[roles]\nada = "admin"\n')
+    monkeypatch.setenv("WORKBENCH_ROLES_FILE", str(toml))
+    assert ap.load_roles(settings).role_of("ada") is Role.ADMIN
+    assert ap.load_roles(settings).role_of("alice") is Role.VIEWER  # default default
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "roles:\n  alice: superuser\n",
+        "roles:\n  'system:dunning': admin\n",
+        "roles: [alice]\n",
+        "roles: {a: 1\n",
+    ],
+)
+def test_bad_roles_files_are_refused(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch, text: str
+) -> None:
+    path = isolated_env / "roles.yaml"
+    path.write_text(text)
+    monkeypatch.setenv("WORKBENCH_ROLES_FILE", str(path))
+    with pytest.raises(ap.RolesError, match=str(path)):
+        ap.load_roles(load_settings())
+
+
+def test_identity_comes_from_the_server_environment_never_the_url(
+    isolated_env: Path, monkeypatch
+) -> None:
+    settings = load_settings()
+    path = isolated_env / "roles.yaml"
+    path.write_text("roles:\n  vic: viewer\n  ada: admin\n")
+    env = {"WORKBENCH_ROLES_FILE": str(path), "WORKBENCH_USER": "vic", "QUERY_STRING": "user=ada&role=admin",
+           "JUPYTERHUB_USER": "ada"}  # fmt: skip
+    who = ap.resolve_identity(settings, env)
+    assert (who.user, who.role) == ("vic", Role.VIEWER)
+    del env["WORKBENCH_USER"]
+    assert ap.resolve_identity(settings, env).user == "ada"  # JupyterHub's authenticated owner
+    assert ap.local_user({}) != ""  # the OS account
+    # no roles file: everyone is a viewer
+    assert ap.resolve_identity(settings, {"WORKBENCH_USER": "ada"}).role is Role.VIEWER
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def test_request_is_idempotent_per_subject_action_policy_and_state(store) -> None:
+    first = request_write_off(store)
+    again = request_write_off(store)
+    assert first.code == "queued" and again.code == "duplicate" and again.item_id == first.item_id
+    other_state = request_write_off(store, state={**STATE, "attempt_count": 5})
+    other_policy = ap.request_action(
+        store, who=ALICE, action_type="write_off", subject_id="in_1", state=STATE,
+        policy=parse_policy({"label": "v2"}), payload={"reason_code": "credit_loss"}, now=NOW,
+    )  # fmt: skip
+    assert other_state.code == other_policy.code == "queued"
+    assert len({first.item_id, other_state.item_id, other_policy.item_id}) == 3
+    assert len(ap.list_items(store)) == 3
+    assert [e[0] for e in events(store)] == ["action.requested"] * 3
+
+
+def test_request_validation_and_roles(store) -> None:
+    with pytest.raises(ValueError, match="reason_code"):
+        ap.request_action(
+            store, who=ALICE, action_type="write_off", subject_id="x", state={}, policy=POLICY
+        )
+    with pytest.raises(ValueError, match="unknown action type"):
+        ap.request_action(
+            store, who=ALICE, action_type="launch", subject_id="x", state={}, policy=POLICY
+        )
+    with pytest.raises(ValueError, match="minor units"):
+        request_write_off(store, amount=12.5)
+    with pytest.raises(ValueError, match="only system identities"):
+        request_write_off(store, auto_execute=True)
+    out = request_write_off(store, who=VIC)
+    assert out.code == "denied" and not ap.list_items(store)
+    assert events(store) == [("action.denied", "vic", None)]
+
+
+# --------------------------------------------------------------------------- approvals
+
+
+def test_approver_approves_and_write_off_is_a_new_entry_with_reason_code(store) -> None:
+    item_id = request_write_off(store).item_id
+    out = ap.approve(store, item_id, who=BOB, current_state=same_state, comment="agreed", now=NOW)
+    assert out.ok and out.code == "executed"
+    item = ap.get_item(store, item_id)
+    assert (item.status, item.decided_by, item.decision_comment) == ("executed", "bob", "agreed")
+    ex = ap.executions_frame(store)
+    assert len(ex) == 1
+    row = ex.iloc[0]
+    assert (row.kind, row.action_type, row.subject_id, row.amount_minor, row.reason_code) == (
+        "execute", "write_off", "in_1", 12_000, "credit_loss",
+    )  # fmt: skip
+    assert [e[0] for e in events(store)] == [
+        "action.requested",
+        "action.approved",
+        "action.executed",
+    ]
+    again = ap.approve(store, item_id, who=CAROL, current_state=same_state, now=NOW)
+    assert again.code == "not_pending" and len(ap.executions_frame(store)) == 1
+    # executions are append-only in the database
+    conn = sqlite3.connect(store.path)
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute("UPDATE executions SET reason_code = 'price_concession'")
+    conn.close()
+    assert audit.verify(store).ok
+
+
+@pytest.mark.parametrize("who", [VIC, ALICE], ids=["viewer", "analyst"])
+def test_roles_below_approver_cannot_approve_and_are_audited(store, who: Identity) -> None:
+    item_id = request_write_off(store, who=ADA).item_id
+    out = ap.approve(store, item_id, who=who, current_state=same_state, now=NOW)
+    assert out.code == "denied"
+    assert ap.get_item(store, item_id).status == "pending"
+    assert ap.executions_frame(store).empty
+    assert events(store)[-1] == ("action.denied", who.user, item_id)
+    denied = audit.audit_frame(store, event_prefix="action.denied").iloc[0]
+    assert '"attempted":"approve"' in denied["details"]
+
+
+def test_maker_checker_holds_even_for_admins(store) -> None:
+    item_id = request_write_off(store, who=ADA).item_id
+    out = ap.approve(store, item_id, who=ADA, current_state=same_state, now=NOW)
+    assert out.code == "denied" and "maker-checker" in out.message
+    assert ap.get_item(store, item_id).status == "pending"
+    assert events(store)[-1] == ("action.denied", "ada", item_id)
+    assert ap.approve(store, item_id, who=BOB, current_state=same_state, now=NOW).code == "executed"
+
+
+def test_changed_or_missing_state_makes_the_item_stale(store) -> None:
+    item_id = request_write_off(store).item_id
+    changed = ap.approve(
+        store, item_id, who=BOB, current_state=lambda i: {**STATE, "amount_due": 0}, now=NOW
+    )
+    assert changed.code == "stale"
+    assert ap.get_item(store, item_id).status == "stale"
+    assert ap.executions_frame(store).empty
+    assert events(store)[-1][0] == "action.stale"
+    assert (
+        ap.approve(store, item_id, who=CAROL, current_state=same_state, now=NOW).code
+        == "not_pending"
+    )
+
+    gone = request_write_off(store, subject="in_2").item_id
+    assert ap.approve(store, gone, who=BOB, current_state=lambda i: None, now=NOW).code == "stale"
+
+
+def test_latest_state_provider_sees_recorded_changes(store) -> None:
+    provider = ap.LatestStateProvider(store)
+    first = request_write_off(store).item_id
+    assert provider(ap.get_item(store, first)) == STATE
+    second = request_write_off(store, subject="in_2", state={**STATE, "invoice_id": "in_2"}).item_id
+    # the invoice in_2 moved on (a new attempt was made): recorded by whoever saw it
+    n = ap.record_states(store, who=ap.ENGINE, scope="write_off",
+                         states={"in_2": {**STATE, "invoice_id": "in_2", "attempt_count": 5}}, now=NOW)  # fmt: skip
+    assert n == 1 and ap.get_item(store, second).status == "superseded"
+    assert ap.approve(store, second, who=BOB, current_state=provider, now=NOW).code == "not_pending"
+    assert ap.approve(store, first, who=BOB, current_state=provider, now=NOW).code == "executed"
+
+
+def _slow_same_state(item: ap.ActionItem) -> dict:
+    time.sleep(0.05)  # every thread passes the pre-checks before any of them updates
+    return STATE
+
+
+def _race_in_thread(store, item_id, who, barrier, results) -> None:
+    barrier.wait()
+    results.append(
+        ap.approve(
+            ap.ApprovalStore(store.url), item_id, who=who, current_state=_slow_same_state, now=NOW
+        )
+    )
+
+
+def test_racing_approvers_in_threads_execute_once(store) -> None:
+    calls = []
+    ap.register_executor(
+        "write_off", lambda item, ctx: calls.append(ctx.actor) or {"reason_code": "credit_loss"}
+    )
+    item_id = request_write_off(store).item_id
+    approvers = [Identity(f"approver{i}", Role.APPROVER) for i in range(8)]
+    barrier, results = threading.Barrier(len(approvers)), []
+    threads = [
+        threading.Thread(target=_race_in_thread, args=(store, item_id, w, barrier, results))
+        for w in approvers
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    codes = sorted(o.code for o in results)
+    assert codes == ["executed"] + ["not_pending"] * 7
+    assert len(calls) == 1
+    assert len(ap.executions_frame(store)) == 1
+    assert [e[0] for e in events(store)].count("action.executed") == 1
+    assert [e[0] for e in events(store)].count("action.approved") == 1
+    assert audit.verify(store).ok
+
+
+def _race_in_process(url: str, item_id: str, user: str, barrier, queue) -> None:
+    barrier.wait()
+    out = ap.approve(
+        ap.ApprovalStore(url),
+        item_id,
+        who=Identity(user, Role.APPROVER),
+        current_state=_slow_same_state,
+        now=NOW,
+    )
+    queue.put(out.code)
+
+
+def test_racing_approvers_in_processes_execute_once(store) -> None:
+    item_id = request_write_off(store).item_id
+    ctx = multiprocessing.get_context("fork")
+    barrier, queue = ctx.Barrier(4), ctx.Queue()
+    procs = [
+        ctx.Process(target=_race_in_process, args=(store.url, item_id, f"p{i}", barrier, queue))
+        for i in range(4)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    codes = sorted(queue.get(timeout=5) for _ in procs)
+    assert codes == ["executed", "not_pending", "not_pending", "not_pending"]
+    assert len(ap.executions_frame(store)) == 1
+    assert [e[0] for e in events(store)].count("action.executed") == 1
+
+
+def test_reject_needs_a_comment_and_ends_the_item(store) -> None:
+    item_id = request_write_off(store).item_id
+    assert ap.reject(store, item_id, who=VIC, comment="no", now=NOW).code == "denied"
+    assert ap.reject(store, item_id, who=BOB, comment="  ", now=NOW).code == "denied"
+    assert (
+        ap.reject(store, item_id, who=BOB, comment="customer paid by wire", now=NOW).code
+        == "rejected"
+    )
+    assert (
+        ap.approve(store, item_id, who=CAROL, current_state=same_state, now=NOW).code
+        == "not_pending"
+    )
+    assert ap.get_item(store, item_id).status == "rejected"
+    assert ap.executions_frame(store).empty
+
+
+def test_a_failing_executor_marks_the_item_failed(store) -> None:
+    def broken(item, ctx):
+        raise ConnectionError("payment processor down")
+
+    ap.register_executor("write_off", broken)
+    item_id = request_write_off(store).item_id
+    out = ap.approve(store, item_id, who=BOB, current_state=same_state, now=NOW)
+    assert out.code == "failed" and "payment processor down" in out.message
+    assert ap.get_item(store, item_id).status == "failed"
+    assert ap.executions_frame(store).empty
+    assert events(store)[-1][0] == "action.failed"
+
+
+def test_write_off_executor_refuses_a_missing_reason_code(store) -> None:
+    item_id = request_write_off(store).item_id
+    item = ap.get_item(store, item_id)
+    bad = ap.ActionItem(**{**item.__dict__, "payload": {}})
+    with pytest.raises(ValueError, match="reason code"):
+        ap.execute_write_off(bad, ap.ExecutionContext(store, "bob", NOW))
+
+
+# --------------------------------------------------------------------------- automation, rollback, bulk
+
+
+def auto_retry(store, subject="in_9", amount=4_000, policy=POLICY) -> ap.Outcome:
+    return ap.request_action(
+        store, who=ap.ENGINE, action_type="retry_payment", subject_id=subject, state={"invoice_id": subject},
+        policy=policy, amount_minor=amount, currency="usd", amount_reporting_minor=amount, auto_execute=True, now=NOW,
+    )  # fmt: skip
+
+
+def test_automated_action_runs_once_and_rolls_back_within_its_window(store) -> None:
+    undone = []
+    ap.register_executor(
+        "retry_payment",
+        ap.record_only,
+        rollback=lambda item, ctx: undone.append(item.item_id) or {"cancelled": True},
+    )
+    out = auto_retry(store)
+    assert out.code == "executed"
+    assert auto_retry(store).code == "duplicate"
+    item = ap.get_item(store, out.item_id)
+    assert item.decided_by == f"policy:{POLICY.version}"
+    assert item.rollback_until == NOW + pd.Timedelta(hours=24)
+    assert ap.rollback(store, out.item_id, who=VIC, reason="x", now=NOW).code == "denied"
+    late = NOW + pd.Timedelta(hours=25)
+    assert ap.rollback(store, out.item_id, who=BOB, reason="oops", now=late).code == "window_closed"
+    ok = ap.rollback(
+        store, out.item_id, who=BOB, reason="customer asked", now=NOW + pd.Timedelta(hours=2)
+    )
+    assert ok.code == "rolled_back" and undone == [out.item_id]
+    assert ap.rollback(store, out.item_id, who=CAROL, reason="again", now=NOW).code == "not_pending"
+    ex = ap.executions_frame(store)
+    assert list(ex["kind"]) == ["execute", "rollback"]
+    assert ap.get_item(store, out.item_id).status == "rolled_back"
+    assert "action.rolled_back" in [e[0] for e in events(store)]
+
+
+def test_automation_above_the_approval_amount_is_refused(store) -> None:
+    with pytest.raises(ValueError, match="without approval"):
+        auto_retry(store, amount=POLICY.approval.amount_above_minor + 1)
+    with pytest.raises(ValueError, match="without approval"):
+        ap.request_action(store, who=ap.ENGINE, action_type="write_off", subject_id="x", state={}, policy=POLICY,
+                          amount_reporting_minor=1, payload={"reason_code": "credit_loss"}, auto_execute=True)  # fmt: skip
+    with pytest.raises(ValueError, match="shadow mode"):
+        auto_retry(store, policy=parse_policy({"shadow": True}))
+    assert ap.list_items(store) == []
+
+
+def test_pause_and_resume_are_persistent_admin_only_and_audited(store) -> None:
+    assert ap.pause_automation(store, who=BOB, action_type="retry_payment").code == "denied"
+    assert ap.paused_action_types(store) == frozenset()
+    assert ap.pause_automation(
+        store, who=ADA, action_type="retry_payment", reason="drift alarm", now=NOW
+    ).ok
+    assert ap.paused_action_types(ap.ApprovalStore(store.url)) == {
+        "retry_payment"
+    }  # survives a new connection
+    assert auto_retry(store).code == "paused" and ap.list_items(store) == []
+    monitoring = ap.system_identity("monitoring")
+    assert ap.pause_automation(store, who=monitoring, reason="champion degraded", now=NOW).ok
+    assert ap.resume_automation(store, who=ADA, action_type="retry_payment", now=NOW).ok
+    assert ap.paused_action_types(store) == {"*"}  # everything still paused
+    assert auto_retry(store).code == "paused"
+    assert ap.resume_automation(store, who=ADA, now=NOW).ok
+    assert auto_retry(store).code == "executed"
+    evs = [(e[0], e[1]) for e in events(store) if e[0].startswith(("automation", "action.denied"))]
+    assert evs == [
+        ("action.denied", "bob"), ("automation.paused", "ada"), ("automation.paused", "system:monitoring"),
+        ("automation.resumed", "ada"), ("automation.resumed", "ada"),
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="unknown action type"):
+        ap.pause_automation(store, who=ADA, action_type="retry")
+
+
+def test_bulk_approve_only_low_risk_items_the_policy_allows(store) -> None:
+    def retry(subject, amount, who=ALICE):
+        return ap.request_action(store, who=who, action_type="retry_payment", subject_id=subject,
+                                 state={"s": subject}, policy=POLICY, amount_minor=amount, currency="usd",
+                                 amount_reporting_minor=amount, now=NOW).item_id  # fmt: skip
+
+    low, medium, own = retry("a", 10_000), retry("b", 60_000), retry("c", 5_000, who=BOB)
+    write_off = request_write_off(store, amount=100)
+    provider = ap.LatestStateProvider(store)
+    denied = ap.bulk_approve(store, [low], who=VIC, policy=POLICY, current_state=provider, now=NOW)
+    assert [o.code for o in denied] == ["denied"]
+    outs = ap.bulk_approve(store, [low, medium, own, write_off.item_id, "nope"], who=BOB, policy=POLICY,
+                           current_state=provider, comment="batch", now=NOW)  # fmt: skip
+    assert [o.code for o in outs] == [
+        "executed",
+        "not_eligible",
+        "denied",
+        "not_eligible",
+        "not_found",
+    ]
+    assert ap.get_item(store, medium).status == "pending"
+    off = parse_policy({"bulk_approval": {"enabled": False}})
+    assert [
+        o.code for o in ap.bulk_approve(store, [own], who=CAROL, policy=off, current_state=provider)
+    ] == ["not_eligible"]
+
+
+def test_queue_frame_and_filters(store) -> None:
+    request_write_off(store)
+    auto_retry(store)
+    later = NOW + pd.Timedelta(hours=5)
+    frame = ap.queue_frame(store, now=later)
+    assert len(frame) == 2 and str(frame["requested_at"].dtype) == "datetime64[us, UTC]"
+    assert frame["age_hours"].tolist() == [5.0, 5.0]
+    pending = ap.queue_frame(store, statuses=["pending"], now=later)
+    assert pending["action_type"].tolist() == ["write_off"]
+    assert pending["recovery_probability"].tolist() == [0.02]
+    f = ap.filter_queue
+    assert len(f(frame, action_type="retry_payment")) == 1
+    assert len(f(frame, min_amount_minor=5_000)) == 1
+    assert len(f(frame, max_amount_minor=5_000)) == 1
+    assert len(f(frame, risk="low")) == 2
+    assert len(f(frame, min_age_hours=6)) == 0
+    assert bool(frame.set_index("action_type").loc["retry_payment", "can_roll_back"]) is True

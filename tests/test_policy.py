@@ -1,0 +1,145 @@
+"""Policy files: validation with clear errors, defaults, content versioning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from workbench.config import load_settings
+from workbench.policy import Policy, PolicyError, load_policy, parse_policy, policy_diff
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT = REPO / "workbench" / "policies" / "default.yaml"
+
+
+def test_default_file_spells_out_the_code_defaults() -> None:
+    policy = load_policy(DEFAULT)
+    assert policy == Policy(label="default")
+    assert policy.retries.min_recovery_probability == 0.6
+    assert policy.approval.amount_above_minor == 1_000_000  # 10,000.00 usd
+    assert policy.automation.levels["write_off"] == "assisted"
+    assert policy.shadow is False
+
+
+def test_version_ignores_comments_order_and_defaults_but_not_values(tmp_path: Path) -> None:
+    base = load_policy(DEFAULT)
+    raw = yaml.safe_load(DEFAULT.read_text())
+    reordered = dict(reversed(list(raw.items())))
+    (tmp_path / "a.yaml").write_text(
+        "# a different comment\n" + yaml.safe_dump(reordered, sort_keys=False)
+    )
+    assert load_policy(tmp_path / "a.yaml").version == base.version
+    minimal = {"label": "default"}  # everything else defaults to the same values
+    assert parse_policy(minimal).version == base.version
+    changed = {**raw, "retries": {**raw["retries"], "max_auto_retries": 3}}
+    assert parse_policy(changed).version != base.version
+    assert base.version.startswith("pol-") and len(base.version) == 16
+
+
+def test_every_problem_is_reported_with_its_key() -> None:
+    raw = {
+        "retires": {},
+        "retries": {
+            "max_auto_retries": "four",
+            "min_recovery_probability": 1.5,
+            "min_hours_between": -1,
+        },
+        "approval": {"amount_above_minor": 10000.5},
+        "shadow": "yes",
+        "write_off": {"reason_code": "bad_luck"},
+        "automation": {"levels": {"write_of": "assisted", "refund": "fully_automatic"}},
+        "bulk_approval": {"action_types": ["retry_payment", "launch_rockets"]},
+    }
+    with pytest.raises(PolicyError) as info:
+        parse_policy(raw, source="p.yaml")
+    problems = info.value.problems
+    text = str(info.value)
+    assert "p.yaml" in text
+    expected_keys = [
+        "retires", "retries.max_auto_retries", "retries.min_recovery_probability", "retries.min_hours_between",
+        "approval.amount_above_minor", "shadow", "write_off.reason_code", "automation.levels.write_of",
+        "automation.levels.refund", "bulk_approval.action_types",
+    ]  # fmt: skip
+    for key in expected_keys:
+        assert any(p.startswith(key + ":") for p in problems), f"{key} not reported in {problems}"
+    assert any("did you mean 'retries'" in p for p in problems)
+    assert any("did you mean 'write_off'" in p for p in problems)
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"currency": "USD"}, "currency"),
+        ({"retries": {"min_hours_between": float("nan")}}, "retries.min_hours_between"),
+        ({"retries": {"min_hours_between": float("inf")}}, "retries.min_hours_between"),
+        ({"retries": {"max_auto_retries": True}}, "retries.max_auto_retries"),
+        ({"retention": {"offer_cost_fraction": 2}}, "retention.offer_cost_fraction"),
+        ({"retries": {"no_retry_decline_codes": "stolen_card"}}, "retries.no_retry_decline_codes"),
+        ({"retries": []}, "retries"),
+        ({"bulk_approval": {"max_amount_minor": 2_000_000}}, "bulk_approval.max_amount_minor"),
+    ],
+)
+def test_single_bad_values(raw: dict, key: str) -> None:
+    with pytest.raises(PolicyError) as info:
+        parse_policy(raw)
+    assert any(p.startswith(key + ":") for p in info.value.problems), info.value.problems
+
+
+def test_policy_currency_must_be_the_reporting_currency(
+    tmp_path: Path, isolated_env: Path, monkeypatch
+) -> None:
+    path = tmp_path / "jpy.yaml"
+    path.write_text("currency: usd\n")
+    monkeypatch.setenv("WORKBENCH_POLICY_FILE", str(path))
+    monkeypatch.setenv("WORKBENCH_REPORTING_CURRENCY", "jpy")
+    with pytest.raises(PolicyError, match="reporting currency is 'jpy'"):
+        load_policy(settings=load_settings())
+    monkeypatch.setenv("WORKBENCH_REPORTING_CURRENCY", "usd")
+    assert load_policy(settings=load_settings()).currency == "usd"
+
+
+def test_settings_default_policy_file_is_the_packaged_one(isolated_env: Path) -> None:
+    assert load_policy(settings=load_settings()) == load_policy(DEFAULT)
+
+
+def test_missing_and_unparsable_files(tmp_path: Path) -> None:
+    with pytest.raises(PolicyError, match="file not found"):
+        load_policy(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("retries: [unclosed\n")
+    with pytest.raises(PolicyError, match="not valid YAML"):
+        load_policy(tmp_path / "bad.yaml")
+
+
+def test_guardrail_helpers() -> None:
+    p = Policy()
+    # assisted always needs a human; automatic levels only above the amount or when unknown
+    assert p.needs_human(amount_reporting_minor=1, level="assisted")
+    assert not p.needs_human(amount_reporting_minor=1_000_000, level="autonomous")
+    assert p.needs_human(amount_reporting_minor=1_000_001, level="autonomous")
+    assert p.needs_human(amount_reporting_minor=None, level="automated_with_override")
+    assert not p.needs_human(amount_reporting_minor=10**12, level="insight")
+    assert p.level("retry_payment") == "automated_with_override"
+    assert p.level("retry_payment", paused={"retry_payment"}) == "insight"
+    assert p.level("write_off", paused={"*"}) == "insight"
+    assert p.level("write_off", paused={"retry_payment"}) == "assisted"
+    assert [p.risk(a) for a in (0, 50_000, 50_001, 1_000_000, 1_000_001, None)] == [
+        "low", "low", "medium", "medium", "high", "high",
+    ]  # fmt: skip
+    assert p.bulk_approvable(action_type="retry_payment", risk="low", amount_reporting_minor=100)
+    assert not p.bulk_approvable(action_type="write_off", risk="low", amount_reporting_minor=100)
+    assert not p.bulk_approvable(
+        action_type="retry_payment", risk="low", amount_reporting_minor=None
+    )
+
+
+def test_policy_diff_lists_changed_keys() -> None:
+    old = Policy()
+    new = parse_policy(
+        {"retries": {"max_auto_retries": 2}, "automation": {"levels": {"refund": "insight"}}}
+    )
+    assert policy_diff(old, new) == [
+        ("automation.levels.refund", "assisted", "insight"),
+        ("retries.max_auto_retries", 4, 2),
+    ]

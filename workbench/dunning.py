@@ -1,0 +1,501 @@
+"""The dunning decision engine: scores in, guarded actions out.
+
+For every open failed invoice the engine picks one action: ``wait``, ``retry_now``,
+``retry_at`` (a chosen time), ``send_retention_offer``, ``escalate_collections`` or
+``propose_write_off``, with the reason, the expected value (amount x recovery
+probability), the model and policy versions, the automation level and whether a human
+must approve.
+
+Guardrails come first and a model score can only choose *within* them:
+
+- no retry after a hard decline code, or once ``retries.max_auto_retries`` is used;
+- no retry sooner than ``retries.min_hours_between`` after the last attempt;
+- no retry unless the recovery probability is a real probability at or above
+  ``retries.min_recovery_probability`` (missing, NaN, infinite or out-of-range scores
+  count as no score);
+- retention offers stay within ``retention.offer_budget_minor`` per run;
+- any action above ``approval.amount_above_minor`` (or with an unknown amount) needs a
+  human, whatever the automation level; paused automation forces ``insight``;
+- in shadow mode nothing is queued or run: the decisions are only recorded.
+
+:func:`decide` is pure (a frame in, a frame out). :func:`apply_decisions` writes the
+result to the approvals store; :func:`run_dunning` does both with the configured policy.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from workbench import audit
+from workbench.approvals import (
+    ENGINE,
+    Identity,
+    StoreLike,
+    open_store,
+    paused_action_types,
+    record_states,
+    request_action,
+    state_hash,
+)
+from workbench.config import Settings
+from workbench.policy import AUTOMATIC_LEVELS, Policy, load_policy
+
+log = logging.getLogger(__name__)
+
+STATE_SCOPE = "dunning"
+
+INPUT_COLUMNS = (
+    "invoice_id", "account_id", "amount_due", "currency", "amount_due_reporting", "attempt_count",
+    "last_attempt_at", "decline_code", "recovery_probability", "uplift", "model_versions",
+)  # fmt: skip
+
+DECISION_COLUMNS = (
+    "invoice_id", "account_id", "action", "action_type", "scheduled_at", "reason", "expected_value",
+    "recovery_probability", "uplift", "amount_due", "currency", "amount_due_reporting", "risk",
+    "offer_cost_minor", "model_versions", "policy_version", "automation_level", "requires_approval",
+    "executes_automatically", "shadow", "state_hash",
+)  # fmt: skip
+
+#: decision action -> queue action type
+ACTION_TYPE_OF = {
+    "wait": None,
+    "retry_now": "retry_payment",
+    "retry_at": "retry_payment",
+    "send_retention_offer": "retention_offer",
+    "escalate_collections": "escalate_collections",
+    "propose_write_off": "write_off",
+}
+
+
+def _as_utc(ts: datetime | pd.Timestamp | str) -> pd.Timestamp:
+    ts = pd.Timestamp(ts)
+    if ts.tzinfo is None:
+        raise ValueError(f"as_of must be timezone-aware UTC, got naive {ts}")
+    return ts.tz_convert("UTC")
+
+
+def _validate(invoices: pd.DataFrame) -> None:
+    missing = [c for c in INPUT_COLUMNS if c not in invoices.columns]
+    if missing:
+        raise ValueError(
+            f"invoices frame is missing columns {missing}; needs {list(INPUT_COLUMNS)}"
+        )
+    for col in ("invoice_id", "amount_due", "currency", "attempt_count"):
+        if pd.isna(invoices[col].to_numpy()).any():
+            raise ValueError(
+                f"column {col!r} has missing values; every open failed invoice needs one"
+            )
+    ids = invoices["invoice_id"].astype(str).to_numpy()
+    if len(set(ids)) != len(ids):
+        dup = pd.Series(ids)[pd.Series(ids).duplicated()].iloc[0]
+        raise ValueError(f"invoice_id {dup!r} appears more than once; one row per open invoice")
+    for col in ("amount_due", "attempt_count", "amount_due_reporting"):
+        values = pd.to_numeric(invoices[col], errors="coerce").astype(float).to_numpy()
+        known = values[~np.isnan(values)]
+        bad = (known < 0) | (known != np.floor(known)) | ~np.isfinite(known)
+        if bad.any() or (col != "amount_due_reporting" and len(known) != len(values)):
+            raise ValueError(
+                f"column {col!r} must hold non-negative integers (minor units for money)"
+            )
+    currencies = [str(c) for c in invoices["currency"].to_numpy()]
+    if any(c != c.lower() for c in currencies):
+        raise ValueError("currency codes must be lowercase ISO codes like 'usd'")
+    last = invoices["last_attempt_at"]
+    if (
+        len(last)
+        and pd.api.types.is_datetime64_any_dtype(last)
+        and getattr(last.dt, "tz", None) is None
+    ):
+        raise ValueError("last_attempt_at must be timezone-aware UTC")
+
+
+def _score(
+    values: pd.Series, *, low: float, high: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(raw floats, valid mask, cleaned values with NaN where invalid)."""
+    raw = pd.to_numeric(values, errors="coerce").astype(float).to_numpy()
+    valid = np.isfinite(raw) & (raw >= low) & (raw <= high)
+    return raw, valid, np.where(valid, raw, np.nan)
+
+
+def invoice_state(row: Mapping[str, Any], *, action_type: str | None) -> dict[str, Any]:
+    """The state an engine recommendation is approved against: the invoice's billing facts
+    plus the recommended action type (scores are left out: they move on every re-score)."""
+    last = row["last_attempt_at"]
+    return {
+        "invoice_id": str(row["invoice_id"]),
+        "amount_due": int(row["amount_due"]),
+        "currency": str(row["currency"]),
+        "attempt_count": int(row["attempt_count"]),
+        "last_attempt_at": None if pd.isna(last) else audit.utc_text(last),
+        "decline_code": None if pd.isna(row["decline_code"]) else str(row["decline_code"]),
+        "recommendation": action_type or "wait",
+    }
+
+
+def _fmt_p(x: float) -> str:
+    return f"{x:.2f}"
+
+
+def decide(
+    invoices: pd.DataFrame,
+    *,
+    as_of: datetime | pd.Timestamp,
+    policy: Policy,
+    paused: Collection[str] = frozenset(),
+) -> pd.DataFrame:
+    """Decide one action per open failed invoice under the policy's guardrails.
+
+    Args:
+        invoices: One row per open failed invoice with ``invoice_id, account_id,
+            amount_due`` (minor units), ``currency, amount_due_reporting`` (minor units of
+            the reporting currency; missing = unknown, which always needs a human),
+            ``attempt_count`` (attempts so far, including the first), ``last_attempt_at``
+            (UTC), ``decline_code, recovery_probability`` (float, NaN without a model),
+            ``uplift`` (float or NaN) and ``model_versions`` (text).
+        as_of: The decision time (UTC).
+        policy: The guardrails and automation levels.
+        paused: Action types whose automation is paused (``*`` = all): forced to ``insight``.
+
+    Returns:
+        One row per invoice, in input order, with :data:`DECISION_COLUMNS`.
+        ``scheduled_at`` is when to act (``as_of`` for immediate actions, the chosen time
+        for ``retry_at``, NaT for ``wait``); ``expected_value`` is
+        ``amount_due_reporting x recovery_probability`` (NaN without a valid score);
+        ``executes_automatically`` is True only for actions the policy lets run with no
+        human (never in shadow mode, never above the approval amount).
+    """
+    _validate(invoices)
+    as_of = _as_utc(as_of)
+    paused = frozenset(paused)
+    df = invoices.reset_index(drop=True)
+    n = len(df)
+    r, c, w, wo, ret = (
+        policy.retries,
+        policy.collections,
+        policy.retention,
+        policy.write_off,
+        policy.approval,
+    )
+
+    p_raw, p_valid, p = _score(df["recovery_probability"], low=0.0, high=1.0)
+    u_raw, u_valid, u = _score(df["uplift"], low=-1.0, high=1.0)
+    rep = pd.to_numeric(df["amount_due_reporting"], errors="coerce").astype(float).to_numpy()
+    rep_known = np.isfinite(rep)
+    attempts = pd.to_numeric(df["attempt_count"]).astype(int).to_numpy()
+    retries_used = np.maximum(attempts - 1, 0)
+    last = pd.to_datetime(df["last_attempt_at"], utc=True)
+    idle_days = ((as_of - last).dt.total_seconds() / 86400.0).to_numpy(
+        dtype=float
+    )  # NaN without attempts
+    decline = df["decline_code"].astype("string").fillna("").to_numpy(dtype=object)
+    hard = np.isin(decline, list(r.no_retry_decline_codes))
+    retries_left = retries_used < r.max_auto_retries
+
+    # microsecond timestamps, rounded up so the spacing is never undercut
+    earliest = (last + pd.Timedelta(hours=r.min_hours_between)).dt.ceil("us").fillna(as_of)
+    earliest = earliest.where(earliest > as_of, as_of).astype("datetime64[us, UTC]")
+    due = (earliest <= as_of).to_numpy()
+
+    retry_route = ~hard & retries_left
+    retry_ok = retry_route & p_valid & (p >= r.min_recovery_probability)
+    no_retry = ~retry_ok
+    idle_known = np.isfinite(idle_days)
+    write_off = (
+        no_retry
+        & idle_known
+        & (idle_days >= wo.after_days_idle)
+        & (~p_valid | (p <= wo.max_recovery_probability))
+    )
+    escalate = (
+        no_retry
+        & ~write_off
+        & idle_known
+        & (idle_days >= c.after_days_idle)
+        & rep_known
+        & (rep >= c.min_amount_minor)
+    )
+    offer_candidate = no_retry & ~write_off & ~escalate & u_valid & (u >= w.min_uplift) & rep_known
+
+    # Retention offers: best expected gain first, within the budget (skip what does not fit).
+    offer = np.zeros(n, dtype=bool)
+    offer_cost = np.zeros(n, dtype=np.int64)
+    budget_left = w.offer_budget_minor
+    cand = np.flatnonzero(offer_candidate)
+    order = sorted(cand, key=lambda i: (-(u[i] * rep[i]), str(df.at[i, "invoice_id"])))
+    over_budget = np.zeros(n, dtype=bool)
+    for i in order:
+        cost = math.ceil(w.offer_cost_fraction * rep[i])
+        if cost <= budget_left:
+            offer[i] = True
+            offer_cost[i] = cost
+            budget_left -= cost
+        else:
+            over_budget[i] = True
+
+    action = np.full(n, "wait", dtype=object)
+    action[retry_ok & due] = "retry_now"
+    action[retry_ok & ~due] = "retry_at"
+    action[write_off] = "propose_write_off"
+    action[escalate] = "escalate_collections"
+    action[offer] = "send_retention_offer"
+
+    immediate = np.isin(
+        action, ["retry_now", "send_retention_offer", "escalate_collections", "propose_write_off"]
+    )
+    sched = np.full(n, np.datetime64("NaT"), dtype="datetime64[us]")
+    sched[immediate] = as_of.tz_localize(None).to_datetime64()
+    later = action == "retry_at"
+    sched[later] = earliest.dt.tz_localize(None).to_numpy(dtype="datetime64[us]")[later]
+    scheduled = pd.Series(sched, index=df.index).dt.tz_localize("UTC")
+
+    action_type = np.array([ACTION_TYPE_OF[a] for a in action], dtype=object)
+    records = df[
+        ["invoice_id", "amount_due", "currency", "attempt_count", "last_attempt_at", "decline_code"]
+    ].to_dict("records")
+    levels, needs_human, executes, risks, reasons, hashes = [], [], [], [], [], []
+    for i in range(n):
+        a_type = action_type[i]
+        amount_rep = int(rep[i]) if rep_known[i] else None
+        if a_type is None:
+            level, human = "none", False
+        else:
+            level = policy.level(a_type, paused=paused)
+            human = policy.needs_human(amount_reporting_minor=amount_rep, level=level)
+        levels.append(level)
+        needs_human.append(human)
+        executes.append(
+            bool(
+                a_type is not None and level in AUTOMATIC_LEVELS and not human and not policy.shadow
+            )
+        )
+        risks.append(policy.risk(amount_rep))
+        hashes.append(state_hash(invoice_state(records[i], action_type=a_type)))
+
+        why: list[str] = []
+        if not np.isnan(p_raw[i]) and not p_valid[i]:
+            why.append(f"recovery score {p_raw[i]!r} is not a probability: treated as no score")
+        elif np.isnan(p_raw[i]):
+            why.append("no recovery score")
+        else:
+            why.append(f"recovery probability {_fmt_p(p[i])}")
+        if hard[i]:
+            why.append(f"decline code {decline[i]} forbids retries")
+        elif not retries_left[i]:
+            why.append(
+                f"retry cap reached ({retries_used[i]} of {r.max_auto_retries} automatic retries used)"
+            )
+        elif p_valid[i] and not retry_ok[i]:
+            why.append(f"below the retry threshold {_fmt_p(r.min_recovery_probability)}")
+        elif not p_valid[i]:
+            why.append(f"automatic retries need a score >= {_fmt_p(r.min_recovery_probability)}")
+        a = action[i]
+        if a == "retry_now":
+            why.append(f"retry now ({retries_used[i]} of {r.max_auto_retries} retries used)")
+        elif a == "retry_at":
+            why.append(
+                f"retry at {audit.utc_text(earliest.iloc[i])}: {r.min_hours_between:g} h after the last attempt"
+            )
+        elif a == "propose_write_off":
+            why.append(
+                f"idle {idle_days[i]:.0f} days >= {wo.after_days_idle:g}: propose write-off ({wo.reason_code})"
+            )
+        elif a == "escalate_collections":
+            why.append(
+                f"idle {idle_days[i]:.0f} days >= {c.after_days_idle:g} and amount >= {c.min_amount_minor}: escalate"
+            )
+        elif a == "send_retention_offer":
+            why.append(
+                f"uplift {_fmt_p(u[i])} >= {_fmt_p(w.min_uplift)}; offer cost {offer_cost[i]} within budget"
+            )
+        elif over_budget[i]:
+            why.append(
+                f"uplift {_fmt_p(u[i])} qualifies for an offer but the offer budget is spent"
+            )
+        if a_type is not None and level == "insight":
+            why.append(
+                "automation paused: insight only"
+                if (a_type in paused or "*" in paused)
+                else "insight only"
+            )
+        elif human and level in AUTOMATIC_LEVELS:
+            why.append(
+                "amount unknown: needs approval" if amount_rep is None
+                else f"amount {amount_rep} > {ret.amount_above_minor}: needs approval"
+            )  # fmt: skip
+        if policy.shadow and a_type is not None:
+            why.append("shadow mode: recorded only")
+        reasons.append("; ".join(why))
+
+    out = pd.DataFrame({
+        "invoice_id": df["invoice_id"].astype(str),
+        "account_id": df["account_id"],
+        "action": action,
+        "action_type": action_type,
+        "scheduled_at": scheduled,
+        "reason": np.array(reasons, dtype=object),
+        "expected_value": np.where(rep_known & p_valid, rep * np.nan_to_num(p), np.nan),
+        "recovery_probability": p,
+        "uplift": u,
+        "amount_due": pd.to_numeric(df["amount_due"]).astype("int64"),
+        "currency": df["currency"].astype(str),
+        "amount_due_reporting": pd.array([int(x) if k else pd.NA for x, k in zip(rep, rep_known, strict=True)], dtype="Int64"),
+        "risk": np.array(risks, dtype=object),
+        "offer_cost_minor": offer_cost,
+        "model_versions": df["model_versions"].fillna("").astype(str),
+        "policy_version": policy.version,
+        "automation_level": np.array(levels, dtype=object),
+        "requires_approval": np.array(needs_human, dtype=bool),
+        "executes_automatically": np.array(executes, dtype=bool),
+        "shadow": policy.shadow,
+        "state_hash": np.array(hashes, dtype=object),
+    })  # fmt: skip
+    return out[list(DECISION_COLUMNS)]
+
+
+@dataclass(frozen=True)
+class ApplySummary:
+    """What :func:`apply_decisions` did."""
+
+    queued: int = 0
+    duplicates: int = 0
+    executed: int = 0
+    failed: int = 0
+    paused: int = 0
+    shadowed: int = 0
+    superseded: int = 0
+    insight_only: int = 0
+
+
+def _payload(row: Any, policy: Policy, as_of: pd.Timestamp) -> dict[str, Any]:
+    payload = {
+        "reason": row["reason"],
+        "decision": row["action"],
+        "scheduled_at": row["scheduled_at"],
+        "recovery_probability": row["recovery_probability"],
+        "uplift": row["uplift"],
+        "expected_value": row["expected_value"],
+        "offer_cost_minor": int(row["offer_cost_minor"]),
+        "model_versions": row["model_versions"],
+        "as_of": as_of,
+    }
+    if row["action_type"] == "write_off":
+        payload["reason_code"] = policy.write_off.reason_code
+    return audit.jsonable(payload)
+
+
+def apply_decisions(
+    store: StoreLike,
+    decisions: pd.DataFrame,
+    invoices: pd.DataFrame,
+    *,
+    policy: Policy,
+    as_of: datetime | pd.Timestamp,
+    complete: bool = False,
+    who: Identity = ENGINE,
+) -> ApplySummary:
+    """Write decisions to the approvals store.
+
+    Shadow mode: one ``decision.shadow`` audit entry per non-wait decision, nothing else.
+    Otherwise: every invoice's state is recorded (pending engine items whose invoice or
+    recommendation changed are superseded), decisions needing approval are queued
+    (idempotently), and decisions the policy automates are executed once.
+
+    Args:
+        decisions: Output of :func:`decide` under ``policy``.
+        invoices: The frame the decisions were made from (for the recorded states).
+        complete: ``invoices`` holds every open failed invoice: pending engine items for
+            invoices not in it (paid, voided) are superseded.
+    """
+    store, as_of = open_store(store), _as_utc(as_of)
+    if len(decisions) and (decisions["policy_version"] != policy.version).any():
+        raise ValueError(f"decisions were made under another policy than {policy.version}")
+    inv = invoices.reset_index(drop=True).set_index(invoices["invoice_id"].astype(str).to_numpy())
+    acting = decisions[decisions["action_type"].notna()]
+    if policy.shadow:
+        with store.transaction() as tx:
+            for _, row in acting.iterrows():
+                audit.append(tx, actor=who.user, event="decision.shadow", item_id=None, at=as_of,
+                             details={"invoice_id": row["invoice_id"], "action": row["action"],
+                                      "action_type": row["action_type"], "automation_level": row["automation_level"],
+                                      "requires_approval": bool(row["requires_approval"]),
+                                      "amount_due_reporting": row["amount_due_reporting"],
+                                      "policy_version": policy.version, **_payload(row, policy, as_of)})  # fmt: skip
+        return ApplySummary(shadowed=len(acting))
+
+    states = {
+        str(row["invoice_id"]): invoice_state(
+            inv.loc[str(row["invoice_id"])], action_type=row["action_type"]
+        )
+        for _, row in decisions.iterrows()
+    }
+    superseded = record_states(
+        store, who=who, scope=STATE_SCOPE, states=states, close_missing=complete,
+        policy_version=policy.version, now=as_of,
+    )  # fmt: skip
+    counts = {"queued": 0, "duplicate": 0, "executed": 0, "failed": 0, "paused": 0}
+    insight = 0
+    for _, row in acting.iterrows():
+        if not (row["requires_approval"] or row["executes_automatically"]):
+            insight += 1
+            continue
+        rep = row["amount_due_reporting"]
+        outcome = request_action(
+            store, who=who, action_type=row["action_type"], subject_id=row["invoice_id"],
+            state=states[row["invoice_id"]], policy=policy, amount_minor=int(row["amount_due"]),
+            currency=row["currency"], amount_reporting_minor=None if pd.isna(rep) else int(rep),
+            account_id=None if pd.isna(row["account_id"]) else str(row["account_id"]),
+            payload=_payload(row, policy, as_of), state_scope=STATE_SCOPE, risk=row["risk"],
+            auto_execute=bool(row["executes_automatically"]), now=as_of,
+        )  # fmt: skip
+        counts[outcome.code if outcome.code in counts else "failed"] += 1
+    summary = ApplySummary(
+        queued=counts["queued"], duplicates=counts["duplicate"], executed=counts["executed"],
+        failed=counts["failed"], paused=counts["paused"], superseded=superseded, insight_only=insight,
+    )  # fmt: skip
+    log.info("dunning decisions applied under %s: %s", policy.version, summary)
+    return summary
+
+
+@dataclass(frozen=True)
+class DunningRun:
+    """Result of :func:`run_dunning`."""
+
+    decisions: pd.DataFrame
+    summary: ApplySummary | None
+    policy_version: str
+
+
+def run_dunning(
+    settings: Settings,
+    invoices: pd.DataFrame,
+    *,
+    as_of: datetime | pd.Timestamp,
+    apply: bool = True,
+    complete: bool = True,
+) -> DunningRun:
+    """Decide with the configured policy and paused switches, then (optionally) apply.
+
+    Args:
+        settings: Supplies ``policy_file``, ``reporting_currency`` and ``approvals_url``.
+        invoices: Every open failed invoice (see :func:`decide` for the columns).
+        apply: Write to the approvals store; ``False`` only returns the decisions.
+        complete: ``invoices`` is the full open set (see :func:`apply_decisions`).
+    """
+    policy = load_policy(settings=settings)
+    store = open_store(settings)
+    decisions = decide(invoices, as_of=as_of, policy=policy, paused=paused_action_types(store))
+    summary = (
+        apply_decisions(store, decisions, invoices, policy=policy, as_of=as_of, complete=complete)
+        if apply
+        else None
+    )
+    return DunningRun(decisions=decisions, summary=summary, policy_version=policy.version)

@@ -1,0 +1,538 @@
+"""Policy as code: the guardrails the decision engine and the approval queue obey.
+
+A policy is a YAML file (``workbench/policies/default.yaml`` unless the ``policy_file``
+setting names another). Loading validates every field and collects *all* problems
+into one :class:`PolicyError`, each naming the offending key and what is allowed.
+Missing keys take the defaults below, so a policy file only needs what it changes.
+
+A policy is versioned by content: :attr:`Policy.version` is a hash of the validated,
+normalized content (defaults filled in, comments and key order ignored). Every decision
+and every queued action carries the version it was made under.
+
+Money in a policy is integer minor units of the policy's ``currency``, which must be
+the reporting currency (a policy written in usd cents must not be read as yen).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+if TYPE_CHECKING:
+    from workbench.config import Settings
+
+log = logging.getLogger(__name__)
+
+#: Action types the approval queue knows. The decision engine produces the first four.
+ACTION_TYPES: tuple[str, ...] = (
+    "retry_payment",
+    "retention_offer",
+    "escalate_collections",
+    "write_off",
+    "credit_note",
+    "refund",
+    "model_promotion",
+    "policy_change",
+    "model_rollback",
+)
+
+#: Automation levels, least to most automatic.
+#: ``insight``: shown only, nothing is queued or run. ``assisted``: queued for one-click
+#: human approval. ``automated_with_override``: runs without approval and can be rolled
+#: back within the override window. ``autonomous``: runs without approval.
+LEVELS: tuple[str, ...] = ("insight", "assisted", "automated_with_override", "autonomous")
+AUTOMATIC_LEVELS: frozenset[str] = frozenset({"automated_with_override", "autonomous"})
+
+#: Reason codes a write-off entry must carry.
+WRITE_OFF_REASON_CODES: tuple[str, ...] = ("credit_loss", "price_concession")
+
+#: Stripe decline codes after which a card must not be retried (Stripe's guidance for
+#: hard declines: the issuer says no, or the card is lost, stolen or restricted).
+DEFAULT_NO_RETRY_DECLINE_CODES: tuple[str, ...] = (
+    "do_not_try_again",
+    "fraudulent",
+    "invalid_account",
+    "lost_card",
+    "merchant_blacklist",
+    "pickup_card",
+    "restricted_card",
+    "revocation_of_all_authorizations",
+    "revocation_of_authorization",
+    "security_violation",
+    "stolen_card",
+    "stop_payment_order",
+)
+
+
+class PolicyError(ValueError):
+    """A policy file is invalid; ``problems`` lists every problem found, one per key."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid policy {source}: {len(problems)} problem(s)\n{lines}")
+
+
+@dataclass(frozen=True)
+class Retries:
+    """When the engine may retry a failed payment on its own."""
+
+    max_auto_retries: int = 4  # retries after the first attempt: attempt_count - 1 <= this
+    min_hours_between: float = 24.0  # minimum spacing between two attempts
+    min_recovery_probability: float = 0.6  # retry only when the model says at least this
+    no_retry_decline_codes: tuple[str, ...] = DEFAULT_NO_RETRY_DECLINE_CODES
+
+
+@dataclass(frozen=True)
+class Collections:
+    """When an invoice that will not be retried goes to collections."""
+
+    after_days_idle: float = 21.0  # days since the last attempt
+    min_amount_minor: int = 5_000  # smaller debts are not worth a collections case
+
+
+@dataclass(frozen=True)
+class Retention:
+    """Who gets a retention offer, and how much offers may cost per decision run."""
+
+    min_uplift: float = 0.05  # predicted increase in recovery probability from an offer
+    offer_budget_minor: int = 500_000  # total offer cost per decision run
+    offer_cost_fraction: float = 0.2  # an offer costs this share of the amount due
+
+
+@dataclass(frozen=True)
+class WriteOff:
+    """When the engine proposes writing an invoice off."""
+
+    after_days_idle: float = 60.0
+    max_recovery_probability: float = 0.05  # or no score at all
+    reason_code: str = "credit_loss"
+
+
+@dataclass(frozen=True)
+class Approval:
+    """Amounts a human must approve whatever the automation level says."""
+
+    amount_above_minor: int = 1_000_000  # 10,000.00 in a two-decimal reporting currency
+
+
+@dataclass(frozen=True)
+class BulkApproval:
+    """Which queued items an approver may approve together in one click."""
+
+    enabled: bool = True
+    max_amount_minor: int = 50_000  # items up to this amount are "low risk"
+    action_types: tuple[str, ...] = ("retention_offer", "retry_payment")
+
+
+def _default_levels() -> dict[str, str]:
+    return {
+        "retry_payment": "automated_with_override",
+        "retention_offer": "assisted",
+        "escalate_collections": "assisted",
+        "write_off": "assisted",
+        "credit_note": "assisted",
+        "refund": "assisted",
+        "model_promotion": "assisted",
+        "policy_change": "assisted",
+        "model_rollback": "assisted",
+    }
+
+
+@dataclass(frozen=True)
+class Automation:
+    """Per action type automation level and the override (rollback) window."""
+
+    override_window_hours: float = 24.0
+    levels: Mapping[str, str] = field(default_factory=_default_levels)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A validated policy. Build it with :func:`load_policy` or :func:`parse_policy`."""
+
+    currency: str = "usd"
+    shadow: bool = False  # record what would be done without doing it
+    approval: Approval = field(default_factory=Approval)
+    retries: Retries = field(default_factory=Retries)
+    collections: Collections = field(default_factory=Collections)
+    retention: Retention = field(default_factory=Retention)
+    write_off: WriteOff = field(default_factory=WriteOff)
+    bulk_approval: BulkApproval = field(default_factory=BulkApproval)
+    automation: Automation = field(default_factory=Automation)
+    label: str = ""  # optional human name, e.g. "2024-06 tightened write-offs"
+    source: str = field(default="<defaults>", compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The normalized content (what the version hashes), JSON-ready."""
+        out = asdict(self)
+        out.pop("source")
+        out["automation"]["levels"] = dict(sorted(self.automation.levels.items()))
+        return json.loads(json.dumps(out))  # tuples become lists
+
+    @property
+    def content_hash(self) -> str:
+        """SHA-256 of the canonical JSON of :meth:`to_dict`."""
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    @property
+    def version(self) -> str:
+        """Short content version, e.g. ``pol-3f2a9c0d1e4b``."""
+        return "pol-" + self.content_hash[:12]
+
+    def level(self, action_type: str, *, paused: frozenset[str] | set[str] = frozenset()) -> str:
+        """Automation level of an action type; ``insight`` while its automation is paused."""
+        if "*" in paused or action_type in paused:
+            return "insight"
+        return self.automation.levels[action_type]
+
+    def needs_human(self, *, amount_reporting_minor: int | None, level: str) -> bool:
+        """Whether an action at this level and amount must wait for a human approval.
+
+        ``assisted`` always does; automatic levels do when the amount is above
+        ``approval.amount_above_minor`` or unknown; ``insight`` never runs, so no.
+        """
+        if level == "assisted":
+            return True
+        if level in AUTOMATIC_LEVELS:
+            return (
+                amount_reporting_minor is None
+                or amount_reporting_minor > self.approval.amount_above_minor
+            )
+        return False
+
+    def risk(self, amount_reporting_minor: int | None) -> str:
+        """``low`` up to the bulk-approval amount, ``high`` above the approval amount or
+        when unknown, ``medium`` in between."""
+        if (
+            amount_reporting_minor is None
+            or amount_reporting_minor > self.approval.amount_above_minor
+        ):
+            return "high"
+        if amount_reporting_minor <= self.bulk_approval.max_amount_minor:
+            return "low"
+        return "medium"
+
+    def bulk_approvable(
+        self, *, action_type: str, risk: str, amount_reporting_minor: int | None
+    ) -> bool:
+        """Whether the policy allows approving this item in a bulk approval."""
+        b = self.bulk_approval
+        return (
+            b.enabled
+            and action_type in b.action_types
+            and risk == "low"
+            and amount_reporting_minor is not None
+            and amount_reporting_minor <= b.max_amount_minor
+            and amount_reporting_minor <= self.approval.amount_above_minor
+        )
+
+
+# --------------------------------------------------------------------------- validation
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.items: list[str] = []
+
+    def add(self, key: str, message: str) -> None:
+        self.items.append(f"{key}: {message}")
+
+
+def _unknown_keys(
+    raw: Mapping[str, Any], known: list[str], prefix: str, problems: _Problems
+) -> None:
+    for key in raw:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = (
+                f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(known)}"
+            )
+            problems.add(f"{prefix}{key}", f"unknown key{hint}")
+
+
+def _int(raw: Any, key: str, problems: _Problems, *, minimum: int = 0) -> int | None:
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        problems.add(
+            key, f"must be a whole number >= {minimum} (minor units for money), got {raw!r}"
+        )
+        return None
+    if raw < minimum:
+        problems.add(key, f"must be >= {minimum}, got {raw}")
+        return None
+    return raw
+
+
+def _float(
+    raw: Any, key: str, problems: _Problems, *, minimum: float = 0.0, maximum: float | None = None
+) -> float | None:
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw):
+        problems.add(key, f"must be a finite number, got {raw!r}")
+        return None
+    value = float(raw)
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        problems.add(key, f"must be {bounds}, got {raw}")
+        return None
+    return value
+
+
+def _bool(raw: Any, key: str, problems: _Problems) -> bool | None:
+    if not isinstance(raw, bool):
+        problems.add(key, f"must be true or false, got {raw!r}")
+        return None
+    return raw
+
+
+def _str_list(
+    raw: Any, key: str, problems: _Problems, *, allowed: tuple[str, ...] | None = None
+) -> tuple[str, ...] | None:
+    if not isinstance(raw, list | tuple) or not all(isinstance(x, str) and x for x in raw):
+        problems.add(key, f"must be a list of names, got {raw!r}")
+        return None
+    if allowed is not None:
+        bad = [x for x in raw if x not in allowed]
+        if bad:
+            problems.add(key, f"unknown name(s) {bad}; allowed: {', '.join(allowed)}")
+            return None
+    return tuple(sorted(set(raw)))
+
+
+# section name -> (dataclass, {key: parser})
+def _section_parsers() -> dict[str, tuple[type, dict[str, Any]]]:
+    return {
+        "approval": (Approval, {"amount_above_minor": lambda v, k, p: _int(v, k, p)}),
+        "retries": (
+            Retries,
+            {
+                "max_auto_retries": lambda v, k, p: _int(v, k, p),
+                "min_hours_between": lambda v, k, p: _float(v, k, p),
+                "min_recovery_probability": lambda v, k, p: _float(v, k, p, maximum=1.0),
+                "no_retry_decline_codes": lambda v, k, p: _str_list(v, k, p),
+            },
+        ),
+        "collections": (
+            Collections,
+            {
+                "after_days_idle": lambda v, k, p: _float(v, k, p),
+                "min_amount_minor": lambda v, k, p: _int(v, k, p),
+            },
+        ),
+        "retention": (
+            Retention,
+            {
+                "min_uplift": lambda v, k, p: _float(v, k, p, maximum=1.0),
+                "offer_budget_minor": lambda v, k, p: _int(v, k, p),
+                "offer_cost_fraction": lambda v, k, p: _float(v, k, p, maximum=1.0),
+            },
+        ),
+        "write_off": (
+            WriteOff,
+            {
+                "after_days_idle": lambda v, k, p: _float(v, k, p),
+                "max_recovery_probability": lambda v, k, p: _float(v, k, p, maximum=1.0),
+                "reason_code": _reason_code,
+            },
+        ),
+        "bulk_approval": (
+            BulkApproval,
+            {
+                "enabled": lambda v, k, p: _bool(v, k, p),
+                "max_amount_minor": lambda v, k, p: _int(v, k, p),
+                "action_types": lambda v, k, p: _str_list(v, k, p, allowed=ACTION_TYPES),
+            },
+        ),
+    }
+
+
+def _reason_code(raw: Any, key: str, problems: _Problems) -> str | None:
+    if raw not in WRITE_OFF_REASON_CODES:
+        problems.add(key, f"must be one of {', '.join(WRITE_OFF_REASON_CODES)}, got {raw!r}")
+        return None
+    return str(raw)
+
+
+def _parse_automation(raw: Any, problems: _Problems) -> Automation | None:
+    if not isinstance(raw, Mapping):
+        problems.add("automation", f"must be a mapping, got {type(raw).__name__}")
+        return None
+    _unknown_keys(raw, ["override_window_hours", "levels"], "automation.", problems)
+    window = _float(
+        raw.get("override_window_hours", Automation.override_window_hours),
+        "automation.override_window_hours",
+        problems,
+    )
+    levels = _default_levels()
+    given = raw.get("levels", {})
+    if not isinstance(given, Mapping):
+        problems.add("automation.levels", f"must map action type to level, got {given!r}")
+        return None
+    for action, level in given.items():
+        key = f"automation.levels.{action}"
+        if action not in ACTION_TYPES:
+            close = difflib.get_close_matches(str(action), ACTION_TYPES, n=1)
+            hint = (
+                f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(ACTION_TYPES)}"
+            )
+            problems.add(key, f"unknown action type{hint}")
+        elif level not in LEVELS:
+            problems.add(key, f"level must be one of {', '.join(LEVELS)}, got {level!r}")
+        else:
+            levels[action] = level
+    if window is None:
+        return None
+    return Automation(override_window_hours=window, levels=levels)
+
+
+_TOP_KEYS = [
+    "currency", "shadow", "label", "approval", "retries", "collections", "retention",
+    "write_off", "bulk_approval", "automation",
+]  # fmt: skip
+
+
+def parse_policy(
+    raw: Mapping[str, Any] | None,
+    *,
+    source: str = "<policy>",
+    reporting_currency: str | None = None,
+) -> Policy:
+    """Validate a policy mapping (e.g. parsed YAML); fill in defaults for missing keys.
+
+    Args:
+        raw: The mapping; ``None`` or empty gives the default policy.
+        source: Where it came from, for messages.
+        reporting_currency: When given, the policy's ``currency`` must equal it.
+
+    Returns:
+        The validated :class:`Policy`.
+
+    Raises:
+        PolicyError: Listing every invalid, unknown or inconsistent key.
+    """
+    raw = raw or {}
+    problems = _Problems()
+    if not isinstance(raw, Mapping):
+        raise PolicyError(
+            source, [f"top level must be a mapping of sections, got {type(raw).__name__}"]
+        )
+    _unknown_keys(raw, _TOP_KEYS, "", problems)
+    values: dict[str, Any] = {}
+
+    currency = raw.get("currency", "usd")
+    if (
+        not isinstance(currency, str)
+        or len(currency) != 3
+        or not currency.isalpha()
+        or currency != currency.lower()
+    ):
+        problems.add("currency", f"must be a lowercase ISO 4217 code like 'usd', got {currency!r}")
+    elif reporting_currency is not None and currency != reporting_currency.lower():
+        problems.add(
+            "currency",
+            f"policy amounts are in {currency!r} but the reporting currency is {reporting_currency!r}; "
+            "rewrite the amounts for the reporting currency and set currency accordingly",
+        )
+    else:
+        values["currency"] = currency
+    if "shadow" in raw:
+        shadow = _bool(raw["shadow"], "shadow", problems)
+        if shadow is not None:
+            values["shadow"] = shadow
+    if "label" in raw:
+        if isinstance(raw["label"], str):
+            values["label"] = raw["label"]
+        else:
+            problems.add("label", f"must be text, got {raw['label']!r}")
+
+    for name, (cls, parsers) in _section_parsers().items():
+        section = raw.get(name, {})
+        if section is None:
+            section = {}
+        if not isinstance(section, Mapping):
+            problems.add(name, f"must be a mapping, got {type(section).__name__}")
+            continue
+        _unknown_keys(section, list(parsers), f"{name}.", problems)
+        kwargs = {}
+        for key, parser in parsers.items():
+            if key in section:
+                value = parser(section[key], f"{name}.{key}", problems)
+                if value is not None:
+                    kwargs[key] = value
+        values[name] = cls(**kwargs)
+    automation = _parse_automation(raw.get("automation", {}) or {}, problems)
+    if automation is not None:
+        values["automation"] = automation
+
+    if not problems.items:
+        bulk, approval = values["bulk_approval"], values["approval"]
+        if bulk.max_amount_minor > approval.amount_above_minor:
+            problems.add(
+                "bulk_approval.max_amount_minor",
+                f"{bulk.max_amount_minor} is above approval.amount_above_minor "
+                f"({approval.amount_above_minor}); bulk approval is for low-risk items only",
+            )
+    if problems.items:
+        raise PolicyError(source, problems.items)
+    return Policy(**values, source=source)
+
+
+def load_policy(path: Path | str | None = None, *, settings: Settings | None = None) -> Policy:
+    """Read and validate a policy file.
+
+    Args:
+        path: The YAML file; defaults to ``settings.policy_file``.
+        settings: Supplies the default path and the reporting currency the policy must use.
+
+    Raises:
+        PolicyError: The file is missing, not YAML, or invalid (every problem listed).
+    """
+    if path is None:
+        if settings is None:
+            from workbench.config import load_settings
+
+            settings = load_settings()
+        path = settings.policy_file
+    path = Path(path)
+    if not path.is_file():
+        raise PolicyError(
+            str(path), ["file not found; set policy_file (WORKBENCH_POLICY_FILE) to a policy YAML"]
+        )
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise PolicyError(str(path), [f"not valid YAML: {exc}"]) from exc
+    policy = parse_policy(
+        raw, source=str(path), reporting_currency=settings.reporting_currency if settings else None
+    )
+    log.debug("loaded policy %s from %s", policy.version, path)
+    return policy
+
+
+def policy_diff(old: Policy, new: Policy) -> list[tuple[str, Any, Any]]:
+    """Keys whose values differ between two policies, as ``(dotted.key, old, new)``.
+
+    Used to show a ``policy_change`` approval what it would change.
+    """
+
+    def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            if isinstance(v, Mapping):
+                out.update(flatten(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    a, b = flatten(old.to_dict()), flatten(new.to_dict())
+    return [(k, a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
