@@ -116,6 +116,18 @@ def run_cmd(ctx: click.Context, steps: tuple[str, ...], pairs, files, run_id, no
     click.echo(f"Reports: {run_dir}  (index: {Path(settings.reports_dir) / 'index.html'})")
 
 
+def _demo_roles(settings) -> None:
+    """Give the local user the admin role in a demo that has no roles file yet (approvals need
+    an approver; in production the roles file is written by whoever runs the service)."""
+    from workbench.approvals import local_user, roles_file
+
+    path = roles_file(settings)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"# who may do what (viewer, analyst, approver, admin)\nroles:\n  {local_user()}: admin\n")
+        click.echo(f"Wrote {path}: {local_user()} is admin for the demo.")
+
+
 @main.command("demo")
 @click.option("--accounts", default=None, type=int, help="Simulated accounts (default: the notebook's).")
 @click.option("--months", default=None, type=int, help="Simulated months (default: the notebook's).")
@@ -123,6 +135,7 @@ def run_cmd(ctx: click.Context, steps: tuple[str, ...], pairs, files, run_id, no
 def demo_cmd(ctx: click.Context, accounts: int | None, months: int | None) -> None:
     """Simulate a company and run the whole pipeline on it."""
     params = {k: v for k, v in {"accounts": accounts, "months": months}.items() if v is not None}
+    _demo_roles(_settings(ctx))
     ctx.invoke(run_cmd, steps=(), pairs=tuple(f"{k}={v}" for k, v in params.items()), files=(), run_id=None, no_progress=False)
     click.echo("Dashboards: `make serve`, then open the URL it prints.")
 
@@ -138,15 +151,16 @@ def demo_cmd(ctx: click.Context, accounts: int | None, months: int | None) -> No
 @click.option("--faults", is_flag=True, help="Inject ingestion faults (listed in a manifest).")
 @click.option("--regime-change", type=int, default=None, help="Month index from which behaviour shifts.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Data folder (default: the configured data_dir).")
+@click.option("--workers", default=1, show_default=True, help="Processes (output is identical for any number).")
 @click.pass_context
-def simulate_cmd(ctx, accounts, months, seed, start, faults, regime_change, out) -> None:
+def simulate_cmd(ctx, accounts, months, seed, start, faults, regime_change, out, workers) -> None:
     """Simulate a subscription company as Stripe events and CSV exports, with its ground truth."""
     from workbench.simulator import simulate
 
     settings = _settings(ctx)
     summary = simulate(
         accounts=accounts, months=months, seed=seed, start=start, faults=faults,
-        regime_change=regime_change, out=out or settings.data_dir, progress=True,
+        regime_change=regime_change, out=out or settings.data_dir, progress=True, workers=workers,
     )
     for key, value in summary.to_dict().items():
         if not isinstance(value, dict | list):
@@ -172,6 +186,91 @@ def receive_cmd(ctx: click.Context, port: int, host: str) -> None:
         )
     click.echo(f"Receiving at http://{host}:{port}/webhooks/stripe  (Ctrl-C to stop)")
     serve(port, host=host, settings=settings)
+
+
+# --------------------------------------------------------------------------- approvals
+
+
+@main.group("audit")
+def audit_group() -> None:
+    """The append-only, hash-chained audit log."""
+
+
+@audit_group.command("verify")
+@click.option("--head-file", type=click.Path(dir_okay=False), default=None,
+              help="A head exported earlier (detects truncation).")
+@click.pass_context
+def audit_verify_cmd(ctx: click.Context, head_file: str | None) -> None:
+    """Recompute the chain; exit 1 and name the first bad entry if anything was changed."""
+    from workbench.audit import verify_audit
+
+    result = verify_audit(_settings(ctx), head_file=head_file)
+    click.echo(result.summary())
+    if not result.ok:
+        sys.exit(1)
+
+
+@audit_group.command("export-head")
+@click.argument("path", type=click.Path(dir_okay=False))
+@click.pass_context
+def audit_export_cmd(ctx: click.Context, path: str) -> None:
+    """Write the current head hash to PATH (keep it outside the store)."""
+    from workbench.audit import export_audit_head
+
+    head = export_audit_head(_settings(ctx), path)
+    click.echo(f"head written to {path}: {head}")
+
+
+@main.command("approvals")
+@click.option("--status", "statuses", multiple=True, default=("pending",), show_default=True,
+              help="Statuses to list (repeatable).")
+@click.option("--limit", default=50, show_default=True)
+@click.pass_context
+def approvals_cmd(ctx: click.Context, statuses: tuple[str, ...], limit: int) -> None:
+    """List the action queue (approve and reject in the approvals dashboard)."""
+    from workbench.approvals import open_store, queue_frame
+
+    frame = queue_frame(open_store(_settings(ctx)), statuses=list(statuses), limit=limit)
+    click.echo("The queue is empty." if frame.empty else frame.to_string(index=False, max_colwidth=40))
+
+
+@main.group("automation")
+def automation_group() -> None:
+    """Pause or resume automated actions (they fall back to insight only)."""
+
+
+def _automation(ctx: click.Context, *, pause: bool, action_type: str, reason: str) -> None:
+    from workbench.approvals import (
+        open_store,
+        pause_automation,
+        resolve_identity,
+        resume_automation,
+    )
+
+    settings = _settings(ctx)
+    fn = pause_automation if pause else resume_automation
+    outcome = fn(open_store(settings), who=resolve_identity(settings), action_type=action_type, reason=reason)
+    click.echo(outcome.message)
+    if not outcome.ok:
+        sys.exit(1)
+
+
+@automation_group.command("pause")
+@click.option("--action", "action_type", default="*", show_default=True, help="Action type, or * for all.")
+@click.option("--reason", required=True, help="Why (recorded in the audit log).")
+@click.pass_context
+def automation_pause_cmd(ctx: click.Context, action_type: str, reason: str) -> None:
+    """Force insight-only for an action type (admins)."""
+    _automation(ctx, pause=True, action_type=action_type, reason=reason)
+
+
+@automation_group.command("resume")
+@click.option("--action", "action_type", default="*", show_default=True, help="Action type, or * for all.")
+@click.option("--reason", required=True, help="Why (recorded in the audit log).")
+@click.pass_context
+def automation_resume_cmd(ctx: click.Context, action_type: str, reason: str) -> None:
+    """Lift a pause (admins)."""
+    _automation(ctx, pause=False, action_type=action_type, reason=reason)
 
 
 # --------------------------------------------------------------------------- serve
