@@ -22,6 +22,11 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "publish_snapshot": ("workbench.store", "publish_snapshot"),
     "read_snapshot": ("workbench.store", "read_snapshot"),
     "run_pipeline": ("workbench.runner", "run_pipeline"),
+    "current_run_id": ("workbench.runner", "current_run_id"),
+    "store_frame": ("workbench.publishing", "store_frame"),
+    "publish_tables": ("workbench.publishing", "publish_tables"),
+    "setup_notebook": ("workbench.display", "setup_notebook"),
+    "money": ("workbench.display", "money"),
 }
 
 

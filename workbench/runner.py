@@ -417,3 +417,9 @@ def run_pipeline(
     if failure:
         raise failure
     return manifest
+
+
+def current_run_id(given: str = "") -> str:
+    """The run id a notebook should record: the one given, else ``$WORKBENCH_RUN_ID``, else an
+    ad-hoc id (a notebook run with plain papermill or by hand)."""
+    return given or os.environ.get("WORKBENCH_RUN_ID") or f"adhoc-{new_run_id()}"

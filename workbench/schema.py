@@ -32,6 +32,9 @@ class Table:
     columns: tuple[Column, ...]
     primary_key: tuple[str, ...] = ()
     personal: tuple[str, ...] = field(default=())  # columns holding personal data
+    # False: the key is unique by construction (the writer checks it) and is not declared to
+    # DuckDB, whose key index makes bulk loads several times slower.
+    enforce_key: bool = True
 
     @property
     def column_names(self) -> list[str]:
@@ -39,10 +42,8 @@ class Table:
 
     def ddl(self) -> str:
         """``CREATE TABLE IF NOT EXISTS`` statement for DuckDB."""
-        cols = [
-            f"{c.name} {c.type}{'' if c.nullable else ' NOT NULL'}" for c in self.columns
-        ]
-        if self.primary_key:
+        cols = [f"{c.name} {c.type}{'' if c.nullable else ' NOT NULL'}" for c in self.columns]
+        if self.primary_key and self.enforce_key:
             cols.append(f"PRIMARY KEY ({', '.join(self.primary_key)})")
         return f"CREATE TABLE IF NOT EXISTS {self.name} (\n  " + ",\n  ".join(cols) + "\n)"
 
@@ -80,11 +81,20 @@ TABLES: dict[str, Table] = {
                 _c("source", "VARCHAR", "stripe | stripe-csv | csv | webhook", nullable=False),
                 _c("source_file", "VARCHAR", "lake path of the file it came from"),
                 _c("line", "INTEGER", "1-based line in that file"),
-                _c("payload_hash", "VARCHAR", "sha256 of the canonical JSON payload", nullable=False),
+                _c(
+                    "payload_hash",
+                    "VARCHAR",
+                    "sha256 of the canonical JSON payload",
+                    nullable=False,
+                ),
                 _c("disposition", "VARCHAR", "handled | ignored | unknown", nullable=False),
                 _c("load_id", "VARCHAR", "the load that accepted it", nullable=False),
             ),
             primary_key=("event_id",),
+            # Ingestion accepts an event id once (duplicates and conflicts are detected before
+            # insert) and `workbench.ingest.verify` checks uniqueness; a declared key would make
+            # loading 1M events about 2x slower.
+            enforce_key=False,
         ),
         Table(
             "accounts",
@@ -134,7 +144,12 @@ TABLES: dict[str, Table] = {
             (
                 _c("subscription_id", "VARCHAR", nullable=False),
                 _c("account_id", "VARCHAR", nullable=False),
-                _c("status", "VARCHAR", "trialing | active | past_due | unpaid | canceled | incomplete | incomplete_expired | paused", nullable=False),
+                _c(
+                    "status",
+                    "VARCHAR",
+                    "trialing | active | past_due | unpaid | canceled | incomplete | incomplete_expired | paused",
+                    nullable=False,
+                ),
                 _c("currency", "VARCHAR"),
                 _c("created", TS),
                 _c("start_date", TS),
@@ -189,7 +204,12 @@ TABLES: dict[str, Table] = {
                 _c("canceled_at", TS),
                 _c("ended_at", TS),
                 *_DISCOUNT,
-                _c("valid_from", TS, "created time of the event that produced this version", nullable=False),
+                _c(
+                    "valid_from",
+                    TS,
+                    "created time of the event that produced this version",
+                    nullable=False,
+                ),
                 _c("valid_to", TS, "created time of the next version; null for the current one"),
                 _c("event_id", "VARCHAR", nullable=False),
             ),
@@ -359,7 +379,12 @@ TABLES: dict[str, Table] = {
             "quarantine",
             "Every rejected record with its reason; values redacted.",
             (
-                _c("quarantine_id", "VARCHAR", "stable hash of (source_file, line, event_id, rule, column)", nullable=False),
+                _c(
+                    "quarantine_id",
+                    "VARCHAR",
+                    "stable hash of (source_file, line, event_id, rule, column)",
+                    nullable=False,
+                ),
                 _c("load_id", "VARCHAR", nullable=False),
                 _c("source", "VARCHAR", nullable=False),
                 _c("source_file", "VARCHAR"),
@@ -367,9 +392,18 @@ TABLES: dict[str, Table] = {
                 _c("event_id", "VARCHAR"),
                 _c("table_name", "VARCHAR"),
                 _c("column_name", "VARCHAR"),
-                _c("rule", "VARCHAR", "e.g. malformed_json, missing_required, not_negative, conflict", nullable=False),
+                _c(
+                    "rule",
+                    "VARCHAR",
+                    "e.g. malformed_json, missing_required, not_negative, conflict",
+                    nullable=False,
+                ),
                 _c("message", "VARCHAR", "what is wrong and what to do", nullable=False),
-                _c("value_redacted", "VARCHAR", "the offending value, card numbers and personal data redacted"),
+                _c(
+                    "value_redacted",
+                    "VARCHAR",
+                    "the offending value, card numbers and personal data redacted",
+                ),
                 _c("received_at", TS, nullable=False),
             ),
             primary_key=("quarantine_id",),
@@ -390,6 +424,13 @@ TABLES: dict[str, Table] = {
                 _c("message", "VARCHAR"),
                 _c("started_at", TS, nullable=False),
                 _c("finished_at", TS),
+                _c(
+                    "redactions",
+                    "BIGINT",
+                    "card numbers redacted from the file before anything was written",
+                ),
+                _c("original_path", "VARCHAR", "where the file was received from"),
+                _c("mapping", "VARCHAR", "CSV sources: lake path of the mapping used"),
             ),
             primary_key=("load_id", "source_file"),
         ),

@@ -1,0 +1,160 @@
+"""CSV exports through workbench.csv_mapping: persisted via the same lake, quarantine and loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from workbench.config import load_settings
+from workbench.ingest import ingest, rebuild, table_checksums, verify
+from workbench.ingest.lake import Lake
+from workbench.redact import contains_pan
+
+EXTERNAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "external"
+RAVEN = EXTERNAL / "saas" / "ravenstack"
+
+
+@pytest.fixture()
+def settings(tmp_path: Path):
+    return load_settings(root=tmp_path, overrides={"data_dir": str(tmp_path / "data")})
+
+
+def rows(settings, sql: str) -> list[tuple]:
+    con = duckdb.connect(str(settings.warehouse_path), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+PAYMENTS = """id,Created (UTC),Amount,Amount Refunded,Currency,Status,Customer ID,Customer Email,Card Brand,Card Last4,Invoice ID
+ch_1,2024-01-05 10:00:00,29.00,0.00,usd,Paid,cus_1,ann@example.com,Visa,4242,in_1
+ch_2,2024-01-06 10:00:00,1234.50,0.00,eur,Failed,cus_2,bob@example.com,MasterCard,4444,in_2
+ch_3,2024-01-07 10:00:00,-5.00,0.00,usd,Paid,cus_3,cy@example.com,Visa,1881,in_3
+ch_4,2024-01-08 10:00:00,5000,0.00,jpy,Paid,cus_4,dee@example.com,Visa,0005,in_4
+"""
+
+
+def test_dashboard_payments_export(settings, tmp_path):
+    path = tmp_path / "payments.csv"
+    path.write_text(PAYMENTS)
+    report = ingest(
+        path, source="stripe-csv", mapping="stripe_payments", settings=settings, progress=False
+    )
+    (f,) = report.files
+    assert (f.received, f.accepted, f.quarantined, f.duplicates) == (4, 3, 1, 0)
+    assert rows(
+        settings, "SELECT attempt_id, amount, currency, status FROM payment_attempts ORDER BY 1"
+    ) == [
+        ("ch_1", 2900, "usd", "succeeded"),
+        ("ch_2", 123450, "eur", "failed"),
+        ("ch_4", 5000, "jpy", "succeeded"),
+    ]
+    (line, rule, value) = rows(settings, "SELECT line, rule, value_redacted FROM quarantine")[0]
+    assert line == 4 and rule and "-5" in value
+    # the export's e-mail column is not kept anywhere in the warehouse
+    assert rows(settings, "SELECT count(*) FROM accounts") == [(0,)]
+    # same file again: nothing changes
+    before = table_checksums(settings)
+    again = ingest(
+        path, source="stripe-csv", mapping="stripe_payments", settings=settings, progress=False
+    )
+    assert again.files[0].duplicates == 4
+    assert {k: v for k, v in table_checksums(settings).items() if k != "loads"} == {
+        k: v for k, v in before.items() if k != "loads"
+    }
+
+
+def test_real_dashboard_header_maps(settings, tmp_path):
+    report = ingest(
+        EXTERNAL / "stripe" / "dashboard_payments_header.csv",
+        source="stripe-csv",
+        mapping="stripe_payments",
+        settings=settings,
+        progress=False,
+    )
+    (f,) = report.files
+    assert f.status == "ok" and f.received == 0
+
+
+def test_a_file_whose_shape_changed_fails_alone(settings, tmp_path):
+    good = tmp_path / "in" / "a_good.csv"
+    broken = tmp_path / "in" / "b_broken.csv"
+    good.parent.mkdir()
+    good.write_text(PAYMENTS)
+    # a newer export without the Amount column
+    broken.write_text(
+        "\n".join(
+            ",".join(c for i, c in enumerate(line.split(",")) if i != 2)
+            for line in PAYMENTS.splitlines()
+        )
+        + "\n"
+    )
+    report = ingest(
+        good.parent,
+        source="stripe-csv",
+        mapping="stripe_payments",
+        settings=settings,
+        progress=False,
+    )
+    by_name = {Path(f.path).name: f for f in report.files}
+    assert by_name["a_good.csv"].status == "ok" and by_name["a_good.csv"].accepted == 3
+    failed = by_name["b_broken.csv"]
+    assert failed.status == "failed" and "Amount" in failed.message
+    assert (failed.received, failed.accepted, failed.quarantined) == (4, 0, 4)
+    assert rows(
+        settings, "SELECT status, message LIKE '%Amount%' FROM loads ORDER BY source_file"
+    ) and sorted(r[0] for r in rows(settings, "SELECT status FROM loads")) == ["failed", "ok"]
+    assert rows(settings, "SELECT rule FROM quarantine WHERE line IS NULL") == [("file_rejected",)]
+    assert rows(settings, "SELECT count(*) FROM payment_attempts") == [(3,)]
+    assert verify(settings).ok
+
+
+def test_ravenstack_exports_and_rebuild(settings):
+    for name in ("accounts", "subscriptions", "support_tickets"):
+        report = ingest(
+            RAVEN / f"ravenstack_{name}.csv",
+            source="csv",
+            mapping=f"ravenstack_{name}",
+            settings=settings,
+            progress=False,
+        )
+        assert report.ok and report.files[0].accepted == report.files[0].received > 0
+    assert rows(settings, "SELECT count(*) FROM accounts") == [(500,)]
+    assert rows(settings, "SELECT count(*) FROM subscriptions") == [(5000,)]
+    # the mapping's own validity intervals are kept as given
+    assert (
+        rows(settings, "SELECT count(*), count(valid_to) FROM subscription_history")[0][0] == 5000
+    )
+    assert rows(settings, "SELECT count(*) FROM support_tickets") == [(2000,)]
+    before = table_checksums(settings)
+    rebuild(settings)
+    assert table_checksums(settings) == before
+    assert verify(settings).ok
+
+
+def test_simulator_csvs_with_a_card_number(settings, tmp_path):
+    tickets = tmp_path / "support_tickets.csv"
+    tickets.write_text(
+        "ticket_id,account_id,created_at,severity,category,status,resolved_at,first_response_minutes,subject,body\n"
+        "T1,cus_1,2024-01-01T10:00:00Z,high,billing,closed,2024-01-02T10:00:00Z,30,Card,"
+        '"My card is 4242-4242-4242-4242, exp 12/29."\n'
+        "T2,cus_2,2024-01-03T10:00:00Z,low,other,open,,,Hello,fine\n"
+    )
+    report = ingest(
+        tickets,
+        source="csv",
+        mapping="simulator_support_tickets",
+        settings=settings,
+        progress=False,
+    )
+    (f,) = report.files
+    assert f.redactions == 1 and f.accepted == 2
+    lake = Lake(Path(settings.data_dir) / "lake")
+    assert not contains_pan(lake.read(f.lake_path).decode())
+    assert rows(settings, "SELECT ticket_id, severity FROM support_tickets ORDER BY 1") == [
+        ("T1", "high"),
+        ("T2", "low"),
+    ]

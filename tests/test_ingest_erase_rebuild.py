@@ -1,0 +1,149 @@
+"""Rebuild from the lake gives the same warehouse; erasure removes a customer's personal data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from workbench.config import load_settings
+from workbench.ingest import erase_customer, ingest, rebuild, table_checksums, verify
+from workbench.ingest.lake import Lake
+from workbench.ingest.sample_events import sample_events, write_jsonl
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory) -> tuple[Path, list[dict]]:
+    """A warehouse from three loads: events in two files, a re-delivery and a webhook body."""
+    root = tmp_path_factory.mktemp("built")
+    settings = load_settings(root=root, overrides={"data_dir": str(root / "data")})
+    events = sample_events(accounts=12, months=6, seed=3)
+    a = write_jsonl(events[: len(events) // 2], root / "in" / "a.jsonl")
+    b = write_jsonl(events[len(events) // 2 :], root / "in" / "b.jsonl")
+    ingest([a, b], settings=settings, progress=False)
+    # a conflicting re-delivery and a malformed line: arrival order decides what stands
+    changed = json.loads(json.dumps(events[5]))
+    changed["data"]["object"]["description"] = "changed"
+    c = root / "in" / "c.jsonl"
+    c.write_text(json.dumps(changed) + "\n" + json.dumps(events[6])[:30] + "\n")
+    ingest(c, settings=settings, progress=False)
+    body = root / "in" / "hook.json"
+    body.write_text(json.dumps(events[1], indent=2))
+    ingest(body, source="webhook", settings=settings, progress=False)
+    return root / "data", events
+
+
+@pytest.fixture()
+def loaded(built, tmp_path: Path):
+    """A private copy of the built data folder (lake and warehouse)."""
+    data, events = built
+    shutil.copytree(data, tmp_path / "data")
+    return load_settings(root=tmp_path, overrides={"data_dir": str(tmp_path / "data")}), events
+
+
+def rows(settings, sql: str, params: list | None = None) -> list[tuple]:
+    con = duckdb.connect(str(settings.warehouse_path), read_only=True)
+    try:
+        return con.execute(sql, params or []).fetchall()
+    finally:
+        con.close()
+
+
+def test_rebuild_recreates_identical_tables(loaded):
+    settings, _ = loaded
+    before = table_checksums(settings)
+    assert int(before["quarantine"].split(":")[0]) == 2  # the conflict and the cut line
+    report = rebuild(settings)
+    assert report.loads == 3 and report.files == 4
+    assert table_checksums(settings) == before  # every table, load ids and times included
+    assert verify(settings).ok
+
+
+def test_rebuild_from_the_lake_alone(loaded):
+    settings, _ = loaded
+    before = table_checksums(settings)
+    Path(settings.warehouse_path).unlink()
+    rebuild(settings)
+    assert table_checksums(settings) == before
+
+
+def test_erase_customer_everywhere(loaded, tmp_path):
+    settings, events = loaded
+    # "Customer 11": no other customer's name or e-mail contains it
+    cid, name, email = rows(
+        settings, "SELECT account_id, name, email FROM accounts WHERE name = 'Customer 11'"
+    )[0]
+    other = rows(
+        settings,
+        "SELECT account_id, name, email FROM accounts WHERE account_id <> ? LIMIT 1",
+        [cid],
+    )[0]
+    lake = Lake(Path(settings.data_dir) / "lake")
+    assert any(email.encode() in lake.read(rel) for rel in lake.objects())
+    before = {t: v for t, v in table_checksums(settings).items()}
+
+    report = erase_customer(cid, who="dpo@example.com", why="ticket GDPR-17", settings=settings)
+    assert report.files_rewritten >= 1 and report.values_erased >= 2
+    # nothing of them left in the lake or the warehouse
+    for rel in lake.objects():
+        data = lake.read(rel)
+        assert email.encode() not in data and name.encode() not in data, rel
+    assert rows(settings, "SELECT name, email FROM accounts WHERE account_id = ?", [cid]) == [
+        (None, None)
+    ]
+    # everyone else untouched; the customer's non-personal facts remain
+    assert rows(
+        settings, "SELECT account_id, name, email FROM accounts WHERE account_id = ?", [other[0]]
+    ) == [other]
+    assert rows(settings, "SELECT count(*) FROM invoices WHERE account_id = ?", [cid])[0][0] > 0
+    after = table_checksums(settings)
+    for table in (
+        "subscriptions",
+        "subscription_history",
+        "invoices",
+        "invoice_lines",
+        "payment_attempts",
+        "prices",
+        "loads",
+    ):
+        assert after[table] == before[table], table
+    # who and why are recorded, in the lake and in the warehouse
+    log = [json.loads(line) for line in lake.erasure_log.read_text().splitlines()]
+    assert {(e["who"], e["why"], e["customer_id"]) for e in log} == {
+        ("dpo@example.com", "ticket GDPR-17", cid)
+    }
+    assert all(e["old_sha256"] != e["new_sha256"] for e in log if e["lake_file"])
+    assert rows(settings, "SELECT DISTINCT who, why FROM erasures") == [
+        ("dpo@example.com", "ticket GDPR-17")
+    ]
+    check = verify(settings)
+    assert check.ok, str(check)
+    # the lake still rebuilds the same (erased) warehouse, and a second erasure changes nothing
+    snapshot = table_checksums(settings)
+    again = erase_customer(cid, who="dpo@example.com", why="ticket GDPR-17", settings=settings)
+    assert again.files_rewritten == 0
+    assert {k: v for k, v in table_checksums(settings).items() if k != "erasures"} == {
+        k: v for k, v in snapshot.items() if k != "erasures"
+    }
+
+
+def test_erase_needs_who_and_why(loaded):
+    settings, _ = loaded
+    with pytest.raises(ValueError, match="who"):
+        erase_customer("cus_x", who=" ", why="because", settings=settings)
+
+
+def test_tampered_lake_fails_verification(loaded, tmp_path):
+    settings, _ = loaded
+    lake = Lake(Path(settings.data_dir) / "lake")
+    rel = lake.objects()[0]
+    target = lake.path(rel)
+    target.chmod(0o644)
+    target.write_bytes(target.read_bytes() + b"\n")
+    report = verify(settings)
+    assert not report.ok and [c.name for c in report.failed()] == ["lake_files"]
+    shutil.rmtree(lake.root / "_receipts")
+    assert "receipts" in [c.name for c in verify(settings, check_lake=False).failed()]

@@ -1,0 +1,108 @@
+"""Metrics of probability scores: hand-computed values on tiny arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from workbench.models import evaluation as ev
+
+
+def test_auc_and_pr_auc_match_hand_computation() -> None:
+    y = [0, 0, 1, 1]
+    p = [0.1, 0.4, 0.35, 0.8]
+    # pairs (pos, neg): (0.35 > 0.1), (0.35 < 0.4), (0.8 > 0.1), (0.8 > 0.4) -> 3 of 4
+    assert ev.roc_auc(y, p) == pytest.approx(0.75)
+    # ranking: 0.8 (pos, precision 1), 0.4 (neg), 0.35 (pos, precision 2/3)
+    assert ev.pr_auc(y, p) == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
+    assert np.isnan(ev.roc_auc([1, 1], [0.2, 0.3]))
+
+
+def test_brier_and_log_loss() -> None:
+    y = np.array([1, 0, 1])
+    p = np.array([0.9, 0.2, 0.6])
+    assert ev.brier_score(y, p) == pytest.approx(((0.1**2) + (0.2**2) + (0.4**2)) / 3)
+    assert ev.log_loss(y, p) == pytest.approx(-(np.log(0.9) + np.log(0.8) + np.log(0.6)) / 3)
+
+
+def test_missing_rows_are_dropped_and_bad_inputs_rejected() -> None:
+    y = pd.array([1, pd.NA, 0, 1], dtype="Int8")
+    p = [0.9, 0.5, np.nan, 0.7]
+    assert ev.binary_metrics(y, p)["rows"] == 2
+    with pytest.raises(ValueError):
+        ev.brier_score([0, 2], [0.1, 0.2])
+    with pytest.raises(ValueError):
+        ev.brier_score([0, 1], [0.1, 1.2])
+
+
+def test_ece_is_the_row_weighted_gap_per_bin() -> None:
+    # bin [0.1, 0.2): 4 rows predicted 0.15, 1 positive -> gap 0.10
+    # bin [0.8, 0.9): 6 rows predicted 0.85, 6 positives -> gap 0.15
+    y = [1, 0, 0, 0] + [1] * 6
+    p = [0.15] * 4 + [0.85] * 6
+    table = ev.reliability_table(y, p)
+    assert list(table["rows"]) == [4, 6]
+    assert table["observed_rate"].tolist() == pytest.approx([0.25, 1.0])
+    assert ev.expected_calibration_error(y, p) == pytest.approx(0.4 * 0.10 + 0.6 * 0.15)
+
+
+def test_ece_of_true_probabilities_is_small_and_of_shifted_ones_is_not() -> None:
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0, 1, 200_000)
+    y = (rng.uniform(0, 1, p.size) < p).astype(int)
+    assert ev.expected_calibration_error(y, p) < 0.005
+    assert ev.expected_calibration_error(y, np.clip(p + 0.1, 0, 1)) > 0.08
+    assert ev.expected_calibration_error(y, p, strategy="quantile") < 0.01
+
+
+def test_lift_table_ranks_deciles_by_score() -> None:
+    rng = np.random.default_rng(1)
+    p = rng.uniform(0, 1, 10_000)
+    y = (rng.uniform(0, 1, p.size) < p).astype(int)
+    lift = ev.lift_table(y, p)
+    assert list(lift["decile"]) == list(range(1, 11))
+    assert lift["rows"].sum() == 10_000
+    assert lift["rate"].is_monotonic_decreasing
+    assert lift["cumulative_capture"].iloc[-1] == pytest.approx(1.0)
+    assert lift["lift"].iloc[0] == pytest.approx(lift["rate"].iloc[0] / y.mean())
+
+
+def test_metrics_by_cohort_and_oracle_comparison_use_the_same_rows() -> None:
+    frame = pd.DataFrame({
+        "y": [1, 0, 1, 0, 1, 0, 0, 1],
+        "p": [0.9, 0.1, 0.8, 0.3, 0.4, 0.6, 0.2, 0.7],
+        "oracle": [0.95, 0.05, np.nan, 0.2, 0.6, 0.5, 0.1, 0.8],
+        "region": ["EU", "EU", "EU", "EU", "NA", "NA", "NA", None],
+    })  # fmt: skip
+    cohorts = ev.metrics_by_cohort(frame, y="y", p="p", cohorts=["region"], min_rows=3)
+    assert set(cohorts["value"]) == {"EU", "NA", "(none)"}
+    eu = cohorts[cohorts["value"] == "EU"].iloc[0]
+    assert eu["roc_auc"] == pytest.approx(1.0)
+    assert np.isnan(cohorts[cohorts["value"] == "(none)"].iloc[0].get("roc_auc", np.nan))
+    cmp = ev.oracle_comparison(frame["y"], frame["p"], frame["oracle"])
+    assert cmp["rows"] == 7  # the row without an oracle is dropped from both
+    keep = frame["oracle"].notna()
+    assert cmp["model_auc"] == pytest.approx(ev.roc_auc(frame.loc[keep, "y"], frame.loc[keep, "p"]))
+    assert cmp["auc_gap"] == pytest.approx(cmp["oracle_auc"] - cmp["model_auc"])
+
+
+def test_evaluate_scores_reports_every_score_and_the_oracle() -> None:
+    rng = np.random.default_rng(2)
+    n = 2000
+    truth = rng.uniform(0, 0.5, n)
+    frame = pd.DataFrame({
+        "y": (rng.uniform(0, 1, n) < truth).astype(int),
+        "good": np.clip(truth + rng.normal(0, 0.05, n), 0, 1),
+        "noise": rng.uniform(0, 0.5, n),
+        "truth": truth,
+        "plan": rng.choice(["a", "b"], n),
+    })  # fmt: skip
+    out = ev.evaluate_scores(frame, y="y", scores={"good": "good", "noise": "noise"}, cohorts=["plan"],
+                             oracle="truth")  # fmt: skip
+    m = out["metrics"].set_index("model")
+    assert list(m.index) == ["good", "noise", "oracle"]
+    assert m.loc["good", "roc_auc"] > m.loc["noise", "roc_auc"] + 0.1
+    assert m.loc["oracle", "brier"] < m.loc["noise", "brier"]
+    assert set(out["reliability"]["model"]) == {"good", "noise", "oracle"}
+    assert out["oracle"]["rows"] == n

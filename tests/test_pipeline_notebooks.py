@@ -1,0 +1,149 @@
+"""Every pipeline notebook, executed by papermill on a tiny simulated company.
+
+One module-scoped run of the whole pipeline (the way `workbench run` does it), then one
+test per notebook checking the outputs it promises. Also: plain papermill works without
+the CLI, as schedulers use it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import nbformat
+import pytest
+
+from workbench.config import load_settings
+from workbench.runner import pipeline_notebooks, run_pipeline
+from workbench.store import read_snapshot
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = {"accounts": 150, "months": 30, "seed": 3, "horizon": 3, "n_windows": 2}
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory: pytest.TempPathFactory):
+    base = tmp_path_factory.mktemp("pipeline")
+    env = {"WORKBENCH_DATA_DIR": str(base / "data"), "WORKBENCH_REPORTS_DIR": str(base / "reports")}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        settings = load_settings(REPO)
+        manifest = run_pipeline(parameters=TINY, settings=settings, progress=False)
+        yield settings, manifest
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _outputs_text(settings, manifest, stem: str) -> str:
+    nb = nbformat.read(Path(settings.reports_dir) / manifest.run_id / f"{stem}.ipynb", as_version=4)
+    return json.dumps([c.get("outputs", []) for c in nb.cells])
+
+
+def test_every_step_ran(pipeline) -> None:
+    settings, manifest = pipeline
+    assert manifest.status == "ok"
+    assert [s.step for s in manifest.steps] == [p.stem for p in pipeline_notebooks(REPO)]
+    for step in manifest.steps:
+        assert step.status == "ok" and len(step.outputs) == 2  # .ipynb and .html
+    assert (Path(settings.reports_dir) / "index.html").read_text().count(manifest.run_id) >= 1
+
+
+def test_00_simulate_writes_landing_and_truth(pipeline) -> None:
+    settings, manifest = pipeline
+    data = Path(settings.data_dir)
+    assert list((data / "landing" / "stripe").glob("*.jsonl"))
+    assert (data / "truth" / "churn_hazard.parquet").exists()
+    text = _outputs_text(settings, manifest, "00_simulate")
+    assert str(TINY["accounts"]) in text
+
+
+def _warehouse(settings) -> duckdb.DuckDBPyConnection:
+    return duckdb.connect(str(settings.warehouse_path), read_only=True)
+
+
+def test_01_ingest_loads_and_conserves(pipeline) -> None:
+    settings, manifest = pipeline
+    con = _warehouse(settings)
+    try:
+        assert con.execute("SELECT count(*) FROM events").fetchall()[0][0] > 1000
+        assert con.execute("SELECT count(*) FROM invoices").fetchall()[0][0] > 100
+        bad = con.execute(
+            "SELECT count(*) FROM loads WHERE received <> accepted + quarantined + duplicates"
+        ).fetchall()[0][0]
+        assert bad == 0
+    finally:
+        con.close()
+    text = _outputs_text(settings, manifest, "01_ingest")
+    assert "Where every received record went" in text or "image/svg+xml" in text
+
+
+def test_02_revenue_publishes_the_finance_snapshot(pipeline) -> None:
+    settings, manifest = pipeline
+    am = read_snapshot("finance", settings=settings)["account_months"]
+    assert am["mrr"].sum() > 0 and set(am["policy"]) == {"stripe"}
+    con = _warehouse(settings)
+    try:
+        stored = con.execute(
+            "SELECT count(*) FROM mrr_account_months WHERE run_id = ?", [manifest.run_id]
+        ).fetchall()[0][0]
+    finally:
+        con.close()
+    assert stored == len(am)
+
+
+def test_03_features_materialize_online(pipeline) -> None:
+    settings, manifest = pipeline
+    text = _outputs_text(settings, manifest, "03_features")
+    assert "no leakage" in text
+    assert list(Path(settings.data_dir).rglob("online*.db")), "no Feast online store written"
+
+
+def test_04_forecast_stored_and_published(pipeline) -> None:
+    settings, manifest = pipeline
+    con = _warehouse(settings)
+    try:
+        rows = con.execute(
+            "SELECT count(*), count(DISTINCT unique_id) FROM forecasts WHERE run_id = ?", [manifest.run_id]
+        ).fetchall()[0]
+    finally:
+        con.close()
+    assert rows[0] >= TINY["horizon"] and rows[1] >= 2
+    snap = read_snapshot("finance", settings=settings)
+    assert {"account_months", "forecast", "forecast_history"} <= set(snap)
+
+
+def test_08_anomalies_found_and_scored(pipeline) -> None:
+    settings, manifest = pipeline
+    con = _warehouse(settings)
+    try:
+        n = con.execute(
+            "SELECT count(*) FROM anomaly_findings WHERE run_id = ?", [manifest.run_id]
+        ).fetchall()[0][0]
+    finally:
+        con.close()
+    assert n >= 1
+    assert "precision" in _outputs_text(settings, manifest, "08_anomalies")
+
+
+def test_plain_papermill_runs_a_step_with_other_parameters(pipeline, tmp_path: Path) -> None:
+    settings, _ = pipeline
+    out = tmp_path / "revenue.ipynb"
+    env = {**os.environ, "WORKBENCH_DATA_DIR": str(settings.data_dir)}
+    result = subprocess.run(
+        [sys.executable, "-m", "papermill", str(REPO / "notebooks" / "02_revenue.ipynb"), str(out),
+         "-p", "policy", "chartmogul", "-p", "compare_policy", "stripe", "--no-progress-bar"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert read_snapshot("finance", settings=settings)["account_months"]["policy"].iloc[0] == "chartmogul"

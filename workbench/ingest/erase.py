@@ -1,0 +1,292 @@
+"""Erase one customer's personal data everywhere, the raw lake included.
+
+``workbench erase --customer cus_…`` is the one sanctioned rewrite of the lake:
+
+1. Every lake file that mentions the customer is rewritten without their personal data:
+   in JSON records that concern the customer (the customer object itself, and invoices,
+   charges, payment intents, subscriptions whose ``customer`` is them) the fields that
+   hold a name, e-mail, phone, address or free text about them are set to null, and any
+   remaining occurrence of the name or e-mail they had is replaced by ``[erased]``; in CSV
+   files the same values are blanked on the rows that mention the customer. Lines that do
+   not mention the customer keep their bytes.
+2. Each rewrite is appended to ``lake/_erasures.jsonl`` first (who, why, when, file, old
+   and new SHA-256, how many values), then the file is replaced atomically.
+3. The warehouse is rebuilt from the lake, so ``accounts`` and every other table agree with
+   the rewritten lake and ``verify`` still passes (the lake hashes are checked against the
+   erasure log).
+
+Rerunning an interrupted erasure finishes it; rerunning a finished one changes nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from workbench.config import Settings, load_settings
+from workbench.ingest.lake import Lake
+from workbench.ingest.rebuild import RebuildReport, rebuild_locked
+from workbench.store import Warehouse
+
+log = logging.getLogger(__name__)
+
+ERASED = "[erased]"
+#: Keys of a customer object that describe the person.
+CUSTOMER_KEYS = ("name", "email", "phone", "address", "shipping", "description", "individual_name")
+#: Keys of objects that belong to a customer and copy their details.
+COPIED_KEYS = (
+    "customer_name",
+    "customer_email",
+    "customer_phone",
+    "customer_address",
+    "customer_shipping",
+    "receipt_email",
+    "billing_details",
+    "shipping",
+    "description",
+)
+
+
+@dataclass
+class ErasureReport:
+    """What an erasure changed."""
+
+    erasure_id: str
+    customer_id: str
+    files_rewritten: int
+    values_erased: int
+    rebuild: RebuildReport | None
+    seconds: float
+
+    def __str__(self) -> str:
+        return (
+            f"erased {self.customer_id}: {self.values_erased} values in {self.files_rewritten} lake files "
+            f"(erasure {self.erasure_id}), warehouse rebuilt in {self.seconds:.1f} s"
+        )
+
+
+def _ref(value: Any) -> Any:
+    return value.get("id") if isinstance(value, dict) else value
+
+
+class _Scrubber:
+    """Remove one customer's personal data from parsed JSON values."""
+
+    def __init__(self, customer_id: str, known: set[str]) -> None:
+        self.customer_id = customer_id
+        self.known = {k for k in known if k and len(k) >= 3}
+        self.count = 0
+
+    def _null(self, obj: dict, keys: tuple[str, ...]) -> None:
+        for key in keys:
+            if obj.get(key) not in (None, "", {}, []):
+                value = obj[key]
+                if isinstance(value, str) and len(value) >= 3:
+                    self.known.add(value)
+                obj[key] = None
+                self.count += 1
+
+    def walk(self, value: Any) -> Any:
+        if isinstance(value, dict):
+            if value.get("object") == "customer" and value.get("id") == self.customer_id:
+                self._null(value, CUSTOMER_KEYS)
+            elif _ref(value.get("customer")) == self.customer_id:
+                self._null(value, COPIED_KEYS)
+            for key, item in value.items():
+                value[key] = self.walk(item)
+            return value
+        if isinstance(value, list):
+            return [self.walk(v) for v in value]
+        if isinstance(value, str) and self.known:
+            new = self.text(value)
+            return new
+        return value
+
+    def text(self, text: str) -> str:
+        """``text`` with every known name or e-mail of the customer replaced."""
+        for known in sorted(self.known, key=len, reverse=True):
+            if len(known) >= 5 and known in text:
+                self.count += text.count(known)
+                text = text.replace(known, ERASED)
+        return text
+
+    def field(self, value: str) -> str:
+        """A CSV field: erased when it is a known value or holds a known e-mail."""
+        if value in self.known:
+            self.count += 1
+            return ""
+        for known in self.known:
+            if "@" in known and known in value:
+                self.count += 1
+                value = value.replace(known, ERASED)
+        return value
+
+
+def _scrub_json(data: bytes, scrubber: _Scrubber) -> bytes:
+    cid = scrubber.customer_id.encode()
+    if cid not in data:
+        return data
+    text = data.decode("utf-8", errors="surrogateescape")
+    stripped = text.lstrip()
+    if stripped.startswith("[") or (
+        stripped.startswith("{")
+        and "\n" in stripped.rstrip()
+        and not _is_json_line(stripped.split("\n", 1)[0])
+    ):
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            doc = None
+        if doc is not None:
+            out = json.dumps(scrubber.walk(doc), indent=2, ensure_ascii=False)
+            return (out + "\n").encode("utf-8", errors="surrogateescape")
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if scrubber.customer_id not in line:
+            continue
+        try:
+            value = json.loads(line)
+        except ValueError:
+            lines[i] = scrubber.text(line)
+            continue
+        lines[i] = json.dumps(scrubber.walk(value), ensure_ascii=False)
+    return "\n".join(lines).encode("utf-8", errors="surrogateescape")
+
+
+def _is_json_line(line: str) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
+
+
+def _scrub_csv(data: bytes, scrubber: _Scrubber) -> bytes:
+    if scrubber.customer_id.encode() not in data:
+        return data
+    text = data.decode("utf-8", errors="surrogateescape")
+    lines = text.split("\n")
+    for i, line in enumerate(lines):
+        if scrubber.customer_id not in line:
+            continue
+        row = next(csv.reader([line]), [])
+        new = [scrubber.field(f) for f in row]
+        if new != row:
+            buf = io.StringIO()
+            csv.writer(buf, lineterminator="").writerow(new)
+            lines[i] = buf.getvalue()
+    return "\n".join(lines).encode("utf-8", errors="surrogateescape")
+
+
+def _known_values(settings: Settings, customer_id: str) -> set[str]:
+    wh = Warehouse(settings)
+    if not wh.path.exists():
+        return set()
+    con = duckdb.connect(str(wh.path), read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT name, email FROM accounts WHERE account_id = ?", [customer_id]
+        ).fetchall()
+    finally:
+        con.close()
+    return {v for row in rows for v in row if v}
+
+
+def erase_customer(
+    customer_id: str, *, who: str, why: str, settings: Settings | None = None
+) -> ErasureReport:
+    """Remove a customer's personal data from the lake and the warehouse.
+
+    Args:
+        customer_id: The account id (e.g. ``cus_…``).
+        who: The person or system asking (recorded).
+        why: The reason, e.g. a ticket number or "GDPR art. 17 request" (recorded).
+        settings: Where the data directory and the warehouse are.
+
+    Returns:
+        How many lake files and values were changed.
+
+    Raises:
+        ValueError: ``who`` or ``why`` is empty.
+        WarehouseBusy: Another process is writing the warehouse.
+    """
+    if not who.strip() or not why.strip():
+        raise ValueError("an erasure must record who asked for it and why")
+    settings = settings or load_settings()
+    started = time.perf_counter()
+    wh = Warehouse(settings)
+    lake = Lake(Path(settings.data_dir) / "lake")
+    erasure_id = f"er_{datetime.now(UTC):%Y%m%dT%H%M%S}_{uuid.uuid4().hex[:8]}"
+    with wh.lock.hold(step="erase"):
+        known = _known_values(settings, customer_id)
+        # Two passes: the first learns every name/e-mail the customer ever had from the
+        # customer objects, the second also replaces those values in free text elsewhere.
+        objects = lake.objects()
+        files_rewritten = values = 0
+        for _ in range(2):
+            for rel in objects:
+                scrubber = _Scrubber(customer_id, known)
+                old = lake.read(rel)
+                new = (
+                    _scrub_csv(old, scrubber)
+                    if rel.endswith(".csv")
+                    else _scrub_json(old, scrubber)
+                )
+                known |= scrubber.known
+                if new == old:
+                    continue
+                entry = {
+                    "erasure_id": erasure_id,
+                    "customer_id": customer_id,
+                    "who": who,
+                    "why": why,
+                    "erased_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "lake_file": rel,
+                    "old_sha256": _sha(old),
+                    "new_sha256": _sha(new),
+                    "values_erased": scrubber.count,
+                }
+                lake.log_erasure(entry)
+                lake.replace(rel, new)
+                files_rewritten += 1
+                values += scrubber.count
+        lake.log_erasure(
+            {
+                "erasure_id": erasure_id,
+                "customer_id": customer_id,
+                "who": who,
+                "why": why,
+                "erased_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "lake_file": None,
+                "old_sha256": None,
+                "new_sha256": None,
+                "values_erased": values,
+            }
+        )
+        rebuilt = rebuild_locked(settings, lake)
+    report = ErasureReport(
+        erasure_id=erasure_id,
+        customer_id=customer_id,
+        files_rewritten=files_rewritten,
+        values_erased=values,
+        rebuild=rebuilt,
+        seconds=time.perf_counter() - started,
+    )
+    log.info("%s", report)
+    return report
+
+
+def _sha(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()

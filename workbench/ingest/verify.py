@@ -1,0 +1,207 @@
+"""Check that the warehouse and the lake still agree with everything ingestion promised.
+
+Checks (each a row of the report):
+
+* ``conservation``: every file of every load has received = accepted + quarantined +
+  duplicates;
+* ``events_unique``: one row per event id;
+* ``events_accepted``: the events table holds exactly the events the JSON loads accepted;
+* ``lake_files``: every file a load used is in the lake with the content hash it was
+  received with (or, after an erasure, the hash the erasure log recorded);
+* ``receipts``: every load has its receipt in the lake (so ``rebuild`` can replay it);
+* ``no_card_numbers``: no lake file and no quarantine value holds a Luhn-valid card number;
+* ``personal_data``: names and e-mails only in ``accounts``; none in quarantine values;
+  erased customers have none left;
+* ``contracts``: every canonical table satisfies its pandera contract.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from workbench.config import Settings, load_settings
+from workbench.ingest import contracts
+from workbench.ingest.lake import Lake, sha256_file
+from workbench.ingest.records import redact_cards
+from workbench.redact import contains_pan
+from workbench.schema import TABLES
+from workbench.store import Warehouse
+
+log = logging.getLogger(__name__)
+
+_EMAIL_SQL = r"'[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}'"
+
+
+@dataclass
+class Check:
+    """One verification."""
+
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass
+class VerifyReport:
+    """All checks; ``ok`` when every one passed."""
+
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame([c.__dict__ for c in self.checks])
+
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if not c.ok]
+
+    def __str__(self) -> str:
+        lines = [f"{'ok ' if c.ok else 'BAD'} {c.name}: {c.detail}" for c in self.checks]
+        return "\n".join(lines)
+
+
+def _lake_checks(loads: pd.DataFrame, lake: Lake) -> list[Check]:
+    expected = lake.expected_sha()
+    missing, changed, cards = [], [], []
+    for rel, sha in loads[["source_file", "file_sha256"]].drop_duplicates().itertuples(index=False):
+        path = lake.path(rel)
+        if not path.exists():
+            missing.append(rel)
+            continue
+        want = expected.get(rel, sha)
+        if sha256_file(path) != want:
+            changed.append(rel)
+        if redact_cards(path.read_bytes())[1]:
+            cards.append(rel)
+    out = [
+        Check(
+            "lake_files",
+            not missing and not changed,
+            f"{len(loads['source_file'].unique())} files; missing: {missing[:3]}; changed: {changed[:3]}"
+            if missing or changed
+            else f"{loads['source_file'].nunique()} files present with their hashes",
+        ),
+        Check(
+            "no_card_numbers",
+            not cards,
+            f"card numbers in {cards[:3]}" if cards else "no card numbers in the lake files",
+        ),
+    ]
+    return out
+
+
+def verify(settings: Settings | None = None, *, check_lake: bool = True) -> VerifyReport:
+    """Run every check (read-only).
+
+    Args:
+        settings: Where the data directory and the warehouse are.
+        check_lake: Also hash every lake file (reads the whole lake).
+
+    Returns:
+        The checks with details; ``report.ok`` tells whether all passed.
+    """
+    settings = settings or load_settings()
+    lake = Lake(Path(settings.data_dir) / "lake")
+    report = VerifyReport()
+    with Warehouse(settings).read(step="verify") as con:
+        loads = con.execute("SELECT * FROM loads").df()
+        bad = loads[
+            loads["received"] != loads["accepted"] + loads["quarantined"] + loads["duplicates"]
+        ]
+        report.checks.append(
+            Check(
+                "conservation",
+                bad.empty,
+                f"{len(loads)} file loads balanced"
+                if bad.empty
+                else f"unbalanced: {bad['source_file'].tolist()[:3]}",
+            )
+        )
+        n, distinct = con.execute(
+            "SELECT count(*), count(DISTINCT event_id) FROM events"
+        ).fetchall()[0]
+        report.checks.append(
+            Check("events_unique", n == distinct, f"{n} events, {distinct} distinct ids")
+        )
+        accepted = int(loads.loc[loads["source"].isin(["stripe", "webhook"]), "accepted"].sum())
+        report.checks.append(
+            Check(
+                "events_accepted",
+                accepted == n,
+                f"loads accepted {accepted} events; the events table has {n}",
+            )
+        )
+        receipts = lake.receipt_ids()
+        lacking = sorted(set(loads["load_id"]) - receipts)
+        report.checks.append(
+            Check(
+                "receipts",
+                not lacking,
+                f"{len(receipts)} receipts" if not lacking else f"no receipt for {lacking[:3]}",
+            )
+        )
+        if check_lake:
+            report.checks.extend(_lake_checks(loads, lake))
+        q_values = con.execute(
+            "SELECT value_redacted, message FROM quarantine "
+            "WHERE regexp_matches(coalesce(value_redacted, '') || ' ' || message, '[0-9][0-9 -]{11,}[0-9]')"
+        ).fetchall()
+        q_cards = sum(contains_pan(f"{v or ''} {m}") for v, m in q_values)
+        q_mail = con.execute(
+            f"SELECT count(*) FROM quarantine WHERE regexp_matches(value_redacted, {_EMAIL_SQL}) "
+            f"OR regexp_matches(message, {_EMAIL_SQL})"
+        ).fetchall()[0][0]
+        personal_tables = [t.name for t in TABLES.values() if t.personal and t.name != "accounts"]
+        erased = con.execute(
+            "SELECT count(*) FROM accounts WHERE account_id IN (SELECT customer_id FROM erasures) "
+            "AND (name IS NOT NULL OR email IS NOT NULL)"
+        ).fetchall()[0][0]
+        ok = not personal_tables and q_mail == 0 and erased == 0
+        report.checks.append(
+            Check(
+                "personal_data",
+                ok,
+                f"personal columns outside accounts: {personal_tables}; e-mails in quarantine: {q_mail}; "
+                f"erased accounts still holding personal data: {erased}",
+            )
+        )
+        if q_cards:
+            report.checks.append(
+                Check(
+                    "no_card_numbers_quarantine",
+                    False,
+                    f"{q_cards} quarantine values hold card numbers",
+                )
+            )
+        failures = []
+        for name in TABLES:
+            if name in ("quarantine",):
+                continue
+            frame = (
+                con.sql(f"SELECT * FROM {name}")
+                .to_arrow_table()
+                .to_pandas(types_mapper=pd.ArrowDtype)
+            )
+            fails = contracts.validate(frame, name)
+            if len(fails):
+                failures.append(
+                    f"{name}: {fails['column_name'].iloc[0]} {fails['rule'].iloc[0]} ({len(fails)})"
+                )
+        report.checks.append(
+            Check(
+                "contracts",
+                not failures,
+                "; ".join(failures[:5])
+                if failures
+                else f"{len(TABLES)} tables satisfy their contracts",
+            )
+        )
+    for c in report.failed():
+        log.warning("verify: %s failed: %s", c.name, c.detail)
+    return report

@@ -1,0 +1,1 @@
+"""Churn, recovery and retention-uplift models: training, evaluation, explanations, registry."""

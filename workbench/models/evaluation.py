@@ -1,0 +1,285 @@
+"""Quality of probability scores: discrimination, calibration, lift, cohorts, the oracle.
+
+Small pure functions over arrays and tidy frames, composed by :func:`evaluate_scores`.
+Every function takes the realized outcome ``y`` (0/1) and a probability ``p`` of the
+same length; rows where either is missing are dropped first.
+
+Calibration error is the *expected calibration error* (ECE): predictions are put into
+bins, and the absolute gap between the mean prediction and the observed rate in each bin
+is averaged with the bin's share of rows as weight. ``strategy="uniform"`` uses ten
+equal-width bins on [0, 1] (the usual definition, Naeini et al. 2015, Guo et al. 2017);
+``strategy="quantile"`` uses bins of equal size, which resolves low-prevalence scores
+better but is noisier (each bin's observed rate carries sampling error).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+log = logging.getLogger(__name__)
+
+EPS = 1e-15
+#: Cohort columns reported by default (plan, region, channel).
+COHORTS: tuple[str, ...] = ("plan_tier", "region", "channel")
+
+
+def _clean(y: Iterable, p: Iterable) -> tuple[np.ndarray, np.ndarray]:
+    y = pd.to_numeric(pd.Series(np.asarray(y, dtype=object)), errors="coerce").to_numpy(float)
+    p = pd.to_numeric(pd.Series(np.asarray(p, dtype=object)), errors="coerce").to_numpy(float)
+    if len(y) != len(p):
+        raise ValueError(f"y and p differ in length ({len(y)} vs {len(p)})")
+    ok = np.isfinite(y) & np.isfinite(p)
+    y, p = y[ok], p[ok]
+    if len(y) and not np.isin(y, (0.0, 1.0)).all():
+        raise ValueError("y must be 0 or 1")
+    if len(p) and ((p < 0).any() or (p > 1).any()):
+        raise ValueError("p must be probabilities in [0, 1]")
+    return y.astype(np.int8), p
+
+
+def roc_auc(y: Iterable, p: Iterable) -> float:
+    """Area under the ROC curve (NaN when only one class is present)."""
+    y, p = _clean(y, p)
+    return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
+
+
+def pr_auc(y: Iterable, p: Iterable) -> float:
+    """Average precision, the usual estimate of the area under the precision-recall curve."""
+    y, p = _clean(y, p)
+    return float(average_precision_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
+
+
+def brier_score(y: Iterable, p: Iterable) -> float:
+    """Mean squared difference between probability and outcome."""
+    y, p = _clean(y, p)
+    return float(np.mean((p - y) ** 2)) if len(y) else float("nan")
+
+
+def log_loss(y: Iterable, p: Iterable) -> float:
+    """Mean negative log-likelihood (probabilities clipped to [1e-15, 1 - 1e-15])."""
+    y, p = _clean(y, p)
+    if not len(y):
+        return float("nan")
+    q = np.clip(p, EPS, 1 - EPS)
+    return float(-np.mean(y * np.log(q) + (1 - y) * np.log1p(-q)))
+
+
+def _bin_ids(p: np.ndarray, *, bins: int, strategy: str) -> np.ndarray:
+    if strategy == "uniform":
+        return np.minimum((p * bins).astype(np.int64), bins - 1)
+    if strategy == "quantile":
+        order = np.argsort(p, kind="stable")
+        ids = np.empty(len(p), dtype=np.int64)
+        ids[order] = (np.arange(len(p)) * bins) // max(len(p), 1)
+        return ids
+    raise ValueError(f"strategy must be 'uniform' or 'quantile', not {strategy!r}")
+
+
+def reliability_table(
+    y: Iterable, p: Iterable, *, bins: int = 10, strategy: str = "uniform"
+) -> pd.DataFrame:
+    """Observed rate against mean prediction per bin (the data of a reliability diagram).
+
+    Returns:
+        One row per non-empty bin: ``bin``, ``p_low``, ``p_high`` (range of predictions
+        in it), ``mean_predicted``, ``observed_rate``, ``rows``, ``share`` (of all rows),
+        ``gap`` (observed - predicted).
+    """
+    y, p = _clean(y, p)
+    ids = _bin_ids(p, bins=bins, strategy=strategy)
+    frame = pd.DataFrame({"bin": ids, "y": y, "p": p})
+    out = (
+        frame.groupby("bin")
+        .agg(
+            p_low=("p", "min"),
+            p_high=("p", "max"),
+            mean_predicted=("p", "mean"),
+            observed_rate=("y", "mean"),
+            rows=("y", "size"),
+        )
+        .reset_index()
+    )
+    out["share"] = out["rows"] / max(len(y), 1)
+    out["gap"] = out["observed_rate"] - out["mean_predicted"]
+    return out
+
+
+def expected_calibration_error(
+    y: Iterable, p: Iterable, *, bins: int = 10, strategy: str = "uniform"
+) -> float:
+    """Row-weighted mean absolute gap between observed rate and mean prediction per bin."""
+    table = reliability_table(y, p, bins=bins, strategy=strategy)
+    if table.empty:
+        return float("nan")
+    return float((table["share"] * table["gap"].abs()).sum())
+
+
+def lift_table(y: Iterable, p: Iterable, *, groups: int = 10) -> pd.DataFrame:
+    """Outcome rate by score decile, highest scores first.
+
+    Returns:
+        One row per group: ``decile`` (1 = highest scores), ``rows``, ``positives``,
+        ``rate``, ``mean_predicted``, ``lift`` (rate / overall rate), ``cumulative_capture``
+        (share of all positives found in this and higher deciles) and ``cumulative_lift``.
+    """
+    y, p = _clean(y, p)
+    n = len(y)
+    order = np.argsort(-p, kind="stable")
+    decile = np.empty(n, dtype=np.int64)
+    decile[order] = (np.arange(n) * groups) // max(n, 1) + 1
+    frame = pd.DataFrame({"decile": decile, "y": y, "p": p})
+    out = (
+        frame.groupby("decile")
+        .agg(rows=("y", "size"), positives=("y", "sum"), mean_predicted=("p", "mean"))
+        .reset_index()
+    )
+    base = y.mean() if n else float("nan")
+    out["rate"] = out["positives"] / out["rows"]
+    out["lift"] = out["rate"] / base if base > 0 else float("nan")
+    total = max(int(y.sum()), 1)
+    out["cumulative_capture"] = out["positives"].cumsum() / total
+    out["cumulative_lift"] = (out["positives"].cumsum() / out["rows"].cumsum()) / base if base > 0 else float("nan")
+    return out[["decile", "rows", "positives", "rate", "mean_predicted", "lift",
+                "cumulative_capture", "cumulative_lift"]]  # fmt: skip
+
+
+def binary_metrics(y: Iterable, p: Iterable, *, bins: int = 10) -> dict[str, float]:
+    """All headline metrics of a probability score.
+
+    Returns:
+        ``rows``, ``positives``, ``base_rate``, ``mean_predicted``, ``roc_auc``, ``pr_auc``,
+        ``brier``, ``log_loss``, ``ece`` (uniform bins), ``ece_quantile`` (equal-size bins)
+        and ``top_decile_lift``.
+    """
+    y, p = _clean(y, p)
+    n = len(y)
+    out: dict[str, float] = {
+        "rows": float(n),
+        "positives": float(y.sum()),
+        "base_rate": float(y.mean()) if n else float("nan"),
+        "mean_predicted": float(p.mean()) if n else float("nan"),
+        "roc_auc": roc_auc(y, p),
+        "pr_auc": pr_auc(y, p),
+        "brier": brier_score(y, p),
+        "log_loss": log_loss(y, p),
+        "ece": expected_calibration_error(y, p, bins=bins) if n else float("nan"),
+        "ece_quantile": (
+            expected_calibration_error(y, p, bins=bins, strategy="quantile") if n else float("nan")
+        ),
+    }
+    if n >= 10 and y.sum() > 0:
+        out["top_decile_lift"] = float(lift_table(y, p).iloc[0]["lift"])
+    else:
+        out["top_decile_lift"] = float("nan")
+    return out
+
+
+def metrics_by_cohort(
+    frame: pd.DataFrame,
+    *,
+    y: str,
+    p: str,
+    cohorts: Sequence[str] = COHORTS,
+    min_rows: int = 30,
+) -> pd.DataFrame:
+    """:func:`binary_metrics` per value of each cohort column.
+
+    Args:
+        frame: Needs the outcome column ``y``, the score column ``p`` and the cohort
+            columns (missing cohort values are reported as ``"(none)"``).
+        min_rows: Cohorts with fewer rows are reported with counts but no metrics.
+
+    Returns:
+        Columns ``cohort`` (the column name), ``value`` and the metrics.
+    """
+    rows = []
+    for col in cohorts:
+        if col not in frame.columns:
+            log.warning("cohort column %r missing; skipped", col)
+            continue
+        values = frame[col].astype(object).where(frame[col].notna(), "(none)").astype(str)
+        for value, part in frame.groupby(values, sort=True):
+            if len(part) >= min_rows:
+                m = binary_metrics(part[y], part[p])
+            else:
+                yy, _ = _clean(part[y], part[p])
+                m = {"rows": float(len(yy)), "positives": float(yy.sum())}
+            rows.append({"cohort": col, "value": value, **m})
+    return pd.DataFrame(rows)
+
+
+def oracle_comparison(y: Iterable, p_model: Iterable, p_oracle: Iterable) -> dict[str, float]:
+    """Model against the true probabilities on exactly the same rows.
+
+    Rows where the outcome, the model score or the oracle is missing are dropped from
+    both, so the two are always compared on identical rows.
+
+    Returns:
+        ``rows``, ``model_auc``, ``oracle_auc``, ``auc_gap`` (oracle - model),
+        ``model_brier``, ``oracle_brier``, ``model_ece``, ``oracle_ece``.
+    """
+    yy = pd.to_numeric(pd.Series(np.asarray(y, dtype=object)), errors="coerce").to_numpy(float)
+    pm = np.asarray(p_model, dtype=float)
+    po = np.asarray(p_oracle, dtype=float)
+    ok = np.isfinite(yy) & np.isfinite(pm) & np.isfinite(po)
+    yy, pm, po = yy[ok], pm[ok], po[ok]
+    out = {
+        "rows": float(ok.sum()),
+        "model_auc": roc_auc(yy, pm),
+        "oracle_auc": roc_auc(yy, po),
+        "model_brier": brier_score(yy, pm),
+        "oracle_brier": brier_score(yy, po),
+        "model_ece": expected_calibration_error(yy, pm) if len(yy) else float("nan"),
+        "oracle_ece": expected_calibration_error(yy, po) if len(yy) else float("nan"),
+    }
+    out["auc_gap"] = out["oracle_auc"] - out["model_auc"]
+    return out
+
+
+def evaluate_scores(
+    frame: pd.DataFrame,
+    *,
+    y: str,
+    scores: Mapping[str, str],
+    cohorts: Sequence[str] = COHORTS,
+    oracle: str | None = None,
+) -> dict[str, pd.DataFrame | dict]:
+    """Everything the model card and the notebooks show, for one outcome.
+
+    Args:
+        frame: Test rows with the outcome ``y``, one column per score in ``scores``
+            (display name -> column), cohort columns and optionally the oracle column.
+        oracle: Column with the true probabilities, compared on the same rows.
+
+    Returns:
+        ``metrics`` (frame: one row per score, the oracle included when given),
+        ``reliability`` and ``lift`` (frames with a ``model`` column), ``by_cohort``
+        (frame for the first score) and ``oracle`` (dict from :func:`oracle_comparison`
+        for the first score, empty without an oracle).
+    """
+    names = dict(scores)
+    if oracle is not None:
+        names_all = {**names, "oracle": oracle}
+    else:
+        names_all = names
+    metrics = pd.DataFrame(
+        [{"model": k, **binary_metrics(frame[y], frame[c])} for k, c in names_all.items()]
+    )
+    rel = pd.concat(
+        [reliability_table(frame[y], frame[c]).assign(model=k) for k, c in names_all.items()],
+        ignore_index=True,
+    )
+    lift = pd.concat(
+        [lift_table(frame[y], frame[c]).assign(model=k) for k, c in names_all.items()],
+        ignore_index=True,
+    )
+    first = next(iter(names.values()))
+    by_cohort = metrics_by_cohort(frame, y=y, p=first, cohorts=cohorts)
+    cmp = oracle_comparison(frame[y], frame[first], frame[oracle]) if oracle is not None else {}
+    return {"metrics": metrics, "reliability": rel, "lift": lift, "by_cohort": by_cohort,
+            "oracle": cmp}  # fmt: skip

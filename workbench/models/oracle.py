@@ -1,0 +1,435 @@
+"""The oracle: the simulator's true probabilities for the rows a model is tested on.
+
+The simulated company writes its ground truth to ``<out>/truth/`` (see
+:mod:`workbench.simulator.truth`). Because it knows the true churn hazards, payment
+recovery probabilities and offer effects, the quality of a model can be put beside
+the best any model could do on the same rows. Nothing here is used for training.
+
+**Churn within h days of t** (``T = t + h``). An account stops paying by ``T`` when
+
+1. a cancellation was already decided before ``t`` (its paying subscription is set to
+   cancel at period end) and that period ends by ``T`` (probability 1, else 0);
+2. an open failed invoice at ``t`` fails all its remaining retries, the last one by
+   ``T`` (the simulator then churns the account): the product of ``1 - p_success`` of its
+   retries after ``t``, from ``recovery.parquet``;
+3. it decides to cancel in a month ``m`` starting in ``[t, T)`` with the true monthly
+   hazard ``hazard_m`` (``churn_hazard.parquet``), and that decision ends the
+   subscription by ``T``. The decision falls uniformly in month ``m``; it ends the
+   subscription at once with probability 0.25 (0.10 on yearly billing), else at the end
+   of the billing period; the billing anchor (``current_period_end`` at ``t``) comes from
+   the warehouse. With survival ``S_m = prod_{j<m} (1 - hazard_j)``, the probability is
+   ``sum_m S_m * hazard_m * w_m`` where ``w_m`` is the chance that a decision in ``m`` ends
+   the subscription by ``T``.
+
+``P = 1 - (1 - P1)(1 - P2)(1 - P3)``. Approximations, documented rather than hidden:
+the hazards of the months after ``t`` are the *realized* path (they use the latent
+health of those months, which no model can know at ``t``; months after the account has
+left carry its last hazard forward), so this oracle is optimistic; the ``*_at_t``
+variant holds the hazard of month ``t`` constant instead. Invoices whose *first* failure
+comes after ``t`` (future involuntary churn) and reactivations are not modelled.
+
+**Recovery within h days of a failed attempt at t**: ``1 - prod(1 - p_success)`` over the
+scheduled retries after ``t`` and no later than ``t + h``. At the first failure this
+equals the simulator's ``p_recovered_<h>d``, which is used there directly.
+
+**Offer uplift** (retention offer at eligibility): the true reduction of the probability
+of churning within ``k`` months, ``(1 - (1 - h (1 - tau))^k) - (1 - (1 - h)^k)`` with
+negative sign convention flipped (positive = the offer helps), from the hazard at
+eligibility ``h`` and the account's true relative effect ``tau`` (``offers.parquet``).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from workbench.features.offline import to_us
+
+log = logging.getLogger(__name__)
+
+DAY_US = 86_400_000_000
+#: The simulator's share of voluntary cancellations that end the subscription at once.
+IMMEDIATE_SHARE = {"month": 0.25, "year": 0.10}
+
+
+def read_truth(truth_dir: Path | str, name: str) -> pd.DataFrame:
+    """One truth table (``churn_hazard``, ``recovery``, ``offers``, ``accounts``, ...)."""
+    path = Path(truth_dir) / f"{name}.parquet"
+    if not path.is_file():
+        raise FileNotFoundError(f"no truth table {path}; was the data simulated with workbench.simulator?")
+    return pd.read_parquet(path)
+
+
+# --------------------------------------------------------------------------- churn
+
+
+def _billing_state(con: duckdb.DuckDBPyConnection, spine: pd.DataFrame) -> pd.DataFrame:
+    """Per spine row, the main paying subscription item at ``as_of``: its billing interval,
+    current period end and whether it is set to cancel at period end."""
+    name = f"_wb_oracle_{uuid.uuid4().hex[:12]}"
+    probe = pa.table({
+        "_row": pa.array(np.arange(len(spine), dtype=np.int64)),
+        "account_id": pa.array(spine["account_id"].astype(str).to_numpy(), type=pa.string()),
+        "t_us": pa.array(to_us(spine["as_of"])),
+    })  # fmt: skip
+    con.register(name, probe)
+    try:
+        df = con.execute(
+            f"""
+            WITH h AS (
+              SELECT h.account_id, epoch_us(h.valid_from) AS vf, epoch_us(h.valid_to) AS vt,
+                     h.interval, epoch_us(h.current_period_end) AS cpe,
+                     coalesce(h.cancel_at_period_end, false) AS cape,
+                     CAST(h.unit_amount AS DOUBLE) * coalesce(h.quantity, 1)
+                       / CASE h.interval WHEN 'year' THEN 12.0 ELSE 1.0 END AS mrr
+              FROM subscription_history h LEFT JOIN prices p ON p.price_id = h.price_id
+              WHERE h.status IN ('active', 'past_due')
+                AND coalesce(h.usage_type, p.usage_type, 'licensed') = 'licensed'
+                AND h.unit_amount > 0)
+            SELECT s._row, arg_max(h.interval, h.mrr) AS interval, arg_max(h.cpe, h.mrr) AS cpe,
+                   bool_or(h.cape) AS cape
+            FROM {name} s JOIN h ON h.account_id = s.account_id AND h.vf <= s.t_us
+                               AND (h.vt IS NULL OR h.vt > s.t_us)
+            GROUP BY s._row
+            """
+        ).df()
+    finally:
+        con.unregister(name)
+    out = pd.DataFrame(index=np.arange(len(spine)))
+    out["interval"] = None
+    out["cpe_us"] = np.nan
+    out["pending"] = False
+    rows = df["_row"].to_numpy(np.int64)
+    out.loc[rows, "interval"] = df["interval"].to_numpy(object)
+    out.loc[rows, "cpe_us"] = df["cpe"].to_numpy(np.float64)
+    out.loc[rows, "pending"] = df["cape"].fillna(False).to_numpy(bool)
+    return out
+
+
+def _add_months_us(us: np.ndarray, months: int) -> np.ndarray:
+    """Epoch microseconds shifted by calendar months (day clipped to the month's end)."""
+    ts = pd.Series(pd.to_datetime(np.asarray(us, dtype=np.int64), unit="us", utc=True)).astype("datetime64[us, UTC]")
+    if months:
+        ts = ts + pd.DateOffset(months=months)
+    return ts.to_numpy().astype("datetime64[us]").astype(np.int64)
+
+
+def _last_anchor(cpe_us: np.ndarray, step_months: np.ndarray, T_us: np.ndarray) -> np.ndarray:
+    """The last billing period boundary at or before ``T``: the largest ``cpe + j`` billing
+    intervals that is ``<= T`` (NaN when the current period ends after ``T``)."""
+    out = np.full(len(T_us), np.nan)
+    known = np.isfinite(cpe_us)
+    cpe_i = np.where(known, cpe_us, 0).astype(np.int64)
+    for j in range(0, 13):
+        for step in (1, 12):
+            sel = known & (step_months == step)
+            if not sel.any() or (step == 12 and j > 1):
+                continue
+            anchor = _add_months_us(cpe_i[sel], j * step).astype(np.float64)
+            good = anchor <= T_us[sel]
+            idx = np.flatnonzero(sel)[good]
+            out[idx] = np.fmax(out[idx], anchor[good])
+    return out
+
+
+def _open_invoice_failure(spine: pd.DataFrame, rec: pd.DataFrame) -> pd.DataFrame:
+    """Per (spine row, failed invoice open at ``t``): probability that all remaining retries
+    fail (``q``) and the time of the last retry (``last_us``)."""
+    rec = rec.assign(at_us=to_us(rec["attempt_at"]))
+    first = rec[rec["attempt"] == 1][["invoice_id", "account_id", "at_us"]].rename(columns={"at_us": "first_us"})
+    retries = rec[rec["attempt"] > 1][["invoice_id", "at_us", "p_success", "succeeded"]]
+    pairs = spine[["_row", "account_id", "t_us"]].merge(first, on="account_id")
+    pairs = pairs[pairs["first_us"] < pairs["t_us"]]
+    if pairs.empty:
+        return pd.DataFrame({"_row": [], "q": [], "last_us": []})
+    x = pairs.merge(retries, on="invoice_id")
+    # paid before t: no longer open (the realized outcome up to t is known at t)
+    paid_before = x[(x["at_us"] <= x["t_us"]) & (x["succeeded"].fillna(False).astype(bool))]
+    closed = set(zip(paid_before["_row"], paid_before["invoice_id"], strict=True))
+    rest = x[x["at_us"] > x["t_us"]]
+    if closed:
+        key = pd.Series(list(zip(rest["_row"], rest["invoice_id"], strict=True)), index=rest.index)
+        rest = rest[~key.isin(closed)]
+    g = rest.assign(miss=1.0 - rest["p_success"]).groupby(["_row", "invoice_id"])
+    return pd.DataFrame({"q": g["miss"].prod(), "last_us": g["at_us"].max()}).reset_index()
+
+
+def churn_oracle(
+    con: duckdb.DuckDBPyConnection,
+    spine: pd.DataFrame,
+    *,
+    truth_dir: Path | str,
+    horizons: Sequence[int] = (30, 90, 180),
+) -> pd.DataFrame:
+    """True probability that each spine account stops paying within each horizon.
+
+    Args:
+        con: The warehouse built from the simulated data (for the billing anchor).
+        spine: ``account_id`` and ``as_of``; ``as_of`` must be month starts (00:00 UTC on
+            the 1st), as in ``churn_spine``, because hazards are monthly.
+        truth_dir: The simulation's ``truth`` folder.
+
+    Returns:
+        The spine's index with ``oracle_churn_<h>d`` (realized hazard path) and
+        ``oracle_churn_<h>d_at_t`` (hazard of month ``t`` held constant) per horizon; NaN
+        for accounts without any hazard in the truth and nothing pending.
+    """
+    n = len(spine)
+    t_us = to_us(spine["as_of"])
+    as_of = pd.DatetimeIndex(pd.to_datetime(t_us, unit="us", utc=True))
+    if n and not ((as_of.day == 1) & (as_of.hour == 0) & (as_of.minute == 0) & (as_of.second == 0)).all():
+        raise ValueError("churn_oracle needs as_of at month starts (monthly hazards)")
+    sp = pd.DataFrame({"_row": np.arange(n), "account_id": spine["account_id"].astype(str).to_numpy(), "t_us": t_us})
+    hz = read_truth(truth_dir, "churn_hazard")[["account_id", "month", "hazard"]]
+    hz = hz.assign(m_us=to_us(hz["month"]))[["account_id", "m_us", "hazard"]]
+    state = _billing_state(con, spine.reset_index(drop=True))
+    step = np.where(state["interval"].to_numpy(object) == "year", 12, 1)
+    cpe = state["cpe_us"].to_numpy(np.float64)
+    pending = state["pending"].to_numpy(bool)
+    p_imm = np.where(step == 12, IMMEDIATE_SHARE["year"], IMMEDIATE_SHARE["month"])
+
+    K = int(np.ceil(max(horizons) / 28)) + 1
+    starts = np.column_stack([_add_months_us(t_us, k) for k in range(K + 1)]) if n else np.zeros((0, K + 1), np.int64)
+    path = np.full((n, K), np.nan)
+    lookup = hz.set_index(["account_id", "m_us"])["hazard"]
+    lookup = lookup[~lookup.index.duplicated()]
+    for k in range(K):
+        idx = pd.MultiIndex.from_arrays([sp["account_id"], starts[:, k]])
+        path[:, k] = lookup.reindex(idx).to_numpy(np.float64)
+    # hazard at t: the row of month t, else the last one before t, else the first after
+    hz_sorted = hz.sort_values("m_us")
+    before = pd.merge_asof(sp.sort_values("t_us"), hz_sorted.rename(columns={"m_us": "t_us"}),
+                           on="t_us", by="account_id", direction="backward").set_index("_row")["hazard"]
+    after = pd.merge_asof(sp.sort_values("t_us"), hz_sorted.rename(columns={"m_us": "t_us"}),
+                          on="t_us", by="account_id", direction="forward").set_index("_row")["hazard"]
+    h_t = before.reindex(sp["_row"]).fillna(after.reindex(sp["_row"])).to_numpy(np.float64)
+    known = np.isfinite(h_t)
+    # carry the last known hazard forward (months after the account left or decided)
+    path[:, 0] = np.where(np.isnan(path[:, 0]), h_t, path[:, 0])
+    path = pd.DataFrame(path).ffill(axis=1).to_numpy()
+    path = np.nan_to_num(path, nan=0.0)
+    h_t0 = np.nan_to_num(h_t, nan=0.0)
+
+    inv = _open_invoice_failure(sp, read_truth(truth_dir, "recovery"))
+    m0, m1 = starts[:, :-1], starts[:, 1:]
+    length = (m1 - m0).astype(np.float64)
+    out = pd.DataFrame(index=spine.index)
+    for h in horizons:
+        T = t_us + h * DAY_US
+        p1 = (pending & np.isfinite(cpe) & (np.nan_to_num(cpe, nan=np.inf) <= T)).astype(np.float64)
+        if len(inv):
+            ok = inv["last_us"].to_numpy() <= T[inv["_row"].to_numpy(np.int64)]
+            keep = inv[ok].assign(log_keep=np.log1p(-inv.loc[ok, "q"].clip(upper=1 - 1e-12)))
+            s = keep.groupby("_row")["log_keep"].sum()
+            p2 = np.zeros(n)
+            p2[s.index.to_numpy(np.int64)] = 1.0 - np.exp(s.to_numpy())
+        else:
+            p2 = np.zeros(n)
+        anchor = _last_anchor(cpe, step, T.astype(np.float64))
+        p_by_T = np.clip((T[:, None] - m0) / length, 0, 1)
+        p_by_A = np.where(np.isfinite(anchor)[:, None],
+                          np.clip((np.nan_to_num(anchor)[:, None] - m0) / length, 0, 1), 0.0)
+        w = (p_imm[:, None] * p_by_T + (1 - p_imm[:, None]) * p_by_A) * (m0 < T[:, None])
+        w[pending] = 0.0
+        p3 = _decided_by(path, w)
+        p3_t = _decided_by(np.repeat(h_t0[:, None], K, axis=1), w)
+        res = 1 - (1 - p1) * (1 - p2) * (1 - p3)
+        res_t = 1 - (1 - p1) * (1 - p2) * (1 - p3_t)
+        undefined = ~known & ~pending & (p2 == 0)
+        out[f"oracle_churn_{h}d"] = np.where(undefined, np.nan, res)
+        out[f"oracle_churn_{h}d_at_t"] = np.where(undefined, np.nan, res_t)
+    return out
+
+
+def _decided_by(hazard: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Per row: sum over months of survival-to-month x hazard x chance the decision ends
+    the subscription in time."""
+    surv = np.concatenate([np.ones((hazard.shape[0], 1)), np.cumprod(1.0 - hazard, axis=1)[:, :-1]], axis=1)
+    return np.sum(surv * hazard * w, axis=1)
+
+
+# --------------------------------------------------------------------------- recovery
+
+
+def recovery_oracle(
+    spine: pd.DataFrame,
+    *,
+    truth_dir: Path | str,
+    horizons: Sequence[int] = (7, 14, 30),
+) -> pd.DataFrame:
+    """True probability that each failed invoice is paid within each horizon of ``as_of``.
+
+    Args:
+        spine: ``invoice_id`` and ``as_of`` (the time of a failed attempt). Rows whose
+            invoice the truth does not know (e.g. a first invoice that failed while the
+            subscription was incomplete) get NaN.
+
+    Returns:
+        The spine's index with ``oracle_recovered_<h>d`` and ``oracle_first_failure``
+        (bool: ``as_of`` is the invoice's first failure in the truth).
+    """
+    rec = read_truth(truth_dir, "recovery")
+    rec = rec.assign(at_us=to_us(rec["attempt_at"]))
+    first = rec[rec["attempt"] == 1].set_index("invoice_id")
+    retries = rec[rec["attempt"] > 1]
+    groups = {i: (g["at_us"].to_numpy(np.int64), g["p_success"].to_numpy(np.float64))
+              for i, g in retries.groupby("invoice_id", sort=False)}  # fmt: skip
+    ids = spine["invoice_id"].astype(str).to_numpy(object)
+    t_us = to_us(spine["as_of"])
+    first_at = first["at_us"].reindex(ids).to_numpy(np.float64)
+    is_first = np.isfinite(first_at) & (np.abs(first_at - t_us) < 1_000_000)  # within a second
+    out = pd.DataFrame(index=spine.index)
+    out["oracle_first_failure"] = is_first
+    for h in horizons:
+        vals = np.full(len(ids), np.nan)
+        direct = first[f"p_recovered_{h}d"].reindex(ids).to_numpy(np.float64)
+        for i, (inv, t) in enumerate(zip(ids, t_us, strict=True)):
+            if is_first[i]:
+                vals[i] = direct[i]
+                continue
+            g = groups.get(inv)
+            if g is None:
+                continue
+            at, p = g
+            sel = (at > t) & (at <= t + h * DAY_US)
+            vals[i] = 1.0 - float(np.prod(1.0 - p[sel]))
+        out[f"oracle_recovered_{h}d"] = vals
+    return out
+
+
+# --------------------------------------------------------------------------- uplift
+
+
+def experiment_from_truth(truth_dir: Path | str) -> pd.DataFrame:
+    """The simulator's randomized retention-offer experiment as an experiment log.
+
+    Returns:
+        ``account_id``, ``as_of`` (the month start at which the account became eligible;
+        the offer, if assigned, came within three days after it) and ``treatment`` (1 =
+        assigned an offer, 0 = control), one row per eligible account.
+    """
+    offers = read_truth(truth_dir, "offers")
+    e = offers[offers["eligible"] & offers["eligible_month"].notna()]
+    return pd.DataFrame({
+        "account_id": e["account_id"].astype(str).to_numpy(),
+        "as_of": pd.to_datetime(e["eligible_month"], utc=True).astype("datetime64[us, UTC]").to_numpy(),
+        "treatment": e["assigned"].astype(np.int8).to_numpy(),
+    }).sort_values(["as_of", "account_id"], ignore_index=True)  # fmt: skip
+
+
+def uplift_oracle(experiment: pd.DataFrame, *, truth_dir: Path | str, months: int = 6) -> pd.Series:
+    """True reduction in the probability of churning within ``months`` months thanks to
+    the offer, per experiment row (NaN for accounts the truth does not know)."""
+    offers = read_truth(truth_dir, "offers").set_index("account_id")
+    ids = experiment["account_id"].astype(str)
+    h = offers["hazard_at_eligibility"].reindex(ids).to_numpy(np.float64)
+    tau = offers["effect_relative"].reindex(ids).to_numpy(np.float64)
+    p0 = 1 - (1 - h) ** months
+    p1 = 1 - (1 - h * (1 - tau)) ** months
+    return pd.Series(p0 - p1, index=experiment.index, name="oracle_uplift")
+
+
+# --------------------------------------------------------------------------- comparisons
+
+
+def evaluate_against_oracle(
+    result,  # noqa: ANN001 - TrainingResult | UpliftResult
+    *,
+    con: duckdb.DuckDBPyConnection,
+    truth_dir: Path | str,
+    settings=None,  # noqa: ANN001 - Settings
+    log_to_mlflow: bool = True,
+) -> pd.DataFrame:
+    """Put each model of a training result beside the oracle, on exactly its test rows.
+
+    Adds an ``oracle`` column to each run's test frame (``oracle_uplift`` to an uplift
+    result's ``scored``), stores the comparison in ``run.evaluation["oracle"]`` and the
+    card (``card["oracle"]``), and, when the run was tracked, logs ``oracle_*`` metrics and
+    the updated card to its MLflow run.
+
+    Churn: all test rows the oracle covers. Recovery: the invoices' first failures (where
+    the simulator states ``p_recovered_<h>d``), with all failed attempts as a second row.
+    Uplift: Qini coefficient on realized outcomes of the model's cross-fitted scores and of
+    the true effects, and the expected Qini (true effects as outcomes, free of noise).
+
+    Returns:
+        One row per model (and subset): ``model``, ``subset``, ``rows``, ``model_auc``,
+        ``oracle_auc``, ``auc_gap``, ``model_brier``, ``oracle_brier``, ``model_ece``,
+        ``oracle_ece`` (uplift: ``model_qini``, ``oracle_qini``, ``qini_ratio``,
+        ``model_expected_qini``, ``oracle_expected_qini``, ``expected_qini_ratio``).
+    """
+    from workbench.models import evaluation
+
+    rows = []
+    if getattr(result, "task", "") == "uplift":
+        from workbench.models import uplift as up
+
+        sc = result.scored
+        h = result.model.horizon_days
+        sc["oracle_uplift"] = uplift_oracle(sc, truth_dir=truth_dir, months=max(1, round(h / 30))).to_numpy()
+        ok = sc["oracle_uplift"].notna()
+        s = sc[ok]
+        y, t = s[result.target], s["treatment"]
+        cmp = {
+            "rows": float(len(s)),
+            "model_qini": up.qini_coefficient(y, t, s["uplift"]),
+            "oracle_qini": up.qini_coefficient(y, t, s["oracle_uplift"]),
+            "model_auuc": up.auuc(y, t, s["uplift"]),
+            "oracle_auuc": up.auuc(y, t, s["oracle_uplift"]),
+            "model_expected_qini": up.expected_qini(s["oracle_uplift"], s["uplift"]),
+            "oracle_expected_qini": up.expected_qini(s["oracle_uplift"], s["oracle_uplift"]),
+            "uplift_correlation": float(np.corrcoef(s["uplift"], s["oracle_uplift"])[0, 1]) if len(s) > 2 else float("nan"),
+            "true_ate": float(s["oracle_uplift"].mean()),
+        }
+        cmp["qini_ratio"] = cmp["model_qini"] / cmp["oracle_qini"] if cmp["oracle_qini"] else float("nan")
+        cmp["expected_qini_ratio"] = (cmp["model_expected_qini"] / cmp["oracle_expected_qini"]
+                                      if cmp["oracle_expected_qini"] else float("nan"))  # fmt: skip
+        result.metrics.update({f"oracle_{k}": v for k, v in cmp.items()})
+        result.card["oracle"] = cmp
+        rows.append({"model": result.name, "subset": "experiment (cross-fitted)", **cmp})
+        _log(result, {f"oracle_{k}": v for k, v in cmp.items()}, settings, log_to_mlflow)
+        return pd.DataFrame(rows)
+
+    for run in result.runs.values():
+        h = run.horizon_days
+        test = run.test
+        if run.task == "churn":
+            o = churn_oracle(con, test[["account_id", "as_of"]], truth_dir=truth_dir, horizons=(h,))
+            test["oracle"] = o[f"oracle_churn_{h}d"].to_numpy()
+            test["oracle_at_t"] = o[f"oracle_churn_{h}d_at_t"].to_numpy()
+            subsets = {"test": np.ones(len(test), bool)}
+        else:
+            o = recovery_oracle(test[["invoice_id", "as_of"]], truth_dir=truth_dir, horizons=(h,))
+            test["oracle"] = o[f"oracle_recovered_{h}d"].to_numpy()
+            first = o["oracle_first_failure"].to_numpy(bool)
+            subsets = {"test, first failures": first, "test, all failed attempts": np.ones(len(test), bool)}
+        headline = None
+        for label, mask in subsets.items():
+            part = test[mask]
+            cmp = evaluation.oracle_comparison(part[run.target], part["p_model"], part["oracle"])
+            cmp["coverage"] = float(part["oracle"].notna().mean()) if len(part) else float("nan")
+            if run.task == "churn":
+                at_t = evaluation.oracle_comparison(part[run.target], part["p_model"], part["oracle_at_t"])
+                cmp["oracle_at_t_auc"] = at_t["oracle_auc"]
+                cmp["oracle_at_t_brier"] = at_t["oracle_brier"]
+            rows.append({"model": run.name, "subset": label, **cmp})
+            headline = headline or cmp
+        run.evaluation["oracle"] = headline
+        run.card["oracle"] = {"subset": next(iter(subsets)), **headline}
+        _log(run, {f"oracle_{k}": v for k, v in headline.items()}, settings, log_to_mlflow)
+    return pd.DataFrame(rows)
+
+
+def _log(run, metrics: dict, settings, enabled: bool) -> None:  # noqa: ANN001
+    if not enabled or getattr(run, "run_id", None) is None:
+        return
+    from workbench.models import registry
+
+    registry.log_metrics(run.run_id, metrics, settings=settings, card=run.card)

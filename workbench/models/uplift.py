@@ -1,0 +1,566 @@
+"""Retention-offer uplift: who should get an offer, from a randomized experiment.
+
+The outcome is churn within ``horizon_days`` of the moment an account became eligible;
+the *uplift* of an account is the reduction of that probability thanks to the offer
+(``P(churn | no offer) - P(churn | offer)``; positive = the offer helps).
+
+Learners (Künzel et al. 2019, "Metalearners for estimating heterogeneous treatment
+effects"), all on LightGBM:
+
+* **T-learner**: a churn model per arm, ``mu0`` (control) and ``mu1`` (treated);
+  uplift = ``mu0(x) - mu1(x)``.
+* **X-learner**: the same first stage, then imputed effects ``D1 = mu0(x) - y`` on the
+  treated and ``D0 = y - mu1(x)`` on the controls, one regression per arm (``tau1``,
+  ``tau0``), combined with the propensity ``e`` as ``e * tau0 + (1 - e) * tau1`` (``e`` is
+  the share treated: assignment is random). Its output is additive in the regression
+  trees, so SHAP values of the uplift itself are exact.
+
+Evaluation: out-of-fold (cross-fitted) uplift predictions on every experiment row, the
+Qini curve and coefficient and the area under the uplift curve (AUUC), computed on
+realized outcomes; with the simulator's true effects, also the *expected* gain of
+targeting by the model against targeting by the true effects (free of outcome noise).
+
+Definitions used (``k`` = number targeted, highest predicted uplift first, ``N`` rows;
+``C_T(k)``, ``C_C(k)``: churners among treated / control in the top ``k``; ``N_T(k)``,
+``N_C(k)``: their counts):
+
+* Qini curve ``Q(k) = C_C(k) * N_T(k) / N_C(k) - C_T(k)`` (churners prevented among the
+  treated in the top ``k``, the control churn rate scaled to them);
+* Qini coefficient = mean over ``k`` of ``(Q(k) - k / N * Q(N)) / N``: the area between
+  the curve and random targeting, per account;
+* uplift (gain) curve ``G(k) = (C_C(k) / N_C(k) - C_T(k) / N_T(k)) * k``; AUUC = mean over
+  ``k`` of ``G(k) / N``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+
+from workbench.config import Settings
+from workbench.features import labels as flabels
+from workbench.features import offline
+from workbench.models import training
+from workbench.models.training import FeatureSpec
+
+log = logging.getLogger(__name__)
+
+#: The input added by a risk model: its calibrated churn probability.
+RISK = "churn_risk"
+#: Default learner inputs beside ``churn_risk``: firmographics that plausibly modify how
+#: much a discount matters.
+EFFECT_FEATURES: tuple[str, ...] = training.ATTRIBUTES
+
+UPLIFT_PARAMS: dict[str, Any] = {
+    "learning_rate": 0.03,
+    "num_leaves": 4,
+    "min_data_in_leaf": 25,
+    "feature_fraction": 0.7,
+    "bagging_fraction": 0.8,
+    "bagging_freq": 1,
+    "lambda_l2": 10.0,
+    "min_data_per_group": 20,
+    "cat_smooth": 20.0,
+    "verbose": -1,
+    "num_threads": 1,
+    "deterministic": True,
+    "force_col_wise": True,
+}
+
+
+# --------------------------------------------------------------------------- data
+
+
+def uplift_dataset(
+    con: duckdb.DuckDBPyConnection,
+    experiment: pd.DataFrame,
+    *,
+    horizon_days: int = 90,
+    observed_until=None,
+) -> pd.DataFrame:
+    """Features at the moment of eligibility, the treatment and the churn outcome.
+
+    Args:
+        experiment: ``account_id``, ``as_of`` (when the account became eligible; the
+            offer, if any, must come after it) and ``treatment`` (1 offered, 0 control),
+            e.g. :func:`workbench.models.oracle.experiment_from_truth`.
+        horizon_days: Outcome window: ``churn_<h>d``.
+
+    Returns:
+        The experiment's columns, every account feature, ``churn_<h>d`` (Int8, missing
+        where the window has not elapsed or the account was not paying at ``as_of``),
+        the attributes and ``plan``.
+    """
+    spine = experiment[["account_id", "as_of"]].reset_index(drop=True)
+    feats = offline.build_features(con, spine)
+    lab = flabels.churn_labels(con, spine, horizons=(horizon_days,), observed_until=observed_until)
+    feats[f"churn_{horizon_days}d"] = lab[f"churn_{horizon_days}d"].to_numpy()
+    feats["treatment"] = experiment["treatment"].astype(np.int8).to_numpy()
+    return training._decorate(con, feats)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _sorted(y: np.ndarray, t: np.ndarray, score: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    # ties broken at random (fixed seed) so a constant score gives the random line in expectation
+    rng = np.random.default_rng(seed)
+    order = np.lexsort((rng.random(len(score)), -score))
+    return y[order], t[order]
+
+
+def qini_curve(y: Sequence, treatment: Sequence, score: Sequence) -> pd.DataFrame:
+    """The Qini and gain curves when targeting by ``score`` (highest first).
+
+    Args:
+        y: 1 = churned (the bad outcome), 0 = retained.
+        treatment: 1 = offered, 0 = control.
+        score: Predicted uplift (reduction in churn probability).
+
+    Returns:
+        One row per ``k`` (0..N): ``k``, ``fraction``, ``qini``, ``random`` (the straight
+        line to ``Q(N)``), ``gain``.
+    """
+    y = np.asarray(y, dtype=np.float64)
+    t = np.asarray(treatment, dtype=np.int64)
+    s = np.asarray(score, dtype=np.float64)
+    ys, ts = _sorted(y, t, s)
+    n_t = np.cumsum(ts)
+    n_c = np.cumsum(1 - ts)
+    c_t = np.cumsum(ys * ts)
+    c_c = np.cumsum(ys * (1 - ts))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        qini = np.where(n_c > 0, c_c * n_t / n_c, 0.0) - c_t
+        rate_diff = np.where(n_c > 0, c_c / np.maximum(n_c, 1), 0.0) - np.where(n_t > 0, c_t / np.maximum(n_t, 1), 0.0)
+    k = np.arange(1, len(y) + 1)
+    gain = rate_diff * k
+    n = len(y)
+    out = pd.DataFrame({
+        "k": np.concatenate([[0], k]),
+        "qini": np.concatenate([[0.0], qini]),
+        "gain": np.concatenate([[0.0], gain]),
+    })  # fmt: skip
+    out["fraction"] = out["k"] / max(n, 1)
+    out["random"] = out["fraction"] * (qini[-1] if n else 0.0)
+    return out
+
+
+def qini_coefficient(y: Sequence, treatment: Sequence, score: Sequence) -> float:
+    """Mean over ``k`` of ``(Q(k) - k/N Q(N)) / N``: area between the Qini curve and random."""
+    c = qini_curve(y, treatment, score).iloc[1:]
+    n = len(c)
+    return float(((c["qini"] - c["random"]) / max(n, 1)).mean()) if n else float("nan")
+
+
+def auuc(y: Sequence, treatment: Sequence, score: Sequence) -> float:
+    """Area under the uplift (gain) curve, per account: mean over ``k`` of ``G(k) / N``."""
+    c = qini_curve(y, treatment, score).iloc[1:]
+    n = len(c)
+    return float((c["gain"] / max(n, 1)).mean()) if n else float("nan")
+
+
+def expected_gain_curve(true_uplift: Sequence, score: Sequence) -> pd.DataFrame:
+    """Churners prevented in expectation when the top ``k`` by ``score`` get the offer.
+
+    Returns:
+        ``k``, ``fraction``, ``gain`` (sum of the true uplift of the targeted), ``random``.
+    """
+    tau = np.asarray(true_uplift, dtype=np.float64)
+    s = np.asarray(score, dtype=np.float64)
+    order = np.lexsort((np.random.default_rng(0).random(len(s)), -s))
+    g = np.concatenate([[0.0], np.cumsum(tau[order])])
+    k = np.arange(len(g))
+    frac = k / max(len(tau), 1)
+    return pd.DataFrame({"k": k, "fraction": frac, "gain": g, "random": frac * g[-1]})
+
+
+def expected_qini(true_uplift: Sequence, score: Sequence) -> float:
+    """Area between the expected gain curve and random targeting, per account."""
+    c = expected_gain_curve(true_uplift, score).iloc[1:]
+    n = len(c)
+    return float(((c["gain"] - c["random"]) / max(n, 1)).mean()) if n else float("nan")
+
+
+# --------------------------------------------------------------------------- learners
+
+
+@dataclass
+class UpliftModel:
+    """A T- or X-learner on LightGBM. ``boosters``: ``mu0``, ``mu1`` (+ ``tau0``, ``tau1``)."""
+
+    name: str
+    learner: str
+    spec: FeatureSpec
+    boosters: dict[str, lgb.Booster]
+    propensity: float
+    horizon_days: int
+    params: dict[str, Any]
+    rounds: int
+    feature_set_version: str
+    risk: training.BinaryModel | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def features(self) -> list[str]:
+        return self.spec.names
+
+    def with_inputs(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """``frame`` plus the ``churn_risk`` column when the model has a risk model."""
+        if self.risk is not None and RISK not in frame.columns:
+            return frame.assign(**{RISK: self.risk.predict(frame)})
+        return frame
+
+    def matrix(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The design matrix (with ``churn_risk`` from the risk model, when there is one)."""
+        return self.spec.matrix(self.with_inputs(frame))
+
+    def predict_components(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """``p_control``, ``p_treated`` (first-stage churn probabilities) and ``uplift``."""
+        X = self.matrix(frame)
+        p0 = self.boosters["mu0"].predict(X)
+        p1 = self.boosters["mu1"].predict(X)
+        if self.learner == "x":
+            e = self.propensity
+            up = e * self.boosters["tau0"].predict(X) + (1 - e) * self.boosters["tau1"].predict(X)
+        else:
+            up = p0 - p1
+        return pd.DataFrame({"p_control": p0, "p_treated": p1, "uplift": up}, index=frame.index)
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        """Predicted uplift: reduction in churn probability if offered."""
+        return self.predict_components(frame)["uplift"].to_numpy()
+
+    def contributions(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """SHAP values of the uplift (X-learner: exact, in uplift units; T-learner: the
+        difference of the two arms' log-odds contributions)."""
+        X = self.matrix(frame)
+        cols = [*self.features, "bias"]
+        if self.learner == "x":
+            e = self.propensity
+            v = e * self.boosters["tau0"].predict(X, pred_contrib=True) + (1 - e) * self.boosters["tau1"].predict(
+                X, pred_contrib=True
+            )
+        else:
+            v = self.boosters["mu0"].predict(X, pred_contrib=True) - self.boosters["mu1"].predict(X, pred_contrib=True)
+        return pd.DataFrame(v, index=frame.index, columns=cols)
+
+    def save(self, path: Path) -> Path:
+        """Write one ``<part>.txt`` per booster and ``model.json`` into ``path``."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        for k, b in self.boosters.items():
+            b.save_model(str(path / f"{k}.txt"))
+        meta = {
+            "kind": "uplift", "name": self.name, "learner": self.learner, "spec": self.spec.to_json(),
+            "propensity": self.propensity, "horizon_days": self.horizon_days, "params": self.params,
+            "rounds": self.rounds, "feature_set_version": self.feature_set_version,
+            "parts": sorted(self.boosters), "meta": self.meta, "risk": self.risk is not None,
+        }  # fmt: skip
+        if self.risk is not None:
+            self.risk.save(path / "risk")
+        (path / "model.json").write_text(json.dumps(meta, indent=1, default=str))
+        return path
+
+    @classmethod
+    def load(cls, path: Path) -> UpliftModel:
+        path = Path(path)
+        meta = json.loads((path / "model.json").read_text())
+        boosters = {k: lgb.Booster(model_file=str(path / f"{k}.txt")) for k in meta["parts"]}
+        return cls(
+            name=meta["name"], learner=meta["learner"], spec=FeatureSpec.from_json(meta["spec"]),
+            boosters=boosters, propensity=float(meta["propensity"]), horizon_days=int(meta["horizon_days"]),
+            params=meta["params"], rounds=int(meta["rounds"]), feature_set_version=meta["feature_set_version"],
+            meta=meta.get("meta", {}),
+            risk=training.BinaryModel.load(path / "risk") if meta.get("risk") else None,
+        )  # fmt: skip
+
+
+def fit_risk_model(
+    churn_frame: pd.DataFrame,
+    *,
+    target: str,
+    exclude_accounts: Sequence[str] = (),
+    seed: int = 0,
+    params: Mapping[str, Any] | None = None,
+) -> training.BinaryModel:
+    """A churn model for the uplift learners' ``churn_risk`` input, fitted on accounts
+    outside the experiment (so no experiment outcome is seen through it).
+
+    Args:
+        churn_frame: A frame from :func:`workbench.models.training.churn_dataset`.
+        target: ``churn_<h>d`` (the uplift outcome).
+        exclude_accounts: The experiment's accounts: none of their rows are used.
+
+    Returns:
+        A calibrated :class:`~workbench.models.training.BinaryModel` (the last 20% of
+        ``as_of`` months are used for early stopping and calibration).
+    """
+    rows = churn_frame[churn_frame[target].notna() & ~churn_frame["account_id"].isin(set(exclude_accounts))]
+    rows = rows.assign(**{target: rows[target].astype(np.int8)})
+    months = np.sort(rows["as_of"].unique())
+    cut = months[int(len(months) * 0.8)]
+    feats = training.model_features(rows)
+    return training.fit_binary_model(rows[rows["as_of"] < cut], rows[rows["as_of"] >= cut], target=target,
+                                     features=feats, name=f"{target}_risk", params=params, seed=seed)  # fmt: skip
+
+
+def fit_uplift(
+    frame: pd.DataFrame,
+    *,
+    outcome: str,
+    features: Sequence[str],
+    treatment: str = "treatment",
+    learner: str = "x",
+    params: Mapping[str, Any] | None = None,
+    rounds: int = 150,
+    seed: int = 0,
+    name: str = "retention_uplift",
+    spec: FeatureSpec | None = None,
+    risk: training.BinaryModel | None = None,
+) -> UpliftModel:
+    """Fit a T- or X-learner.
+
+    Args:
+        frame: Rows with the ``features``, a 0/1 ``treatment`` and a 0/1 ``outcome`` (churn).
+        learner: ``t`` or ``x``.
+        params: LightGBM parameters over :data:`UPLIFT_PARAMS`.
+        rounds: Boosting rounds per model (small data: no early stopping).
+        risk: A churn model (see :func:`fit_risk_model`) whose probability becomes the
+            ``churn_risk`` input: the offer's effect scales with the baseline risk, which a
+            model fitted on the whole customer base estimates far better than a few hundred
+            experiment rows can.
+    """
+    if learner not in ("t", "x"):
+        raise ValueError(f"learner must be 't' or 'x', not {learner!r}")
+    if risk is not None:
+        frame = frame.assign(**{RISK: risk.predict(frame)})
+        features = [*features, RISK] if RISK not in features else list(features)
+    spec = spec or FeatureSpec.infer(frame, features)
+    X = spec.matrix(frame)
+    y = frame[outcome].to_numpy(dtype=np.float64)
+    t = frame[treatment].to_numpy(dtype=np.int64)
+    if not ((t == 0).any() and (t == 1).any()):
+        raise ValueError("the experiment needs treated and control rows")
+    p = {**UPLIFT_PARAMS, **dict(params or {}), "seed": seed}
+
+    def fit(mask: np.ndarray, target: np.ndarray, objective: str) -> lgb.Booster:
+        d = training.lgb_dataset(X[mask], target[mask])
+        return lgb.train({**p, "objective": objective}, d, num_boost_round=rounds)
+
+    boosters = {"mu0": fit(t == 0, y, "binary"), "mu1": fit(t == 1, y, "binary")}
+    e = float(t.mean())
+    if learner == "x":
+        d1 = boosters["mu0"].predict(X) - y  # treated: churn they would have had minus what they had
+        d0 = y - boosters["mu1"].predict(X)  # controls: what they had minus churn with an offer
+        boosters["tau1"] = fit(t == 1, d1, "regression")
+        boosters["tau0"] = fit(t == 0, d0, "regression")
+    return UpliftModel(
+        name=name, learner=learner, spec=spec, boosters=boosters, propensity=e,
+        horizon_days=int(outcome.split("_")[1].rstrip("d")) if outcome.startswith("churn_") else 0,
+        params=p, rounds=rounds, feature_set_version=training.feature_set_version(spec.names), risk=risk,
+    )  # fmt: skip
+
+
+def cross_fit(
+    frame: pd.DataFrame,
+    *,
+    outcome: str,
+    features: Sequence[str],
+    treatment: str = "treatment",
+    learner: str = "x",
+    folds: int = 5,
+    params: Mapping[str, Any] | None = None,
+    rounds: int = 150,
+    seed: int = 0,
+    risk: training.BinaryModel | None = None,
+) -> pd.DataFrame:
+    """Out-of-fold uplift predictions for every row (folds stratified by treatment and outcome).
+
+    Returns:
+        ``p_control``, ``p_treated``, ``uplift`` and ``fold``, same index as ``frame``.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    base = frame.assign(**{RISK: risk.predict(frame)}) if risk is not None else frame
+    spec = FeatureSpec.infer(base, [*features, RISK] if risk is not None else features)
+    strata = frame[treatment].astype(int).to_numpy() * 2 + frame[outcome].astype(int).to_numpy()
+    kf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    parts = []
+    for i, (tr, te) in enumerate(kf.split(np.zeros(len(frame)), strata)):
+        m = fit_uplift(frame.iloc[tr], outcome=outcome, features=features, treatment=treatment,
+                       learner=learner, params=params, rounds=rounds, seed=seed, spec=spec, risk=risk)  # fmt: skip
+        parts.append(m.predict_components(frame.iloc[te]).assign(fold=i))
+    return pd.concat(parts).loc[frame.index]
+
+
+# --------------------------------------------------------------------------- training run
+
+
+@dataclass
+class UpliftResult:
+    """The fitted uplift model, its cross-fitted evaluation and where it was tracked.
+
+    ``scored`` holds every experiment row with an outcome: ids, ``as_of``, ``treatment``,
+    the outcome, out-of-fold ``uplift``, ``p_control``, ``p_treated``, cohort columns (and
+    ``oracle_uplift`` once compared with the truth).
+    """
+
+    name: str
+    model: UpliftModel
+    scored: pd.DataFrame
+    metrics: dict[str, float]
+    card: dict[str, Any]
+    importance: pd.DataFrame
+    dataset: pd.DataFrame
+    train_seconds: float
+    task: str = "uplift"
+    run_id: str | None = None
+    version: str | None = None
+
+    @property
+    def target(self) -> str:
+        return f"churn_{self.model.horizon_days}d"
+
+
+UPLIFT_CARD = {
+    "intended_use": (
+        "Ranks accounts that have become eligible for a retention offer by how much the "
+        "offer is expected to lower their probability of churning within {h} days, so "
+        "offers go where they change the outcome. Learned from a randomized experiment; "
+        "offers are proposed by the dunning/retention policy and approved by people."
+    ),
+    "ability_to_pay": (
+        "No. It estimates the effect of a discount on cancellation, not whether a customer "
+        "can pay."
+    ),
+}
+UPLIFT_LIMITATIONS = [
+    "The offer's effect is modelled from the account attributes and the baseline churn "
+    "risk (a churn model fitted on the accounts outside the experiment): effects driven "
+    "by other signals are not captured.",
+    "Learned from one randomized experiment with few hundred eligible accounts: individual "
+    "uplift estimates are noisy; use them to rank, not as exact effects.",
+    "Valid only for the offer tested (the same coupon) and the eligibility rule of the "
+    "experiment (a low CRM health score after two paying months).",
+    "Evaluated by cross-fitting on the experiment itself (no later experiment to test on).",
+]
+
+
+def train_uplift(
+    con: duckdb.DuckDBPyConnection,
+    experiment: pd.DataFrame,
+    *,
+    horizon_days: int = 90,
+    learner: str = "x",
+    features: Sequence[str] | None = None,
+    folds: int = 5,
+    params: Mapping[str, Any] | None = None,
+    rounds: int = 100,
+    seed: int = 0,
+    settings: Settings | None = None,
+    track: bool = True,
+    register: bool = True,
+    dataset: pd.DataFrame | None = None,
+    risk: bool | training.BinaryModel = True,
+    churn_frame: pd.DataFrame | None = None,
+) -> UpliftResult:
+    """Fit, cross-fit-evaluate and (optionally) track and register ``retention_uplift``.
+
+    Args:
+        con: Warehouse connection.
+        experiment: ``account_id``, ``as_of``, ``treatment`` (see :func:`uplift_dataset`).
+        horizon_days: Outcome window (churn within it).
+        learner: ``x`` (default) or ``t``.
+        features: The learners' inputs besides ``churn_risk``. Default with a risk model:
+            the account attributes (:data:`EFFECT_FEATURES`: who responds to a discount),
+            the baseline risk coming from the risk model, which sees every feature; without
+            one: every feature. A few hundred experiment rows cannot support many inputs.
+        folds: Cross-fitting folds for the evaluation.
+        dataset: A frame from :func:`uplift_dataset` to reuse.
+        risk: ``True``: fit a churn model on the accounts outside the experiment
+            (:func:`fit_risk_model`) and give its probability to the learners as
+            ``churn_risk``; a fitted model to use instead; ``False``: none.
+        churn_frame: The churn dataset for that risk model (default: built with
+            :func:`workbench.models.training.churn_dataset` for ``horizon_days``).
+
+    Returns:
+        An :class:`UpliftResult`.
+    """
+    from workbench.models import explain
+
+    t0 = time.perf_counter()
+    data = dataset if dataset is not None else uplift_dataset(con, experiment, horizon_days=horizon_days)
+    outcome = f"churn_{horizon_days}d"
+    rows = data[data[outcome].notna()].copy()
+    rows[outcome] = rows[outcome].astype(np.int8)
+    risk_model = None
+    if risk is True:
+        if churn_frame is None:
+            churn_frame = training.churn_dataset(con, horizons=(horizon_days,))
+        risk_model = fit_risk_model(churn_frame, target=outcome, exclude_accounts=experiment["account_id"], seed=seed)
+    elif isinstance(risk, training.BinaryModel):
+        risk_model = risk
+    if features is not None:
+        feats = list(features)
+    elif risk_model is not None:
+        feats = [c for c in EFFECT_FEATURES if c in rows.columns]
+    else:
+        feats = training.model_features(rows)
+    model = fit_uplift(rows, outcome=outcome, features=feats, learner=learner, params=params,
+                       rounds=rounds, seed=seed, risk=risk_model)  # fmt: skip
+    train_seconds = time.perf_counter() - t0
+    oof = cross_fit(rows, outcome=outcome, features=feats, learner=learner, folds=folds, params=params,
+                    rounds=rounds, seed=seed, risk=risk_model)  # fmt: skip
+    keep = [c for c in ("account_id", "as_of", "treatment", outcome, "plan", "region", "channel",
+                        "industry", "size") if c in rows.columns]  # fmt: skip
+    scored = rows[keep].join(oof)
+    metrics = {
+        "rows": float(len(rows)),
+        "treated": float(rows["treatment"].sum()),
+        "churn_rate_control": float(rows.loc[rows["treatment"] == 0, outcome].mean()),
+        "churn_rate_treated": float(rows.loc[rows["treatment"] == 1, outcome].mean()),
+        "qini": qini_coefficient(scored[outcome], scored["treatment"], scored["uplift"]),
+        "auuc": auuc(scored[outcome], scored["treatment"], scored["uplift"]),
+        "mean_predicted_uplift": float(scored["uplift"].mean()),
+    }
+    metrics["ate_observed"] = metrics["churn_rate_control"] - metrics["churn_rate_treated"]
+    contrib = model.contributions(rows)
+    importance = explain.global_importance(contrib)
+    if risk_model is not None:
+        scored[RISK] = risk_model.predict(rows)
+    card = {
+        "name": model.name, "task": "uplift", "target": outcome, "horizon_days": horizon_days,
+        "intended_use": UPLIFT_CARD["intended_use"].format(h=horizon_days),
+        "ability_to_pay": UPLIFT_CARD["ability_to_pay"], "assesses_ability_to_pay": False,
+        "limitations": UPLIFT_LIMITATIONS, "learner": learner, "folds": folds,
+        "split": {"experiment_start": str(rows["as_of"].min().date()), "experiment_end": str(rows["as_of"].max().date()),
+                  "evaluation": f"{folds}-fold cross-fitting"},
+        "rows": {"experiment": int(len(rows)), "treated": int(rows["treatment"].sum())},
+        "features": [{"name": n, "description": d} for n, d in training.feature_descriptions(model.features).items()],
+        "feature_set_version": model.feature_set_version,
+        "metrics": [metrics], "importance": importance.head(15).to_dict(orient="records"),
+        "params": model.params, "rounds": rounds,
+        "risk_model": None if risk_model is None else {
+            "target": risk_model.target, "features": len(risk_model.features),
+            "trained_on": "churn spine rows of accounts outside the experiment", **risk_model.meta},
+    }  # fmt: skip
+    result = UpliftResult(name=model.name, model=model, scored=scored, metrics=metrics, card=card,
+                          importance=importance, dataset=data, train_seconds=train_seconds)  # fmt: skip
+    log.info("%s: qini %.4f, auuc %.4f on %d experiment rows", model.name, metrics["qini"], metrics["auuc"], len(rows))
+    if track or register:
+        from workbench.models import registry
+
+        registry.log_training_run(result, settings=settings, seed=seed)
+        if register:
+            registry.register_run(result, settings=settings)
+    return result
