@@ -167,6 +167,134 @@ def simulate_cmd(ctx, accounts, months, seed, start, faults, regime_change, out,
             click.echo(f"{key:<24} {value}")
 
 
+# --------------------------------------------------------------------------- ingest
+
+
+@main.command("ingest")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--source", type=click.Choice(["stripe", "webhook", "stripe-csv", "csv"]), default="stripe",
+              show_default=True, help="What the files are.")
+@click.option("--mapping", default=None, help="CSV mapping: a bundled name or a YAML path (default: detect).")
+@click.pass_context
+def ingest_cmd(ctx: click.Context, paths: tuple[str, ...], source: str, mapping: str | None) -> None:
+    """Load files or folders into the warehouse (idempotent; bad records are quarantined)."""
+    from workbench.ingest import IngestError, ingest
+
+    try:
+        report = ingest(list(paths), source=source, mapping=mapping, settings=_settings(ctx), progress=True)
+    except IngestError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(str(report))
+    frame = report.frame()
+    if "status" in frame and (frame["status"] != "ok").any():
+        click.echo(frame[frame["status"] != "ok"].to_string(index=False), err=True)
+        sys.exit(1)
+
+
+@main.command("rebuild")
+@click.pass_context
+def rebuild_cmd(ctx: click.Context) -> None:
+    """Recreate the warehouse from the raw lake (identical tables)."""
+    from workbench.ingest import rebuild
+
+    click.echo(str(rebuild(_settings(ctx))))
+
+
+@main.command("verify")
+@click.pass_context
+def verify_cmd(ctx: click.Context) -> None:
+    """Check conservation, lake hashes, contracts and that no card number was stored."""
+    from workbench.ingest import verify
+
+    report = verify(_settings(ctx))
+    click.echo(str(report))
+    if not report.ok:
+        sys.exit(1)
+
+
+@main.command("erase")
+@click.option("--customer", "customer_id", required=True, help="The customer (account) id.")
+@click.option("--why", required=True, help="The reason, recorded with who erased.")
+@click.pass_context
+def erase_cmd(ctx: click.Context, customer_id: str, why: str) -> None:
+    """Remove a customer's personal data everywhere, the raw lake included (recorded)."""
+    from workbench.approvals import local_user
+    from workbench.ingest import erase_customer
+
+    click.echo(str(erase_customer(customer_id, who=local_user(), why=why, settings=_settings(ctx))))
+
+
+# --------------------------------------------------------------------------- revenue
+
+
+@main.group("revenue", invoke_without_command=True)
+@click.option("--policy", default="stripe", show_default=True, help="MRR policy name.")
+@click.option("--currency", "reporting_currency", default=None, help="Reporting currency (default: configured).")
+@click.option("--out", type=click.Path(), default=None, help="Write account-month MRR and the bridge here (.csv or .parquet folder).")
+@click.pass_context
+def revenue_group(ctx: click.Context, policy: str, reporting_currency: str | None, out: str | None) -> None:
+    """MRR under a named policy; `revenue diff` reconciles two policies."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from workbench.revenue import account_month_mrr
+    from workbench.revenue.export import export
+    from workbench.revenue.metrics import kpi_tiles
+    from workbench.store import Warehouse
+
+    settings = _settings(ctx)
+    currency = reporting_currency or settings.reporting_currency
+    with Warehouse(settings).read(step="revenue") as con:
+        if out:
+            for name, path in export(con, policy=policy, out=out, reporting_currency=currency).items():
+                click.echo(f"wrote {name}: {path}")
+            return
+        tiles = kpi_tiles(account_month_mrr(con, policy=policy, reporting_currency=currency))
+    for key, value in tiles.items():
+        click.echo(f"{key:<26} {value}")
+
+
+@revenue_group.command("diff")
+@click.option("--policy", "policies", multiple=True, required=True, help="Two policies (give --policy twice).")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the per account-month diff as CSV.")
+@click.pass_context
+def revenue_diff_cmd(ctx: click.Context, policies: tuple[str, ...], out: str | None) -> None:
+    """Explain, per account-month, why two policies disagree and by how much."""
+    from workbench.revenue.diff import diff_policies, diff_summary
+    from workbench.store import Warehouse
+
+    if len(policies) != 2:
+        raise click.UsageError("give exactly two policies: --policy a --policy b")
+    settings = _settings(ctx)
+    with Warehouse(settings).read(step="revenue-diff") as con:
+        diff = diff_policies(con, policies[0], policies[1], reporting_currency=settings.reporting_currency)
+    click.echo(diff_summary(diff).to_string(index=False))
+    if out:
+        diff.to_csv(out, index=False)
+        click.echo(f"wrote {len(diff):,} differing account-months to {out}")
+
+
+# --------------------------------------------------------------------------- features
+
+
+@main.group("features")
+def features_group() -> None:
+    """The feature registry."""
+
+
+@features_group.command("list")
+@click.option("--entity", default=None, help="account_id, subscription_id or invoice_id.")
+def features_list_cmd(entity: str | None) -> None:
+    """Print every declared feature with its entity, window, ttl and version."""
+    from workbench.features import registry_frame
+
+    frame = registry_frame()
+    if entity:
+        frame = frame[frame["entity"] == entity]
+    cols = ["name", "entity", "domain", "aggregation", "window_days", "ttl_hours", "dtype", "version", "description"]
+    click.echo(frame[[c for c in cols if c in frame]].to_string(index=False, max_colwidth=60))
+    click.echo(f"\n{len(frame)} features")
+
+
 # --------------------------------------------------------------------------- receive
 
 
