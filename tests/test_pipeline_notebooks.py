@@ -147,3 +147,17 @@ def test_plain_papermill_runs_a_step_with_other_parameters(pipeline, tmp_path: P
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert read_snapshot("finance", settings=settings)["account_months"]["policy"].iloc[0] == "chartmogul"
+
+
+def test_07_dunning_decides_in_shadow_mode(pipeline) -> None:
+    settings, manifest = pipeline
+    con = _warehouse(settings)
+    try:
+        shadow = con.execute(
+            "SELECT count(*), count(*) FILTER (WHERE NOT shadow) FROM dunning_decisions WHERE run_id = ?",
+            [manifest.run_id],
+        ).fetchall()[0]
+    finally:
+        con.close()
+    assert shadow[1] == 0  # the default is shadow: nothing executed
+    assert "Decisions per day by action" in _outputs_text(settings, manifest, "07_dunning") or shadow[0] == 0

@@ -1,0 +1,81 @@
+"""The dunning engine's input: every open failed invoice as of a time, from the warehouse.
+
+One row per invoice that is still open at ``as_of`` and whose payment has failed at least
+once, with the amount in its own and in the reporting currency (at the latest FX rate on or
+before ``as_of``), how many attempts were made, the last attempt's time and decline code.
+Scores (recovery probability, uplift) are joined on by the caller when a model exists.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import duckdb
+import numpy as np
+import pandas as pd
+
+INPUT_COLUMNS = [
+    "invoice_id", "account_id", "amount_due", "currency", "amount_due_reporting", "attempt_count",
+    "last_attempt_at", "decline_code", "recovery_probability", "uplift", "model_versions",
+]
+
+
+def open_failed_invoices(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    as_of: datetime | pd.Timestamp | str,
+    reporting_currency: str = "usd",
+) -> pd.DataFrame:
+    """Open invoices with at least one failed payment attempt at or before ``as_of``.
+
+    Needs the canonical ``invoices``, ``payment_attempts`` and ``fx_rates`` tables.
+
+    Returns:
+        :data:`INPUT_COLUMNS`; ``recovery_probability`` and ``uplift`` are NaN and
+        ``model_versions`` empty (no model has scored them yet); ``amount_due_reporting``
+        is null when no FX rate is known for the invoice's currency.
+    """
+    as_of = pd.Timestamp(as_of)
+    as_of = as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of.tz_convert("UTC")
+    frame = con.execute(
+        """
+        WITH attempts AS (
+            SELECT invoice_id, count(*) AS attempt_count,
+                   count(*) FILTER (WHERE status = 'failed') AS failed,
+                   count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
+                   max(created) AS last_attempt_at,
+                   arg_max(coalesce(decline_code, failure_code), created) AS decline_code
+            FROM payment_attempts
+            WHERE invoice_id IS NOT NULL AND created <= $as_of
+            GROUP BY invoice_id
+        ),
+        rates AS (
+            SELECT currency, arg_max(rate_to_usd, date) AS rate
+            FROM fx_rates WHERE date <= CAST($as_of AS DATE) GROUP BY currency
+        )
+        SELECT i.invoice_id, i.account_id, i.amount_due,
+               i.currency, a.attempt_count, a.last_attempt_at, a.decline_code,
+               CAST(r.rate AS DOUBLE) AS rate, CAST(rr.rate AS DOUBLE) AS reporting_rate
+        FROM invoices i
+        JOIN attempts a USING (invoice_id)
+        LEFT JOIN rates r ON r.currency = i.currency
+        LEFT JOIN rates rr ON rr.currency = $reporting
+        WHERE a.failed > 0 AND a.succeeded = 0
+          AND i.created <= $as_of
+          AND coalesce(i.paid_at, TIMESTAMPTZ '9999-01-01') > $as_of
+          AND coalesce(i.voided_at, TIMESTAMPTZ '9999-01-01') > $as_of
+          AND coalesce(i.marked_uncollectible_at, TIMESTAMPTZ '9999-01-01') > $as_of
+          AND i.amount_due > 0
+        ORDER BY a.last_attempt_at, i.invoice_id
+        """,
+        {"as_of": as_of.to_pydatetime(), "reporting": reporting_currency.lower()},
+    ).df()
+    same = frame["currency"].str.lower() == reporting_currency.lower()
+    usd_rate = np.where(reporting_currency.lower() == "usd", 1.0, frame["reporting_rate"])
+    converted = np.round(frame["amount_due"] * frame["rate"].where(frame["currency"] != "usd", 1.0) / usd_rate)
+    frame["amount_due_reporting"] = pd.array(np.where(same, frame["amount_due"], converted), dtype="Int64")
+    frame["recovery_probability"] = np.nan
+    frame["uplift"] = np.nan
+    frame["model_versions"] = ""
+    frame["last_attempt_at"] = pd.to_datetime(frame["last_attempt_at"], utc=True)
+    return frame[INPUT_COLUMNS]
