@@ -212,7 +212,11 @@ _ROW_RULES: dict[str, list[pa.Check]] = {
     ],
     "invoices": [_order("period_start", "period_end")],
     "invoice_lines": [_order("period_start", "period_end")],
-    "payment_attempts": [_refund_le_amount()],
+    # A refund above its charge is not malformed data: it is a billing anomaly that finance must
+    # see, so it is loaded and flagged by workbench.anomalies (rule refund_exceeds_payment)
+    # instead of quarantining the whole charge.refunded event. _refund_le_amount stays
+    # available for sources where it is a data error.
+    "payment_attempts": [],
     "support_tickets": [_order("created_at", "resolved_at")],
     "loads": [_conservation()],
 }
@@ -261,8 +265,14 @@ _ROW_RULE_COLUMNS = {
     "subscriptions": ("current_period_start", "current_period_end", "trial_start", "trial_end"),
     "subscription_items": ("current_period_start", "current_period_end"),
     "subscription_history": (
-        "current_period_start", "current_period_end", "trial_start", "trial_end", "valid_from",
-        "valid_to", "interval", "interval_count",
+        "current_period_start",
+        "current_period_end",
+        "trial_start",
+        "trial_end",
+        "valid_from",
+        "valid_to",
+        "interval",
+        "interval_count",
     ),
     "invoices": ("period_start", "period_end"),
     "invoice_lines": ("period_start", "period_end"),
@@ -277,7 +287,8 @@ def checked_columns(table: str) -> list[str]:
     rules = _COLUMN_RULES.get(table, {})
     row = set(_ROW_RULE_COLUMNS.get(table, ()))
     return [
-        c.name for c in TABLES[table].columns
+        c.name
+        for c in TABLES[table].columns
         if not c.nullable or rules.get(c.name) or c.name in row
     ]
 
