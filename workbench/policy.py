@@ -40,6 +40,7 @@ ACTION_TYPES: tuple[str, ...] = (
     "write_off",
     "credit_note",
     "refund",
+    "void_invoice",
     "model_promotion",
     "policy_change",
     "model_rollback",
