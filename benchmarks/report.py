@@ -26,6 +26,11 @@ def render(results_dir: Path = HERE / "results") -> str:
         "Written by `make bench` (`benchmarks/report.py`); each row is one side-by-side run of our",
         "code and its baseline in the same process. Times are medians in seconds.",
         "",
+        "Conditions: the rows dated 2026-11-25 were recorded while several other benchmarks and test",
+        "suites ran on the same 2-core machine (load averages of 6 to 30, given per row where measured),",
+        "so their wall times are pessimistic; ratios measured side by side in one run are the fairer",
+        "reading. `*_small` sections are quick smoke runs (`--small`), not the target workloads.",
+        "",
     ]
     files = sorted(results_dir.glob("*.json"))
     if not files:

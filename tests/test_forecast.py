@@ -420,3 +420,18 @@ def test_fan_chart_spec(fitted: RevenueForecaster, panel: pd.DataFrame) -> None:
     assert spec["layer"][0]["encoding"]["y2"]["field"] == "hi"
     with pytest.raises(ValueError, match="pass unique_id"):
         fan_chart(panel, out)
+
+
+def test_segment_series_fills_months_without_accounts_with_zero() -> None:
+    from workbench.forecast import segment_series
+
+    am = pd.DataFrame({
+        "month": pd.to_datetime(["2024-01-01", "2024-01-01", "2024-03-01"]),
+        "region": ["EU", "NA", "NA"],
+        "mrr": [1000, 250, 500],
+    })
+    out = segment_series(am, segments=["region"])
+    assert len(out) == 6  # 2 regions x 3 months, February included
+    eu = out[out["region"] == "EU"]["y"].tolist()
+    na = out[out["region"] == "NA"]["y"].tolist()
+    assert eu == [10.0, 0.0, 0.0] and na == [2.5, 0.0, 5.0]

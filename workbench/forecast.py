@@ -1129,3 +1129,36 @@ __all__: Sequence[str] = [
     "series_scale",
     "summarize_metrics",
 ]
+
+
+def segment_series(
+    account_months: pd.DataFrame,
+    *,
+    segments: Sequence[str],
+    value: str = "mrr",
+    scale: float = 100.0,
+) -> pd.DataFrame:
+    """Monthly bottom-level series from the MRR engine's account-month table.
+
+    Every month × segment combination that ever appears gets a row: a segment with no
+    paying account in a month has MRR 0 there (the truth, not a gap), so statsforecast and
+    the hierarchy see regular monthly series.
+
+    Args:
+        account_months: Needs ``month``, ``value`` and the ``segments`` columns.
+        segments: Segment columns, outermost first (e.g. ``["region", "channel"]``).
+        value: The money column to sum (minor units).
+        scale: Divide by this (100: minor to major units for two-decimal currencies).
+
+    Returns:
+        ``ds``, the segment columns and ``y`` (float), ready for :func:`build_hierarchy`.
+    """
+    df = account_months.assign(ds=pd.to_datetime(account_months["month"]))
+    df[list(segments)] = df[list(segments)].astype("string").fillna("(unknown)")
+    summed = df.groupby(["ds", *segments], as_index=False, observed=True)[value].sum()
+    months = pd.date_range(df["ds"].min(), df["ds"].max(), freq="MS")
+    combos = summed[list(segments)].drop_duplicates()
+    grid = combos.merge(pd.DataFrame({"ds": months}), how="cross")
+    out = grid.merge(summed, on=["ds", *segments], how="left")
+    out["y"] = out[value].fillna(0).astype(float) / scale
+    return out[["ds", *segments, "y"]].sort_values([*segments, "ds"]).reset_index(drop=True)

@@ -144,6 +144,7 @@ def _default_levels() -> dict[str, str]:
         "write_off": "assisted",
         "credit_note": "assisted",
         "refund": "assisted",
+        "void_invoice": "assisted",
         "model_promotion": "assisted",
         "policy_change": "assisted",
         "model_rollback": "assisted",
