@@ -17,7 +17,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from .engine import _ident, currency_exponent  # noqa: PLC2701 - same package
+from .engine import RATE_SCALE, THREE_DECIMAL, ZERO_DECIMAL, _conv, _ident, currency_exponent
 
 MOVEMENT_COLUMNS = (
     "new_mrr",
@@ -428,26 +428,25 @@ def top_movers(
 
 
 def _rate_join(rep: str, date_expr: str, cur_expr: str, alias: str) -> str:
+    """LATERAL join giving ``{alias}.rate_int`` = rate_to_usd * 1e9 on or before the date."""
     return (
-        f"LEFT JOIN LATERAL (SELECT arg_max(f.rate_to_usd, f.date) AS rate FROM fx_rates f "
-        f"WHERE lower(f.currency) = {cur_expr} AND f.date <= {date_expr}) {alias} ON TRUE"
+        f"LEFT JOIN LATERAL (SELECT CASE WHEN {cur_expr} = 'usd' THEN CAST({RATE_SCALE} AS BIGINT) "
+        f"ELSE CAST(CAST(arg_max(f.rate_to_usd, f.date) AS DECIMAL(38, 9)) * {RATE_SCALE} AS BIGINT) END "
+        f"AS rate_int FROM fx_rates f WHERE lower(f.currency) = {cur_expr} AND f.date <= {date_expr}) "
+        f"{alias} ON TRUE"
     )
 
 
 def _convert_sql(amount: str, cur: str, month: str, rep: str) -> str:
-    """SQL converting ``amount`` (minor units of ``cur``) at the month-end rate, as DOUBLE
-    before rounding; used for reporting usage/refunds that are not part of the bridge."""
+    """SQL converting ``amount`` (minor units of ``cur``) with the engine's exact integer
+    conversion (half-even), at the rates joined as ``rc`` (currency) and ``rr`` (reporting)."""
     e_rep = 10 ** currency_exponent(rep)
-    exp = (
-        f"CASE WHEN {cur} IN ('bif','clp','djf','gnf','jpy','kmf','krw','mga','pyg','rwf','ugx',"
-        f"'vnd','vuv','xaf','xof','xpf') THEN 1 WHEN {cur} IN ('bhd','jod','kwd','omr','tnd') "
-        f"THEN 1000 ELSE 100 END"
-    )
-    rc = f"CASE WHEN {cur} = 'usd' THEN 1 ELSE rc.rate END"
-    rr = "CASE WHEN 'usd' = '" + rep + "' THEN 1 ELSE rr.rate END"
+    zero = ", ".join(f"'{c}'" for c in ZERO_DECIMAL)
+    three = ", ".join(f"'{c}'" for c in THREE_DECIMAL)
+    pow_c = f"(CASE WHEN {cur} IN ({zero}) THEN 1 WHEN {cur} IN ({three}) THEN 1000 ELSE 100 END)"
     return (
-        f"CAST(round_even(CAST({amount} AS DECIMAL(38, 0)) * ({rc}) * {e_rep} "
-        f"/ (({rr}) * ({exp})), 0) AS BIGINT)"
+        f"CASE WHEN {cur} = '{rep}' THEN CAST({amount} AS BIGINT) "
+        f"ELSE CAST({_conv(amount, 'rc.rate_int', 'rr.rate_int', pow_c, str(e_rep))} AS BIGINT) END"
     )
 
 
@@ -462,7 +461,8 @@ def usage_revenue(
     Reads ``invoice_lines`` joined to ``invoices`` (void and draft invoices excluded)
     and ``prices``. A line is ``metered`` when its price is metered, ``one_time`` when
     it has no recurring price (invoice items). Lines are dated by their period start
-    (else the invoice's creation) and converted at the month-end rate.
+    (else the invoice's creation) and converted at the month-end rate (integer
+    arithmetic, half-even, as in the engine).
 
     Returns:
         ``month, account_id, kind, currency, amount_native, amount`` (reporting minor
