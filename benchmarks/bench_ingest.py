@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 import time
@@ -172,6 +173,8 @@ def main() -> None:
             "steps_s_last_run": {k: round(v, 2) for k, v in report.timings.items()},
             "peak_rss_mib": round(rss_ours),
             "repeat": args.repeat,
+            # other work on the machine during the run (1, 5, 15 minute load averages)
+            "load_average_after": [round(x, 1) for x in os.getloadavg()],
         },
     )
     if args.small:

@@ -1,6 +1,6 @@
 """Online feature lookups: latency of a single-entity lookup from the Feast SQLite store.
 
-Publishes a random warehouse's features (all 61 account features in 8 feature views) with
+Publishes a random warehouse's features (all 61 account features, one feature view) with
 :func:`workbench.features.serving.publish_online`, then times, side by side in one run:
 
 * ours: ``workbench.features.online([account_id], features)`` (Feast lookup plus type

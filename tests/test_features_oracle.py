@@ -522,7 +522,7 @@ def _compare(built: pd.DataFrame, oracle: Oracle, spine: pd.DataFrame) -> list[s
 
 
 @settings(
-    max_examples=6,
+    max_examples=4,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
     phases=[Phase.explicit, Phase.reuse, Phase.generate],
@@ -542,7 +542,7 @@ def test_builder_matches_bruteforce_oracle(seed: int, n_accounts: int, micro: bo
         change_every_days=25,
         resolution_us=1 if micro else 1_000_000,
     )
-    spine = _random_spine(con, np.random.default_rng(seed), 40)
+    spine = _random_spine(con, np.random.default_rng(seed), 30)
     built = build_features(con, spine)
     bad = _compare(built, Oracle(con), spine)
     assert not bad, "\n".join(bad[:20])

@@ -77,7 +77,7 @@ def test_recovery_training_set(con) -> None:
     both = rec.dropna(subset=["recovered_7d", "recovered_30d"])
     assert (both.recovered_30d >= both.recovered_7d).all()
     bal = wf.label_balance(rec).set_index("label")
-    assert 0 < bal.loc["recovered_14d", "positive_rate"] < 1
+    assert 0 < bal.loc["recovered_7d", "positive_rate"] < 1
 
 
 def test_leakage_report_passes_and_catches_a_leak(con, churn, monkeypatch) -> None:

@@ -15,37 +15,73 @@ def ts(text: str) -> pd.Timestamp:
 
 
 def test_arrivals_per_day_source_and_type():
-    events = pd.DataFrame({
-        "source": ["stripe", "stripe", "webhook", "stripe"],
-        "type": ["invoice.paid", "invoice.paid", "invoice.paid", "customer.created"],
-        "disposition": ["handled"] * 4,
-        "created": [ts("2024-01-01 10:00"), ts("2024-01-01 23:59"), ts("2024-01-01 12:00"), ts("2024-01-02 00:00")],
-    })
+    events = pd.DataFrame(
+        {
+            "source": ["stripe", "stripe", "webhook", "stripe"],
+            "type": ["invoice.paid", "invoice.paid", "invoice.paid", "customer.created"],
+            "disposition": ["handled"] * 4,
+            "created": [
+                ts("2024-01-01 10:00"),
+                ts("2024-01-01 23:59"),
+                ts("2024-01-01 12:00"),
+                ts("2024-01-02 00:00"),
+            ],
+        }
+    )
     out = arrivals(events)
     assert out.to_dict("records") == [
-        {"day": ts("2024-01-01"), "source": "stripe", "type": "invoice.paid", "disposition": "handled", "events": 2},
-        {"day": ts("2024-01-01"), "source": "webhook", "type": "invoice.paid", "disposition": "handled", "events": 1},
-        {"day": ts("2024-01-02"), "source": "stripe", "type": "customer.created", "disposition": "handled",
-         "events": 1},
+        {
+            "day": ts("2024-01-01"),
+            "source": "stripe",
+            "type": "invoice.paid",
+            "disposition": "handled",
+            "events": 2,
+        },
+        {
+            "day": ts("2024-01-01"),
+            "source": "webhook",
+            "type": "invoice.paid",
+            "disposition": "handled",
+            "events": 1,
+        },
+        {
+            "day": ts("2024-01-02"),
+            "source": "stripe",
+            "type": "customer.created",
+            "disposition": "handled",
+            "events": 1,
+        },
     ]
     assert arrivals(events.iloc[:0]).empty
 
 
 def test_quarantine_reasons_most_frequent_first():
-    q = pd.DataFrame({
-        "source": ["stripe", "stripe", "stripe", "csv"],
-        "rule": ["conflict", "malformed_json", "malformed_json", "file_rejected"],
-        "table_name": [None, None, None, None],
-        "column_name": [None, None, None, None],
-    })
+    q = pd.DataFrame(
+        {
+            "source": ["stripe", "stripe", "stripe", "csv"],
+            "rule": ["conflict", "malformed_json", "malformed_json", "file_rejected"],
+            "table_name": [None, None, None, None],
+            "column_name": [None, None, None, None],
+        }
+    )
     out = quarantine_reasons(q)
-    assert out[["rule", "rows"]].values.tolist() == [["malformed_json", 2], ["file_rejected", 1], ["conflict", 1]]
+    assert out[["rule", "rows"]].values.tolist() == [
+        ["malformed_json", 2],
+        ["file_rejected", 1],
+        ["conflict", 1],
+    ]
 
 
 def test_freshness_lags_in_hours():
-    events = pd.DataFrame({"source": ["stripe", "stripe", "webhook"],
-                           "created": [ts("2024-01-01"), ts("2024-01-02"), ts("2024-01-02 12:00")]})
-    loads = pd.DataFrame({"source": ["stripe", "webhook"], "finished_at": [ts("2024-01-03"), ts("2024-01-03")]})
+    events = pd.DataFrame(
+        {
+            "source": ["stripe", "stripe", "webhook"],
+            "created": [ts("2024-01-01"), ts("2024-01-02"), ts("2024-01-02 12:00")],
+        }
+    )
+    loads = pd.DataFrame(
+        {"source": ["stripe", "webhook"], "finished_at": [ts("2024-01-03"), ts("2024-01-03")]}
+    )
     out = freshness(events, loads, now=datetime(2024, 1, 3, 6, tzinfo=UTC))
     assert out["source"].tolist() == ["stripe", "webhook"]
     assert out["event_lag_hours"].tolist() == pytest.approx([30.0, 18.0])
@@ -53,9 +89,16 @@ def test_freshness_lags_in_hours():
 
 
 def test_conservation_flags_unbalanced_rows():
-    loads = pd.DataFrame({
-        "load_id": ["L1", "L1"], "source": ["stripe", "csv"], "source_file": ["a", "b"],
-        "status": ["ok", "failed"], "received": [10, 4], "accepted": [7, 0], "quarantined": [2, 4],
-        "duplicates": [1, 1],
-    })
+    loads = pd.DataFrame(
+        {
+            "load_id": ["L1", "L1"],
+            "source": ["stripe", "csv"],
+            "source_file": ["a", "b"],
+            "status": ["ok", "failed"],
+            "received": [10, 4],
+            "accepted": [7, 0],
+            "quarantined": [2, 4],
+            "duplicates": [1, 1],
+        }
+    )
     assert conservation(loads)["balanced"].tolist() == [True, False]

@@ -53,13 +53,17 @@ def test_json_lines_with_blank_crlf_and_broken_lines():
 
 
 def test_document_layouts_keep_line_numbers():
-    events = [{"id": f"evt_{i}", "object": "event", "type": "x.y", "created": 1, "data": {"object": {}}}
-              for i in range(3)]
+    events = [
+        {"id": f"evt_{i}", "object": "event", "type": "x.y", "created": 1, "data": {"object": {}}}
+        for i in range(3)
+    ]
     array = json.dumps(events, indent=2)
     rec = read_records(array.encode(), received_at=0)
     lines = array.splitlines()
     assert rec.layout == "document"
-    for line, text in zip(rec.table["line"].to_pylist(), rec.table["text"].to_pylist(), strict=True):
+    for line, text in zip(
+        rec.table["line"].to_pylist(), rec.table["text"].to_pylist(), strict=True
+    ):
         assert lines[line - 1].strip() == "{"
         assert json.loads(text)["id"] in {"evt_0", "evt_1", "evt_2"}
     single = json.dumps(events[1], indent=2)
@@ -81,7 +85,10 @@ def test_bare_objects_become_snapshots_with_content_ids():
     doc = json.dumps({"resources": {"customer": customer, "price": undated}}, indent=2)
     rec = read_records(doc.encode(), received_at=7)
     assert rec.wrapped == 2
-    assert [json.loads(t)["type"] for t in rec.table["text"].to_pylist()] == ["customer.snapshot", "price.snapshot"]
+    assert [json.loads(t)["type"] for t in rec.table["text"].to_pylist()] == [
+        "customer.snapshot",
+        "price.snapshot",
+    ]
     lines = (json.dumps(customer) + "\n" + json.dumps(undated) + "\n").encode()
     rec = read_records(lines, received_at=7)
     assert rec.wrapped == 2 and rec.table["line"].to_pylist() == [1, 2]

@@ -558,8 +558,14 @@ def test_every_file_of_a_folder_and_unknown_source(settings, tmp_path):
 
 
 def test_a_line_that_is_not_utf8_is_quarantined(settings, tmp_path):
-    good = json.dumps(event("evt_u", "customer.created", T0, customer(name="Zoë")), ensure_ascii=False).encode()
-    bad = json.dumps(event("evt_v", "customer.created", T0, customer("cus_V"))).encode().replace(b"Ada", b"\xff\xfe")
+    good = json.dumps(
+        event("evt_u", "customer.created", T0, customer(name="Zoë")), ensure_ascii=False
+    ).encode()
+    bad = (
+        json.dumps(event("evt_v", "customer.created", T0, customer("cus_V")))
+        .encode()
+        .replace(b"Ada", b"\xff\xfe")
+    )
     path = tmp_path / "in" / "bytes.jsonl"
     path.parent.mkdir(parents=True)
     path.write_bytes(good + b"\n" + bad + b"\n")

@@ -69,12 +69,14 @@ def test_lift_table_ranks_deciles_by_score() -> None:
 
 
 def test_metrics_by_cohort_and_oracle_comparison_use_the_same_rows() -> None:
-    frame = pd.DataFrame({
-        "y": [1, 0, 1, 0, 1, 0, 0, 1],
-        "p": [0.9, 0.1, 0.8, 0.3, 0.4, 0.6, 0.2, 0.7],
-        "oracle": [0.95, 0.05, np.nan, 0.2, 0.6, 0.5, 0.1, 0.8],
-        "region": ["EU", "EU", "EU", "EU", "NA", "NA", "NA", None],
-    })  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "y": [1, 0, 1, 0, 1, 0, 0, 1],
+            "p": [0.9, 0.1, 0.8, 0.3, 0.4, 0.6, 0.2, 0.7],
+            "oracle": [0.95, 0.05, np.nan, 0.2, 0.6, 0.5, 0.1, 0.8],
+            "region": ["EU", "EU", "EU", "EU", "NA", "NA", "NA", None],
+        }
+    )
     cohorts = ev.metrics_by_cohort(frame, y="y", p="p", cohorts=["region"], min_rows=3)
     assert set(cohorts["value"]) == {"EU", "NA", "(none)"}
     eu = cohorts[cohorts["value"] == "EU"].iloc[0]
@@ -91,18 +93,40 @@ def test_evaluate_scores_reports_every_score_and_the_oracle() -> None:
     rng = np.random.default_rng(2)
     n = 2000
     truth = rng.uniform(0, 0.5, n)
-    frame = pd.DataFrame({
-        "y": (rng.uniform(0, 1, n) < truth).astype(int),
-        "good": np.clip(truth + rng.normal(0, 0.05, n), 0, 1),
-        "noise": rng.uniform(0, 0.5, n),
-        "truth": truth,
-        "plan": rng.choice(["a", "b"], n),
-    })  # fmt: skip
-    out = ev.evaluate_scores(frame, y="y", scores={"good": "good", "noise": "noise"}, cohorts=["plan"],
-                             oracle="truth")  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "y": (rng.uniform(0, 1, n) < truth).astype(int),
+            "good": np.clip(truth + rng.normal(0, 0.05, n), 0, 1),
+            "noise": rng.uniform(0, 0.5, n),
+            "truth": truth,
+            "plan": rng.choice(["a", "b"], n),
+        }
+    )
+    out = ev.evaluate_scores(
+        frame, y="y", scores={"good": "good", "noise": "noise"}, cohorts=["plan"], oracle="truth"
+    )
     m = out["metrics"].set_index("model")
     assert list(m.index) == ["good", "noise", "oracle"]
     assert m.loc["good", "roc_auc"] > m.loc["noise", "roc_auc"] + 0.1
     assert m.loc["oracle", "brier"] < m.loc["noise", "brier"]
     assert set(out["reliability"]["model"]) == {"good", "noise", "oracle"}
     assert out["oracle"]["rows"] == n
+
+
+def test_charts_encode_the_tables() -> None:
+    from workbench.models import charts
+
+    rng = np.random.default_rng(4)
+    p = rng.uniform(0, 1, 500)
+    y = (rng.uniform(0, 1, 500) < p).astype(int)
+    rel = charts.reliability_chart(ev.reliability_table(y, p)).to_dict()
+    assert rel["layer"][1]["encoding"]["x"]["field"] == "mean_predicted"
+    assert rel["layer"][1]["encoding"]["y"]["field"] == "observed_rate"
+    lift = charts.lift_chart(ev.lift_table(y, p)).to_dict()
+    assert lift["encoding"]["y"]["field"] == "lift"
+    contrib = pd.DataFrame({"a": rng.normal(0, 1, 500), "b": rng.normal(0, 0.1, 500), "bias": 0.0})
+    values = pd.DataFrame({"a": rng.normal(0, 1, 500), "b": rng.normal(0, 1, 500)})
+    shap_chart = charts.shap_summary_chart(contrib, values, max_points=100).to_dict()
+    assert shap_chart["encoding"]["y"]["sort"] == ["a", "b"]  # most important first
+    name = next(iter(shap_chart["datasets"]))
+    assert len(shap_chart["datasets"][name]) == 200  # 100 rows x 2 features

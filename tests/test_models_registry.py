@@ -24,20 +24,24 @@ BOB = Identity(user="bob", role=Role.APPROVER)
 
 def synthetic(n_accounts: int = 300, months: int = 14, seed: int = 0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    as_of = pd.date_range("2024-01-01", periods=months, freq="MS", tz="UTC").astype("datetime64[us, UTC]")
+    as_of = pd.date_range("2024-01-01", periods=months, freq="MS", tz="UTC").astype(
+        "datetime64[us, UTC]"
+    )
     n = n_accounts * months
     health = rng.normal(0, 1, n)
-    frame = pd.DataFrame({
-        "account_id": np.repeat([f"cus_{i:04d}" for i in range(n_accounts)], months),
-        "as_of": np.tile(as_of, n_accounts),
-        "health_score": 50 + 15 * health + rng.normal(0, 5, n),
-        "failed_payments_30d": rng.poisson(np.exp(-0.5 - 0.6 * health)).astype(np.int64),
-        "tenure_days": rng.uniform(30, 900, n),
-        "plan_tier": rng.choice(["prod_a", "prod_b"], n),
-        "region": rng.choice(["NA", "EU"], n),
-        "channel": rng.choice(["self-serve", "sales"], n),
-        "mrr": rng.uniform(1000, 9000, n),
-    })  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "account_id": np.repeat([f"cus_{i:04d}" for i in range(n_accounts)], months),
+            "as_of": np.tile(as_of, n_accounts),
+            "health_score": 50 + 15 * health + rng.normal(0, 5, n),
+            "failed_payments_30d": rng.poisson(np.exp(-0.5 - 0.6 * health)).astype(np.int64),
+            "tenure_days": rng.uniform(30, 900, n),
+            "plan_tier": rng.choice(["prod_a", "prod_b"], n),
+            "region": rng.choice(["NA", "EU"], n),
+            "channel": rng.choice(["self-serve", "sales"], n),
+            "mrr": rng.uniform(1000, 9000, n),
+        }
+    )
     p = 1 / (1 + np.exp(-(-2.2 - 1.2 * health)))
     frame["churn_30d"] = pd.array((rng.uniform(0, 1, n) < p).astype(np.int8), dtype="Int8")
     frame["plan"] = frame["plan_tier"]
@@ -57,8 +61,9 @@ def settings(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(settings):
     data = synthetic()
-    res = training.train_churn(None, horizons=(30,), dataset=data, settings=settings, test_months=3,
-                               valid_months=3)  # fmt: skip
+    res = training.train_churn(
+        None, horizons=(30,), dataset=data, settings=settings, test_months=3, valid_months=3
+    )
     return res.runs["churn_30d"], data
 
 
@@ -77,8 +82,13 @@ def test_training_run_is_tracked_and_registered_as_challenger(trained, settings)
     assert logged.data.metrics["test_ece"] == pytest.approx(run.metrics["test_ece"])
     assert "baseline_roc_auc" in logged.data.metrics
     files = {a.path for a in c.list_artifacts(run.run_id, "report")}
-    for name in ("report/calibration.html", "report/shap_summary.html", "report/card.json",
-                 "report/model_card.md", "report/lift.html"):  # fmt: skip
+    for name in (
+        "report/calibration.html",
+        "report/shap_summary.html",
+        "report/card.json",
+        "report/model_card.md",
+        "report/lift.html",
+    ):
         assert name in files, name
     artifacts_dir = settings.data_dir / "mlflow" / "artifacts" / "churn"
     assert artifacts_dir.is_dir() and any(artifacts_dir.rglob("booster.txt"))
@@ -89,30 +99,45 @@ def test_registered_model_loads_and_scores_like_the_trained_one(trained, setting
     model, info = registry.load_model("churn_30d", "challenger", settings=settings)
     rows = data.tail(200)
     np.testing.assert_allclose(model.predict(rows), run.model.predict(rows), atol=1e-12)
-    assert info == {"name": "churn_30d", "version": "1", "run_id": run.run_id,
-                    "feature_set_version": run.model.feature_set_version}  # fmt: skip
+    assert info == {
+        "name": "churn_30d",
+        "version": "1",
+        "run_id": run.run_id,
+        "feature_set_version": run.model.feature_set_version,
+    }
     import mlflow.pyfunc
 
     registry.use_tracking(settings)
     pyfunc = mlflow.pyfunc.load_model(f"models:/churn_30d/{info['version']}")
-    np.testing.assert_allclose(np.asarray(pyfunc.predict(rows[run.model.features])), run.model.predict(rows),
-                               atol=1e-12)  # fmt: skip
+    np.testing.assert_allclose(
+        np.asarray(pyfunc.predict(rows[run.model.features])), run.model.predict(rows), atol=1e-12
+    )
     with pytest.raises(registry.RegistryError):
         registry.load_model("churn_30d", "champion", settings=settings)
 
 
 def test_promotion_goes_through_the_approvals_queue(trained, settings) -> None:
-    out = registry.request_promotion("churn_30d", 1, who=ANN, reason="better than nothing", settings=settings)
+    out = registry.request_promotion(
+        "churn_30d", 1, who=ANN, reason="better than nothing", settings=settings
+    )
     assert out.code == "queued"
-    denied = approvals.approve(settings, out.item_id, who=Identity(user="ann", role=Role.APPROVER),
-                               current_state=registry.current_state)  # fmt: skip
+    denied = approvals.approve(
+        settings,
+        out.item_id,
+        who=Identity(user="ann", role=Role.APPROVER),
+        current_state=registry.current_state,
+    )
     assert denied.code == "denied"  # maker-checker: the requester cannot approve
     assert registry.alias_version("churn_30d", "champion", settings=settings) is None
     done = approvals.approve(settings, out.item_id, who=BOB, current_state=registry.current_state)
     assert done.code == "executed", done.message
     assert registry.alias_version("churn_30d", "champion", settings=settings) == "1"
     assert registry.alias_version("churn_30d", "challenger", settings=settings) is None
-    row = registry.list_models(settings=settings).set_index(["model", "version"]).loc[("churn_30d", "1")]
+    row = (
+        registry.list_models(settings=settings)
+        .set_index(["model", "version"])
+        .loc[("churn_30d", "1")]
+    )
     assert row["promoted_by"] == "bob"
     hist = registry.champion_history("churn_30d", settings=settings)
     assert hist.iloc[-1]["via"] == f"approvals:{out.item_id}" and hist.iloc[-1]["previous"] is None
@@ -123,11 +148,15 @@ def test_a_request_goes_stale_when_the_champion_changed(trained, settings) -> No
     v2 = registry.register_run(run, settings=settings)
     assert v2 == "2" and registry.alias_version("churn_30d", "challenger", settings=settings) == "2"
     out = registry.request_promotion("churn_30d", v2, who=ANN, settings=settings)
-    registry.promote("churn_30d", v2, who="carol", reason="hotfix", settings=settings)  # direct, recorded
+    registry.promote(
+        "churn_30d", v2, who="carol", reason="hotfix", settings=settings
+    )  # direct, recorded
     res = approvals.approve(settings, out.item_id, who=BOB, current_state=registry.current_state)
     assert res.code == "stale"
     assert registry.alias_version("churn_30d", "champion", settings=settings) == "2"
-    back = registry.rollback_champion("churn_30d", who="bob", reason="v2 misbehaves", settings=settings)
+    back = registry.rollback_champion(
+        "churn_30d", who="bob", reason="v2 misbehaves", settings=settings
+    )
     assert back["version"] == "1" and back["previous_champion"] == "2"
     assert registry.alias_version("churn_30d", "champion", settings=settings) == "1"
     with pytest.raises(ValueError):
@@ -136,9 +165,17 @@ def test_a_request_goes_stale_when_the_champion_changed(trained, settings) -> No
 
 def test_model_card_has_every_section(trained, settings) -> None:
     card = registry.model_card("churn_30d", "1", settings=settings)
-    for heading in ("# Model card: churn_30d v1", "## Intended use", "## Does it score people's ability to pay?",
-                    "## Training window and data", "## Features", "## Metrics", "### By cohort",
-                    "## Calibration", "## Limitations"):  # fmt: skip
+    for heading in (
+        "# Model card: churn_30d v1",
+        "## Intended use",
+        "## Does it score people's ability to pay?",
+        "## Training window and data",
+        "## Features",
+        "## Metrics",
+        "### By cohort",
+        "## Calibration",
+        "## Limitations",
+    ):
         assert heading in card, heading
     assert "**No.**" in card
     assert "fs-" in card and "health_score" in card
@@ -150,10 +187,13 @@ def test_scores_are_stored_with_model_version_and_reasons(trained, settings) -> 
     run, data = trained
     model, info = registry.load_model("churn_30d", "champion", settings=settings)
     rows = data[data["as_of"] == data["as_of"].max()].head(50)
-    scores = scoring.score_frame(model, rows, info=info, entity_type="account", entity_col="account_id",
-                                 alias="champion")  # fmt: skip
+    scores = scoring.score_frame(
+        model, rows, info=info, entity_type="account", entity_col="account_id", alias="champion"
+    )
     assert list(scores.columns) == scoring.SCORE_COLUMNS
-    assert (scores["model_version"] == "1").all() and (scores["feature_set_version"] == model.feature_set_version).all()
+    assert (scores["model_version"] == "1").all() and (
+        scores["feature_set_version"] == model.feature_set_version
+    ).all()
     np.testing.assert_allclose(scores["score"], model.predict(rows))
     assert scores["reason_1"].notna().all()
     top = scores.sort_values("score").iloc[-1]

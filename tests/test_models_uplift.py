@@ -14,18 +14,22 @@ def experiment(n: int = 4000, seed: int = 0) -> pd.DataFrame:
     depends on channel and size (self-serve and small respond most)."""
     rng = np.random.default_rng(seed)
     health = rng.normal(0, 1, n)
-    frame = pd.DataFrame({
-        "account_id": [f"cus_{i}" for i in range(n)],
-        "health_score": 50 + 15 * health + rng.normal(0, 4, n),
-        "tenure_days": rng.uniform(60, 700, n),
-        "channel": rng.choice(["self-serve", "sales"], n),
-        "size": rng.choice(["small", "medium", "large"], n),
-        "region": rng.choice(["NA", "EU"], n),
-        "industry": rng.choice(["software", "media"], n),
-        "treatment": rng.integers(0, 2, n).astype(np.int8),
-    })  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "account_id": [f"cus_{i}" for i in range(n)],
+            "health_score": 50 + 15 * health + rng.normal(0, 4, n),
+            "tenure_days": rng.uniform(60, 700, n),
+            "channel": rng.choice(["self-serve", "sales"], n),
+            "size": rng.choice(["small", "medium", "large"], n),
+            "region": rng.choice(["NA", "EU"], n),
+            "industry": rng.choice(["software", "media"], n),
+            "treatment": rng.integers(0, 2, n).astype(np.int8),
+        }
+    )
     p0 = 1 / (1 + np.exp(-(-1.2 - 1.0 * health)))
-    tau = (0.1 + 0.45 * (frame["channel"] == "self-serve") + 0.3 * (frame["size"] == "small")).to_numpy()
+    tau = (
+        0.1 + 0.45 * (frame["channel"] == "self-serve") + 0.3 * (frame["size"] == "small")
+    ).to_numpy()
     p = np.where(frame["treatment"] == 1, p0 * (1 - tau), p0)
     frame["churn_90d"] = (rng.uniform(0, 1, n) < p).astype(np.int8)
     frame["true_uplift"] = p0 * tau
@@ -63,10 +67,14 @@ def test_expected_qini_is_largest_for_the_true_ranking() -> None:
 @pytest.mark.parametrize("learner", ["t", "x"])
 def test_learners_recover_who_responds(learner: str) -> None:
     train, test = experiment(4000, seed=0), experiment(3000, seed=1)
-    model = uplift.fit_uplift(train, outcome="churn_90d", features=FEATURES, learner=learner, rounds=150)
+    model = uplift.fit_uplift(
+        train, outcome="churn_90d", features=FEATURES, learner=learner, rounds=150
+    )
     pred = model.predict(test)
     assert np.corrcoef(pred, test["true_uplift"])[0, 1] > 0.5
-    ratio = uplift.expected_qini(test["true_uplift"], pred) / uplift.expected_qini(test["true_uplift"], test["true_uplift"])
+    ratio = uplift.expected_qini(test["true_uplift"], pred) / uplift.expected_qini(
+        test["true_uplift"], test["true_uplift"]
+    )
     assert ratio > 0.6
     # the average effect is about right
     assert pred.mean() == pytest.approx(test["true_uplift"].mean(), abs=0.03)
@@ -87,6 +95,33 @@ def test_uplift_model_round_trips_and_explains_additively(tmp_path) -> None:
     again = uplift.UpliftModel.load(tmp_path / "u")
     np.testing.assert_allclose(again.predict(data), model.predict(data), atol=1e-12)
     contrib = model.contributions(data.head(50))
-    np.testing.assert_allclose(contrib.sum(axis=1).to_numpy(), model.predict(data.head(50)), atol=1e-9)
+    np.testing.assert_allclose(
+        contrib.sum(axis=1).to_numpy(), model.predict(data.head(50)), atol=1e-9
+    )
     with pytest.raises(ValueError):
         uplift.fit_uplift(data.assign(treatment=1), outcome="churn_90d", features=FEATURES)
+
+
+def test_train_uplift_without_a_warehouse_and_its_card() -> None:
+    from workbench.models.cards import render_card
+
+    data = experiment(1200, seed=4).assign(as_of=pd.Timestamp("2024-03-01", tz="UTC"))
+    res = uplift.train_uplift(
+        None,
+        data[["account_id", "as_of", "treatment"]],
+        dataset=data,
+        risk=False,
+        folds=3,
+        rounds=60,
+        track=False,
+        register=False,
+    )
+    assert len(res.scored) == 1200 and res.scored["uplift"].notna().all()
+    assert res.metrics["ate_observed"] == pytest.approx(
+        data.loc[data.treatment == 0, "churn_90d"].mean()
+        - data.loc[data.treatment == 1, "churn_90d"].mean()
+    )
+    assert set(res.model.features) == set(FEATURES)  # without a risk model: every feature
+    card = render_card(res.card)
+    assert "# Model card: retention_uplift" in card and "**No.**" in card
+    assert "qini" in card and "cross-fitting" in card.lower()

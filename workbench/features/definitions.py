@@ -104,6 +104,11 @@ class Source:
     tables: tuple[str, ...]
     sql: str
     description: str
+    #: (entity, table, predicate): rows of ``table`` failing ``predicate`` can never reach
+    #: a spine key of ``entity``, so the builder may drop them before the source's own work.
+    #: ``{keys}`` is the spine's key set; ``{other_table}`` names another table. An
+    #: execution hint only: it never changes values, so it is not in fingerprints.
+    pushdown: tuple[tuple[str, str, str], ...] = ()
 
     def render(self, relations: Mapping[str, str] | None = None) -> str:
         """The source's SQL with each canonical table replaced by ``relations[table]``."""
@@ -139,6 +144,16 @@ LEFT JOIN {invoices} i ON i.invoice_id = pa.invoice_id
 WHERE pa.created IS NOT NULL""",
             "Payment attempts (charges) at their created time; the card expires at the first "
             "instant after its expiry month.",
+            pushdown=(
+                (
+                    "account_id",
+                    "payment_attempts",
+                    "account_id IN {keys} OR invoice_id IN (SELECT invoice_id FROM {invoices} WHERE account_id IN {keys})",
+                ),
+                ("account_id", "invoices", "account_id IN {keys}"),
+                ("invoice_id", "payment_attempts", "invoice_id IN {keys}"),
+                ("invoice_id", "invoices", "invoice_id IN {keys}"),
+            ),
         ),
         Source(
             "invoice_facts",
@@ -153,6 +168,11 @@ SELECT invoice_id AS row_key, invoice_id, account_id, subscription_id,
 FROM {invoices}
 WHERE created IS NOT NULL""",
             "Invoices at their created time; only fields fixed at creation are used.",
+            pushdown=(
+                ("account_id", "invoices", "account_id IN {keys}"),
+                ("subscription_id", "invoices", "subscription_id IN {keys}"),
+                ("invoice_id", "invoices", "invoice_id IN {keys}"),
+            ),
         ),
         Source(
             "invoice_payments",
@@ -171,6 +191,16 @@ FROM {invoices} i LEFT JOIN ok ON ok.invoice_id = i.invoice_id
 WHERE least(i.paid_at, ok.succeeded_at) IS NOT NULL AND i.created IS NOT NULL""",
             "One row per paid invoice at its payment time (paid_at or first succeeded attempt, "
             "whichever is earlier); lag_days = payment time - invoice created.",
+            pushdown=(
+                ("account_id", "invoices", "account_id IN {keys}"),
+                (
+                    "account_id",
+                    "payment_attempts",
+                    "invoice_id IN (SELECT invoice_id FROM {invoices} WHERE account_id IN {keys})",
+                ),
+                ("invoice_id", "invoices", "invoice_id IN {keys}"),
+                ("invoice_id", "payment_attempts", "invoice_id IN {keys}"),
+            ),
         ),
         Source(
             "dunning_invoices",
@@ -195,6 +225,16 @@ JOIN failed f ON f.invoice_id = i.invoice_id
 LEFT JOIN ok ON ok.invoice_id = i.invoice_id""",
             "Invoices in dunning: from their first failed attempt until paid, voided or "
             "marked uncollectible (status is never read: it is the current state).",
+            pushdown=(
+                ("account_id", "invoices", "account_id IN {keys}"),
+                (
+                    "account_id",
+                    "payment_attempts",
+                    "invoice_id IN (SELECT invoice_id FROM {invoices} WHERE account_id IN {keys})",
+                ),
+                ("invoice_id", "invoices", "invoice_id IN {keys}"),
+                ("invoice_id", "payment_attempts", "invoice_id IN {keys}"),
+            ),
         ),
         Source(
             "dunning_attempts",
@@ -215,6 +255,20 @@ LEFT JOIN ok ON ok.invoice_id = i.invoice_id
 WHERE pa.status = 'failed' AND pa.created IS NOT NULL""",
             "Failed attempts of invoices, in force until their invoice is paid, voided or "
             "marked uncollectible: counting them at t gives the retries so far on open invoices.",
+            pushdown=(
+                (
+                    "account_id",
+                    "payment_attempts",
+                    "account_id IN {keys} OR invoice_id IN (SELECT invoice_id FROM {invoices} WHERE account_id IN {keys})",
+                ),
+                (
+                    "account_id",
+                    "invoices",
+                    "account_id IN {keys} OR invoice_id IN (SELECT invoice_id FROM {payment_attempts} WHERE account_id IN {keys})",
+                ),
+                ("invoice_id", "invoices", "invoice_id IN {keys}"),
+                ("invoice_id", "payment_attempts", "invoice_id IN {keys}"),
+            ),
         ),
         Source(
             "subscription_items",
@@ -240,6 +294,10 @@ SELECT event_id || ':' || subscription_id || ':' || coalesce(item_id, '') AS row
 FROM h""",
             "Subscription item versions over [valid_from, valid_to); monthly_amount is "
             "unit_amount x quantity normalised to a month (licensed items only, no discounts).",
+            pushdown=(
+                ("account_id", "subscription_history", "account_id IN {keys}"),
+                ("subscription_id", "subscription_history", "subscription_id IN {keys}"),
+            ),
         ),
         Source(
             "discounts",
@@ -254,6 +312,10 @@ SELECT event_id || ':' || subscription_id || ':' || coalesce(item_id, '') AS row
 FROM {subscription_history}
 WHERE coupon_id IS NOT NULL""",
             "Subscription versions carrying a coupon, narrowed to [discount_start, discount_end).",
+            pushdown=(
+                ("account_id", "subscription_history", "account_id IN {keys}"),
+                ("subscription_id", "subscription_history", "subscription_id IN {keys}"),
+            ),
         ),
         Source(
             "account_facts",
@@ -264,6 +326,7 @@ WHERE coupon_id IS NOT NULL""",
 SELECT account_id AS row_key, account_id, epoch_us(created) AS ts_us
 FROM {accounts} WHERE created IS NOT NULL""",
             "Accounts at their created time.",
+            pushdown=(("account_id", "accounts", "account_id IN {keys}"),),
         ),
         Source(
             "usage_daily",
@@ -277,6 +340,7 @@ SELECT account_id || ':' || CAST(date AS VARCHAR) AS row_key, account_id,
 FROM {{usage}}
 GROUP BY account_id, date""",
             "Daily usage summed over metrics, known at the end of its day (date + 1 day).",
+            pushdown=(("account_id", "usage", "account_id IN {keys}"),),
         ),
         Source(
             "crm",
@@ -290,6 +354,7 @@ SELECT account_id || ':' || CAST(date AS VARCHAR) AS row_key, account_id,
        CAST(seats_purchased AS DOUBLE) AS seats_purchased, CAST(seats_used AS DOUBLE) AS seats_used
 FROM {{crm_signals}}""",
             "CRM signals per day, known at the end of their day (date + 1 day).",
+            pushdown=(("account_id", "crm_signals", "account_id IN {keys}"),),
         ),
         Source(
             "tickets",
@@ -301,6 +366,7 @@ SELECT ticket_id AS row_key, account_id, epoch_us(created_at) AS ts_us,
        epoch_us(resolved_at) AS valid_to_us, severity
 FROM {support_tickets}""",
             "Support tickets from created_at, open until resolved_at.",
+            pushdown=(("account_id", "support_tickets", "account_id IN {keys}"),),
         ),
         Source(
             "dispute_events",

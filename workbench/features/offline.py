@@ -6,14 +6,17 @@ into one DuckDB query over a *spine* (entity ids and an ``as_of`` time per row):
 * windowed aggregations (count, sum, avg, mean per day, daily slope) are range joins of
   the spine to the source on ``key = key AND t - window < ts <= t``, one join per
   (source, entity, offset) with conditional aggregates for every feature in it;
-* ``latest`` / ``since_latest`` / ``until_latest`` are ``ASOF LEFT JOIN`` s on
-  ``ts <= t`` (ties broken by the source's ``row_key``);
+* ``latest`` / ``since_latest`` / ``until_latest`` are one ``ASOF LEFT JOIN`` per
+  (source, entity, offset) on ``ts <= t``, after a window function carries each
+  feature's last matching row forward (ties broken by the source's ``row_key``);
 * ``since_earliest`` joins the first matching time per key and keeps it when ``<= t``;
 * state aggregations are interval joins on ``ts <= t < valid_to``;
 * derived features combine the finished columns.
 
-Nothing is evaluated row by row in Python. All times are handled as epoch microseconds
-(UTC), so the session time zone and daylight saving never matter.
+Each source view is computed once per query, restricted to the spine's keys. Nothing is
+evaluated row by row in Python. All times are handled as epoch microseconds (UTC), so the
+session time zone and daylight saving never matter. The SQL is DuckDB's dialect (ASOF
+JOIN, QUALIFY, FILTER, structs); it is not yet portable to Spark.
 
 Spines: :func:`churn_spine` (accounts paying at each period boundary),
 :func:`recovery_spine` (failed invoices at their first failure, or at every failed
@@ -44,6 +47,7 @@ from workbench.features.definitions import (
     UNITS_US,
     WINDOWED,
     Feature,
+    Source,
     get_features,
 )
 
@@ -213,7 +217,8 @@ def compile_features_sql(
         elif kind == "pt" and not gk[5]:
             # one ASOF join per (source, entity, offset): each feature's latest matching row
             # is carried forward along the entity's history by a window function (a struct,
-            # so a matching row with a NULL value still counts), then the last history row
+            # so a matching row with a NULL value still counts); only the last row of each
+            # (key, ts) keeps its place (ties ordered by row_key), and the last history row
             # at or before t is joined.
             carried = []
             for f in feats:
@@ -309,7 +314,9 @@ def compile_features_sql(
     derived = [f"{_derive(f)} AS {_q(f.name)}" for f in allf if f.aggregation == "derived"]
     out_cols = [f.name for f in wanted]
     src_ctes = [
-        f"{cte} AS MATERIALIZED (SELECT * FROM ({SOURCES[name].render(relations)}) x WHERE "
+        f"{cte} AS MATERIALIZED (SELECT * FROM "
+        f"({SOURCES[name].render(_pushed(SOURCES[name], source_keys[name], spine, relations))})"
+        " x WHERE "
         + " OR ".join(
             f"x.{_q(e)} IN (SELECT {_q(e)} FROM {spine})" for e in sorted(source_keys[name])
         )
@@ -332,6 +339,28 @@ def compile_features_sql(
         f"ORDER BY _s_row"
     )
     return sql, out_cols
+
+
+def _pushed(
+    src: Source, entities: set[str], spine: str, relations: Mapping[str, str] | None
+) -> dict[str, str]:
+    """Relations for ``src`` with tables pre-filtered to rows that can reach the spine's keys:
+    a table is filtered when every entity using the source declares a predicate for it (see
+    ``Source.pushdown``); predicates read the unfiltered relations."""
+    base = {t: (relations or {}).get(t, t) for t in src.tables}
+    rel = dict(relations or {})
+    by_table: dict[str, dict[str, str]] = defaultdict(dict)
+    for entity, table, predicate in src.pushdown:
+        by_table[table][entity] = predicate
+    for table, preds in by_table.items():
+        if not entities <= preds.keys():
+            continue
+        cond = " OR ".join(
+            "(" + preds[e].format(keys=f"(SELECT {_q(e)} FROM {spine})", **base) + ")"
+            for e in sorted(entities)
+        )
+        rel[table] = f"(SELECT * FROM {base[table]} _p WHERE {cond})"
+    return rel
 
 
 def _finish(f: Feature, col: str) -> str:

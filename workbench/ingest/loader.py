@@ -23,7 +23,9 @@ import contextlib
 import hashlib
 import json
 import logging
+import queue
 import re
+import threading
 import time
 import uuid
 from collections import Counter
@@ -55,7 +57,7 @@ JSON_SOURCES = ("stripe", "webhook")
 CSV_SOURCES = ("stripe-csv", "csv")
 SOURCES = JSON_SOURCES + CSV_SOURCES
 #: Files are staged together until their bytes reach this size.
-CHUNK_BYTES = 256 * 2**20
+CHUNK_BYTES = 512 * 2**20
 _JSON_SUFFIXES = (".json", ".jsonl", ".ndjson")
 _MAX_VALUE = 200
 
@@ -357,8 +359,9 @@ class _Batch:
         con = self.con
         tables = []
         for idx, inp in enumerate(inputs):
-            with self._timed("split"):
-                inp.records = read_records(inp.data, received_at=self.epoch)
+            if inp.records is None:
+                with self._timed("split"):
+                    inp.records = read_records(inp.data, received_at=self.epoch)
             t = inp.records.table
             tables.append(
                 t.append_column("file_idx", pa.array(np.full(t.num_rows, idx, dtype=np.int32)))
@@ -395,7 +398,7 @@ class _Batch:
             """
             CREATE OR REPLACE TEMP VIEW wb_new AS
             SELECT s.event_id, to_timestamp(wb_int(s.created_raw)) AS version_at, s.type,
-                   f.source, s.o
+                   f.source, s.o, s.lines_hash
             FROM wb_stage s JOIN wb_files f USING (file_idx)
             WHERE s.keep
             """
@@ -647,7 +650,11 @@ class _Batch:
         whole = envelope["rule"].isin(["malformed_json", "invalid_utf8", "not_an_event"])
         for k in envelope.index[envelope["rule"] == "malformed_json"]:
             records = inputs[int(envelope.at[k, "file_idx"])].records
-            raw = records.raw_line(int(envelope.at[k, "line"]) - 1) if records.layout == "lines" else None
+            raw = (
+                records.raw_line(int(envelope.at[k, "line"]) - 1)
+                if records.layout == "lines"
+                else None
+            )
             if raw is not None:
                 try:
                     raw.decode("utf-8")
@@ -885,6 +892,9 @@ def _prepare(
     del raw
     ext = path.suffix.lower().lstrip(".") or ("csv" if source in CSV_SOURCES else "json")
     obj = lake.locate(data, source=source, received_at=received_at, ext=ext)
+    records = None
+    if source in JSON_SOURCES and not obj.existed:
+        records = read_records(data, received_at=int(received_at.timestamp()))
     if not obj.existed:
         if writer is not None and pending is not None and source in JSON_SOURCES:
             pending.append(writer.submit(lake.write_object, obj.path, data))
@@ -899,7 +909,48 @@ def _prepare(
         mapping=mapping,
         mapping_lake=mapping_lake,
         mapping_name=mapping_name,
+        records=records,
     )
+
+
+def _prefetched(items: Iterator[_Input], depth: int = 2) -> Iterator[_Input]:
+    """Produce ``items`` in a thread, up to ``depth`` ahead of the consumer.
+
+    Reading, redacting, hashing and splitting the next files runs while DuckDB (which
+    releases the GIL) works on the current chunk.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def work() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.2)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as exc:  # handed to the consumer
+            q.put(exc)
+
+    thread = threading.Thread(target=work, name="ingest-prefetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=30)
 
 
 def _open(settings: Settings) -> tuple[Warehouse, Lake]:
@@ -1085,7 +1136,7 @@ def ingest(
         try:
             batch = run_batch(
                 con,
-                inputs(),
+                _prefetched(inputs()),
                 load_id=load_id,
                 received_at=received_at,
                 lake=lake,

@@ -221,6 +221,9 @@ def stage(con: duckdb.DuckDBPyConnection, *, received_epoch: int) -> None:
         f"""
         CREATE OR REPLACE TEMP TABLE wb_stage AS
         SELECT file_idx, line, sha, event_id, type, created_raw, api_version, o,
+          -- which set of lines an invoice has (lines repeat unchanged across its events)
+          CASE WHEN o.object = 'invoice' AND o.lines.data IS NOT NULL
+               THEN hash(o.lines.data)::VARCHAR END AS lines_hash,
           CASE
             WHEN problem IS NOT NULL THEN problem
             WHEN NOT parsed THEN 'malformed_json'
@@ -424,20 +427,20 @@ def _unnest_sql(list_name: str) -> str:
 #: The distinct line sets of the invoices in ``wb_new`` that no stored version has yet.
 LINES_SQL = """
 CREATE OR REPLACE TEMP TABLE wb_lines_map AS
-SELECT n.event_id, n.o.id AS invoice_id, md5(n.o.lines.data) AS lines_hash
-FROM wb_new n WHERE n.o.object = 'invoice' AND n.o.lines.data IS NOT NULL;
-CREATE OR REPLACE TEMP TABLE wb_lines_src AS
-SELECT * FROM (
-    SELECT n.event_id, n.version_at, n.type, n.source,
-           struct_pack(id := n.o.id, currency := n.o.currency, object := n.o.object,
-                       deleted := n.o.deleted) AS o,
-           md5(n.o.lines.data) AS lines_hash, n.o.lines.data AS lines
-    FROM wb_new n WHERE n.o.object = 'invoice' AND n.o.lines.data IS NOT NULL
-) s
+SELECT n.event_id, n.o.id AS invoice_id, n.lines_hash
+FROM wb_new n WHERE n.lines_hash IS NOT NULL;
+CREATE OR REPLACE TEMP TABLE wb_lines_first AS
+SELECT invoice_id, lines_hash, min(event_id) AS event_id FROM wb_lines_map m
 WHERE NOT EXISTS (
-    SELECT 1 FROM invoice_line_versions v WHERE v.invoice_id = s.o.id AND v.lines_hash = s.lines_hash
+    SELECT 1 FROM invoice_line_versions v WHERE v.invoice_id = m.invoice_id AND v.lines_hash = m.lines_hash
 )
-QUALIFY row_number() OVER (PARTITION BY s.o.id, s.lines_hash ORDER BY s.event_id) = 1;
+GROUP BY ALL;
+CREATE OR REPLACE TEMP TABLE wb_lines_src AS
+SELECT n.event_id, n.version_at, n.type, n.source,
+       struct_pack(id := n.o.id, currency := n.o.currency, object := n.o.object,
+                   deleted := n.o.deleted) AS o,
+       n.lines_hash, n.o.lines.data AS lines
+FROM wb_new n SEMI JOIN wb_lines_first f USING (event_id);
 """
 
 
@@ -596,7 +599,7 @@ PROJECTIONS: tuple[Projection, ...] = (
             Col("marked_uncollectible_at", "t", "n.o.status_transitions.marked_uncollectible_at"),
             Col("voided_at", "t", "n.o.status_transitions.voided_at"),
             Col("deleted", "x", "n.type = 'invoice.deleted' OR coalesce(n.o.deleted, false)"),
-            Col("lines_hash", "x", "md5(n.o.lines.data)"),
+            Col("lines_hash", "x", "n.lines_hash"),
         ),
     ),
     Projection(
@@ -789,7 +792,7 @@ def project(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
     con.execute(f"CREATE OR REPLACE TEMP TABLE wb_personal AS {PERSONAL_SQL}")
     for name in LISTS:
         con.execute(f"DROP TABLE wb_{name}")
-    con.execute("DROP TABLE wb_lines_src")
+    con.execute("DROP TABLE wb_lines_src; DROP TABLE wb_lines_first")
     return out
 
 

@@ -90,7 +90,11 @@ INTERNAL: dict[str, Table] = {
                 *_VERSION_KEY,
                 *_like("invoices", drop=("updated_at",)),
                 _c("deleted", "BOOLEAN"),
-                _c("lines_hash", "VARCHAR", "which line set (invoice_line_versions) this version has"),
+                _c(
+                    "lines_hash",
+                    "VARCHAR",
+                    "which line set (invoice_line_versions) this version has",
+                ),
             ),
         ),
         Table(
@@ -99,7 +103,7 @@ INTERNAL: dict[str, Table] = {
             "event_id is the first accepted event that carried it.",
             (
                 Column("event_id", "VARCHAR", nullable=False),
-                _c("lines_hash", "VARCHAR", "md5 of the lines' JSON (or the CSV row's id)"),
+                _c("lines_hash", "VARCHAR", "hash of the lines' JSON (or the CSV row's id)"),
                 *_like("invoice_lines"),
             ),
         ),

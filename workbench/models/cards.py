@@ -14,7 +14,16 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-_METRIC_COLS = ("rows", "positives", "roc_auc", "pr_auc", "brier", "log_loss", "ece", "top_decile_lift")
+_METRIC_COLS = (
+    "rows",
+    "positives",
+    "roc_auc",
+    "pr_auc",
+    "brier",
+    "log_loss",
+    "ece",
+    "top_decile_lift",
+)
 
 
 def _fmt(v: Any, digits: int = 3) -> str:
@@ -66,12 +75,21 @@ def render_card(data: Mapping[str, Any]) -> str:
         ("Registered", reg.get("created")),
     ]
     if tags.get("promoted_by"):
-        facts.append(("Promoted to champion", f"by {tags['promoted_by']} at {tags.get('promoted_at')} "
-                                              f"via {tags.get('promoted_via')}"))  # fmt: skip
+        facts.append(
+            (
+                "Promoted to champion",
+                f"by {tags['promoted_by']} at {tags.get('promoted_at')} "
+                f"via {tags.get('promoted_via')}",
+            )
+        )
     lines += [f"- **{k}**: {_fmt(v)}" for k, v in facts if v is not None]
     lines += ["", "## Intended use", "", data.get("intended_use", ""), ""]
-    lines += ["## Does it score people's ability to pay? (EU AI Act)", "",
-              f"**{'Yes' if data.get('assesses_ability_to_pay') else 'No'}.** {data.get('ability_to_pay', '')}", ""]  # fmt: skip
+    lines += [
+        "## Does it score people's ability to pay? (EU AI Act)",
+        "",
+        f"**{'Yes' if data.get('assesses_ability_to_pay') else 'No'}.** {data.get('ability_to_pay', '')}",
+        "",
+    ]
 
     split = data.get("split", {})
     lines += ["## Training window and data", ""]
@@ -81,20 +99,36 @@ def render_card(data: Mapping[str, Any]) -> str:
             f"- Validation (early stopping and calibration): [{split['valid_start']}, {split['valid_end']})",
             f"- Test: [{split['test_start']}, {split['test_end']})",
             f"- Embargo: {'yes: fitted rows have their label window closed before the next period starts' if split.get('embargo') in (True, 'True') else 'no'}",
-        ]  # fmt: skip
+        ]
     else:
         lines += [f"- {k.replace('_', ' ').capitalize()}: {v}" for k, v in split.items()]
     rows, pos = data.get("rows", {}), data.get("positives", {})
-    lines += ["- Rows: " + ", ".join(f"{k} {_fmt(v)}" + (f" ({_fmt(pos.get(k))} positive)" if k in pos else "")
-                                      for k, v in rows.items()), ""]  # fmt: skip
+    lines += [
+        "- Rows: "
+        + ", ".join(
+            f"{k} {_fmt(v)}" + (f" ({_fmt(pos.get(k))} positive)" if k in pos else "")
+            for k, v in rows.items()
+        ),
+        "",
+    ]
 
     feats = data.get("features", [])
-    lines += [f"## Features ({len(feats)})", "", f"Feature-set version `{data.get('feature_set_version')}`.", ""]
+    lines += [
+        f"## Features ({len(feats)})",
+        "",
+        f"Feature-set version `{data.get('feature_set_version')}`.",
+        "",
+    ]
     imp = {r["feature"]: r for r in data.get("importance", [])}
     if imp:
         lines += ["Most important (mean |SHAP| on test rows):", ""]
-        lines += _table([{"feature": f, "share": r.get("share"), "mean_abs_shap": r.get("mean_abs_shap")}
-                         for f, r in imp.items()], ["feature", "mean_abs_shap", "share"])  # fmt: skip
+        lines += _table(
+            [
+                {"feature": f, "share": r.get("share"), "mean_abs_shap": r.get("mean_abs_shap")}
+                for f, r in imp.items()
+            ],
+            ["feature", "mean_abs_shap", "share"],
+        )
         lines.append("")
     lines += ["<details><summary>All features</summary>", ""]
     lines += [f"- `{f['name']}`: {f['description']}" for f in feats]
@@ -103,13 +137,30 @@ def render_card(data: Mapping[str, Any]) -> str:
     lines += ["## Metrics", ""]
     metrics = data.get("metrics", [])
     if data.get("task") == "uplift":
-        lines += _table(metrics, ["rows", "treated", "churn_rate_control", "churn_rate_treated", "ate_observed",
-                                  "qini", "auuc"])  # fmt: skip
-        lines += ["", f"Cross-fitted ({data.get('folds')} folds) on the experiment; Qini and AUUC per account, "
-                      "see workbench.models.uplift for the definitions.", ""]  # fmt: skip
+        lines += _table(
+            metrics,
+            [
+                "rows",
+                "treated",
+                "churn_rate_control",
+                "churn_rate_treated",
+                "ate_observed",
+                "qini",
+                "auuc",
+            ],
+        )
+        lines += [
+            "",
+            f"Cross-fitted ({data.get('folds')} folds) on the experiment; Qini and AUUC per account, "
+            "see workbench.models.uplift for the definitions.",
+            "",
+        ]
     else:
-        lines += ["Test period, calibrated LightGBM beside the logistic-regression baseline and the "
-                  "uncalibrated booster:", ""]  # fmt: skip
+        lines += [
+            "Test period, calibrated LightGBM beside the logistic-regression baseline and the "
+            "uncalibrated booster:",
+            "",
+        ]
         lines += _table(metrics, ["model", *_METRIC_COLS])
         lines.append("")
     oracle = data.get("oracle")
@@ -120,19 +171,30 @@ def render_card(data: Mapping[str, Any]) -> str:
     by_cohort = data.get("by_cohort", [])
     if by_cohort:
         lines += ["### By cohort (test period)", ""]
-        lines += _table(by_cohort, ["cohort", "value", "rows", "positives", "roc_auc", "brier", "ece"])
+        lines += _table(
+            by_cohort, ["cohort", "value", "rows", "positives", "roc_auc", "brier", "ece"]
+        )
         lines.append("")
 
     cal = data.get("calibration")
     if cal:
-        lines += ["## Calibration", "", f"Method: **{cal.get('method')}**, fitted on the {cal.get('fitted_on')}. "
-                  "Reliability on the test period (equal-width bins; ECE is the row-weighted mean |gap|):", ""]  # fmt: skip
+        lines += [
+            "## Calibration",
+            "",
+            f"Method: **{cal.get('method')}**, fitted on the {cal.get('fitted_on')}. "
+            "Reliability on the test period (equal-width bins; ECE is the row-weighted mean |gap|):",
+            "",
+        ]
         rel = [r for r in cal.get("reliability", []) if r.get("model") in (None, "lightgbm")]
         lines += _table(rel, ["bin", "rows", "mean_predicted", "observed_rate", "gap"])
         lines.append("")
 
     lines += ["## Limitations", ""] + [f"- {x}" for x in data.get("limitations", [])] + [""]
-    lines += ["## Traceability", "",
-              "Every score written by `workbench.models.scoring` carries this model's name, version, "
-              "feature-set version, MLflow run id and its top three reasons.", ""]  # fmt: skip
+    lines += [
+        "## Traceability",
+        "",
+        "Every score written by `workbench.models.scoring` carries this model's name, version, "
+        "feature-set version, MLflow run id and its top three reasons.",
+        "",
+    ]
     return "\n".join(lines)

@@ -17,7 +17,9 @@ import pandas as pd
 log = logging.getLogger(__name__)
 
 
-def reliability_chart(reliability: pd.DataFrame, *, title: str = "Reliability diagram") -> alt.LayerChart:
+def reliability_chart(
+    reliability: pd.DataFrame, *, title: str = "Reliability diagram"
+) -> alt.LayerChart:
     """Observed rate against mean prediction per bin, with the diagonal.
 
     Args:
@@ -27,21 +29,36 @@ def reliability_chart(reliability: pd.DataFrame, *, title: str = "Reliability di
     data = reliability.copy()
     if "model" not in data.columns:
         data["model"] = "model"
-    top = float(max(data["mean_predicted"].max(), data["observed_rate"].max(), 0.05)) if len(data) else 1.0
+    top = (
+        float(max(data["mean_predicted"].max(), data["observed_rate"].max(), 0.05))
+        if len(data)
+        else 1.0
+    )
     top = min(1.0, top * 1.1)
-    diag = alt.Chart(pd.DataFrame({"x": [0.0, top], "y": [0.0, top]})).mark_line(
-        strokeDash=[4, 4], color="gray"
-    ).encode(x="x:Q", y="y:Q")
+    diag = (
+        alt.Chart(pd.DataFrame({"x": [0.0, top], "y": [0.0, top]}))
+        .mark_line(strokeDash=[4, 4], color="gray")
+        .encode(x="x:Q", y="y:Q")
+    )
     points = (
         alt.Chart(data)
         .mark_line(point=True)
         .encode(
-            x=alt.X("mean_predicted:Q", title="mean predicted probability", scale=alt.Scale(domain=[0, top])),
+            x=alt.X(
+                "mean_predicted:Q",
+                title="mean predicted probability",
+                scale=alt.Scale(domain=[0, top]),
+            ),
             y=alt.Y("observed_rate:Q", title="observed rate", scale=alt.Scale(domain=[0, top])),
             color=alt.Color("model:N", title=None),
             size=alt.Size("rows:Q", legend=None, scale=alt.Scale(range=[20, 300])),
-            tooltip=["model", "bin", "rows", alt.Tooltip("mean_predicted:Q", format=".3f"),
-                     alt.Tooltip("observed_rate:Q", format=".3f")],  # fmt: skip
+            tooltip=[
+                "model",
+                "bin",
+                "rows",
+                alt.Tooltip("mean_predicted:Q", format=".3f"),
+                alt.Tooltip("observed_rate:Q", format=".3f"),
+            ],
         )
     )
     return alt.layer(diag, points, title=title).properties(width=360, height=320)
@@ -60,14 +77,22 @@ def lift_chart(lift: pd.DataFrame, *, title: str = "Lift by decile") -> alt.Char
             y=alt.Y("lift:Q", title="lift (rate / average rate)"),
             xOffset="model:N",
             color=alt.Color("model:N", title=None),
-            tooltip=["model", "decile", "rows", "positives", alt.Tooltip("rate:Q", format=".3f"),
-                     alt.Tooltip("lift:Q", format=".2f")],  # fmt: skip
+            tooltip=[
+                "model",
+                "decile",
+                "rows",
+                "positives",
+                alt.Tooltip("rate:Q", format=".3f"),
+                alt.Tooltip("lift:Q", format=".2f"),
+            ],
         )
         .properties(width=420, height=260)
     )
 
 
-def importance_chart(importance: pd.DataFrame, *, top: int = 15, title: str = "Global importance (mean |SHAP|)") -> alt.Chart:
+def importance_chart(
+    importance: pd.DataFrame, *, top: int = 15, title: str = "Global importance (mean |SHAP|)"
+) -> alt.Chart:
     """Bars of mean absolute SHAP value per feature (from ``explain.global_importance``)."""
     data = importance.head(top)
     return (
@@ -76,7 +101,11 @@ def importance_chart(importance: pd.DataFrame, *, top: int = 15, title: str = "G
         .encode(
             y=alt.Y("feature:N", sort="-x", title=None),
             x=alt.X("mean_abs_shap:Q", title="mean |SHAP| (log-odds)"),
-            tooltip=["feature", alt.Tooltip("mean_abs_shap:Q", format=".4f"), alt.Tooltip("share:Q", format=".1%")],
+            tooltip=[
+                "feature",
+                alt.Tooltip("mean_abs_shap:Q", format=".4f"),
+                alt.Tooltip("share:Q", format=".1%"),
+            ],
         )
         .properties(width=360, height=max(120, 18 * len(data)))
     )
@@ -102,22 +131,37 @@ def shap_summary_chart(
 
     imp = global_importance(contrib)
     feats = list(imp["feature"].head(top))
-    sample = contrib.sample(n=min(max_points, len(contrib)), random_state=seed) if len(contrib) else contrib
+    sample = (
+        contrib.sample(n=min(max_points, len(contrib)), random_state=seed)
+        if len(contrib)
+        else contrib
+    )
     rows = []
     rng = np.random.default_rng(seed)
     for f in feats:
-        v = values.loc[sample.index, f] if f in values.columns else pd.Series(np.nan, index=sample.index)
+        v = (
+            values.loc[sample.index, f]
+            if f in values.columns
+            else pd.Series(np.nan, index=sample.index)
+        )
         num = pd.to_numeric(v, errors="coerce")
         level = num.rank(pct=True) if num.notna().any() else pd.Series(np.nan, index=v.index)
-        rows.append(pd.DataFrame({
-            "feature": f,
-            "shap": sample[f].to_numpy(),
-            "value_level": level.to_numpy(),
-            "value": v.astype(str).to_numpy(),
-            "jitter": rng.normal(0, 1, len(sample)),
-        }))  # fmt: skip
-    data = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(
-        {"feature": [], "shap": [], "value_level": [], "value": [], "jitter": []})  # fmt: skip
+        rows.append(
+            pd.DataFrame(
+                {
+                    "feature": f,
+                    "shap": sample[f].to_numpy(),
+                    "value_level": level.to_numpy(),
+                    "value": v.astype(str).to_numpy(),
+                    "jitter": rng.normal(0, 1, len(sample)),
+                }
+            )
+        )
+    data = (
+        pd.concat(rows, ignore_index=True)
+        if rows
+        else pd.DataFrame({"feature": [], "shap": [], "value_level": [], "value": [], "jitter": []})
+    )
     return (
         alt.Chart(data, title=title)
         .mark_circle(size=12, opacity=0.6)
@@ -125,7 +169,11 @@ def shap_summary_chart(
             y=alt.Y("feature:N", sort=feats, title=None),
             yOffset=alt.YOffset("jitter:Q"),
             x=alt.X("shap:Q", title="SHAP value (impact on log-odds)"),
-            color=alt.Color("value_level:Q", title="feature value (rank)", scale=alt.Scale(scheme="redblue", reverse=True)),
+            color=alt.Color(
+                "value_level:Q",
+                title="feature value (rank)",
+                scale=alt.Scale(scheme="redblue", reverse=True),
+            ),
             tooltip=["feature", "value", alt.Tooltip("shap:Q", format=".3f")],
         )
         .properties(width=420, height=28 * max(len(feats), 1))
@@ -148,13 +196,23 @@ def qini_chart(curves: pd.DataFrame, *, title: str = "Qini curve") -> alt.LayerC
         step = max(1, len(g) // 400)
         parts.append(pd.concat([g.iloc[::step], g.iloc[[-1]]]).drop_duplicates("k"))
     data = pd.concat(parts, ignore_index=True) if parts else data
-    lines = alt.Chart(data).mark_line().encode(
-        x=alt.X("fraction:Q", title="share of accounts targeted (highest predicted uplift first)"),
-        y=alt.Y("qini:Q", title="churners prevented (Qini)"),
-        color=alt.Color("model:N", title=None),
+    lines = (
+        alt.Chart(data)
+        .mark_line()
+        .encode(
+            x=alt.X(
+                "fraction:Q", title="share of accounts targeted (highest predicted uplift first)"
+            ),
+            y=alt.Y("qini:Q", title="churners prevented (Qini)"),
+            color=alt.Color("model:N", title=None),
+        )
     )
-    random = alt.Chart(data).mark_line(strokeDash=[4, 4]).encode(
-        x="fraction:Q", y="random:Q", color=alt.Color("model:N", title=None), detail="model:N"
+    random = (
+        alt.Chart(data)
+        .mark_line(strokeDash=[4, 4])
+        .encode(
+            x="fraction:Q", y="random:Q", color=alt.Color("model:N", title=None), detail="model:N"
+        )
     )
     return alt.layer(lines, random, title=title).properties(width=420, height=300)
 

@@ -143,9 +143,21 @@ def lift_table(y: Iterable, p: Iterable, *, groups: int = 10) -> pd.DataFrame:
     out["lift"] = out["rate"] / base if base > 0 else float("nan")
     total = max(int(y.sum()), 1)
     out["cumulative_capture"] = out["positives"].cumsum() / total
-    out["cumulative_lift"] = (out["positives"].cumsum() / out["rows"].cumsum()) / base if base > 0 else float("nan")
-    return out[["decile", "rows", "positives", "rate", "mean_predicted", "lift",
-                "cumulative_capture", "cumulative_lift"]]  # fmt: skip
+    out["cumulative_lift"] = (
+        (out["positives"].cumsum() / out["rows"].cumsum()) / base if base > 0 else float("nan")
+    )
+    return out[
+        [
+            "decile",
+            "rows",
+            "positives",
+            "rate",
+            "mean_predicted",
+            "lift",
+            "cumulative_capture",
+            "cumulative_lift",
+        ]
+    ]
 
 
 def binary_metrics(y: Iterable, p: Iterable, *, bins: int = 10) -> dict[str, float]:
@@ -263,10 +275,7 @@ def evaluate_scores(
         for the first score, empty without an oracle).
     """
     names = dict(scores)
-    if oracle is not None:
-        names_all = {**names, "oracle": oracle}
-    else:
-        names_all = names
+    names_all = {**names, "oracle": oracle} if oracle is not None else names
     metrics = pd.DataFrame(
         [{"model": k, **binary_metrics(frame[y], frame[c])} for k, c in names_all.items()]
     )
@@ -281,5 +290,10 @@ def evaluate_scores(
     first = next(iter(names.values()))
     by_cohort = metrics_by_cohort(frame, y=y, p=first, cohorts=cohorts)
     cmp = oracle_comparison(frame[y], frame[first], frame[oracle]) if oracle is not None else {}
-    return {"metrics": metrics, "reliability": rel, "lift": lift, "by_cohort": by_cohort,
-            "oracle": cmp}  # fmt: skip
+    return {
+        "metrics": metrics,
+        "reliability": rel,
+        "lift": lift,
+        "by_cohort": by_cohort,
+        "oracle": cmp,
+    }

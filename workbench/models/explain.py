@@ -61,12 +61,14 @@ def global_importance(contrib: pd.DataFrame) -> pd.DataFrame:
     vals = contrib.drop(columns=[BIAS], errors="ignore")
     mean_abs = vals.abs().mean()
     total = float(mean_abs.sum()) or 1.0
-    out = pd.DataFrame({
-        "feature": mean_abs.index,
-        "mean_abs_shap": mean_abs.to_numpy(),
-        "mean_shap": vals.mean().to_numpy(),
-        "share": mean_abs.to_numpy() / total,
-    })  # fmt: skip
+    out = pd.DataFrame(
+        {
+            "feature": mean_abs.index,
+            "mean_abs_shap": mean_abs.to_numpy(),
+            "mean_shap": vals.mean().to_numpy(),
+            "share": mean_abs.to_numpy() / total,
+        }
+    )
     return out.sort_values("mean_abs_shap", ascending=False, ignore_index=True)
 
 
@@ -134,15 +136,22 @@ PHRASES: dict[str, Callable[[str, Any], str]] = {
     "days_since_last_successful_payment": _days("last successful payment"),
     "days_since_last_failed_payment": _days("last failed payment"),
     "last_decline_code": lambda n, v: f"last payment declined as '{v}'",
-    "card_days_until_expiry": lambda n, v: (f"card expired {_plural(-v, 'day')} ago" if v < 0
-                                            else f"card expires in {_plural(v, 'day')}"),
+    "card_days_until_expiry": lambda n, v: (
+        f"card expired {_plural(-v, 'day')} ago"
+        if v < 0
+        else f"card expires in {_plural(v, 'day')}"
+    ),
     "card_expiring_30d": _flag("card expires within 30 days", "card not expiring soon"),
-    "payment_lag_days_avg_90d": lambda n, v: f"invoices paid {_num(v, 1)} days after issue on average",
+    "payment_lag_days_avg_90d": lambda n, v: (
+        f"invoices paid {_num(v, 1)} days after issue on average"
+    ),
     "dunning_invoices_open": _phrase_count("invoice in dunning"),
     "dunning_amount_open": lambda n, v: f"{_money(v)} due on invoices in dunning",
     "retries_on_open_invoices": _phrase_count("failed retry on open invoices"),
     "mrr": lambda n, v: f"MRR {_money(v)}",
-    "mrr_change_90d": lambda n, v: f"MRR {'up' if v >= 0 else 'down'} {_money(abs(v))} over 90 days",
+    "mrr_change_90d": lambda n, v: (
+        f"MRR {'up' if v >= 0 else 'down'} {_money(abs(v))} over 90 days"
+    ),
     "mrr_change_pct_90d": _mrr_change,
     "plan_tier": lambda n, v: f"on plan {v}",
     "billing_interval_months": lambda n, v: "billed yearly" if v >= 12 else "billed monthly",
@@ -156,18 +165,25 @@ PHRASES: dict[str, Callable[[str, Any], str]] = {
     "cancel_at_period_end": _flag("set to cancel at period end", "not set to cancel"),
     "usage_avg_daily_7d": lambda n, v: f"average daily usage {_num(v)} (last 7 days)",
     "usage_avg_daily_30d": lambda n, v: f"average daily usage {_num(v)} (last 30 days)",
-    "usage_avg_daily_prior_60d": lambda n, v: f"average daily usage {_num(v)} in the 60 days before",
+    "usage_avg_daily_prior_60d": lambda n, v: (
+        f"average daily usage {_num(v)} in the 60 days before"
+    ),
     "usage_drop_pct_30d_vs_prior_60d": _usage_drop,
     "usage_trend_90d": lambda n, v: f"usage {'rising' if v >= 0 else 'falling'} over 90 days",
     "usage_active_days_30d": lambda n, v: f"active on {_plural(v, 'day')} of the last 30",
     "days_since_last_usage": _days("last used"),
     **{f"tickets_{w}d": _phrase_count("support ticket") for w in (30, 90)},
-    **{f"high_severity_tickets_{w}d": _phrase_count("urgent or high-severity ticket") for w in (30, 90)},
+    **{
+        f"high_severity_tickets_{w}d": _phrase_count("urgent or high-severity ticket")
+        for w in (30, 90)
+    },
     "open_tickets": lambda n, v: _plural(v, "open support ticket"),
     "days_since_last_ticket": _days("last support ticket"),
     "health_score": lambda n, v: f"health score {_num(v)}",
     "health_score_90d_ago": lambda n, v: f"health score was {_num(v)} 90 days ago",
-    "health_score_change_90d": lambda n, v: f"health score {'up' if v >= 0 else 'down'} {_num(abs(v))} points in 90 days",
+    "health_score_change_90d": lambda n, v: (
+        f"health score {'up' if v >= 0 else 'down'} {_num(abs(v))} points in 90 days"
+    ),
     "nps": lambda n, v: f"NPS answer {_num(v)}",
     "nps_90d_ago": lambda n, v: f"NPS answer was {_num(v)} 90 days ago",
     "nps_change_90d": lambda n, v: f"NPS {'up' if v >= 0 else 'down'} {_num(abs(v))} in 90 days",
@@ -193,7 +209,9 @@ PHRASES: dict[str, Callable[[str, Any], str]] = {
     "sub_tenure_days": lambda n, v: f"subscription {_plural(v / 30.44, 'month')} old",
     "sub_interval_months": lambda n, v: "billed yearly" if v >= 12 else "billed monthly",
     "sub_quantity": lambda n, v: _plural(v, "seat") + " on the subscription",
-    "sub_cancel_at_period_end": _flag("subscription set to cancel", "subscription not set to cancel"),
+    "sub_cancel_at_period_end": _flag(
+        "subscription set to cancel", "subscription not set to cancel"
+    ),
     "churn_risk": lambda n, v: f"churn risk {_pct(v)}",
     "region": lambda n, v: f"region {v}",
     "channel": lambda n, v: f"{v} customer",
@@ -252,54 +270,64 @@ def top_reasons(
         frame: The scored rows (feature values are read from here; same index as
             ``contrib``).
         contrib: From :func:`contributions`.
-        direction: ``up``: features that raise the score most (why the risk is high);
-            ``down``: that lower it most; ``abs``: the largest in either direction, each
-            phrase suffixed with "(raises)" or "(lowers)".
+        direction: ``up``: the features that raise the score most (why the risk is high);
+            when fewer than ``k`` raise it, the ones lowering it most follow, marked
+            "(lowers)". ``down``: the reverse, fill-ins marked "(raises)". ``abs``: the
+            largest either way, every phrase marked "(raises)" or "(lowers)".
         descriptions: Feature descriptions for features without a template.
         features: Restrict to these features (default: all contribution columns).
 
     Returns:
-        Columns ``reason_1`` .. ``reason_k`` (None where fewer features push that way) and
-        ``reason_features`` (the feature names, ``;``-separated), same index as ``frame``.
+        Columns ``reason_1`` .. ``reason_k`` (None only when fewer than ``k`` features have a
+        non-zero contribution) and ``reason_features`` (the feature names,
+        ``;``-separated), same index as ``frame``.
     """
+    if direction not in ("up", "down", "abs"):
+        raise ValueError(f"direction must be 'up', 'down' or 'abs', not {direction!r}")
     cols = [c for c in (features or contrib.columns) if c != BIAS]
     vals = contrib[cols].to_numpy(dtype=np.float64)
-    if direction == "up":
-        key = -vals
-    elif direction == "down":
-        key = vals
-    elif direction == "abs":
-        key = -np.abs(vals)
+    n, m = vals.shape
+    k_eff = min(k, m)
+    if direction == "abs":
+        order = np.argsort(-np.abs(vals), axis=1, kind="stable")[:, :k_eff]
+        fill = None
     else:
-        raise ValueError(f"direction must be 'up', 'down' or 'abs', not {direction!r}")
-    k_eff = min(k, len(cols))
-    if len(cols) > k_eff:
-        part = np.argpartition(key, k_eff - 1, axis=1)[:, :k_eff]
-    else:
-        part = np.tile(np.arange(len(cols)), (len(vals), 1))
-    order = np.take_along_axis(part, np.argsort(np.take_along_axis(key, part, axis=1), axis=1), axis=1)
-    picked_vals = np.take_along_axis(vals, order, axis=1)
+        sign = 1.0 if direction == "up" else -1.0
+        order = np.argsort(-sign * vals, axis=1, kind="stable")[:, :k_eff]  # main direction first
+        fill = np.argsort(sign * vals, axis=1, kind="stable")[
+            :, :k_eff
+        ]  # the other way, strongest first
     names = np.asarray(cols, dtype=object)
-    # the feature values of the picked columns, read once per column
     value_cols = {c: frame[c].to_numpy(dtype=object) if c in frame.columns else None for c in cols}
-    n = len(vals)
     out: dict[str, list] = {f"reason_{i + 1}": [None] * n for i in range(k)}
     used: list[str] = [""] * n
+
+    def say(r: int, c: int, v: float, mark: bool) -> str:
+        name = names[c]
+        col = value_cols[name]
+        text = phrase(name, None if col is None else col[r], descriptions=descriptions)
+        return text + (" (raises)" if v > 0 else " (lowers)") if mark else text
+
+    main_positive = direction != "down"
     for r in range(n):
-        picked = []
-        for j in range(k_eff):
-            c = order[r, j]
-            v = picked_vals[r, j]
-            if (direction == "up" and v <= 0) or (direction == "down" and v >= 0) or v == 0:
+        picked: list[int] = []
+        texts: list[str] = []
+        for c in order[r]:
+            v = vals[r, c]
+            if v == 0 or (direction != "abs" and (v > 0) != main_positive):
                 continue
-            name = names[c]
-            col = value_cols[name]
-            text = phrase(name, None if col is None else col[r], descriptions=descriptions)
-            if direction == "abs":
-                text += " (raises)" if v > 0 else " (lowers)"
-            out[f"reason_{len(picked) + 1}"][r] = text
-            picked.append(name)
-        used[r] = ";".join(picked)
+            picked.append(c)
+            texts.append(say(r, c, v, direction == "abs"))
+        if fill is not None and len(picked) < k_eff:
+            for c in fill[r]:
+                v = vals[r, c]
+                if len(picked) >= k_eff or v == 0 or (v > 0) == main_positive:
+                    continue
+                picked.append(c)
+                texts.append(say(r, c, v, True))
+        for i, t in enumerate(texts):
+            out[f"reason_{i + 1}"][r] = t
+        used[r] = ";".join(names[c] for c in picked)
     res = pd.DataFrame(out, index=frame.index)
     res["reason_features"] = used
     return res

@@ -63,7 +63,9 @@ def read_truth(truth_dir: Path | str, name: str) -> pd.DataFrame:
     """One truth table (``churn_hazard``, ``recovery``, ``offers``, ``accounts``, ...)."""
     path = Path(truth_dir) / f"{name}.parquet"
     if not path.is_file():
-        raise FileNotFoundError(f"no truth table {path}; was the data simulated with workbench.simulator?")
+        raise FileNotFoundError(
+            f"no truth table {path}; was the data simulated with workbench.simulator?"
+        )
     return pd.read_parquet(path)
 
 
@@ -74,11 +76,13 @@ def _billing_state(con: duckdb.DuckDBPyConnection, spine: pd.DataFrame) -> pd.Da
     """Per spine row, the main paying subscription item at ``as_of``: its billing interval,
     current period end and whether it is set to cancel at period end."""
     name = f"_wb_oracle_{uuid.uuid4().hex[:12]}"
-    probe = pa.table({
-        "_row": pa.array(np.arange(len(spine), dtype=np.int64)),
-        "account_id": pa.array(spine["account_id"].astype(str).to_numpy(), type=pa.string()),
-        "t_us": pa.array(to_us(spine["as_of"])),
-    })  # fmt: skip
+    probe = pa.table(
+        {
+            "_row": pa.array(np.arange(len(spine), dtype=np.int64)),
+            "account_id": pa.array(spine["account_id"].astype(str).to_numpy(), type=pa.string()),
+            "t_us": pa.array(to_us(spine["as_of"])),
+        }
+    )
     con.register(name, probe)
     try:
         df = con.execute(
@@ -115,10 +119,12 @@ def _billing_state(con: duckdb.DuckDBPyConnection, spine: pd.DataFrame) -> pd.Da
 
 def _add_months_us(us: np.ndarray, months: int) -> np.ndarray:
     """Epoch microseconds shifted by calendar months (day clipped to the month's end)."""
-    ts = pd.Series(pd.to_datetime(np.asarray(us, dtype=np.int64), unit="us", utc=True)).astype("datetime64[us, UTC]")
+    ts = pd.Series(pd.to_datetime(np.asarray(us, dtype=np.int64), unit="us", utc=True)).astype(
+        "datetime64[us, UTC]"
+    )
     if months:
         ts = ts + pd.DateOffset(months=months)
-    return ts.to_numpy().astype("datetime64[us]").astype(np.int64)
+    return ts.dt.tz_localize(None).to_numpy().astype("datetime64[us]").astype(np.int64)
 
 
 def _last_anchor(cpe_us: np.ndarray, step_months: np.ndarray, T_us: np.ndarray) -> np.ndarray:
@@ -143,7 +149,9 @@ def _open_invoice_failure(spine: pd.DataFrame, rec: pd.DataFrame) -> pd.DataFram
     """Per (spine row, failed invoice open at ``t``): probability that all remaining retries
     fail (``q``) and the time of the last retry (``last_us``)."""
     rec = rec.assign(at_us=to_us(rec["attempt_at"]))
-    first = rec[rec["attempt"] == 1][["invoice_id", "account_id", "at_us"]].rename(columns={"at_us": "first_us"})
+    first = rec[rec["attempt"] == 1][["invoice_id", "account_id", "at_us"]].rename(
+        columns={"at_us": "first_us"}
+    )
     retries = rec[rec["attempt"] > 1][["invoice_id", "at_us", "p_success", "succeeded"]]
     pairs = spine[["_row", "account_id", "t_us"]].merge(first, on="account_id")
     pairs = pairs[pairs["first_us"] < pairs["t_us"]]
@@ -151,7 +159,9 @@ def _open_invoice_failure(spine: pd.DataFrame, rec: pd.DataFrame) -> pd.DataFram
         return pd.DataFrame({"_row": [], "q": [], "last_us": []})
     x = pairs.merge(retries, on="invoice_id")
     # paid before t: no longer open (the realized outcome up to t is known at t)
-    paid_before = x[(x["at_us"] <= x["t_us"]) & (x["succeeded"].fillna(False).astype(bool))]
+    paid_before = x[
+        (x["at_us"] <= x["t_us"]) & (x["succeeded"].astype("boolean").fillna(False).to_numpy(bool))
+    ]
     closed = set(zip(paid_before["_row"], paid_before["invoice_id"], strict=True))
     rest = x[x["at_us"] > x["t_us"]]
     if closed:
@@ -184,9 +194,20 @@ def churn_oracle(
     n = len(spine)
     t_us = to_us(spine["as_of"])
     as_of = pd.DatetimeIndex(pd.to_datetime(t_us, unit="us", utc=True))
-    if n and not ((as_of.day == 1) & (as_of.hour == 0) & (as_of.minute == 0) & (as_of.second == 0)).all():
+    if (
+        n
+        and not (
+            (as_of.day == 1) & (as_of.hour == 0) & (as_of.minute == 0) & (as_of.second == 0)
+        ).all()
+    ):
         raise ValueError("churn_oracle needs as_of at month starts (monthly hazards)")
-    sp = pd.DataFrame({"_row": np.arange(n), "account_id": spine["account_id"].astype(str).to_numpy(), "t_us": t_us})
+    sp = pd.DataFrame(
+        {
+            "_row": np.arange(n),
+            "account_id": spine["account_id"].astype(str).to_numpy(),
+            "t_us": t_us,
+        }
+    )
     hz = read_truth(truth_dir, "churn_hazard")[["account_id", "month", "hazard"]]
     hz = hz.assign(m_us=to_us(hz["month"]))[["account_id", "m_us", "hazard"]]
     state = _billing_state(con, spine.reset_index(drop=True))
@@ -196,7 +217,11 @@ def churn_oracle(
     p_imm = np.where(step == 12, IMMEDIATE_SHARE["year"], IMMEDIATE_SHARE["month"])
 
     K = int(np.ceil(max(horizons) / 28)) + 1
-    starts = np.column_stack([_add_months_us(t_us, k) for k in range(K + 1)]) if n else np.zeros((0, K + 1), np.int64)
+    starts = (
+        np.column_stack([_add_months_us(t_us, k) for k in range(K + 1)])
+        if n
+        else np.zeros((0, K + 1), np.int64)
+    )
     path = np.full((n, K), np.nan)
     lookup = hz.set_index(["account_id", "m_us"])["hazard"]
     lookup = lookup[~lookup.index.duplicated()]
@@ -205,10 +230,20 @@ def churn_oracle(
         path[:, k] = lookup.reindex(idx).to_numpy(np.float64)
     # hazard at t: the row of month t, else the last one before t, else the first after
     hz_sorted = hz.sort_values("m_us")
-    before = pd.merge_asof(sp.sort_values("t_us"), hz_sorted.rename(columns={"m_us": "t_us"}),
-                           on="t_us", by="account_id", direction="backward").set_index("_row")["hazard"]
-    after = pd.merge_asof(sp.sort_values("t_us"), hz_sorted.rename(columns={"m_us": "t_us"}),
-                          on="t_us", by="account_id", direction="forward").set_index("_row")["hazard"]
+    before = pd.merge_asof(
+        sp.sort_values("t_us"),
+        hz_sorted.rename(columns={"m_us": "t_us"}),
+        on="t_us",
+        by="account_id",
+        direction="backward",
+    ).set_index("_row")["hazard"]
+    after = pd.merge_asof(
+        sp.sort_values("t_us"),
+        hz_sorted.rename(columns={"m_us": "t_us"}),
+        on="t_us",
+        by="account_id",
+        direction="forward",
+    ).set_index("_row")["hazard"]
     h_t = before.reindex(sp["_row"]).fillna(after.reindex(sp["_row"])).to_numpy(np.float64)
     known = np.isfinite(h_t)
     # carry the last known hazard forward (months after the account left or decided)
@@ -234,8 +269,11 @@ def churn_oracle(
             p2 = np.zeros(n)
         anchor = _last_anchor(cpe, step, T.astype(np.float64))
         p_by_T = np.clip((T[:, None] - m0) / length, 0, 1)
-        p_by_A = np.where(np.isfinite(anchor)[:, None],
-                          np.clip((np.nan_to_num(anchor)[:, None] - m0) / length, 0, 1), 0.0)
+        p_by_A = np.where(
+            np.isfinite(anchor)[:, None],
+            np.clip((np.nan_to_num(anchor)[:, None] - m0) / length, 0, 1),
+            0.0,
+        )
         w = (p_imm[:, None] * p_by_T + (1 - p_imm[:, None]) * p_by_A) * (m0 < T[:, None])
         w[pending] = 0.0
         p3 = _decided_by(path, w)
@@ -251,7 +289,9 @@ def churn_oracle(
 def _decided_by(hazard: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Per row: sum over months of survival-to-month x hazard x chance the decision ends
     the subscription in time."""
-    surv = np.concatenate([np.ones((hazard.shape[0], 1)), np.cumprod(1.0 - hazard, axis=1)[:, :-1]], axis=1)
+    surv = np.concatenate(
+        [np.ones((hazard.shape[0], 1)), np.cumprod(1.0 - hazard, axis=1)[:, :-1]], axis=1
+    )
     return np.sum(surv * hazard * w, axis=1)
 
 
@@ -279,8 +319,10 @@ def recovery_oracle(
     rec = rec.assign(at_us=to_us(rec["attempt_at"]))
     first = rec[rec["attempt"] == 1].set_index("invoice_id")
     retries = rec[rec["attempt"] > 1]
-    groups = {i: (g["at_us"].to_numpy(np.int64), g["p_success"].to_numpy(np.float64))
-              for i, g in retries.groupby("invoice_id", sort=False)}  # fmt: skip
+    groups = {
+        i: (g["at_us"].to_numpy(np.int64), g["p_success"].to_numpy(np.float64))
+        for i, g in retries.groupby("invoice_id", sort=False)
+    }
     ids = spine["invoice_id"].astype(str).to_numpy(object)
     t_us = to_us(spine["as_of"])
     first_at = first["at_us"].reindex(ids).to_numpy(np.float64)
@@ -317,11 +359,15 @@ def experiment_from_truth(truth_dir: Path | str) -> pd.DataFrame:
     """
     offers = read_truth(truth_dir, "offers")
     e = offers[offers["eligible"] & offers["eligible_month"].notna()]
-    return pd.DataFrame({
-        "account_id": e["account_id"].astype(str).to_numpy(),
-        "as_of": pd.to_datetime(e["eligible_month"], utc=True).astype("datetime64[us, UTC]").to_numpy(),
-        "treatment": e["assigned"].astype(np.int8).to_numpy(),
-    }).sort_values(["as_of", "account_id"], ignore_index=True)  # fmt: skip
+    return pd.DataFrame(
+        {
+            "account_id": e["account_id"].astype(str).to_numpy(),
+            "as_of": pd.to_datetime(e["eligible_month"], utc=True)
+            .astype("datetime64[us, UTC]")
+            .to_numpy(),
+            "treatment": e["assigned"].astype(np.int8).to_numpy(),
+        }
+    ).sort_values(["as_of", "account_id"], ignore_index=True)
 
 
 def uplift_oracle(experiment: pd.DataFrame, *, truth_dir: Path | str, months: int = 6) -> pd.Series:
@@ -354,8 +400,9 @@ def evaluate_against_oracle(
     card (``card["oracle"]``), and, when the run was tracked, logs ``oracle_*`` metrics and
     the updated card to its MLflow run.
 
-    Churn: all test rows the oracle covers. Recovery: the invoices' first failures (where
-    the simulator states ``p_recovered_<h>d``), with all failed attempts as a second row.
+    Churn: all test rows the oracle covers. Recovery: all test rows (every failed attempt;
+    the headline), and the invoices' first failures alone (where the simulator states
+    ``p_recovered_<h>d``) as a second row.
     Uplift: Qini coefficient on realized outcomes of the model's cross-fitted scores and of
     the true effects, and the expected Qini (true effects as outcomes, free of noise).
 
@@ -373,7 +420,9 @@ def evaluate_against_oracle(
 
         sc = result.scored
         h = result.model.horizon_days
-        sc["oracle_uplift"] = uplift_oracle(sc, truth_dir=truth_dir, months=max(1, round(h / 30))).to_numpy()
+        sc["oracle_uplift"] = uplift_oracle(
+            sc, truth_dir=truth_dir, months=max(1, round(h / 30))
+        ).to_numpy()
         ok = sc["oracle_uplift"].notna()
         s = sc[ok]
         y, t = s[result.target], s["treatment"]
@@ -385,12 +434,19 @@ def evaluate_against_oracle(
             "oracle_auuc": up.auuc(y, t, s["oracle_uplift"]),
             "model_expected_qini": up.expected_qini(s["oracle_uplift"], s["uplift"]),
             "oracle_expected_qini": up.expected_qini(s["oracle_uplift"], s["oracle_uplift"]),
-            "uplift_correlation": float(np.corrcoef(s["uplift"], s["oracle_uplift"])[0, 1]) if len(s) > 2 else float("nan"),
+            "uplift_correlation": float(np.corrcoef(s["uplift"], s["oracle_uplift"])[0, 1])
+            if len(s) > 2
+            else float("nan"),
             "true_ate": float(s["oracle_uplift"].mean()),
         }
-        cmp["qini_ratio"] = cmp["model_qini"] / cmp["oracle_qini"] if cmp["oracle_qini"] else float("nan")
-        cmp["expected_qini_ratio"] = (cmp["model_expected_qini"] / cmp["oracle_expected_qini"]
-                                      if cmp["oracle_expected_qini"] else float("nan"))  # fmt: skip
+        cmp["qini_ratio"] = (
+            cmp["model_qini"] / cmp["oracle_qini"] if cmp["oracle_qini"] else float("nan")
+        )
+        cmp["expected_qini_ratio"] = (
+            cmp["model_expected_qini"] / cmp["oracle_expected_qini"]
+            if cmp["oracle_expected_qini"]
+            else float("nan")
+        )
         result.metrics.update({f"oracle_{k}": v for k, v in cmp.items()})
         result.card["oracle"] = cmp
         rows.append({"model": result.name, "subset": "experiment (cross-fitted)", **cmp})
@@ -409,14 +465,19 @@ def evaluate_against_oracle(
             o = recovery_oracle(test[["invoice_id", "as_of"]], truth_dir=truth_dir, horizons=(h,))
             test["oracle"] = o[f"oracle_recovered_{h}d"].to_numpy()
             first = o["oracle_first_failure"].to_numpy(bool)
-            subsets = {"test, first failures": first, "test, all failed attempts": np.ones(len(test), bool)}
+            subsets = {
+                "test, all failed attempts": np.ones(len(test), bool),
+                "test, first failures": first,
+            }
         headline = None
         for label, mask in subsets.items():
             part = test[mask]
             cmp = evaluation.oracle_comparison(part[run.target], part["p_model"], part["oracle"])
             cmp["coverage"] = float(part["oracle"].notna().mean()) if len(part) else float("nan")
             if run.task == "churn":
-                at_t = evaluation.oracle_comparison(part[run.target], part["p_model"], part["oracle_at_t"])
+                at_t = evaluation.oracle_comparison(
+                    part[run.target], part["p_model"], part["oracle_at_t"]
+                )
                 cmp["oracle_at_t_auc"] = at_t["oracle_auc"]
                 cmp["oracle_at_t_brier"] = at_t["oracle_brier"]
             rows.append({"model": run.name, "subset": label, **cmp})

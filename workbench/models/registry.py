@@ -38,7 +38,11 @@ from workbench.config import Settings, load_settings
 log = logging.getLogger(__name__)
 
 ALIASES: tuple[str, ...] = ("champion", "challenger")
-EXPERIMENTS: dict[str, str] = {"churn": "churn", "recovery": "recovery", "uplift": "retention_uplift"}
+EXPERIMENTS: dict[str, str] = {
+    "churn": "churn",
+    "recovery": "recovery",
+    "uplift": "retention_uplift",
+}
 STATE_SCOPE = "model_registry"
 _QUIET_ENV = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
@@ -78,7 +82,7 @@ def client(settings: Settings | None = None):  # noqa: ANN201 - mlflow.MlflowCli
 
     uri = settings.mlflow_tracking_uri
     if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        Path(uri[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     artifact_root(settings).mkdir(parents=True, exist_ok=True)
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
@@ -153,7 +157,9 @@ def _flat_metrics(run) -> dict[str, float]:  # noqa: ANN001
         if len(ev) and "roc_auc" in ev.columns:
             for _, r in ev.iterrows():
                 if pd.notna(r.get("roc_auc")):
-                    key = f"cohort_{r['cohort']}_{r['value']}_roc_auc".replace(" ", "_").replace("/", "_")
+                    key = f"cohort_{r['cohort']}_{r['value']}_roc_auc".replace(" ", "_").replace(
+                        "/", "_"
+                    )
                     items[key[:250]] = r["roc_auc"]
     return {k: float(v) for k, v in items.items() if v is not None and math.isfinite(float(v))}
 
@@ -161,8 +167,13 @@ def _flat_metrics(run) -> dict[str, float]:  # noqa: ANN001
 def _params(run) -> dict[str, str]:  # noqa: ANN001
     model = run.model
     p = {f"lgb_{k}": v for k, v in model.params.items()}
-    p |= {"feature_set_version": model.feature_set_version, "n_features": len(model.features),
-          "target": run.target, "task": run.task, "horizon_days": getattr(run, "horizon_days", None) or model.horizon_days}  # fmt: skip
+    p |= {
+        "feature_set_version": model.feature_set_version,
+        "n_features": len(model.features),
+        "target": run.target,
+        "task": run.task,
+        "horizon_days": getattr(run, "horizon_days", None) or model.horizon_days,
+    }
     if getattr(run, "task", "") == "uplift":
         p |= {"learner": model.learner, "rounds": model.rounds, "folds": run.card.get("folds")}
     else:
@@ -177,23 +188,35 @@ def _write_artifacts(run, folder: Path, *, sample: int, seed: int) -> None:  # n
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "card.json").write_text(json.dumps(nan_to_none(run.card), indent=1, default=str))
-    (folder / "features.json").write_text(json.dumps(
-        {"feature_set_version": run.model.feature_set_version, "features": run.model.features}, indent=1))  # fmt: skip
+    (folder / "features.json").write_text(
+        json.dumps(
+            {"feature_set_version": run.model.feature_set_version, "features": run.model.features},
+            indent=1,
+        )
+    )
     run.importance.to_csv(folder / "importance.csv", index=False)
     charts.save_chart(charts.importance_chart(run.importance), folder / "shap_importance")
     if run.task == "uplift":
         data = run.dataset[run.dataset[run.target].notna()]
         rows = data.sample(n=min(sample, len(data)), random_state=seed)
         contrib = run.model.contributions(rows)
-        charts.save_chart(charts.shap_summary_chart(contrib, rows, title=f"SHAP summary: {run.name}"),
-                          folder / "shap_summary")  # fmt: skip
+        charts.save_chart(
+            charts.shap_summary_chart(contrib, rows, title=f"SHAP summary: {run.name}"),
+            folder / "shap_summary",
+        )
         from workbench.models.uplift import qini_curve
 
-        curve = qini_curve(run.scored[run.target], run.scored["treatment"], run.scored["uplift"]).assign(model="model")
+        curve = qini_curve(
+            run.scored[run.target], run.scored["treatment"], run.scored["uplift"]
+        ).assign(model="model")
         if "oracle_uplift" in run.scored.columns:
-            o = qini_curve(run.scored[run.target], run.scored["treatment"], run.scored["oracle_uplift"])
+            o = qini_curve(
+                run.scored[run.target], run.scored["treatment"], run.scored["oracle_uplift"]
+            )
             curve = pd.concat([curve, o.assign(model="oracle")], ignore_index=True)
-        charts.save_chart(charts.qini_chart(curve, title=f"Qini curve: {run.name}"), folder / "qini")
+        charts.save_chart(
+            charts.qini_chart(curve, title=f"Qini curve: {run.name}"), folder / "qini"
+        )
         run.scored.to_parquet(folder / "cross_fitted.parquet")
         return
     ev = run.evaluation
@@ -201,16 +224,22 @@ def _write_artifacts(run, folder: Path, *, sample: int, seed: int) -> None:  # n
     ev["lift"].to_csv(folder / "lift.csv", index=False)
     ev["by_cohort"].to_csv(folder / "by_cohort.csv", index=False)
     ev["metrics"].to_csv(folder / "metrics.csv", index=False)
-    charts.save_chart(charts.reliability_chart(ev["reliability"], title=f"Calibration: {run.name} (test)"),
-                      folder / "calibration")  # fmt: skip
-    charts.save_chart(charts.lift_chart(ev["lift"], title=f"Lift: {run.name} (test)"), folder / "lift")
+    charts.save_chart(
+        charts.reliability_chart(ev["reliability"], title=f"Calibration: {run.name} (test)"),
+        folder / "calibration",
+    )
+    charts.save_chart(
+        charts.lift_chart(ev["lift"], title=f"Lift: {run.name} (test)"), folder / "lift"
+    )
     test = run.test
     rows = test.sample(n=min(sample, len(test)), random_state=seed)
     # feature values live in the modelling frame, not in the slim test frame
     values = _feature_rows(run, rows)
     contrib = explain.contributions(run.model, values)
-    charts.save_chart(charts.shap_summary_chart(contrib, values, title=f"SHAP summary: {run.name}"),
-                      folder / "shap_summary")  # fmt: skip
+    charts.save_chart(
+        charts.shap_summary_chart(contrib, values, title=f"SHAP summary: {run.name}"),
+        folder / "shap_summary",
+    )
     run.test.to_parquet(folder / "test_predictions.parquet")
 
 
@@ -218,7 +247,9 @@ def _feature_rows(run, rows: pd.DataFrame) -> pd.DataFrame:  # noqa: ANN001
     return run.test_features.loc[rows.index] if run.test_features is not None else rows
 
 
-def log_training_run(run, *, settings: Settings | None = None, seed: int = 0, sample: int = 2000) -> str:  # noqa: ANN001
+def log_training_run(
+    run, *, settings: Settings | None = None, seed: int = 0, sample: int = 2000
+) -> str:  # noqa: ANN001
     """Record a trained model in MLflow (one run) and set ``run.run_id``.
 
     Logs parameters (LightGBM's, the split, calibration, feature-set version), test
@@ -260,9 +291,11 @@ def log_training_run(run, *, settings: Settings | None = None, seed: int = 0, sa
             _write_artifacts(run, tmp / "report", sample=sample, seed=seed)
             run.model.save(tmp / "bundle")
             mlflow.pyfunc.save_model(
-                str(tmp / "model"), python_model=_pyfunc_class()(), artifacts={"bundle": str(tmp / "bundle")},
+                str(tmp / "model"),
+                python_model=_pyfunc_class()(),
+                artifacts={"bundle": str(tmp / "bundle")},
                 pip_requirements=["lightgbm>=4", "pandas>=2", "numpy>=1.26", "scikit-learn>=1.4"],
-            )  # fmt: skip
+            )
             c.log_artifacts(run_id, str(tmp / "report"), "report")
             c.log_artifacts(run_id, str(tmp / "model"), "model")
         c.set_terminated(run_id, "FINISHED")
@@ -274,8 +307,13 @@ def log_training_run(run, *, settings: Settings | None = None, seed: int = 0, sa
     return run_id
 
 
-def log_metrics(run_id: str, metrics: Mapping[str, float], *, settings: Settings | None = None,
-                card: Mapping[str, Any] | None = None) -> None:  # fmt: skip
+def log_metrics(
+    run_id: str,
+    metrics: Mapping[str, float],
+    *,
+    settings: Settings | None = None,
+    card: Mapping[str, Any] | None = None,
+) -> None:
     """Add metrics (e.g. the oracle comparison) to a finished run; optionally rewrite its card data."""
     import math
 
@@ -285,7 +323,11 @@ def log_metrics(run_id: str, metrics: Mapping[str, float], *, settings: Settings
 
     c = client(settings)
     now = int(time.time() * 1000)
-    ms = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None and math.isfinite(float(v))]
+    ms = [
+        Metric(k, float(v), now, 0)
+        for k, v in metrics.items()
+        if v is not None and math.isfinite(float(v))
+    ]
     if ms:
         c.log_batch(run_id, metrics=ms)
     if card is not None:
@@ -320,8 +362,11 @@ def register_run(run, *, settings: Settings | None = None, alias: str = "challen
     except MlflowException:
         c.create_registered_model(name, description=run.card.get("intended_use", ""))
     source = f"{c.get_run(run.run_id).info.artifact_uri}/model"
-    headline = {k: v for k, v in _flat_metrics(run).items()
-                if k in ("test_roc_auc", "test_pr_auc", "test_brier", "test_ece", "cv_qini", "cv_auuc")}  # fmt: skip
+    headline = {
+        k: v
+        for k, v in _flat_metrics(run).items()
+        if k in ("test_roc_auc", "test_pr_auc", "test_brier", "test_ece", "cv_qini", "cv_auuc")
+    }
     tags = {
         "feature_set_version": run.model.feature_set_version,
         "task": run.task,
@@ -330,8 +375,13 @@ def register_run(run, *, settings: Settings | None = None, alias: str = "challen
         "registered_at": pd.Timestamp.now(tz="UTC").isoformat(),
         **{k: f"{v:.6g}" for k, v in headline.items()},
     }
-    mv = c.create_model_version(name, source=source, run_id=run.run_id, tags=tags,
-                                description=f"{run.task} model, feature set {run.model.feature_set_version}")  # fmt: skip
+    mv = c.create_model_version(
+        name,
+        source=source,
+        run_id=run.run_id,
+        tags=tags,
+        description=f"{run.task} model, feature set {run.model.feature_set_version}",
+    )
     version = str(mv.version)
     c.set_registered_model_alias(name, alias, version)
     run.version = version
@@ -378,20 +428,43 @@ def list_models(*, settings: Settings | None = None) -> pd.DataFrame:
             aliases.setdefault(str(v), []).append(a)
         for mv in c.search_model_versions(f"name = '{rm.name}'"):
             t = mv.tags or {}
-            rows.append({
-                "model": rm.name, "version": str(mv.version),
-                "aliases": ",".join(sorted(aliases.get(str(mv.version), []))),
-                "feature_set_version": t.get("feature_set_version"), "task": t.get("task"),
-                "test_roc_auc": _float(t.get("test_roc_auc")), "test_ece": _float(t.get("test_ece")),
-                "cv_qini": _float(t.get("cv_qini")), "run_id": mv.run_id,
-                "created": pd.Timestamp(mv.creation_timestamp, unit="ms", tz="UTC"),
-                "promoted_by": t.get("promoted_by"), "promoted_at": t.get("promoted_at"),
-            })  # fmt: skip
-    cols = ["model", "version", "aliases", "feature_set_version", "task", "test_roc_auc", "test_ece",
-            "cv_qini", "run_id", "created", "promoted_by", "promoted_at"]  # fmt: skip
+            rows.append(
+                {
+                    "model": rm.name,
+                    "version": str(mv.version),
+                    "aliases": ",".join(sorted(aliases.get(str(mv.version), []))),
+                    "feature_set_version": t.get("feature_set_version"),
+                    "task": t.get("task"),
+                    "test_roc_auc": _float(t.get("test_roc_auc")),
+                    "test_ece": _float(t.get("test_ece")),
+                    "cv_qini": _float(t.get("cv_qini")),
+                    "run_id": mv.run_id,
+                    "created": pd.Timestamp(mv.creation_timestamp, unit="ms", tz="UTC"),
+                    "promoted_by": t.get("promoted_by"),
+                    "promoted_at": t.get("promoted_at"),
+                }
+            )
+    cols = [
+        "model",
+        "version",
+        "aliases",
+        "feature_set_version",
+        "task",
+        "test_roc_auc",
+        "test_ece",
+        "cv_qini",
+        "run_id",
+        "created",
+        "promoted_by",
+        "promoted_at",
+    ]
     out = pd.DataFrame(rows, columns=cols)
     if len(out):
-        out = out.assign(_v=out["version"].astype(int)).sort_values(["model", "_v"]).drop(columns="_v")
+        out = (
+            out.assign(_v=out["version"].astype(int))
+            .sort_values(["model", "_v"])
+            .drop(columns="_v")
+        )
     return out.reset_index(drop=True)
 
 
@@ -423,11 +496,17 @@ def load_model(name: str, version_or_alias: str = "champion", *, settings: Setti
 
             with tempfile.TemporaryDirectory(prefix="wb-model-") as tmp:
                 local = mlflow.artifacts.download_artifacts(
-                    artifact_uri=f"{mv.source}/artifacts/bundle", dst_path=tmp, tracking_uri=settings.mlflow_tracking_uri
-                )  # fmt: skip
+                    artifact_uri=f"{mv.source}/artifacts/bundle",
+                    dst_path=tmp,
+                    tracking_uri=settings.mlflow_tracking_uri,
+                )
                 _MODEL_CACHE[key] = _load_bundle(Path(local))
-    info = {"name": name, "version": str(mv.version), "run_id": mv.run_id,
-            "feature_set_version": (mv.tags or {}).get("feature_set_version")}  # fmt: skip
+    info = {
+        "name": name,
+        "version": str(mv.version),
+        "run_id": mv.run_id,
+        "feature_set_version": (mv.tags or {}).get("feature_set_version"),
+    }
     return _MODEL_CACHE[key], info
 
 
@@ -466,14 +545,35 @@ def promote(
     with contextlib.suppress(RegistryError):
         if str(_version(c, model, "challenger").version) == version:
             c.delete_registered_model_alias(model, "challenger")
-    for k, v in {"promoted_by": who, "promoted_at": at, "promotion_reason": reason, "promoted_via": via,
-                 "previous_champion": previous or ""}.items():  # fmt: skip
+    for k, v in {
+        "promoted_by": who,
+        "promoted_at": at,
+        "promotion_reason": reason,
+        "promoted_via": via,
+        "previous_champion": previous or "",
+    }.items():
         c.set_model_version_tag(model, version, k, str(v))
     history = _history(c, model)
-    history.append({"version": version, "previous": previous, "who": who, "at": at, "via": via, "reason": reason})
+    history.append(
+        {
+            "version": version,
+            "previous": previous,
+            "who": who,
+            "at": at,
+            "via": via,
+            "reason": reason,
+        }
+    )
     c.set_registered_model_tag(model, "champion_history", json.dumps(history[-50:]))
     log.info("%s: champion %s -> %s by %s (%s)", model, previous, version, who, via)
-    return {"model": model, "version": version, "previous_champion": previous, "who": who, "at": at, "via": via}
+    return {
+        "model": model,
+        "version": version,
+        "previous_champion": previous,
+        "who": who,
+        "at": at,
+        "via": via,
+    }
 
 
 def _history(c, model: str) -> list[dict[str, Any]]:  # noqa: ANN001
@@ -484,8 +584,10 @@ def _history(c, model: str) -> list[dict[str, Any]]:  # noqa: ANN001
 
 def champion_history(model: str, *, settings: Settings | None = None) -> pd.DataFrame:
     """Every champion change: ``version``, ``previous``, ``who``, ``at``, ``via``, ``reason``."""
-    return pd.DataFrame(_history(client(settings), model),
-                        columns=["version", "previous", "who", "at", "via", "reason"])  # fmt: skip
+    return pd.DataFrame(
+        _history(client(settings), model),
+        columns=["version", "previous", "who", "at", "via", "reason"],
+    )
 
 
 def rollback_champion(
@@ -509,10 +611,14 @@ def rollback_champion(
         to_version = prev[-1]["previous"] if prev else None
         if not to_version:
             raise RegistryError(f"{model}: no earlier champion to roll back to")
-    return promote(model, to_version, who=who, reason=f"rollback: {reason}", via=via, settings=settings)
+    return promote(
+        model, to_version, who=who, reason=f"rollback: {reason}", via=via, settings=settings
+    )
 
 
-def promotion_state(model: str, version: str | int, *, settings: Settings | None = None) -> dict[str, Any]:
+def promotion_state(
+    model: str, version: str | int, *, settings: Settings | None = None
+) -> dict[str, Any]:
     """The registry state a promotion request is made (and approved) in: the candidate
     version and the current champion. If either changes before approval, the queued
     request is stale."""
@@ -521,8 +627,12 @@ def promotion_state(model: str, version: str | int, *, settings: Settings | None
     champion = None
     with contextlib.suppress(RegistryError):
         champion = str(_version(c, model, "champion").version)
-    return {"model": model, "version": str(mv.version), "champion": champion,
-            "feature_set_version": (mv.tags or {}).get("feature_set_version")}  # fmt: skip
+    return {
+        "model": model,
+        "version": str(mv.version),
+        "champion": champion,
+        "feature_set_version": (mv.tags or {}).get("feature_set_version"),
+    }
 
 
 def request_promotion(
@@ -552,16 +662,25 @@ def request_promotion(
     tags = mv.tags or {}
     payload = {
         "reason": reason or f"promote {model} v{state['version']} to champion",
-        "model": model, "version": state["version"], "previous_champion": state["champion"],
+        "model": model,
+        "version": state["version"],
+        "previous_champion": state["champion"],
         "tracking_uri": settings.mlflow_tracking_uri,
         "metrics": {k: v for k, v in tags.items() if k.startswith(("test_", "cv_"))},
         "feature_set_version": state["feature_set_version"],
-    }  # fmt: skip
+    }
     return approvals.request_action(
-        settings, who=who, action_type="model_promotion", subject_id=f"{model}@champion",
-        state=state, policy=policy or load_policy(settings=settings), payload=payload,
-        state_scope=STATE_SCOPE, risk="medium", now=now,
-    )  # fmt: skip
+        settings,
+        who=who,
+        action_type="model_promotion",
+        subject_id=f"{model}@champion",
+        state=state,
+        policy=policy or load_policy(settings=settings),
+        payload=payload,
+        state_scope=STATE_SCOPE,
+        risk="medium",
+        now=now,
+    )
 
 
 def request_rollback(
@@ -588,25 +707,39 @@ def request_rollback(
         if not to_version:
             raise RegistryError(f"{model}: no earlier champion to roll back to")
     state = promotion_state(model, to_version, settings=settings)
-    payload = {"reason": reason, "model": model, "version": str(to_version), "previous_champion": current,
-               "tracking_uri": settings.mlflow_tracking_uri}  # fmt: skip
+    payload = {
+        "reason": reason,
+        "model": model,
+        "version": str(to_version),
+        "previous_champion": current,
+        "tracking_uri": settings.mlflow_tracking_uri,
+    }
     return approvals.request_action(
-        settings, who=who, action_type="model_rollback", subject_id=f"{model}@champion",
-        state=state, policy=policy or load_policy(settings=settings), payload=payload,
-        state_scope=STATE_SCOPE, risk="medium", now=now,
-    )  # fmt: skip
+        settings,
+        who=who,
+        action_type="model_rollback",
+        subject_id=f"{model}@champion",
+        state=state,
+        policy=policy or load_policy(settings=settings),
+        payload=payload,
+        state_scope=STATE_SCOPE,
+        risk="medium",
+        now=now,
+    )
 
 
 def _settings_for(uri: str) -> Settings:
     base = load_settings()
     if base.mlflow_tracking_uri == uri:
         return base
-    return load_settings(overrides={"mlflow_tracking_uri": uri, "data_dir": str(_data_dir_of(uri, base))})
+    return load_settings(
+        overrides={"mlflow_tracking_uri": uri, "data_dir": str(_data_dir_of(uri, base))}
+    )
 
 
 def _data_dir_of(uri: str, base: Settings) -> Path:
     if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):])
+        db = Path(uri[len("sqlite:///") :])
         if db.parent.name == "mlflow":
             return db.parent.parent
     return Path(base.data_dir)
@@ -623,16 +756,28 @@ def current_state(item) -> dict[str, Any] | None:  # noqa: ANN001 - approvals.Ac
 
 def _execute_promotion(item, ctx) -> dict[str, Any]:  # noqa: ANN001
     p = item.payload
-    return promote(p["model"], p["version"], who=ctx.actor, reason=p.get("reason", ""),
-                   via=f"approvals:{item.item_id}", settings=_settings_for(p["tracking_uri"]))  # fmt: skip
+    return promote(
+        p["model"],
+        p["version"],
+        who=ctx.actor,
+        reason=p.get("reason", ""),
+        via=f"approvals:{item.item_id}",
+        settings=_settings_for(p["tracking_uri"]),
+    )
 
 
 def _undo_promotion(item, ctx) -> dict[str, Any]:  # noqa: ANN001
     p = item.payload
     if not p.get("previous_champion"):
         raise RegistryError(f"{p['model']}: there was no champion before version {p['version']}")
-    return promote(p["model"], p["previous_champion"], who=ctx.actor, reason=f"rollback of {item.item_id}",
-                   via=f"approvals:{item.item_id}:rollback", settings=_settings_for(p["tracking_uri"]))  # fmt: skip
+    return promote(
+        p["model"],
+        p["previous_champion"],
+        who=ctx.actor,
+        reason=f"rollback of {item.item_id}",
+        via=f"approvals:{item.item_id}:rollback",
+        settings=_settings_for(p["tracking_uri"]),
+    )
 
 
 def register_approval_executors() -> None:
@@ -647,7 +792,9 @@ def register_approval_executors() -> None:
 # --------------------------------------------------------------------------- model cards
 
 
-def card_data(model: str, version: str | int, *, settings: Settings | None = None) -> dict[str, Any]:
+def card_data(
+    model: str, version: str | int, *, settings: Settings | None = None
+) -> dict[str, Any]:
     """The card data logged with a version's run plus its registry facts (aliases, tags)."""
     c = client(settings)
     mv = _version(c, model, str(version))
@@ -655,8 +802,12 @@ def card_data(model: str, version: str | int, *, settings: Settings | None = Non
 
     with tempfile.TemporaryDirectory(prefix="wb-card-") as tmp:
         try:
-            path = mlflow.artifacts.download_artifacts(run_id=mv.run_id, artifact_path="report/card.json",
-                                                       dst_path=tmp, tracking_uri=c.tracking_uri)  # fmt: skip
+            path = mlflow.artifacts.download_artifacts(
+                run_id=mv.run_id,
+                artifact_path="report/card.json",
+                dst_path=tmp,
+                tracking_uri=c.tracking_uri,
+            )
             data = json.loads(Path(path).read_text())
         except Exception as exc:  # noqa: BLE001
             raise RegistryError(f"{model} v{mv.version}: no card data in run {mv.run_id}") from exc
@@ -664,14 +815,19 @@ def card_data(model: str, version: str | int, *, settings: Settings | None = Non
     aliases = sorted(a for a, v in (rm.aliases or {}).items() if str(v) == str(mv.version))
     run = c.get_run(mv.run_id)
     data["registry"] = {
-        "version": str(mv.version), "aliases": aliases, "run_id": mv.run_id,
+        "version": str(mv.version),
+        "aliases": aliases,
+        "run_id": mv.run_id,
         "created": pd.Timestamp(mv.creation_timestamp, unit="ms", tz="UTC").isoformat(),
-        "tags": dict(mv.tags or {}), "run_metrics": dict(run.data.metrics),
-    }  # fmt: skip
+        "tags": dict(mv.tags or {}),
+        "run_metrics": dict(run.data.metrics),
+    }
     return data
 
 
-def model_card(model: str, version: str | int = "champion", *, settings: Settings | None = None) -> str:
+def model_card(
+    model: str, version: str | int = "champion", *, settings: Settings | None = None
+) -> str:
     """The model card of a registered version, as markdown (see :mod:`workbench.models.cards`)."""
     from workbench.models.cards import render_card
 

@@ -39,7 +39,9 @@ SCORES = Table(
         Column("as_of", "TIMESTAMPTZ", False, "features computed as of this time"),
         Column("model_name", "VARCHAR", False, "registered model, e.g. churn_90d"),
         Column("model_version", "VARCHAR", False, "registered version"),
-        Column("model_alias", "VARCHAR", True, "alias used to pick the version (champion, challenger)"),
+        Column(
+            "model_alias", "VARCHAR", True, "alias used to pick the version (champion, challenger)"
+        ),
         Column("feature_set_version", "VARCHAR", False, "fs-… of the model's features"),
         Column("score", "DOUBLE", False, "calibrated probability, or predicted uplift"),
         Column("reason_1", "VARCHAR", True, "strongest reason, plain words"),
@@ -121,45 +123,62 @@ def score_frame(
     if task == "uplift":
         frame = model.with_inputs(frame)
     score = model.predict(frame)
-    contrib = model.contributions(frame) if task == "uplift" else explain.contributions(model, frame)
-    reasons = explain.top_reasons(frame, contrib, k=3, direction=DIRECTIONS[task],
-                                  descriptions=training.feature_descriptions(model.features))  # fmt: skip
+    contrib = (
+        model.contributions(frame) if task == "uplift" else explain.contributions(model, frame)
+    )
+    reasons = explain.top_reasons(
+        frame,
+        contrib,
+        k=3,
+        direction=DIRECTIONS[task],
+        descriptions=training.feature_descriptions(model.features),
+    )
     now = scored_at or pd.Timestamp.now(tz="UTC")
-    out = pd.DataFrame({
-        "entity_type": entity_type,
-        "entity_id": frame[entity_col].astype(str).to_numpy(),
-        "account_id": frame["account_id"].astype(object).to_numpy() if "account_id" in frame else None,
-        "as_of": offline.to_utc(frame["as_of"]).to_numpy(),
-        "model_name": info["name"],
-        "model_version": str(info["version"]),
-        "model_alias": alias,
-        "feature_set_version": model.feature_set_version,
-        "score": np.asarray(score, dtype=np.float64),
-        "reason_1": reasons["reason_1"].to_numpy(),
-        "reason_2": reasons["reason_2"].to_numpy() if k >= 2 else None,
-        "reason_3": reasons["reason_3"].to_numpy() if k >= 3 else None,
-        "reason_features": reasons["reason_features"].to_numpy(),
-        "run_id": info.get("run_id"),
-        "scored_at": now,
-    })  # fmt: skip
+    out = pd.DataFrame(
+        {
+            "entity_type": entity_type,
+            "entity_id": frame[entity_col].astype(str).to_numpy(),
+            "account_id": frame["account_id"].astype(object).to_numpy()
+            if "account_id" in frame
+            else None,
+            "as_of": offline.to_utc(frame["as_of"]).to_numpy(),
+            "model_name": info["name"],
+            "model_version": str(info["version"]),
+            "model_alias": alias,
+            "feature_set_version": model.feature_set_version,
+            "score": np.asarray(score, dtype=np.float64),
+            "reason_1": reasons["reason_1"].to_numpy(),
+            "reason_2": reasons["reason_2"].to_numpy() if k >= 2 else None,
+            "reason_3": reasons["reason_3"].to_numpy() if k >= 3 else None,
+            "reason_features": reasons["reason_features"].to_numpy(),
+            "run_id": info.get("run_id"),
+            "scored_at": now,
+        }
+    )
     out["as_of"] = offline.to_utc(out["as_of"])
     out["scored_at"] = offline.to_utc(out["scored_at"])
     return out[SCORE_COLUMNS]
 
 
-def _account_frame(con: duckdb.DuckDBPyConnection, as_of, accounts: Sequence[str] | None) -> pd.DataFrame:
+def _account_frame(
+    con: duckdb.DuckDBPyConnection, as_of, accounts: Sequence[str] | None
+) -> pd.DataFrame:
     spine = offline.snapshot_spine(con, entity="account_id", as_of=as_of)
     if accounts is not None:
         spine = spine[spine["account_id"].isin(set(accounts))].reset_index(drop=True)
     return training._decorate(con, offline.build_features(con, spine))
 
 
-def _invoice_frame(con: duckdb.DuckDBPyConnection, as_of, invoices: Sequence[str] | None) -> pd.DataFrame:
+def _invoice_frame(
+    con: duckdb.DuckDBPyConnection, as_of, invoices: Sequence[str] | None
+) -> pd.DataFrame:
     spine = offline.snapshot_spine(con, entity="invoice_id", as_of=as_of)
     if invoices is not None:
         spine = spine[spine["invoice_id"].isin(set(invoices))].reset_index(drop=True)
     ids = con.execute("SELECT invoice_id, account_id, subscription_id FROM invoices").df()
-    spine = spine.merge(ids, on="invoice_id", how="left")[["invoice_id", "account_id", "subscription_id", "as_of"]]
+    spine = spine.merge(ids, on="invoice_id", how="left")[
+        ["invoice_id", "account_id", "subscription_id", "as_of"]
+    ]
     return training._decorate(con, offline.build_features(con, spine))
 
 
@@ -183,8 +202,17 @@ def _score(
         rows = frame
         if entity_type == "account" and _task(model) == "churn":
             rows = frame[frame["mrr"] > 0]  # churn models are trained on paying accounts only
-        parts.append(score_frame(model, rows, info=info, entity_type=entity_type, entity_col=entity_col,
-                                 alias=alias, scored_at=now))  # fmt: skip
+        parts.append(
+            score_frame(
+                model,
+                rows,
+                info=info,
+                entity_type=entity_type,
+                entity_col=entity_col,
+                alias=alias,
+                scored_at=now,
+            )
+        )
         log.info("scored %d %ss with %s v%s", len(rows), entity_type, name, info["version"])
     out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=SCORE_COLUMNS)
     if write:
@@ -222,8 +250,16 @@ def score_accounts(
         workbench.models.registry.RegistryError: A model has no such alias or version.
     """
     frame = _account_frame(con, as_of, accounts)
-    return _score(con, frame, models=models, alias=alias, entity_type="account", entity_col="account_id",
-                  settings=settings, write=write)  # fmt: skip
+    return _score(
+        con,
+        frame,
+        models=models,
+        alias=alias,
+        entity_type="account",
+        entity_col="account_id",
+        settings=settings,
+        write=write,
+    )
 
 
 def score_invoices(
@@ -241,8 +277,16 @@ def score_invoices(
     Same arguments and result as :func:`score_accounts`; ``entity_type`` is ``invoice``.
     """
     frame = _invoice_frame(con, as_of, invoices)
-    return _score(con, frame, models=models, alias=alias, entity_type="invoice", entity_col="invoice_id",
-                  settings=settings, write=write)  # fmt: skip
+    return _score(
+        con,
+        frame,
+        models=models,
+        alias=alias,
+        entity_type="invoice",
+        entity_col="invoice_id",
+        settings=settings,
+        write=write,
+    )
 
 
 def read_scores(

@@ -53,9 +53,16 @@ log = logging.getLogger(__name__)
 ATTRIBUTES: tuple[str, ...] = ("region", "channel", "industry", "size")
 #: Columns that identify a row or carry outcomes: never features.
 NON_FEATURES: frozenset[str] = frozenset(
-    {"account_id", "invoice_id", "subscription_id", "as_of", "paying_at_as_of",
-     "paid_at_effective", "plan"}
-)  # fmt: skip
+    {
+        "account_id",
+        "invoice_id",
+        "subscription_id",
+        "as_of",
+        "paying_at_as_of",
+        "paid_at_effective",
+        "plan",
+    }
+)
 CHURN_HORIZONS: tuple[int, ...] = (30, 90, 180)
 RECOVERY_HORIZONS: tuple[int, ...] = (7, 14, 30)
 
@@ -75,6 +82,8 @@ DEFAULT_PARAMS: dict[str, Any] = {
     "deterministic": True,
     "force_col_wise": True,
 }
+#: Recovery data are small (one row per failed attempt): shallower trees, slower learning.
+RECOVERY_PARAMS: dict[str, Any] = {"num_leaves": 4, "min_data_in_leaf": 30, "learning_rate": 0.01}
 #: Rows from which LightGBM uses every core; below it one thread is faster (and immune to
 #: OpenMP oversubscription on a busy machine).
 MULTITHREAD_ROWS = 50_000
@@ -127,7 +136,10 @@ def default_window(con: duckdb.DuckDBPyConnection) -> tuple[pd.Timestamp, pd.Tim
     end = offline.data_horizon(con)
     if first is None or end is None:
         raise ValueError("the warehouse has no subscriptions yet: nothing to train on")
-    start = (pd.Timestamp(first).tz_convert("UTC").to_period("M") + 1).to_timestamp().tz_localize("UTC")
+    first = pd.Timestamp(first).tz_convert("UTC")
+    start = pd.Timestamp(
+        year=first.year, month=first.month, day=1, tz="UTC"
+    ) + pd.offsets.MonthBegin(1)
     return start, end
 
 
@@ -247,12 +259,20 @@ class TimeSplit:
 
     def describe(self) -> dict[str, str]:
         """The boundaries as ISO dates (for parameters and cards)."""
-        return {k: (v.date().isoformat() if isinstance(v, pd.Timestamp) else str(v))
-                for k, v in asdict(self).items()}  # fmt: skip
+        return {
+            k: (v.date().isoformat() if isinstance(v, pd.Timestamp) else str(v))
+            for k, v in asdict(self).items()
+        }
 
 
 def _month(ts: pd.Series) -> pd.Series:
-    return ts.dt.tz_convert("UTC").dt.tz_localize(None).dt.to_period("M").dt.to_timestamp().dt.tz_localize("UTC")
+    return (
+        ts.dt.tz_convert("UTC")
+        .dt.tz_localize(None)
+        .dt.to_period("M")
+        .dt.to_timestamp()
+        .dt.tz_localize("UTC")
+    )
 
 
 def time_split(
@@ -294,25 +314,37 @@ def time_split(
     test_end = pd.Timestamp(avail[-1]) + pd.offsets.MonthBegin(1)
     as_of = frame["as_of"]
     reach = as_of + pd.Timedelta(days=horizon_days)
-    fit_ok = labelled & ((reach <= test_start).to_numpy() if embargo else (as_of < test_start).to_numpy())
+    fit_ok = labelled & (
+        (reach <= test_start).to_numpy() if embargo else (as_of < test_start).to_numpy()
+    )
     fit_months = np.sort(months[fit_ok].unique())
     if len(fit_months) < valid_months + 1:
-        raise ValueError(f"{target}: too few months before the test period for validation and training")
+        raise ValueError(
+            f"{target}: too few months before the test period for validation and training"
+        )
     valid_start = pd.Timestamp(fit_months[-valid_months])
     valid_end = pd.Timestamp(fit_months[-1]) + pd.offsets.MonthBegin(1)
     test = labelled & (as_of >= test_start).to_numpy() & (as_of < test_end).to_numpy()
     valid = fit_ok & (as_of >= valid_start).to_numpy()
-    train_ok = labelled & ((reach <= valid_start).to_numpy() if embargo else (as_of < valid_start).to_numpy())
+    train_ok = labelled & (
+        (reach <= valid_start).to_numpy() if embargo else (as_of < valid_start).to_numpy()
+    )
     train = train_ok & (as_of < valid_start).to_numpy()
     if not train.any():
-        raise ValueError(f"{target}: no training rows left before {valid_start.date()} (try embargo=False or fewer months)")
+        raise ValueError(
+            f"{target}: no training rows left before {valid_start.date()} (try embargo=False or fewer months)"
+        )
     train_months = months[train]
     split = TimeSplit(
         train_start=pd.Timestamp(train_months.min()),
         train_end=pd.Timestamp(train_months.max()) + pd.offsets.MonthBegin(1),
-        valid_start=valid_start, valid_end=valid_end, test_start=test_start, test_end=test_end,
-        horizon_days=int(horizon_days), embargo=embargo,
-    )  # fmt: skip
+        valid_start=valid_start,
+        valid_end=valid_end,
+        test_start=test_start,
+        test_end=test_end,
+        horizon_days=int(horizon_days),
+        embargo=embargo,
+    )
     return {"train": train, "valid": valid, "test": test}, split
 
 
@@ -358,7 +390,10 @@ class FeatureSpec:
         return pd.DataFrame(cols, index=frame.index)
 
     def to_json(self) -> dict[str, Any]:
-        return {"numeric": list(self.numeric), "categorical": {k: list(v) for k, v in self.categorical.items()}}
+        return {
+            "numeric": list(self.numeric),
+            "categorical": {k: list(v) for k, v in self.categorical.items()},
+        }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> FeatureSpec:
@@ -501,18 +536,31 @@ class BinaryModel:
         booster = lgb.Booster(model_file=str(path / "booster.txt"))
         cal = meta["calibrator"]
         return cls(
-            name=meta["name"], target=meta["target"], spec=FeatureSpec.from_json(meta["spec"]),
+            name=meta["name"],
+            target=meta["target"],
+            spec=FeatureSpec.from_json(meta["spec"]),
             booster=booster,
-            calibrator=Calibrator(cal["method"], tuple(cal["x"]), tuple(cal["y"]), cal["a"], cal["b"]),
-            params=meta["params"], best_iteration=int(meta["best_iteration"]),
-            feature_set_version=meta["feature_set_version"], meta=meta.get("meta", {}),
-        )  # fmt: skip
+            calibrator=Calibrator(
+                cal["method"], tuple(cal["x"]), tuple(cal["y"]), cal["a"], cal["b"]
+            ),
+            params=meta["params"],
+            best_iteration=int(meta["best_iteration"]),
+            feature_set_version=meta["feature_set_version"],
+            meta=meta.get("meta", {}),
+        )
 
 
-def lgb_dataset(X: pd.DataFrame, y: np.ndarray, *, reference: lgb.Dataset | None = None) -> lgb.Dataset:
+def lgb_dataset(
+    X: pd.DataFrame, y: np.ndarray, *, reference: lgb.Dataset | None = None
+) -> lgb.Dataset:
     """A LightGBM dataset from a design matrix (categoricals detected from the dtypes)."""
-    return lgb.Dataset(X, label=np.asarray(y, dtype=np.float64), reference=reference,
-                       categorical_feature="auto", free_raw_data=True)  # fmt: skip
+    return lgb.Dataset(
+        X,
+        label=np.asarray(y, dtype=np.float64),
+        reference=reference,
+        categorical_feature="auto",
+        free_raw_data=True,
+    )
 
 
 def fit_binary_model(
@@ -541,16 +589,25 @@ def fit_binary_model(
         The fitted :class:`BinaryModel` (``meta`` holds the validation metrics).
     """
     spec = spec or FeatureSpec.infer(train, features)
-    p = {**DEFAULT_PARAMS, "num_threads": lgb_threads(len(train)), **dict(params or {}), "seed": seed}
+    p = {
+        **DEFAULT_PARAMS,
+        "num_threads": lgb_threads(len(train)),
+        **dict(params or {}),
+        "seed": seed,
+    }
     y_train = train[target].to_numpy(dtype=np.float64)
     y_valid = valid[target].to_numpy(dtype=np.float64)
     d_train = lgb_dataset(spec.matrix(train), y_train)
     X_valid = spec.matrix(valid)
     d_valid = lgb_dataset(X_valid, y_valid, reference=d_train)
     booster = lgb.train(
-        p, d_train, num_boost_round=num_boost_round, valid_sets=[d_valid], valid_names=["valid"],
+        p,
+        d_train,
+        num_boost_round=num_boost_round,
+        valid_sets=[d_valid],
+        valid_names=["valid"],
         callbacks=[lgb.early_stopping(early_stopping_rounds, verbose=False)],
-    )  # fmt: skip
+    )
     best = int(booster.best_iteration or booster.current_iteration())
     raw_valid = booster.predict(X_valid, num_iteration=best)
     cal = fit_calibrator(raw_valid, y_valid, method=calibration)
@@ -562,9 +619,16 @@ def fit_binary_model(
         "valid_positives": int(y_valid.sum()),
     }
     return BinaryModel(
-        name=name or target, target=target, spec=spec, booster=booster, calibrator=cal,
-        params=p, best_iteration=best, feature_set_version=feature_set_version(spec.names), meta=meta,
-    )  # fmt: skip
+        name=name or target,
+        target=target,
+        spec=spec,
+        booster=booster,
+        calibrator=cal,
+        params=p,
+        best_iteration=best,
+        feature_set_version=feature_set_version(spec.names),
+        meta=meta,
+    )
 
 
 def _signed_log(x: np.ndarray) -> np.ndarray:
@@ -584,22 +648,31 @@ def fit_logistic_baseline(train: pd.DataFrame, *, target: str, spec: FeatureSpec
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 
-    numeric = Pipeline([
-        ("log", FunctionTransformer(_signed_log, feature_names_out="one-to-one")),
-        ("impute", SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True)),
-        ("scale", StandardScaler()),
-    ])  # fmt: skip
+    numeric = Pipeline(
+        [
+            ("log", FunctionTransformer(_signed_log, feature_names_out="one-to-one")),
+            (
+                "impute",
+                SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True),
+            ),
+            ("scale", StandardScaler()),
+        ]
+    )
     parts = [("num", numeric, list(spec.numeric))]
     if spec.categorical:
-        cats = Pipeline([
-            ("impute", SimpleImputer(strategy="constant", fill_value="(missing)")),
-            ("onehot", OneHotEncoder(handle_unknown="ignore", min_frequency=20)),
-        ])  # fmt: skip
+        cats = Pipeline(
+            [
+                ("impute", SimpleImputer(strategy="constant", fill_value="(missing)")),
+                ("onehot", OneHotEncoder(handle_unknown="ignore", min_frequency=20)),
+            ]
+        )
         parts.append(("cat", cats, list(spec.categorical)))
-    pipe = Pipeline([
-        ("prep", ColumnTransformer(parts)),
-        ("lr", LogisticRegression(C=C, max_iter=2000)),
-    ])  # fmt: skip
+    pipe = Pipeline(
+        [
+            ("prep", ColumnTransformer(parts)),
+            ("lr", LogisticRegression(C=C, max_iter=2000)),
+        ]
+    )
     X = _baseline_matrix(spec, train)
     pipe.fit(X, train[target].to_numpy(dtype=np.int64))
     return pipe
@@ -652,7 +725,10 @@ class ModelRun:
         m = self.evaluation["metrics"].set_index("model")
         out = {f"test_{k}": float(v) for k, v in m.loc["lightgbm"].items()}
         out |= {f"baseline_{k}": float(v) for k, v in m.loc["logistic"].items() if k != "rows"}
-        out |= {f"uncalibrated_{k}": float(m.loc["uncalibrated", k]) for k in ("ece", "brier", "roc_auc")}
+        out |= {
+            f"uncalibrated_{k}": float(m.loc["uncalibrated", k])
+            for k in ("ece", "brier", "roc_auc")
+        }
         out |= {f"oracle_{k}": float(v) for k, v in self.evaluation.get("oracle", {}).items()}
         return out
 
@@ -671,14 +747,24 @@ class TrainingResult:
         rows = []
         for r in self.runs.values():
             m = r.metrics
-            rows.append({
-                "model": r.name, "version": r.version, "run_id": r.run_id,
-                "test_rows": int(m["test_rows"]), "test_positives": int(m["test_positives"]),
-                "roc_auc": m["test_roc_auc"], "pr_auc": m["test_pr_auc"], "brier": m["test_brier"],
-                "log_loss": m["test_log_loss"], "ece": m["test_ece"],
-                "baseline_roc_auc": m["baseline_roc_auc"], "baseline_brier": m["baseline_brier"],
-                "oracle_auc": m.get("oracle_oracle_auc"), "oracle_brier": m.get("oracle_oracle_brier"),
-            })  # fmt: skip
+            rows.append(
+                {
+                    "model": r.name,
+                    "version": r.version,
+                    "run_id": r.run_id,
+                    "test_rows": int(m["test_rows"]),
+                    "test_positives": int(m["test_positives"]),
+                    "roc_auc": m["test_roc_auc"],
+                    "pr_auc": m["test_pr_auc"],
+                    "brier": m["test_brier"],
+                    "log_loss": m["test_log_loss"],
+                    "ece": m["test_ece"],
+                    "baseline_roc_auc": m["baseline_roc_auc"],
+                    "baseline_brier": m["baseline_brier"],
+                    "oracle_auc": m.get("oracle_oracle_auc"),
+                    "oracle_brier": m.get("oracle_oracle_brier"),
+                }
+            )
         return pd.DataFrame(rows)
 
 
@@ -744,22 +830,39 @@ def _train_one(
     from workbench.models import explain
 
     t0 = time.perf_counter()
-    masks, split = time_split(data, target=target, horizon_days=horizon, test_months=test_months,
-                              valid_months=valid_months, embargo=embargo)  # fmt: skip
+    masks, split = time_split(
+        data,
+        target=target,
+        horizon_days=horizon,
+        test_months=test_months,
+        valid_months=valid_months,
+        embargo=embargo,
+    )
     train, valid, test = data[masks["train"]], data[masks["valid"]], data[masks["test"]]
     for part, rows in (("train", train), ("valid", valid), ("test", test)):
         y = rows[target].astype("float64")
         if y.nunique() < 2:
             raise ValueError(f"{target}: the {part} part has only one class ({len(rows)} rows)")
     name = target.replace("recovered_", "recovery_")
-    model = fit_binary_model(train.assign(**{target: train[target].astype(np.int8)}),
-                             valid.assign(**{target: valid[target].astype(np.int8)}),
-                             target=target, features=features, name=name, params=params,
-                             calibration=calibration, seed=seed)  # fmt: skip
-    baseline = fit_logistic_baseline(train.assign(**{target: train[target].astype(np.int8)}),
-                                     target=target, spec=model.spec)  # fmt: skip
+    model = fit_binary_model(
+        train.assign(**{target: train[target].astype(np.int8)}),
+        valid.assign(**{target: valid[target].astype(np.int8)}),
+        target=target,
+        features=features,
+        name=name,
+        params=params,
+        calibration=calibration,
+        seed=seed,
+    )
+    baseline = fit_logistic_baseline(
+        train.assign(**{target: train[target].astype(np.int8)}), target=target, spec=model.spec
+    )
     train_seconds = time.perf_counter() - t0
-    keep = [c for c in (*id_cols, "as_of", "plan", *evaluation.COHORTS, "first_failure") if c in test.columns]
+    keep = [
+        c
+        for c in (*id_cols, "as_of", "plan", *evaluation.COHORTS, "first_failure")
+        if c in test.columns
+    ]
     keep = list(dict.fromkeys(keep))
     out = test[keep].copy()
     out[target] = test[target].astype("float64").to_numpy()
@@ -769,45 +872,79 @@ def _train_one(
     out["p_baseline"] = predict_baseline(baseline, model.spec, test)
     cohorts = ["plan", "region", "channel"]
     ev = evaluation.evaluate_scores(
-        out, y=target, scores={"lightgbm": "p_model", "uncalibrated": "p_raw", "logistic": "p_baseline"},
+        out,
+        y=target,
+        scores={"lightgbm": "p_model", "uncalibrated": "p_raw", "logistic": "p_baseline"},
         cohorts=cohorts,
-    )  # fmt: skip
+    )
     sample = test.sample(n=min(reasons_sample, len(test)), random_state=seed) if len(test) else test
     contrib = explain.contributions(model, sample)
     importance = explain.global_importance(contrib)
     card = {
-        "name": name, "task": task, "target": target, "horizon_days": horizon,
+        "name": name,
+        "task": task,
+        "target": target,
+        "horizon_days": horizon,
         "intended_use": CARD_TEXT[task]["intended_use"].format(h=horizon),
         "ability_to_pay": CARD_TEXT[task]["ability_to_pay"],
         "assesses_ability_to_pay": task == "recovery",
         "limitations": LIMITATIONS,
         "split": split.describe(),
         "rows": {"train": int(len(train)), "valid": int(len(valid)), "test": int(len(test))},
-        "positives": {"train": int(train[target].astype(float).sum()), "valid": int(valid[target].astype(float).sum()),
-                      "test": int(test[target].astype(float).sum())},
-        "features": [{"name": n, "description": d} for n, d in feature_descriptions(model.features).items()],
+        "positives": {
+            "train": int(train[target].astype(float).sum()),
+            "valid": int(valid[target].astype(float).sum()),
+            "test": int(test[target].astype(float).sum()),
+        },
+        "features": [
+            {"name": n, "description": d} for n, d in feature_descriptions(model.features).items()
+        ],
         "feature_set_version": model.feature_set_version,
-        "calibration": {"method": model.calibrator.method, "fitted_on": "validation period",
-                        "reliability": ev["reliability"].to_dict(orient="records")},
+        "calibration": {
+            "method": model.calibrator.method,
+            "fitted_on": "validation period",
+            "reliability": ev["reliability"].to_dict(orient="records"),
+        },
         "metrics": ev["metrics"].to_dict(orient="records"),
         "by_cohort": ev["by_cohort"].to_dict(orient="records"),
         "importance": importance.head(15).to_dict(orient="records"),
         "params": {k: v for k, v in model.params.items()},
         "best_iteration": model.best_iteration,
-    }  # fmt: skip
-    log.info("%s: test AUC %.3f (baseline %.3f), ECE %.4f on %d rows", name,
-             ev["metrics"].set_index("model").loc["lightgbm", "roc_auc"],
-             ev["metrics"].set_index("model").loc["logistic", "roc_auc"],
-             ev["metrics"].set_index("model").loc["lightgbm", "ece"], len(test))  # fmt: skip
+    }
+    log.info(
+        "%s: test AUC %.3f (baseline %.3f), ECE %.4f on %d rows",
+        name,
+        ev["metrics"].set_index("model").loc["lightgbm", "roc_auc"],
+        ev["metrics"].set_index("model").loc["logistic", "roc_auc"],
+        ev["metrics"].set_index("model").loc["lightgbm", "ece"],
+        len(test),
+    )
     return ModelRun(
-        name=name, task=task, target=target, horizon_days=horizon, model=model, baseline=baseline,
-        split=split, test=out, evaluation=ev, importance=importance, card=card,
-        train_seconds=train_seconds, test_features=test,
-    )  # fmt: skip
+        name=name,
+        task=task,
+        target=target,
+        horizon_days=horizon,
+        model=model,
+        baseline=baseline,
+        split=split,
+        test=out,
+        evaluation=ev,
+        importance=importance,
+        card=card,
+        train_seconds=train_seconds,
+        test_features=test,
+    )
 
 
-def _finish(result: TrainingResult, *, track: bool, register: bool, settings: Settings | None,
-            contrib_sample: int, seed: int) -> TrainingResult:
+def _finish(
+    result: TrainingResult,
+    *,
+    track: bool,
+    register: bool,
+    settings: Settings | None,
+    contrib_sample: int,
+    seed: int,
+) -> TrainingResult:
     if not (track or register):
         return result
     from workbench.models import registry
@@ -858,17 +995,34 @@ def train_churn(
         A :class:`TrainingResult` with one :class:`ModelRun` per horizon.
     """
     start, end = train_window or (None, None)
-    data = dataset if dataset is not None else churn_dataset(con, start=start, end=end, horizons=horizons)
+    data = (
+        dataset
+        if dataset is not None
+        else churn_dataset(con, start=start, end=end, horizons=horizons)
+    )
     feats = model_features(data)
     runs = {}
     for h in horizons:
-        run = _train_one(data, task="churn", target=f"churn_{h}d", horizon=h, features=feats,
-                         params=params, seed=seed, test_months=test_months, valid_months=valid_months,
-                         embargo=embargo, calibration=calibration, id_cols=("account_id",),
-                         reasons_sample=5000)  # fmt: skip
+        run = _train_one(
+            data,
+            task="churn",
+            target=f"churn_{h}d",
+            horizon=h,
+            features=feats,
+            params=params,
+            seed=seed,
+            test_months=test_months,
+            valid_months=valid_months,
+            embargo=embargo,
+            calibration=calibration,
+            id_cols=("account_id",),
+            reasons_sample=5000,
+        )
         runs[run.name] = run
     result = TrainingResult("churn", runs, data, feature_set_version(feats))
-    return _finish(result, track=track, register=register, settings=settings, contrib_sample=5000, seed=seed)
+    return _finish(
+        result, track=track, register=register, settings=settings, contrib_sample=5000, seed=seed
+    )
 
 
 def train_recovery(
@@ -899,19 +1053,37 @@ def train_recovery(
         Others: as for :func:`train_churn`.
     """
     start, end = train_window or (None, None)
-    data = dataset if dataset is not None else recovery_dataset(
-        con, start=start, end=end, horizons=horizons, each_attempt=each_attempt)  # fmt: skip
+    data = (
+        dataset
+        if dataset is not None
+        else recovery_dataset(
+            con, start=start, end=end, horizons=horizons, each_attempt=each_attempt
+        )
+    )
     feats = model_features(data)
     runs = {}
-    p = {"min_data_in_leaf": 30, "num_leaves": 7, **dict(params or {})}
+    p = {**RECOVERY_PARAMS, **dict(params or {})}
     for h in horizons:
-        run = _train_one(data, task="recovery", target=f"recovered_{h}d", horizon=h, features=feats,
-                         params=p, seed=seed, test_months=test_months, valid_months=valid_months,
-                         embargo=embargo, calibration=calibration,
-                         id_cols=("invoice_id", "account_id"), reasons_sample=5000)  # fmt: skip
+        run = _train_one(
+            data,
+            task="recovery",
+            target=f"recovered_{h}d",
+            horizon=h,
+            features=feats,
+            params=p,
+            seed=seed,
+            test_months=test_months,
+            valid_months=valid_months,
+            embargo=embargo,
+            calibration=calibration,
+            id_cols=("invoice_id", "account_id"),
+            reasons_sample=5000,
+        )
         runs[run.name] = run
     result = TrainingResult("recovery", runs, data, feature_set_version(feats))
-    return _finish(result, track=track, register=register, settings=settings, contrib_sample=5000, seed=seed)
+    return _finish(
+        result, track=track, register=register, settings=settings, contrib_sample=5000, seed=seed
+    )
 
 
 def nan_to_none(value: Any) -> Any:
@@ -930,8 +1102,24 @@ def nan_to_none(value: Any) -> Any:
 
 
 __all__ = [
-    "ATTRIBUTES", "BinaryModel", "Calibrator", "DEFAULT_PARAMS", "FeatureSpec", "ModelRun",
-    "TimeSplit", "TrainingResult", "account_attributes", "churn_dataset", "feature_set_version",
-    "fit_binary_model", "fit_calibrator", "fit_logistic_baseline", "model_features",
-    "predict_baseline", "recovery_dataset", "time_split", "train_churn", "train_recovery",
-]  # fmt: skip
+    "ATTRIBUTES",
+    "BinaryModel",
+    "Calibrator",
+    "DEFAULT_PARAMS",
+    "FeatureSpec",
+    "ModelRun",
+    "TimeSplit",
+    "TrainingResult",
+    "account_attributes",
+    "churn_dataset",
+    "feature_set_version",
+    "fit_binary_model",
+    "fit_calibrator",
+    "fit_logistic_baseline",
+    "model_features",
+    "predict_baseline",
+    "recovery_dataset",
+    "time_split",
+    "train_churn",
+    "train_recovery",
+]

@@ -112,7 +112,9 @@ def uplift_dataset(
 # --------------------------------------------------------------------------- metrics
 
 
-def _sorted(y: np.ndarray, t: np.ndarray, score: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def _sorted(
+    y: np.ndarray, t: np.ndarray, score: np.ndarray, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     # ties broken at random (fixed seed) so a constant score gives the random line in expectation
     rng = np.random.default_rng(seed)
     order = np.lexsort((rng.random(len(score)), -score))
@@ -141,15 +143,19 @@ def qini_curve(y: Sequence, treatment: Sequence, score: Sequence) -> pd.DataFram
     c_c = np.cumsum(ys * (1 - ts))
     with np.errstate(divide="ignore", invalid="ignore"):
         qini = np.where(n_c > 0, c_c * n_t / n_c, 0.0) - c_t
-        rate_diff = np.where(n_c > 0, c_c / np.maximum(n_c, 1), 0.0) - np.where(n_t > 0, c_t / np.maximum(n_t, 1), 0.0)
+        rate_diff = np.where(n_c > 0, c_c / np.maximum(n_c, 1), 0.0) - np.where(
+            n_t > 0, c_t / np.maximum(n_t, 1), 0.0
+        )
     k = np.arange(1, len(y) + 1)
     gain = rate_diff * k
     n = len(y)
-    out = pd.DataFrame({
-        "k": np.concatenate([[0], k]),
-        "qini": np.concatenate([[0.0], qini]),
-        "gain": np.concatenate([[0.0], gain]),
-    })  # fmt: skip
+    out = pd.DataFrame(
+        {
+            "k": np.concatenate([[0], k]),
+            "qini": np.concatenate([[0.0], qini]),
+            "gain": np.concatenate([[0.0], gain]),
+        }
+    )
     out["fraction"] = out["k"] / max(n, 1)
     out["random"] = out["fraction"] * (qini[-1] if n else 0.0)
     return out
@@ -247,11 +253,13 @@ class UpliftModel:
         cols = [*self.features, "bias"]
         if self.learner == "x":
             e = self.propensity
-            v = e * self.boosters["tau0"].predict(X, pred_contrib=True) + (1 - e) * self.boosters["tau1"].predict(
+            v = e * self.boosters["tau0"].predict(X, pred_contrib=True) + (1 - e) * self.boosters[
+                "tau1"
+            ].predict(X, pred_contrib=True)
+        else:
+            v = self.boosters["mu0"].predict(X, pred_contrib=True) - self.boosters["mu1"].predict(
                 X, pred_contrib=True
             )
-        else:
-            v = self.boosters["mu0"].predict(X, pred_contrib=True) - self.boosters["mu1"].predict(X, pred_contrib=True)
         return pd.DataFrame(v, index=frame.index, columns=cols)
 
     def save(self, path: Path) -> Path:
@@ -261,11 +269,19 @@ class UpliftModel:
         for k, b in self.boosters.items():
             b.save_model(str(path / f"{k}.txt"))
         meta = {
-            "kind": "uplift", "name": self.name, "learner": self.learner, "spec": self.spec.to_json(),
-            "propensity": self.propensity, "horizon_days": self.horizon_days, "params": self.params,
-            "rounds": self.rounds, "feature_set_version": self.feature_set_version,
-            "parts": sorted(self.boosters), "meta": self.meta, "risk": self.risk is not None,
-        }  # fmt: skip
+            "kind": "uplift",
+            "name": self.name,
+            "learner": self.learner,
+            "spec": self.spec.to_json(),
+            "propensity": self.propensity,
+            "horizon_days": self.horizon_days,
+            "params": self.params,
+            "rounds": self.rounds,
+            "feature_set_version": self.feature_set_version,
+            "parts": sorted(self.boosters),
+            "meta": self.meta,
+            "risk": self.risk is not None,
+        }
         if self.risk is not None:
             self.risk.save(path / "risk")
         (path / "model.json").write_text(json.dumps(meta, indent=1, default=str))
@@ -277,12 +293,18 @@ class UpliftModel:
         meta = json.loads((path / "model.json").read_text())
         boosters = {k: lgb.Booster(model_file=str(path / f"{k}.txt")) for k in meta["parts"]}
         return cls(
-            name=meta["name"], learner=meta["learner"], spec=FeatureSpec.from_json(meta["spec"]),
-            boosters=boosters, propensity=float(meta["propensity"]), horizon_days=int(meta["horizon_days"]),
-            params=meta["params"], rounds=int(meta["rounds"]), feature_set_version=meta["feature_set_version"],
+            name=meta["name"],
+            learner=meta["learner"],
+            spec=FeatureSpec.from_json(meta["spec"]),
+            boosters=boosters,
+            propensity=float(meta["propensity"]),
+            horizon_days=int(meta["horizon_days"]),
+            params=meta["params"],
+            rounds=int(meta["rounds"]),
+            feature_set_version=meta["feature_set_version"],
             meta=meta.get("meta", {}),
             risk=training.BinaryModel.load(path / "risk") if meta.get("risk") else None,
-        )  # fmt: skip
+        )
 
 
 def fit_risk_model(
@@ -305,13 +327,22 @@ def fit_risk_model(
         A calibrated :class:`~workbench.models.training.BinaryModel` (the last 20% of
         ``as_of`` months are used for early stopping and calibration).
     """
-    rows = churn_frame[churn_frame[target].notna() & ~churn_frame["account_id"].isin(set(exclude_accounts))]
+    rows = churn_frame[
+        churn_frame[target].notna() & ~churn_frame["account_id"].isin(set(exclude_accounts))
+    ]
     rows = rows.assign(**{target: rows[target].astype(np.int8)})
     months = np.sort(rows["as_of"].unique())
     cut = months[int(len(months) * 0.8)]
     feats = training.model_features(rows)
-    return training.fit_binary_model(rows[rows["as_of"] < cut], rows[rows["as_of"] >= cut], target=target,
-                                     features=feats, name=f"{target}_risk", params=params, seed=seed)  # fmt: skip
+    return training.fit_binary_model(
+        rows[rows["as_of"] < cut],
+        rows[rows["as_of"] >= cut],
+        target=target,
+        features=feats,
+        name=f"{target}_risk",
+        params=params,
+        seed=seed,
+    )
 
 
 def fit_uplift(
@@ -360,15 +391,24 @@ def fit_uplift(
     boosters = {"mu0": fit(t == 0, y, "binary"), "mu1": fit(t == 1, y, "binary")}
     e = float(t.mean())
     if learner == "x":
-        d1 = boosters["mu0"].predict(X) - y  # treated: churn they would have had minus what they had
+        d1 = (
+            boosters["mu0"].predict(X) - y
+        )  # treated: churn they would have had minus what they had
         d0 = y - boosters["mu1"].predict(X)  # controls: what they had minus churn with an offer
         boosters["tau1"] = fit(t == 1, d1, "regression")
         boosters["tau0"] = fit(t == 0, d0, "regression")
     return UpliftModel(
-        name=name, learner=learner, spec=spec, boosters=boosters, propensity=e,
+        name=name,
+        learner=learner,
+        spec=spec,
+        boosters=boosters,
+        propensity=e,
         horizon_days=int(outcome.split("_")[1].rstrip("d")) if outcome.startswith("churn_") else 0,
-        params=p, rounds=rounds, feature_set_version=training.feature_set_version(spec.names), risk=risk,
-    )  # fmt: skip
+        params=p,
+        rounds=rounds,
+        feature_set_version=training.feature_set_version(spec.names),
+        risk=risk,
+    )
 
 
 def cross_fit(
@@ -397,8 +437,18 @@ def cross_fit(
     kf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     parts = []
     for i, (tr, te) in enumerate(kf.split(np.zeros(len(frame)), strata)):
-        m = fit_uplift(frame.iloc[tr], outcome=outcome, features=features, treatment=treatment,
-                       learner=learner, params=params, rounds=rounds, seed=seed, spec=spec, risk=risk)  # fmt: skip
+        m = fit_uplift(
+            frame.iloc[tr],
+            outcome=outcome,
+            features=features,
+            treatment=treatment,
+            learner=learner,
+            params=params,
+            rounds=rounds,
+            seed=seed,
+            spec=spec,
+            risk=risk,
+        )
         parts.append(m.predict_components(frame.iloc[te]).assign(fold=i))
     return pd.concat(parts).loc[frame.index]
 
@@ -440,8 +490,7 @@ UPLIFT_CARD = {
         "offers are proposed by the dunning/retention policy and approved by people."
     ),
     "ability_to_pay": (
-        "No. It estimates the effect of a discount on cancellation, not whether a customer "
-        "can pay."
+        "No. It estimates the effect of a discount on cancellation, not whether a customer can pay."
     ),
 }
 UPLIFT_LIMITATIONS = [
@@ -499,7 +548,11 @@ def train_uplift(
     from workbench.models import explain
 
     t0 = time.perf_counter()
-    data = dataset if dataset is not None else uplift_dataset(con, experiment, horizon_days=horizon_days)
+    data = (
+        dataset
+        if dataset is not None
+        else uplift_dataset(con, experiment, horizon_days=horizon_days)
+    )
     outcome = f"churn_{horizon_days}d"
     rows = data[data[outcome].notna()].copy()
     rows[outcome] = rows[outcome].astype(np.int8)
@@ -507,7 +560,9 @@ def train_uplift(
     if risk is True:
         if churn_frame is None:
             churn_frame = training.churn_dataset(con, horizons=(horizon_days,))
-        risk_model = fit_risk_model(churn_frame, target=outcome, exclude_accounts=experiment["account_id"], seed=seed)
+        risk_model = fit_risk_model(
+            churn_frame, target=outcome, exclude_accounts=experiment["account_id"], seed=seed
+        )
     elif isinstance(risk, training.BinaryModel):
         risk_model = risk
     if features is not None:
@@ -516,13 +571,43 @@ def train_uplift(
         feats = [c for c in EFFECT_FEATURES if c in rows.columns]
     else:
         feats = training.model_features(rows)
-    model = fit_uplift(rows, outcome=outcome, features=feats, learner=learner, params=params,
-                       rounds=rounds, seed=seed, risk=risk_model)  # fmt: skip
+    model = fit_uplift(
+        rows,
+        outcome=outcome,
+        features=feats,
+        learner=learner,
+        params=params,
+        rounds=rounds,
+        seed=seed,
+        risk=risk_model,
+    )
     train_seconds = time.perf_counter() - t0
-    oof = cross_fit(rows, outcome=outcome, features=feats, learner=learner, folds=folds, params=params,
-                    rounds=rounds, seed=seed, risk=risk_model)  # fmt: skip
-    keep = [c for c in ("account_id", "as_of", "treatment", outcome, "plan", "region", "channel",
-                        "industry", "size") if c in rows.columns]  # fmt: skip
+    oof = cross_fit(
+        rows,
+        outcome=outcome,
+        features=feats,
+        learner=learner,
+        folds=folds,
+        params=params,
+        rounds=rounds,
+        seed=seed,
+        risk=risk_model,
+    )
+    keep = [
+        c
+        for c in (
+            "account_id",
+            "as_of",
+            "treatment",
+            outcome,
+            "plan",
+            "region",
+            "channel",
+            "industry",
+            "size",
+        )
+        if c in rows.columns
+    ]
     scored = rows[keep].join(oof)
     metrics = {
         "rows": float(len(rows)),
@@ -539,24 +624,57 @@ def train_uplift(
     if risk_model is not None:
         scored[RISK] = risk_model.predict(rows)
     card = {
-        "name": model.name, "task": "uplift", "target": outcome, "horizon_days": horizon_days,
+        "name": model.name,
+        "task": "uplift",
+        "target": outcome,
+        "horizon_days": horizon_days,
         "intended_use": UPLIFT_CARD["intended_use"].format(h=horizon_days),
-        "ability_to_pay": UPLIFT_CARD["ability_to_pay"], "assesses_ability_to_pay": False,
-        "limitations": UPLIFT_LIMITATIONS, "learner": learner, "folds": folds,
-        "split": {"experiment_start": str(rows["as_of"].min().date()), "experiment_end": str(rows["as_of"].max().date()),
-                  "evaluation": f"{folds}-fold cross-fitting"},
+        "ability_to_pay": UPLIFT_CARD["ability_to_pay"],
+        "assesses_ability_to_pay": False,
+        "limitations": UPLIFT_LIMITATIONS,
+        "learner": learner,
+        "folds": folds,
+        "split": {
+            "experiment_start": str(rows["as_of"].min().date()),
+            "experiment_end": str(rows["as_of"].max().date()),
+            "evaluation": f"{folds}-fold cross-fitting",
+        },
         "rows": {"experiment": int(len(rows)), "treated": int(rows["treatment"].sum())},
-        "features": [{"name": n, "description": d} for n, d in training.feature_descriptions(model.features).items()],
+        "features": [
+            {"name": n, "description": d}
+            for n, d in training.feature_descriptions(model.features).items()
+        ],
         "feature_set_version": model.feature_set_version,
-        "metrics": [metrics], "importance": importance.head(15).to_dict(orient="records"),
-        "params": model.params, "rounds": rounds,
-        "risk_model": None if risk_model is None else {
-            "target": risk_model.target, "features": len(risk_model.features),
-            "trained_on": "churn spine rows of accounts outside the experiment", **risk_model.meta},
-    }  # fmt: skip
-    result = UpliftResult(name=model.name, model=model, scored=scored, metrics=metrics, card=card,
-                          importance=importance, dataset=data, train_seconds=train_seconds)  # fmt: skip
-    log.info("%s: qini %.4f, auuc %.4f on %d experiment rows", model.name, metrics["qini"], metrics["auuc"], len(rows))
+        "metrics": [metrics],
+        "importance": importance.head(15).to_dict(orient="records"),
+        "params": model.params,
+        "rounds": rounds,
+        "risk_model": None
+        if risk_model is None
+        else {
+            "target": risk_model.target,
+            "features": len(risk_model.features),
+            "trained_on": "churn spine rows of accounts outside the experiment",
+            **risk_model.meta,
+        },
+    }
+    result = UpliftResult(
+        name=model.name,
+        model=model,
+        scored=scored,
+        metrics=metrics,
+        card=card,
+        importance=importance,
+        dataset=data,
+        train_seconds=train_seconds,
+    )
+    log.info(
+        "%s: qini %.4f, auuc %.4f on %d experiment rows",
+        model.name,
+        metrics["qini"],
+        metrics["auuc"],
+        len(rows),
+    )
     if track or register:
         from workbench.models import registry
 

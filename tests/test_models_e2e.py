@@ -1,0 +1,122 @@
+"""End to end on a tiny simulated company: simulate -> ingest -> features -> train -> oracle -> score.
+
+No MLflow here (``track=False``); the registry has its own test file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from workbench.config import load_settings
+from workbench.ingest import ingest
+from workbench.models import evaluation, explain, oracle, scoring, training, uplift
+from workbench.simulator import simulate
+from workbench.store import Warehouse
+
+REPO = Path(__file__).resolve().parents[1]
+CSV = {
+    "usage.csv": "simulator_usage",
+    "crm_signals.csv": "simulator_crm_signals",
+    "support_tickets.csv": "simulator_support_tickets",
+}
+
+
+@pytest.fixture(scope="module")
+def company(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models-e2e")
+    data = root / "data"
+    simulate(accounts=160, months=16, seed=7, out=data, progress=False)
+    settings = load_settings(REPO, overrides={"data_dir": str(data)})
+    ingest(data / "landing" / "stripe", source="stripe", settings=settings, progress=False)
+    for name, mapping in CSV.items():
+        ingest(
+            data / "landing" / "csv" / name,
+            source="csv",
+            mapping=mapping,
+            settings=settings,
+            progress=False,
+        )
+    return settings, data / "truth"
+
+
+def test_churn_models_train_on_the_warehouse_and_face_the_oracle(company) -> None:
+    settings, truth = company
+    with Warehouse(settings).read(step="test") as con:
+        data = training.churn_dataset(con, horizons=(30,))
+        res = training.train_churn(
+            con,
+            horizons=(30,),
+            dataset=data,
+            test_months=3,
+            valid_months=3,
+            track=False,
+            register=False,
+        )
+        cmp = oracle.evaluate_against_oracle(res, con=con, truth_dir=truth, log_to_mlflow=False)
+        scores_frame = data[data["as_of"] == data["as_of"].max()]
+    run = res.runs["churn_30d"]
+    # the spine is paying accounts at month starts; labels exist except in the last month
+    assert data["paying_at_as_of"].all()
+    assert data.loc[data["as_of"] == data["as_of"].max(), "churn_30d"].isna().all()
+    assert {"region", "channel", "size", "industry", "plan"} <= set(data.columns)
+    row = cmp.iloc[0]
+    assert row["coverage"] > 0.95  # the truth knows (almost) every test account
+    assert 0 < row["oracle_auc"] <= 1 and np.isfinite(row["model_auc"])
+    assert row["rows"] == pytest.approx(len(run.test), abs=len(run.test) * 0.05)
+    # the oracle's probabilities are probabilities and its mean is in the range of the churn rate
+    o = run.test["oracle"].dropna()
+    assert o.between(0, 1).all()
+    assert abs(o.mean() - run.test["churn_30d"].mean()) < 0.05
+    # plain-words reasons for the scored accounts
+    contrib = explain.contributions(run.model, scores_frame)
+    reasons = explain.top_reasons(scores_frame, contrib)
+    assert reasons["reason_1"].notna().mean() > 0.9
+    info = {"name": run.name, "version": "0", "run_id": None}
+    scores = scoring.score_frame(
+        run.model, scores_frame, info=info, entity_type="account", entity_col="account_id"
+    )
+    assert scores["score"].between(0, 1).all() and len(scores) == len(scores_frame)
+
+
+def test_recovery_oracle_matches_the_truth_at_first_failures(company) -> None:
+    settings, truth = company
+    with Warehouse(settings).read(step="test") as con:
+        data = training.recovery_dataset(con, horizons=(14,), each_attempt=True)
+    assert data["first_failure"].any() and (~data["first_failure"]).any()
+    assert {"invoice_last_decline_code", "invoice_attempt_number", "invoice_amount_due"} <= set(
+        data.columns
+    )
+    o = oracle.recovery_oracle(data[["invoice_id", "as_of"]], truth_dir=truth, horizons=(14,))
+    # our first failures are the simulator's first failures
+    known = o["oracle_recovered_14d"].notna()
+    assert known.mean() > 0.8
+    assert (o.loc[known & data["first_failure"], "oracle_first_failure"]).all()
+    # the product formula at a first failure reproduces the simulator's own number
+    rec = oracle.read_truth(truth, "recovery")
+    first = rec[rec["attempt"] == 1].set_index("invoice_id")
+    inv = data.loc[known & data["first_failure"], "invoice_id"].iloc[0]
+    retries = rec[(rec["invoice_id"] == inv) & (rec["attempt"] > 1)]
+    t0 = first.loc[inv, "attempt_at"]
+    inside = retries[retries["attempt_at"] <= t0 + pd.Timedelta(days=14)]
+    assert 1 - np.prod(1 - inside["p_success"]) == pytest.approx(first.loc[inv, "p_recovered_14d"])
+    labelled = data["recovered_14d"].notna() & known
+    y, p = data.loc[labelled, "recovered_14d"], o.loc[labelled, "oracle_recovered_14d"]
+    assert evaluation.roc_auc(y, p) > 0.6
+
+
+def test_experiment_and_uplift_oracle_from_the_truth(company) -> None:
+    settings, truth = company
+    exp = oracle.experiment_from_truth(truth)
+    assert set(exp.columns) == {"account_id", "as_of", "treatment"}
+    assert set(exp["treatment"].unique()) <= {0, 1} and len(exp) > 10
+    assert (exp["as_of"].dt.day == 1).all()
+    tau = oracle.uplift_oracle(exp, truth_dir=truth, months=3)
+    assert tau.between(0, 1).all()
+    with Warehouse(settings).read(step="test") as con:
+        frame = uplift.uplift_dataset(con, exp, horizon_days=90)
+    assert len(frame) == len(exp) and frame["treatment"].tolist() == exp["treatment"].tolist()
+    assert frame["churn_90d"].notna().sum() > 0

@@ -1,0 +1,158 @@
+"""The oracle on hand-written truth tables and a four-account warehouse, computed by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from workbench.models import oracle
+from workbench.schema import create_all
+
+
+def ts(text: str) -> pd.Timestamp:
+    return pd.Timestamp(text, tz="UTC")
+
+
+def write(truth: Path, name: str, frame: pd.DataFrame) -> None:
+    truth.mkdir(parents=True, exist_ok=True)
+    for c in frame.columns:
+        if isinstance(frame[c].dtype, pd.DatetimeTZDtype):
+            frame[c] = frame[c].astype("datetime64[us, UTC]")
+    frame.to_parquet(truth / f"{name}.parquet")
+
+
+@pytest.fixture()
+def world(tmp_path: Path):
+    """A: monthly, period ends mid-month; B: already set to cancel; C: yearly;
+    D: an invoice in dunning at t with three retries left."""
+    con = duckdb.connect()
+    create_all(con)
+    subs = [
+        # account, interval, current_period_end, cancel_at_period_end
+        ("A", "month", "2024-03-15", False),
+        ("B", "month", "2024-03-20", True),
+        ("C", "year", "2024-12-01", False),
+        ("D", "month", "2024-03-25", False),
+    ]
+    for acct, interval, cpe, cape in subs:
+        con.execute(
+            "INSERT INTO subscription_history (subscription_id, account_id, item_id, price_id, quantity, unit_amount,"
+            " currency, interval, interval_count, usage_type, status, cancel_at_period_end, current_period_end,"
+            " valid_from, valid_to, event_id) VALUES (?, ?, ?, 'price_x', 1, 5000, 'usd', ?, 1, 'licensed', 'active',"
+            " ?, ?, TIMESTAMPTZ '2024-01-01 00:00:00+00', NULL, ?)",
+            [
+                f"sub_{acct}",
+                acct,
+                f"si_{acct}",
+                interval,
+                cape,
+                ts(cpe).to_pydatetime(),
+                f"evt_{acct}",
+            ],
+        )
+    truth = tmp_path / "truth"
+    months = [ts("2024-03-01"), ts("2024-04-01"), ts("2024-05-01")]
+    hz = pd.DataFrame(
+        {
+            "account_id": ["A"] * 3 + ["C"] * 3 + ["D"] * 3,
+            "month": months * 3,
+            "hazard": [0.1, 0.2, 0.3, 0.05, 0.05, 0.05, 0.0, 0.0, 0.0],
+        }
+    )
+    write(truth, "churn_hazard", hz)
+    rec = pd.DataFrame(
+        {
+            "invoice_id": ["in_D"] * 5,
+            "account_id": ["D"] * 5,
+            "attempt": [1, 2, 3, 4, 5],
+            "attempt_at": [
+                ts("2024-02-25"),
+                ts("2024-02-28"),
+                ts("2024-03-03"),
+                ts("2024-03-10"),
+                ts("2024-03-17"),
+            ],
+            "p_success": [0.5, 0.4, 0.3, 0.2, 0.1],
+            "succeeded": [False, False, None, None, None],
+            "p_recovered_7d": [0.4] * 5,
+            "p_recovered_14d": [0.58] * 5,
+            "p_recovered_30d": [0.7] * 5,
+        }
+    )
+    write(truth, "recovery", rec)
+    offers = pd.DataFrame(
+        {
+            "account_id": ["A", "C", "Z"],
+            "eligible": [True, True, False],
+            "eligible_month": [ts("2024-03-01"), ts("2024-04-01"), pd.NaT],
+            "assigned": [True, False, False],
+            "effect_relative": [0.5, 0.2, 0.4],
+            "hazard_at_eligibility": [0.1, 0.05, np.nan],
+        }
+    )
+    write(truth, "offers", offers)
+    return con, truth
+
+
+def test_churn_oracle_by_hand(world) -> None:
+    con, truth = world
+    spine = pd.DataFrame({"account_id": ["A", "B", "C", "D"], "as_of": [ts("2024-03-01")] * 4})
+    out = oracle.churn_oracle(con, spine, truth_dir=truth, horizons=(30, 90))
+    # A, 30 days: only March decides; a decision ends things at once (25%) if it falls before
+    # T (30 of March's 31 days) or at the period end on the 15th (75%) if it falls before it
+    w = 0.25 * 30 / 31 + 0.75 * 14 / 31
+    assert out.loc[0, "oracle_churn_30d"] == pytest.approx(0.1 * w)
+    # B decided already and its period ends before T
+    assert out.loc[1, "oracle_churn_30d"] == pytest.approx(1.0)
+    # C (yearly, period ends in December): only immediate cancellations (10%) count
+    T = ts("2024-03-01") + pd.Timedelta(days=90)
+    w_may = (T - ts("2024-05-01")) / (ts("2024-06-01") - ts("2024-05-01"))
+    expected_c = 0.05 * 0.1 * (1 + 0.95 + 0.95**2 * w_may)
+    assert out.loc[2, "oracle_churn_90d"] == pytest.approx(expected_c)
+    # D: no voluntary hazard, but all three remaining retries must fail
+    assert out.loc[3, "oracle_churn_30d"] == pytest.approx(0.7 * 0.8 * 0.9)
+    # A, 90 days: March and April wholly inside (anchors Mar 15, Apr 15, May 15 <= T), May partly
+    a90 = out.loc[0, "oracle_churn_90d"]
+    assert 1 - (1 - 0.1) * (1 - 0.2) < a90 < 1 - (1 - 0.1) * (1 - 0.2) * (1 - 0.3)
+    # the "at t" variant holds March's hazard for every month
+    assert out.loc[0, "oracle_churn_90d_at_t"] < a90
+    with pytest.raises(ValueError, match="month starts"):
+        oracle.churn_oracle(con, spine.assign(as_of=ts("2024-03-02")), truth_dir=truth)
+
+
+def test_recovery_oracle_at_first_and_later_failures(world) -> None:
+    _, truth = world
+    spine = pd.DataFrame(
+        {
+            "invoice_id": ["in_D", "in_D", "in_unknown"],
+            "as_of": [ts("2024-02-25"), ts("2024-03-03"), ts("2024-03-03")],
+        }
+    )
+    out = oracle.recovery_oracle(spine, truth_dir=truth, horizons=(7, 14))
+    assert out["oracle_first_failure"].tolist() == [True, False, False]
+    # at the first failure the simulator's own numbers are used
+    assert out.loc[0, "oracle_recovered_7d"] == pytest.approx(0.4)
+    assert out.loc[0, "oracle_recovered_14d"] == pytest.approx(0.58)
+    # after the failed retry of Mar 3: retries on Mar 10 (within 7 days) and Mar 17 (within 14)
+    assert out.loc[1, "oracle_recovered_7d"] == pytest.approx(0.2)
+    assert out.loc[1, "oracle_recovered_14d"] == pytest.approx(1 - 0.8 * 0.9)
+    assert np.isnan(out.loc[2, "oracle_recovered_7d"])
+
+
+def test_experiment_and_true_uplift(world) -> None:
+    _, truth = world
+    exp = oracle.experiment_from_truth(truth)
+    assert exp["account_id"].tolist() == ["A", "C"] and exp["treatment"].tolist() == [1, 0]
+    tau = oracle.uplift_oracle(exp, truth_dir=truth, months=3)
+    # churn within 3 months without the offer minus with it (hazard x (1 - effect))
+    assert tau.iloc[0] == pytest.approx((1 - 0.9**3) - (1 - 0.95**3))
+    assert tau.iloc[1] == pytest.approx((1 - 0.95**3) - (1 - 0.96**3))
+
+
+def test_missing_truth_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="simulated"):
+        oracle.read_truth(tmp_path, "churn_hazard")
