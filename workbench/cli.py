@@ -295,6 +295,53 @@ def features_list_cmd(entity: str | None) -> None:
     click.echo(f"\n{len(frame)} features")
 
 
+# --------------------------------------------------------------------------- models
+
+
+@main.group("models")
+def models_group() -> None:
+    """The model registry (MLflow): versions, aliases, cards, promotion through approvals."""
+
+
+@models_group.command("list")
+@click.pass_context
+def models_list_cmd(ctx: click.Context) -> None:
+    """Every registered version with its aliases and headline metrics."""
+    from workbench.models import list_models
+
+    frame = list_models(settings=_settings(ctx))
+    click.echo("No model registered yet: run 05_churn / 06_recovery." if frame.empty
+               else frame.to_string(index=False, max_colwidth=30))
+
+
+@models_group.command("card")
+@click.argument("model")
+@click.option("--version", default="champion", show_default=True, help="A version number or alias.")
+@click.pass_context
+def models_card_cmd(ctx: click.Context, model: str, version: str) -> None:
+    """Print a registered version's model card (markdown)."""
+    from workbench.models import model_card
+
+    click.echo(model_card(model, version, settings=_settings(ctx)))
+
+
+@models_group.command("promote")
+@click.argument("model")
+@click.argument("version")
+@click.option("--reason", required=True, help="Why (shown to the approver, recorded).")
+@click.pass_context
+def models_promote_cmd(ctx: click.Context, model: str, version: str, reason: str) -> None:
+    """Ask for VERSION of MODEL to become champion: queued for an approver (maker-checker)."""
+    from workbench.approvals import resolve_identity
+    from workbench.models import request_promotion
+
+    settings = _settings(ctx)
+    outcome = request_promotion(model, version, who=resolve_identity(settings), reason=reason, settings=settings)
+    click.echo(outcome.message)
+    if not outcome.ok:
+        sys.exit(1)
+
+
 # --------------------------------------------------------------------------- receive
 
 
