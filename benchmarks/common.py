@@ -26,8 +26,13 @@ def machine() -> str:
     """Describe this machine in one line (cores, memory, Python)."""
     cores = os.cpu_count() or 0
     try:
-        mem_kib = int(next(line for line in Path("/proc/meminfo").read_text().splitlines()
-                           if line.startswith("MemTotal")).split()[1])
+        mem_kib = int(
+            next(
+                line
+                for line in Path("/proc/meminfo").read_text().splitlines()
+                if line.startswith("MemTotal")
+            ).split()[1]
+        )
         mem = f"{mem_kib / 2**20:.0f} GiB"
     except (OSError, StopIteration, ValueError):
         mem = "unknown memory"

@@ -39,8 +39,15 @@ def render(results_dir: Path = HERE / "results") -> str:
         rows = json.loads(path.read_text())
         if not rows:
             continue
-        lines += [f"## {path.stem}", "", f"Machine: {rows[0]['machine']}; run {rows[0]['when']}.", ""]
-        lines.append("| workload | ours (s) | baseline | baseline (s) | ratio | goal | met | agree |")
+        lines += [
+            f"## {path.stem}",
+            "",
+            f"Machine: {rows[0]['machine']}; run {rows[0]['when']}.",
+            "",
+        ]
+        lines.append(
+            "| workload | ours (s) | baseline | baseline (s) | ratio | goal | met | agree |"
+        )
         lines.append("|---|---|---|---|---|---|---|---|")
         for r in rows:
             lines.append(

@@ -17,8 +17,13 @@ from pathlib import Path
 import pytest
 
 CHROMIUM_FLAGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 
@@ -39,16 +44,29 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def voila_server(notebook: Path, *, env: dict[str, str], cwd: Path, timeout: float = 90) -> Iterator[str]:
+def voila_server(
+    notebook: Path, *, env: dict[str, str], cwd: Path, timeout: float = 90
+) -> Iterator[str]:
     """Serve one dashboard notebook with Voila on a free port; yield its URL."""
     port = free_port()
     log_path = Path(env.get("WORKBENCH_DATA_DIR", cwd)) / f"voila-{port}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "voila", str(notebook), f"--port={port}", "--no-browser",
-             "--Voila.ip=127.0.0.1", "--VoilaConfiguration.file_allowlist=['.*']"],
-            cwd=cwd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "voila",
+                str(notebook),
+                f"--port={port}",
+                "--no-browser",
+                "--Voila.ip=127.0.0.1",
+                "--VoilaConfiguration.file_allowlist=['.*']",
+            ],
+            cwd=cwd,
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         url = f"http://127.0.0.1:{port}/"
         try:
@@ -63,7 +81,9 @@ def voila_server(notebook: Path, *, env: dict[str, str], cwd: Path, timeout: flo
                     break  # it answered: the server is up
                 except OSError:
                     if time.monotonic() > deadline:
-                        raise TimeoutError(f"voila did not start: {log_path.read_text()[-3000:]}") from None
+                        raise TimeoutError(
+                            f"voila did not start: {log_path.read_text()[-3000:]}"
+                        ) from None
                     time.sleep(0.3)
             yield url
         finally:
@@ -80,7 +100,9 @@ def chromium_page() -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS)
+        browser = p.chromium.launch(
+            executable_path=chromium_path(), headless=True, args=CHROMIUM_FLAGS
+        )
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             yield page

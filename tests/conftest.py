@@ -19,7 +19,9 @@ def repo_root() -> Path:
 @pytest.fixture(scope="session")
 def external_dir() -> Path:
     if not EXTERNAL.is_dir():
-        pytest.fail(f"external test material not found at {EXTERNAL} (shared/ must sit beside the repo)")
+        pytest.fail(
+            f"external test material not found at {EXTERNAL} (shared/ must sit beside the repo)"
+        )
     return EXTERNAL
 
 

@@ -6,7 +6,12 @@ from workbench.config import ConfigError, load_settings
 
 
 def test_defaults_are_under_the_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in ("WORKBENCH_DATA_DIR", "WORKBENCH_REPORTS_DIR", "WORKBENCH_CONFIG", "WORKBENCH_HOME"):
+    for key in (
+        "WORKBENCH_DATA_DIR",
+        "WORKBENCH_REPORTS_DIR",
+        "WORKBENCH_CONFIG",
+        "WORKBENCH_HOME",
+    ):
         monkeypatch.delenv(key, raising=False)
     s = load_settings(tmp_path)
     assert s.data_dir == tmp_path / "data"
@@ -16,7 +21,12 @@ def test_defaults_are_under_the_root(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 
 def test_toml_then_env_then_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in ("WORKBENCH_DATA_DIR", "WORKBENCH_REPORTS_DIR", "WORKBENCH_CONFIG", "WORKBENCH_HOME"):
+    for key in (
+        "WORKBENCH_DATA_DIR",
+        "WORKBENCH_REPORTS_DIR",
+        "WORKBENCH_CONFIG",
+        "WORKBENCH_HOME",
+    ):
         monkeypatch.delenv(key, raising=False)
     (tmp_path / "workbench.toml").write_text(
         '[workbench]\ndata_dir = "lake"\nreporting_currency = "EUR"\nengine = "duckdb"\n'

@@ -8,6 +8,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 import pytest
+from browser import chromium_page, voila_server
 
 from workbench.config import load_settings
 from workbench.dashboards.finance import ALL, csv_link, finance_view, segment_options
@@ -16,37 +17,37 @@ from workbench.revenue import account_month_mrr
 from workbench.revenue.synthetic import generate_warehouse
 from workbench.schema import create_all
 
-from browser import chromium_page, voila_server
-
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _rows() -> pd.DataFrame:
     months = pd.to_datetime(["2024-01-01", "2024-01-01", "2024-02-01", "2024-02-01"])
-    return pd.DataFrame({
-        "month": months,
-        "account_id": ["a", "b", "a", "b"],
-        "mrr": [1000, 500, 1500, 0],
-        "opening_mrr": [0, 0, 1000, 500],
-        "new_mrr": [1000, 500, 0, 0],
-        "expansion_mrr": [0, 0, 500, 0],
-        "contraction_mrr": [0, 0, 0, 0],
-        "churn_mrr": [0, 0, 0, -500],
-        "reactivation_mrr": [0, 0, 0, 0],
-        "fx_mrr": [0, 0, 0, 0],
-        "is_paying": [True, True, True, False],
-        "new_logo": [True, True, False, False],
-        "churned_logo": [False, False, False, True],
-        "reactivated_logo": [False, False, False, False],
-        "is_customer": [True, True, True, False],
-        "cohort_month": pd.to_datetime(["2024-01-01"] * 4),
-        "region": ["EU", "NA", "EU", "NA"],
-        "channel": ["sales"] * 4,
-        "plan": ["pro", "team", "pro", "team"],
-        "account_currency": ["eur", "usd", "eur", "usd"],
-        "reporting_currency": ["usd"] * 4,
-        "movement": ["new", "new", "expansion", "churn"],
-    })
+    return pd.DataFrame(
+        {
+            "month": months,
+            "account_id": ["a", "b", "a", "b"],
+            "mrr": [1000, 500, 1500, 0],
+            "opening_mrr": [0, 0, 1000, 500],
+            "new_mrr": [1000, 500, 0, 0],
+            "expansion_mrr": [0, 0, 500, 0],
+            "contraction_mrr": [0, 0, 0, 0],
+            "churn_mrr": [0, 0, 0, -500],
+            "reactivation_mrr": [0, 0, 0, 0],
+            "fx_mrr": [0, 0, 0, 0],
+            "is_paying": [True, True, True, False],
+            "new_logo": [True, True, False, False],
+            "churned_logo": [False, False, False, True],
+            "reactivated_logo": [False, False, False, False],
+            "is_customer": [True, True, True, False],
+            "cohort_month": pd.to_datetime(["2024-01-01"] * 4),
+            "region": ["EU", "NA", "EU", "NA"],
+            "channel": ["sales"] * 4,
+            "plan": ["pro", "team", "pro", "team"],
+            "account_currency": ["eur", "usd", "eur", "usd"],
+            "reporting_currency": ["usd"] * 4,
+            "movement": ["new", "new", "expansion", "churn"],
+        }
+    )
 
 
 def test_view_filters_segments_and_period() -> None:
@@ -73,8 +74,13 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, pd.DataFr
     generate_warehouse(con, accounts=300, months=14, seed=5)
     am = account_month_mrr(con, policy="stripe")
     settings = load_settings(REPO, overrides={"data_dir": data})
-    publish_tables("finance", {"account_months": am}, settings=settings,
-                   metadata={"run_id": "test-run", "policy": "stripe"}, merge=False)
+    publish_tables(
+        "finance",
+        {"account_months": am},
+        settings=settings,
+        metadata={"run_id": "test-run", "policy": "stripe"},
+        merge=False,
+    )
     return data, am
 
 
@@ -91,7 +97,10 @@ def _money(text: str) -> int:
 def test_dashboard_renders_and_filters_match_the_engine(published) -> None:
     data, am = published
     notebook = REPO / "notebooks" / "dashboards" / "finance.ipynb"
-    with voila_server(notebook, env={"WORKBENCH_DATA_DIR": str(data)}, cwd=REPO) as url, chromium_page() as page:
+    with (
+        voila_server(notebook, env={"WORKBENCH_DATA_DIR": str(data)}, cwd=REPO) as url,
+        chromium_page() as page,
+    ):
         page.goto(url, timeout=120_000)
         page.wait_for_selector('[data-kpi="mrr"]', timeout=120_000)
         months = sorted(pd.to_datetime(am["month"]).dt.strftime("%Y-%m").unique())
@@ -109,7 +118,8 @@ def test_dashboard_renders_and_filters_match_the_engine(published) -> None:
         page.wait_for_function(
             "([want]) => { const e = document.querySelector('[data-kpi=\"mrr\"]');"
             " return e && Math.round(parseFloat(e.innerText.replace(/[^0-9.\\-]/g, '')) * 100) === want; }",
-            arg=[want], timeout=60_000,
+            arg=[want],
+            timeout=60_000,
         )
         assert _money(_tile(page, "mrr")) == want != expected.tiles["mrr"]
 
@@ -118,7 +128,10 @@ def test_dashboard_renders_and_filters_match_the_engine(published) -> None:
 @pytest.mark.browser
 def test_dashboard_without_data_says_what_to_run(tmp_path: Path) -> None:
     notebook = REPO / "notebooks" / "dashboards" / "finance.ipynb"
-    with voila_server(notebook, env={"WORKBENCH_DATA_DIR": str(tmp_path / "none")}, cwd=REPO) as url, chromium_page() as page:
+    with (
+        voila_server(notebook, env={"WORKBENCH_DATA_DIR": str(tmp_path / "none")}, cwd=REPO) as url,
+        chromium_page() as page,
+    ):
         page.goto(url, timeout=120_000)
         page.wait_for_selector('[data-state="empty"]', timeout=120_000)
         assert "make demo" in page.locator('[data-state="empty"]').inner_text()

@@ -32,7 +32,9 @@ def test_outputs_are_stripped(path: Path) -> None:
 @pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
 def test_notebooks_stay_thin(path: Path) -> None:
     nb = nbformat.read(path, as_version=4)
-    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# "), "title first"
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# "), (
+        "title first"
+    )
     for cell in nb.cells:
         if cell.cell_type != "code":
             continue
@@ -51,5 +53,7 @@ def test_one_typed_commented_parameters_cell(path: Path) -> None:
     names = [p.name for p in params]
     assert "run_id" in names, "every pipeline notebook takes the run id"
     for p in params:
-        assert p.type in {"int", "float", "str", "bool"}, f"{p.name}: parameters are typed primitives"
+        assert p.type in {"int", "float", "str", "bool"}, (
+            f"{p.name}: parameters are typed primitives"
+        )
         assert len(p.help) > 5

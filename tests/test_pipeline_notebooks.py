@@ -114,7 +114,8 @@ def test_04_forecast_stored_and_published(pipeline) -> None:
     con = _warehouse(settings)
     try:
         rows = con.execute(
-            "SELECT count(*), count(DISTINCT unique_id) FROM forecasts WHERE run_id = ?", [manifest.run_id]
+            "SELECT count(*), count(DISTINCT unique_id) FROM forecasts WHERE run_id = ?",
+            [manifest.run_id],
         ).fetchall()[0]
     finally:
         con.close()
@@ -141,12 +142,31 @@ def test_plain_papermill_runs_a_step_with_other_parameters(pipeline, tmp_path: P
     out = tmp_path / "revenue.ipynb"
     env = {**os.environ, "WORKBENCH_DATA_DIR": str(settings.data_dir)}
     result = subprocess.run(
-        [sys.executable, "-m", "papermill", str(REPO / "notebooks" / "02_revenue.ipynb"), str(out),
-         "-p", "policy", "chartmogul", "-p", "compare_policy", "stripe", "--no-progress-bar"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "papermill",
+            str(REPO / "notebooks" / "02_revenue.ipynb"),
+            str(out),
+            "-p",
+            "policy",
+            "chartmogul",
+            "-p",
+            "compare_policy",
+            "stripe",
+            "--no-progress-bar",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert read_snapshot("finance", settings=settings)["account_months"]["policy"].iloc[0] == "chartmogul"
+    assert (
+        read_snapshot("finance", settings=settings)["account_months"]["policy"].iloc[0]
+        == "chartmogul"
+    )
 
 
 def test_07_dunning_decides_in_shadow_mode(pipeline) -> None:
@@ -160,7 +180,10 @@ def test_07_dunning_decides_in_shadow_mode(pipeline) -> None:
     finally:
         con.close()
     assert shadow[1] == 0  # the default is shadow: nothing executed
-    assert "Decisions per day by action" in _outputs_text(settings, manifest, "07_dunning") or shadow[0] == 0
+    assert (
+        "Decisions per day by action" in _outputs_text(settings, manifest, "07_dunning")
+        or shadow[0] == 0
+    )
 
 
 def test_05_06_models_registered_and_scores_traceable(pipeline) -> None:
@@ -174,7 +197,9 @@ def test_05_06_models_registered_and_scores_traceable(pipeline) -> None:
         con.close()
     names = {row[0] for row in scored}
     assert {"churn_30d", "churn_90d", "churn_180d"} <= names
-    assert all(row[2] and row[3] for row in scored)  # every score names its model version and feature set
+    assert all(
+        row[2] and row[3] for row in scored
+    )  # every score names its model version and feature set
     churn_text = _outputs_text(settings, manifest, "05_churn")
     assert "oracle_auc" in churn_text  # measured against the simulator's truth
     assert "oracle_auc" in _outputs_text(settings, manifest, "06_recovery")

@@ -22,10 +22,18 @@ from workbench.runner import (
 
 def _notebook(path: Path, params: str, *body: str) -> Path:
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     cell = nbformat.v4.new_code_cell(params)
     cell.metadata["tags"] = ["parameters"]
-    nb.cells = [nbformat.v4.new_markdown_cell("# Title"), cell, *(nbformat.v4.new_code_cell(b) for b in body)]
+    nb.cells = [
+        nbformat.v4.new_markdown_cell("# Title"),
+        cell,
+        *(nbformat.v4.new_code_cell(b) for b in body),
+    ]
     path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, path)
     return path
@@ -86,7 +94,9 @@ def test_successful_run_writes_reports_manifest_and_index(project: Path) -> None
     assert "SECRET-CODE-MARKER 70 x " + manifest.run_id in text  # typed int, run id injected
     html = (run_dir / "01_first.html").read_text()
     assert "SECRET-CODE-MARKER 70" in html  # outputs kept
-    assert "print(&#39;SECRET-CODE-MARKER&#39;" not in html and "print('SECRET" not in html  # code hidden
+    assert (
+        "print(&#39;SECRET-CODE-MARKER&#39;" not in html and "print('SECRET" not in html
+    )  # code hidden
     saved = json.loads((run_dir / "manifest.json").read_text())
     assert saved["status"] == "ok" and saved["parameters"] == {"n": "7"}
     assert saved["steps"][0]["parameters"] == {"n": 7, "run_id": manifest.run_id}

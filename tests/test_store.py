@@ -26,7 +26,9 @@ def _writer(data_dir: str, log_path: str, tag: str, rounds: int) -> None:
             with open(log_path, "a") as log:
                 log.write(f"{tag} start {i}\n")
                 log.flush()
-            con.execute("INSERT INTO fx_rates VALUES (DATE '2024-01-01' + ?::INTEGER, ?, 1.0)", [i, tag])
+            con.execute(
+                "INSERT INTO fx_rates VALUES (DATE '2024-01-01' + ?::INTEGER, ?, 1.0)", [i, tag]
+            )
             time.sleep(0.02)
             with open(log_path, "a") as log:
                 log.write(f"{tag} end {i}\n")
@@ -36,7 +38,10 @@ def _writer(data_dir: str, log_path: str, tag: str, rounds: int) -> None:
 def test_two_writers_never_interleave(tmp_path: Path) -> None:
     log_path = tmp_path / "log.txt"
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_writer, args=(str(tmp_path / "data"), str(log_path), t, 8)) for t in "ab"]
+    procs = [
+        ctx.Process(target=_writer, args=(str(tmp_path / "data"), str(log_path), t, 8))
+        for t in "ab"
+    ]
     for p in procs:
         p.start()
     for p in procs:
@@ -66,7 +71,9 @@ def test_second_writer_fails_naming_the_holder(tmp_path: Path) -> None:
     holder.start()
     try:
         assert ready.wait(60)
-        wh = Warehouse(load_settings(overrides={"data_dir": tmp_path / "data", "lock_timeout_s": 0.5}))
+        wh = Warehouse(
+            load_settings(overrides={"data_dir": tmp_path / "data", "lock_timeout_s": 0.5})
+        )
         with pytest.raises(WarehouseBusy) as info, wh.write(step="other"):
             pass
         message = str(info.value)

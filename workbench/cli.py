@@ -28,7 +28,9 @@ def _parse_params(pairs: tuple[str, ...], files: tuple[str, ...]) -> dict[str, A
     for file in files:
         data = yaml.safe_load(Path(file).read_text()) or {}
         if not isinstance(data, dict):
-            raise click.BadParameter(f"{file} must hold a mapping of parameter: value", param_hint="-f")
+            raise click.BadParameter(
+                f"{file} must hold a mapping of parameter: value", param_hint="-f"
+            )
         params.update(data)
     for pair in pairs:
         if "=" not in pair:
@@ -89,8 +91,22 @@ def params_cmd(ctx: click.Context, step: str) -> None:
 
 @main.command("run")
 @click.argument("steps", nargs=-1)
-@click.option("-p", "--param", "pairs", multiple=True, metavar="NAME=VALUE", help="A notebook parameter (repeatable).")
-@click.option("-f", "--params-file", "files", multiple=True, type=click.Path(exists=True, dir_okay=False), help="YAML file of parameters.")
+@click.option(
+    "-p",
+    "--param",
+    "pairs",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A notebook parameter (repeatable).",
+)
+@click.option(
+    "-f",
+    "--params-file",
+    "files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="YAML file of parameters.",
+)
 @click.option("--run-id", default=None, help="Use this run id instead of a fresh one.")
 @click.option("--no-progress", is_flag=True, help="Hide the cell progress bar.")
 @click.pass_context
@@ -101,8 +117,11 @@ def run_cmd(ctx: click.Context, steps: tuple[str, ...], pairs, files, run_id, no
     settings = _settings(ctx)
     try:
         manifest = run_pipeline(
-            list(steps) or None, parameters=_parse_params(pairs, files), settings=settings,
-            run_id=run_id, progress=not no_progress,
+            list(steps) or None,
+            parameters=_parse_params(pairs, files),
+            settings=settings,
+            run_id=run_id,
+            progress=not no_progress,
         )
     except RunnerError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -124,19 +143,32 @@ def _demo_roles(settings) -> None:
     path = roles_file(settings)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(f"# who may do what (viewer, analyst, approver, admin)\nroles:\n  {local_user()}: admin\n")
+        path.write_text(
+            f"# who may do what (viewer, analyst, approver, admin)\nroles:\n  {local_user()}: admin\n"
+        )
         click.echo(f"Wrote {path}: {local_user()} is admin for the demo.")
 
 
 @main.command("demo")
-@click.option("--accounts", default=None, type=int, help="Simulated accounts (default: the notebook's).")
-@click.option("--months", default=None, type=int, help="Simulated months (default: the notebook's).")
+@click.option(
+    "--accounts", default=None, type=int, help="Simulated accounts (default: the notebook's)."
+)
+@click.option(
+    "--months", default=None, type=int, help="Simulated months (default: the notebook's)."
+)
 @click.pass_context
 def demo_cmd(ctx: click.Context, accounts: int | None, months: int | None) -> None:
     """Simulate a company and run the whole pipeline on it."""
     params = {k: v for k, v in {"accounts": accounts, "months": months}.items() if v is not None}
     _demo_roles(_settings(ctx))
-    ctx.invoke(run_cmd, steps=(), pairs=tuple(f"{k}={v}" for k, v in params.items()), files=(), run_id=None, no_progress=False)
+    ctx.invoke(
+        run_cmd,
+        steps=(),
+        pairs=tuple(f"{k}={v}" for k, v in params.items()),
+        files=(),
+        run_id=None,
+        no_progress=False,
+    )
     click.echo("Dashboards: `make serve`, then open the URL it prints.")
 
 
@@ -149,9 +181,21 @@ def demo_cmd(ctx: click.Context, accounts: int | None, months: int | None) -> No
 @click.option("--seed", default=0, show_default=True, help="Random seed (same seed, same bytes).")
 @click.option("--start", default="2023-01-01", show_default=True, help="First day simulated.")
 @click.option("--faults", is_flag=True, help="Inject ingestion faults (listed in a manifest).")
-@click.option("--regime-change", type=int, default=None, help="Month index from which behaviour shifts.")
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Data folder (default: the configured data_dir).")
-@click.option("--workers", default=1, show_default=True, help="Processes (output is identical for any number).")
+@click.option(
+    "--regime-change", type=int, default=None, help="Month index from which behaviour shifts."
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Data folder (default: the configured data_dir).",
+)
+@click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    help="Processes (output is identical for any number).",
+)
 @click.pass_context
 def simulate_cmd(ctx, accounts, months, seed, start, faults, regime_change, out, workers) -> None:
     """Simulate a subscription company as Stripe events and CSV exports, with its ground truth."""
@@ -159,8 +203,15 @@ def simulate_cmd(ctx, accounts, months, seed, start, faults, regime_change, out,
 
     settings = _settings(ctx)
     summary = simulate(
-        accounts=accounts, months=months, seed=seed, start=start, faults=faults,
-        regime_change=regime_change, out=out or settings.data_dir, progress=True, workers=workers,
+        accounts=accounts,
+        months=months,
+        seed=seed,
+        start=start,
+        faults=faults,
+        regime_change=regime_change,
+        out=out or settings.data_dir,
+        progress=True,
+        workers=workers,
     )
     for key, value in summary.to_dict().items():
         if not isinstance(value, dict | list):
@@ -172,16 +223,27 @@ def simulate_cmd(ctx, accounts, months, seed, start, faults, regime_change, out,
 
 @main.command("ingest")
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--source", type=click.Choice(["stripe", "webhook", "stripe-csv", "csv"]), default="stripe",
-              show_default=True, help="What the files are.")
-@click.option("--mapping", default=None, help="CSV mapping: a bundled name or a YAML path (default: detect).")
+@click.option(
+    "--source",
+    type=click.Choice(["stripe", "webhook", "stripe-csv", "csv"]),
+    default="stripe",
+    show_default=True,
+    help="What the files are.",
+)
+@click.option(
+    "--mapping", default=None, help="CSV mapping: a bundled name or a YAML path (default: detect)."
+)
 @click.pass_context
-def ingest_cmd(ctx: click.Context, paths: tuple[str, ...], source: str, mapping: str | None) -> None:
+def ingest_cmd(
+    ctx: click.Context, paths: tuple[str, ...], source: str, mapping: str | None
+) -> None:
     """Load files or folders into the warehouse (idempotent; bad records are quarantined)."""
     from workbench.ingest import IngestError, ingest
 
     try:
-        report = ingest(list(paths), source=source, mapping=mapping, settings=_settings(ctx), progress=True)
+        report = ingest(
+            list(paths), source=source, mapping=mapping, settings=_settings(ctx), progress=True
+        )
     except IngestError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(str(report))
@@ -229,10 +291,22 @@ def erase_cmd(ctx: click.Context, customer_id: str, why: str) -> None:
 
 @main.group("revenue", invoke_without_command=True)
 @click.option("--policy", default="stripe", show_default=True, help="MRR policy name.")
-@click.option("--currency", "reporting_currency", default=None, help="Reporting currency (default: configured).")
-@click.option("--out", type=click.Path(), default=None, help="Write account-month MRR and the bridge here (.csv or .parquet folder).")
+@click.option(
+    "--currency",
+    "reporting_currency",
+    default=None,
+    help="Reporting currency (default: configured).",
+)
+@click.option(
+    "--out",
+    type=click.Path(),
+    default=None,
+    help="Write account-month MRR and the bridge here (.csv or .parquet folder).",
+)
 @click.pass_context
-def revenue_group(ctx: click.Context, policy: str, reporting_currency: str | None, out: str | None) -> None:
+def revenue_group(
+    ctx: click.Context, policy: str, reporting_currency: str | None, out: str | None
+) -> None:
     """MRR under a named policy; `revenue diff` reconciles two policies."""
     if ctx.invoked_subcommand is not None:
         return
@@ -245,7 +319,9 @@ def revenue_group(ctx: click.Context, policy: str, reporting_currency: str | Non
     currency = reporting_currency or settings.reporting_currency
     with Warehouse(settings).read(step="revenue") as con:
         if out:
-            for name, path in export(con, policy=policy, out=out, reporting_currency=currency).items():
+            for name, path in export(
+                con, policy=policy, out=out, reporting_currency=currency
+            ).items():
                 click.echo(f"wrote {name}: {path}")
             return
         tiles = kpi_tiles(account_month_mrr(con, policy=policy, reporting_currency=currency))
@@ -254,8 +330,15 @@ def revenue_group(ctx: click.Context, policy: str, reporting_currency: str | Non
 
 
 @revenue_group.command("diff")
-@click.option("--policy", "policies", multiple=True, required=True, help="Two policies (give --policy twice).")
-@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the per account-month diff as CSV.")
+@click.option(
+    "--policy", "policies", multiple=True, required=True, help="Two policies (give --policy twice)."
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Write the per account-month diff as CSV.",
+)
 @click.pass_context
 def revenue_diff_cmd(ctx: click.Context, policies: tuple[str, ...], out: str | None) -> None:
     """Explain, per account-month, why two policies disagree and by how much."""
@@ -266,7 +349,9 @@ def revenue_diff_cmd(ctx: click.Context, policies: tuple[str, ...], out: str | N
         raise click.UsageError("give exactly two policies: --policy a --policy b")
     settings = _settings(ctx)
     with Warehouse(settings).read(step="revenue-diff") as con:
-        diff = diff_policies(con, policies[0], policies[1], reporting_currency=settings.reporting_currency)
+        diff = diff_policies(
+            con, policies[0], policies[1], reporting_currency=settings.reporting_currency
+        )
     click.echo(diff_summary(diff).to_string(index=False))
     if out:
         diff.to_csv(out, index=False)
@@ -290,7 +375,17 @@ def features_list_cmd(entity: str | None) -> None:
     frame = registry_frame()
     if entity:
         frame = frame[frame["entity"] == entity]
-    cols = ["name", "entity", "domain", "aggregation", "window_days", "ttl_hours", "dtype", "version", "description"]
+    cols = [
+        "name",
+        "entity",
+        "domain",
+        "aggregation",
+        "window_days",
+        "ttl_hours",
+        "dtype",
+        "version",
+        "description",
+    ]
     click.echo(frame[[c for c in cols if c in frame]].to_string(index=False, max_colwidth=60))
     click.echo(f"\n{len(frame)} features")
 
@@ -310,8 +405,11 @@ def models_list_cmd(ctx: click.Context) -> None:
     from workbench.models import list_models
 
     frame = list_models(settings=_settings(ctx))
-    click.echo("No model registered yet: run 05_churn / 06_recovery." if frame.empty
-               else frame.to_string(index=False, max_colwidth=30))
+    click.echo(
+        "No model registered yet: run 05_churn / 06_recovery."
+        if frame.empty
+        else frame.to_string(index=False, max_colwidth=30)
+    )
 
 
 @models_group.command("card")
@@ -336,7 +434,9 @@ def models_promote_cmd(ctx: click.Context, model: str, version: str, reason: str
     from workbench.models import request_promotion
 
     settings = _settings(ctx)
-    outcome = request_promotion(model, version, who=resolve_identity(settings), reason=reason, settings=settings)
+    outcome = request_promotion(
+        model, version, who=resolve_identity(settings), reason=reason, settings=settings
+    )
     click.echo(outcome.message)
     if not outcome.ok:
         sys.exit(1)
@@ -347,7 +447,9 @@ def models_promote_cmd(ctx: click.Context, model: str, version: str, reason: str
 
 @main.command("receive")
 @click.option("--port", default=8787, show_default=True, help="Port to listen on.")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default)."
+)
 @click.pass_context
 def receive_cmd(ctx: click.Context, port: int, host: str) -> None:
     """Receive Stripe webhooks at POST /webhooks/stripe (secrets from $STRIPE_WEBHOOK_SECRET)."""
@@ -372,8 +474,12 @@ def audit_group() -> None:
 
 
 @audit_group.command("verify")
-@click.option("--head-file", type=click.Path(dir_okay=False), default=None,
-              help="A head exported earlier (detects truncation).")
+@click.option(
+    "--head-file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="A head exported earlier (detects truncation).",
+)
 @click.pass_context
 def audit_verify_cmd(ctx: click.Context, head_file: str | None) -> None:
     """Recompute the chain; exit 1 and name the first bad entry if anything was changed."""
@@ -397,8 +503,14 @@ def audit_export_cmd(ctx: click.Context, path: str) -> None:
 
 
 @main.command("approvals")
-@click.option("--status", "statuses", multiple=True, default=("pending",), show_default=True,
-              help="Statuses to list (repeatable).")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    default=("pending",),
+    show_default=True,
+    help="Statuses to list (repeatable).",
+)
 @click.option("--limit", default=50, show_default=True)
 @click.pass_context
 def approvals_cmd(ctx: click.Context, statuses: tuple[str, ...], limit: int) -> None:
@@ -406,7 +518,9 @@ def approvals_cmd(ctx: click.Context, statuses: tuple[str, ...], limit: int) -> 
     from workbench.approvals import open_store, queue_frame
 
     frame = queue_frame(open_store(_settings(ctx)), statuses=list(statuses), limit=limit)
-    click.echo("The queue is empty." if frame.empty else frame.to_string(index=False, max_colwidth=40))
+    click.echo(
+        "The queue is empty." if frame.empty else frame.to_string(index=False, max_colwidth=40)
+    )
 
 
 @main.group("automation")
@@ -424,14 +538,18 @@ def _automation(ctx: click.Context, *, pause: bool, action_type: str, reason: st
 
     settings = _settings(ctx)
     fn = pause_automation if pause else resume_automation
-    outcome = fn(open_store(settings), who=resolve_identity(settings), action_type=action_type, reason=reason)
+    outcome = fn(
+        open_store(settings), who=resolve_identity(settings), action_type=action_type, reason=reason
+    )
     click.echo(outcome.message)
     if not outcome.ok:
         sys.exit(1)
 
 
 @automation_group.command("pause")
-@click.option("--action", "action_type", default="*", show_default=True, help="Action type, or * for all.")
+@click.option(
+    "--action", "action_type", default="*", show_default=True, help="Action type, or * for all."
+)
 @click.option("--reason", required=True, help="Why (recorded in the audit log).")
 @click.pass_context
 def automation_pause_cmd(ctx: click.Context, action_type: str, reason: str) -> None:
@@ -440,7 +558,9 @@ def automation_pause_cmd(ctx: click.Context, action_type: str, reason: str) -> N
 
 
 @automation_group.command("resume")
-@click.option("--action", "action_type", default="*", show_default=True, help="Action type, or * for all.")
+@click.option(
+    "--action", "action_type", default="*", show_default=True, help="Action type, or * for all."
+)
 @click.option("--reason", required=True, help="Why (recorded in the audit log).")
 @click.pass_context
 def automation_resume_cmd(ctx: click.Context, action_type: str, reason: str) -> None:
@@ -463,8 +583,14 @@ def serve_cmd(ctx: click.Context, port: int, host: str) -> None:
     folder = settings.root / "notebooks" / "dashboards"
     click.echo(f"Dashboards: http://{host}:{port}/  (Ctrl-C to stop)")
     cmd = [
-        sys.executable, "-m", "voila", str(folder), f"--port={port}", f"--Voila.ip={host}",
-        "--no-browser", "--Voila.tornado_settings={'headers': {'Content-Security-Policy': \"frame-ancestors 'self'\"}}",
+        sys.executable,
+        "-m",
+        "voila",
+        str(folder),
+        f"--port={port}",
+        f"--Voila.ip={host}",
+        "--no-browser",
+        "--Voila.tornado_settings={'headers': {'Content-Security-Policy': \"frame-ancestors 'self'\"}}",
     ]
     raise SystemExit(subprocess.call(cmd, cwd=settings.root))
 

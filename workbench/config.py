@@ -85,13 +85,15 @@ def _coerce(name: str, raw: Any, target: Any) -> Any:
             return int(raw)
         return str(raw)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"setting {name!r} has value {raw!r}, which is not a {type(target).__name__}") from exc
+        raise ConfigError(
+            f"setting {name!r} has value {raw!r}, which is not a {type(target).__name__}"
+        ) from exc
 
 
 def _absolute_sqlite(url: str, root: Path) -> str:
     prefix = "sqlite:///"
     if url.startswith(prefix) and not url.startswith(prefix + "/"):
-        return prefix + str((root / url[len(prefix):]).resolve())
+        return prefix + str((root / url[len(prefix) :]).resolve())
     return url
 
 
@@ -114,7 +116,11 @@ def load_settings(root: Path | None = None, *, overrides: dict[str, Any] | None 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
 
-    toml_path = Path(os.environ["WORKBENCH_CONFIG"]) if os.environ.get("WORKBENCH_CONFIG") else root / "workbench.toml"
+    toml_path = (
+        Path(os.environ["WORKBENCH_CONFIG"])
+        if os.environ.get("WORKBENCH_CONFIG")
+        else root / "workbench.toml"
+    )
     if toml_path.is_file():
         try:
             data = tomllib.loads(toml_path.read_text())
@@ -144,10 +150,16 @@ def load_settings(root: Path | None = None, *, overrides: dict[str, Any] | None 
     # Paths under the data directory follow it unless set on their own.
     data_dir = Path(values.get("data_dir", defaults.data_dir))
     data_dir = data_dir if data_dir.is_absolute() else root / data_dir
-    for key, rel in (("warehouse_path", "warehouse/warehouse.duckdb"), ("snapshot_dir", "snapshots")):
+    for key, rel in (
+        ("warehouse_path", "warehouse/warehouse.duckdb"),
+        ("snapshot_dir", "snapshots"),
+    ):
         if key not in values:
             values[key] = data_dir / rel
-    for key, rel in (("approvals_url", "approvals/approvals.sqlite"), ("mlflow_tracking_uri", "mlflow/mlflow.db")):
+    for key, rel in (
+        ("approvals_url", "approvals/approvals.sqlite"),
+        ("mlflow_tracking_uri", "mlflow/mlflow.db"),
+    ):
         if key not in values:
             values[key] = f"sqlite:///{data_dir / rel}"
     values["data_dir"] = data_dir
@@ -159,5 +171,7 @@ def load_settings(root: Path | None = None, *, overrides: dict[str, Any] | None 
         values[key] = _absolute_sqlite(str(values.get(key, getattr(defaults, key))), root)
     if values.get("engine", defaults.engine) not in ("duckdb", "spark"):
         raise ConfigError(f"engine must be 'duckdb' or 'spark', not {values['engine']!r}")
-    values["reporting_currency"] = str(values.get("reporting_currency", defaults.reporting_currency)).lower()
+    values["reporting_currency"] = str(
+        values.get("reporting_currency", defaults.reporting_currency)
+    ).lower()
     return Settings(**values, root=root, sources=sources)

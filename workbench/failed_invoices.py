@@ -15,8 +15,17 @@ import numpy as np
 import pandas as pd
 
 INPUT_COLUMNS = [
-    "invoice_id", "account_id", "amount_due", "currency", "amount_due_reporting", "attempt_count",
-    "last_attempt_at", "decline_code", "recovery_probability", "uplift", "model_versions",
+    "invoice_id",
+    "account_id",
+    "amount_due",
+    "currency",
+    "amount_due_reporting",
+    "attempt_count",
+    "last_attempt_at",
+    "decline_code",
+    "recovery_probability",
+    "uplift",
+    "model_versions",
 ]
 
 
@@ -72,8 +81,12 @@ def open_failed_invoices(
     ).df()
     same = frame["currency"].str.lower() == reporting_currency.lower()
     usd_rate = np.where(reporting_currency.lower() == "usd", 1.0, frame["reporting_rate"])
-    converted = np.round(frame["amount_due"] * frame["rate"].where(frame["currency"] != "usd", 1.0) / usd_rate)
-    frame["amount_due_reporting"] = pd.array(np.where(same, frame["amount_due"], converted), dtype="Int64")
+    converted = np.round(
+        frame["amount_due"] * frame["rate"].where(frame["currency"] != "usd", 1.0) / usd_rate
+    )
+    frame["amount_due_reporting"] = pd.array(
+        np.where(same, frame["amount_due"], converted), dtype="Int64"
+    )
     frame["recovery_probability"] = np.nan
     frame["uplift"] = np.nan
     frame["model_versions"] = ""

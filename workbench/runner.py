@@ -37,9 +37,23 @@ log = logging.getLogger(__name__)
 
 PIPELINE_DIR = "notebooks"
 KEY_PACKAGES = (
-    "billing-workbench", "pandas", "numpy", "duckdb", "pyarrow", "statsforecast", "lightgbm",
-    "scikit-learn", "shap", "evidently", "altair", "ipywidgets", "voila", "papermill", "mlflow",
-    "feast", "pandera",
+    "billing-workbench",
+    "pandas",
+    "numpy",
+    "duckdb",
+    "pyarrow",
+    "statsforecast",
+    "lightgbm",
+    "scikit-learn",
+    "shap",
+    "evidently",
+    "altair",
+    "ipywidgets",
+    "voila",
+    "papermill",
+    "mlflow",
+    "feast",
+    "pandera",
 )
 
 
@@ -51,7 +65,9 @@ class StepFailed(RuntimeError):
     """A notebook failed; the executed notebook with the error is in the run folder."""
 
     def __init__(self, step: str, output: Path, message: str) -> None:
-        super().__init__(f"step {step} failed: {message}\nThe failed notebook, with the error at the top, is {output}")
+        super().__init__(
+            f"step {step} failed: {message}\nThe failed notebook, with the error at the top, is {output}"
+        )
         self.step = step
         self.output = output
 
@@ -110,7 +126,9 @@ def notebook_parameters(path: Path) -> list[Parameter]:
     nb = nbformat.read(path, as_version=4)
     tagged = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
     if len(tagged) != 1:
-        raise RunnerError(f"{path}: expected exactly one cell tagged 'parameters', found {len(tagged)}")
+        raise RunnerError(
+            f"{path}: expected exactly one cell tagged 'parameters', found {len(tagged)}"
+        )
     params: list[Parameter] = []
     source = tagged[0].source
     tree = ast.parse(source)
@@ -160,8 +178,7 @@ def resolve_steps(root: Path, steps: Sequence[str] | None) -> list[Path]:
             chosen.append(candidate.resolve())
             continue
         matches = [
-            p for p in available
-            if step in (p.stem, p.stem[:2], p.stem[3:]) or p.name == step
+            p for p in available if step in (p.stem, p.stem[:2], p.stem[3:]) or p.name == step
         ]
         if len(matches) != 1:
             known = ", ".join(p.stem for p in available)
@@ -182,7 +199,9 @@ def bind_parameters(
     declared = {nb: {p.name: p for p in notebook_parameters(nb)} for nb in notebooks}
     unknown = set(given) - {name for params in declared.values() for name in params}
     if unknown:
-        listing = "; ".join(f"{nb.stem}: {', '.join(ps) or '(none)'}" for nb, ps in declared.items())
+        listing = "; ".join(
+            f"{nb.stem}: {', '.join(ps) or '(none)'}" for nb, ps in declared.items()
+        )
         raise RunnerError(
             f"unknown parameter(s) {', '.join(sorted(unknown))}. Parameters by step: {listing}"
         )
@@ -252,8 +271,11 @@ def git_commit(root: Path) -> str | None:
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-            capture_output=True, text=True, check=True,
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
@@ -268,7 +290,9 @@ def render_html(notebook: Path, target: Path) -> Path:
     """Render an executed notebook to HTML without code cells (a report, not code)."""
     from nbconvert import HTMLExporter
 
-    exporter = HTMLExporter(exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+    exporter = HTMLExporter(
+        exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True
+    )
     body, _ = exporter.from_notebook_node(nbformat.read(notebook, as_version=4))
     target.write_text(body)
     return target
@@ -285,14 +309,14 @@ def write_index(reports_dir: Path) -> Path:
         run_dir = manifest_path.parent.name
         links = " ".join(
             f'<a href="{html.escape(run_dir)}/{html.escape(Path(s["notebook"]).stem)}.html">'
-            f'{html.escape(s["step"])}</a>'
-            f'{"" if s["status"] == "ok" else " (" + html.escape(s["status"]) + ")"}'
+            f"{html.escape(s['step'])}</a>"
+            f"{'' if s['status'] == 'ok' else ' (' + html.escape(s['status']) + ')'}"
             for s in m.get("steps", [])
         )
         rows.append(
             f"<tr><td>{html.escape(m['run_id'])}</td><td>{html.escape(m['status'])}</td>"
             f"<td>{html.escape(m['started_at'])}</td><td>{m.get('duration_s') or ''}</td>"
-            f"<td>{links}</td><td><a href=\"{html.escape(run_dir)}/manifest.json\">manifest</a></td></tr>"
+            f'<td>{links}</td><td><a href="{html.escape(run_dir)}/manifest.json">manifest</a></td></tr>'
         )
     page = (
         "<!doctype html><meta charset='utf-8'><title>Billing Workbench runs</title>"
@@ -300,7 +324,8 @@ def write_index(reports_dir: Path) -> Path:
         "tr:nth-child(even){background:#f4f4f4}</style>"
         "<h1>Billing Workbench: pipeline runs</h1><table><tr><th>run</th><th>status</th>"
         "<th>started (UTC)</th><th>seconds</th><th>reports</th><th></th></tr>"
-        + "".join(rows) + "</table>"
+        + "".join(rows)
+        + "</table>"
     )
     index = reports_dir / "index.html"
     index.write_text(page)
@@ -361,18 +386,26 @@ def run_pipeline(
         started_at=_now(),
         git_commit=git_commit(root),
         packages=package_versions(),
-        steps=[StepRecord(step=nb.stem, notebook=str(nb.relative_to(root)) if nb.is_relative_to(root) else str(nb)) for nb in notebooks],
+        steps=[
+            StepRecord(
+                step=nb.stem,
+                notebook=str(nb.relative_to(root)) if nb.is_relative_to(root) else str(nb),
+            )
+            for nb in notebooks
+        ],
     )
     manifest_path = run_dir / "manifest.json"
     manifest_path.write_text(manifest.to_json())
     # Settings reach the kernels through the environment (they inherit it).
     env_backup = dict(os.environ)
-    os.environ.update({
-        "WORKBENCH_HOME": str(root),
-        "WORKBENCH_DATA_DIR": str(settings.data_dir),
-        "WORKBENCH_REPORTS_DIR": str(settings.reports_dir),
-        "WORKBENCH_RUN_ID": run_id,
-    })
+    os.environ.update(
+        {
+            "WORKBENCH_HOME": str(root),
+            "WORKBENCH_DATA_DIR": str(settings.data_dir),
+            "WORKBENCH_REPORTS_DIR": str(settings.reports_dir),
+            "WORKBENCH_RUN_ID": run_id,
+        }
+    )
     t_run = time.perf_counter()
     failure: StepFailed | None = None
     try:
@@ -384,8 +417,13 @@ def run_pipeline(
             t0 = time.perf_counter()
             try:
                 pm.execute_notebook(
-                    str(nb), str(out), parameters=bound[nb], kernel_name=kernel_name,
-                    cwd=str(root), progress_bar=progress, request_save_on_cell_execute=False,
+                    str(nb),
+                    str(out),
+                    parameters=bound[nb],
+                    kernel_name=kernel_name,
+                    cwd=str(root),
+                    progress_bar=progress,
+                    request_save_on_cell_execute=False,
                     log_output=False,
                 )
                 record.status = "ok"

@@ -146,7 +146,9 @@ class Warehouse:
         self.lock = WriterLock(self.path, timeout_s=self.settings.lock_timeout_s)
 
     @contextlib.contextmanager
-    def write(self, *, step: str = "write", transaction: bool = True) -> Iterator[duckdb.DuckDBPyConnection]:
+    def write(
+        self, *, step: str = "write", transaction: bool = True
+    ) -> Iterator[duckdb.DuckDBPyConnection]:
         """Open the warehouse for writing, under the lock, with the canonical tables created.
 
         With ``transaction=True`` (the default) the block runs in one transaction: it commits

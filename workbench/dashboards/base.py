@@ -58,7 +58,9 @@ class Dashboard:
         self.settings = settings or load_settings()
         self.message = widgets.HTML()
         self.content = widgets.VBox()
-        self.root = widgets.VBox([widgets.HTML(CSS), self.message, self.content])  # the notebook holds the title
+        self.root = widgets.VBox(
+            [widgets.HTML(CSS), self.message, self.content]
+        )  # the notebook holds the title
         self.tables: dict[str, pd.DataFrame] = {}
 
     def load(self) -> bool:
@@ -83,7 +85,8 @@ class Dashboard:
             except Exception as exc:  # noqa: BLE001 - shown to the user and logged
                 log.exception("dashboard callback failed")
                 self.show_message(
-                    "error", "Something went wrong",
+                    "error",
+                    "Something went wrong",
                     f"{type(exc).__name__}: {exc}. Re-run the pipeline (`workbench run`) or ask "
                     "the data team; details are in the server log.",
                 )

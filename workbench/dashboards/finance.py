@@ -68,7 +68,9 @@ def finance_view(
         top movers of the last month.
     """
     chosen = {k: [v] for k, v in (segments or {}).items() if v not in (None, ALL)}
-    filtered = metrics.filter_account_months(account_months, segments=chosen or None, start=start, end=end)
+    filtered = metrics.filter_account_months(
+        account_months, segments=chosen or None, start=start, end=end
+    )
     if filtered.empty:
         empty = pd.DataFrame()
         return FinanceView(filtered, empty, {}, empty, empty)
@@ -112,8 +114,10 @@ class FinanceDashboard(Dashboard):
         for seg, dd in self.filters.items():
             dd.add_class(f"wb-filter-{seg}")
         self.period = widgets.SelectionRangeSlider(
-            options=months, index=(max(0, len(months) - 24), len(months) - 1),
-            description="months", layout=widgets.Layout(width="520px"),
+            options=months,
+            index=(max(0, len(months) - 24), len(months) - 1),
+            description="months",
+            layout=widgets.Layout(width="520px"),
         )
         self.tiles = widgets.HTML()
         self.charts = widgets.Output()
@@ -152,53 +156,88 @@ class FinanceDashboard(Dashboard):
         view = self.current_view()
         self.charts.clear_output(wait=True)
         if view.account_months.empty:
-            self.tiles.value = '<div class="wb-empty" data-state="empty">No accounts match these filters.</div>'
+            self.tiles.value = (
+                '<div class="wb-empty" data-state="empty">No accounts match these filters.</div>'
+            )
             self.download.value = ""
             return
         t = view.tiles
         cur = self.currency
-        self.tiles.value = '<div style="display:flex;flex-wrap:wrap">' + "".join([
-            tile_html(f"MRR {t['month']:%b %Y}", money(t["mrr"], cur), key="mrr"),
-            tile_html("ARR", money(t["arr"], cur), key="arr"),
-            tile_html("Paying accounts", f"{t['paying_accounts']:,}", key="paying_accounts"),
-            tile_html("ARPA", money(t["arpa"], cur), key="arpa"),
-            tile_html("Net revenue retention", _pct(t.get("net_revenue_retention")), key="nrr"),
-            tile_html("Gross revenue retention", _pct(t.get("gross_revenue_retention")), key="grr"),
-            tile_html("Logo churn (month)", _pct(t.get("logo_churn_rate")), key="logo_churn"),
-            tile_html("Quick ratio", "–" if t.get("quick_ratio") is None or pd.isna(t.get("quick_ratio"))
-                      else f"{t['quick_ratio']:.2f}", key="quick_ratio"),
-        ]) + "</div>"
+        self.tiles.value = (
+            '<div style="display:flex;flex-wrap:wrap">'
+            + "".join(
+                [
+                    tile_html(f"MRR {t['month']:%b %Y}", money(t["mrr"], cur), key="mrr"),
+                    tile_html("ARR", money(t["arr"], cur), key="arr"),
+                    tile_html(
+                        "Paying accounts", f"{t['paying_accounts']:,}", key="paying_accounts"
+                    ),
+                    tile_html("ARPA", money(t["arpa"], cur), key="arpa"),
+                    tile_html(
+                        "Net revenue retention", _pct(t.get("net_revenue_retention")), key="nrr"
+                    ),
+                    tile_html(
+                        "Gross revenue retention", _pct(t.get("gross_revenue_retention")), key="grr"
+                    ),
+                    tile_html(
+                        "Logo churn (month)", _pct(t.get("logo_churn_rate")), key="logo_churn"
+                    ),
+                    tile_html(
+                        "Quick ratio",
+                        "–"
+                        if t.get("quick_ratio") is None or pd.isna(t.get("quick_ratio"))
+                        else f"{t['quick_ratio']:.2f}",
+                        key="quick_ratio",
+                    ),
+                ]
+            )
+            + "</div>"
+        )
         self.download.value = (
             csv_link(view.bridge, filename="mrr_bridge.csv", label="Download the bridge (CSV)")
             + " · "
-            + csv_link(view.account_months, filename="mrr_account_months.csv", label="Download account-months (CSV)")
+            + csv_link(
+                view.account_months,
+                filename="mrr_account_months.csv",
+                label="Download account-months (CSV)",
+            )
         )
         with self.charts:
             display(charts.mrr_trend_chart(view.bridge, currency=cur))
             display(charts.bridge_waterfall_chart(view.bridge, currency=cur))
             if not view.cohorts.empty:
                 display(charts.cohort_heatmap(view.cohorts, title="Revenue retention by cohort"))
-            display(widgets.HTML("<h4>Top movers this month</h4>" + view.movers.to_html(index=False, classes="wb-movers")))
+            display(
+                widgets.HTML(
+                    "<h4>Top movers this month</h4>"
+                    + view.movers.to_html(index=False, classes="wb-movers")
+                )
+            )
 
     def draw_forecast(self) -> None:
         with self.forecast:
             if "forecast" not in self.tables:
-                display(widgets.HTML(
-                    '<div class="wb-empty" data-state="no-forecast">The revenue forecast appears here '
-                    "once <code>04_forecast</code> has run.</div>"
-                ))
+                display(
+                    widgets.HTML(
+                        '<div class="wb-empty" data-state="no-forecast">The revenue forecast appears here '
+                        "once <code>04_forecast</code> has run.</div>"
+                    )
+                )
                 return
             from workbench.forecast import downside
             from workbench.forecast_charts import fan_chart
 
             fc, hist = self.tables["forecast"], self.tables.get("forecast_history", pd.DataFrame())
             last = downside(fc).sort_values("ds").iloc[-1]
-            display(widgets.HTML(
-                tile_html(
-                    f"P95 downside MRR {pd.Timestamp(last['ds']):%b %Y}",
-                    money(round(float(last["downside"]) * 100), self.currency), key="p95_downside",
+            display(
+                widgets.HTML(
+                    tile_html(
+                        f"P95 downside MRR {pd.Timestamp(last['ds']):%b %Y}",
+                        money(round(float(last["downside"]) * 100), self.currency),
+                        key="p95_downside",
+                    )
                 )
-            ))
+            )
             display(fan_chart(hist, fc, y_title=f"MRR ({self.currency.upper()})"))
 
 
@@ -207,4 +246,10 @@ def show() -> None:
     FinanceDashboard().show()
 
 
-__all__: Sequence[str] = ("FinanceDashboard", "FinanceView", "finance_view", "segment_options", "show")
+__all__: Sequence[str] = (
+    "FinanceDashboard",
+    "FinanceView",
+    "finance_view",
+    "segment_options",
+    "show",
+)
