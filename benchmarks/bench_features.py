@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> None:
     pandas_s, theirs = median_time(lambda: pandas_features(con, spine, comparable), repeat=1)
     pandas_cpu = time.process_time() - cpu0
     ours_cmp_s, ours_cmp = median_time(
-        lambda: build_features(con, spine, features=comparable), repeat=1
+        lambda: build_features(con, spine, features=comparable), repeat=args.repeat
     )
     bad_pandas = mismatches(ours_cmp, theirs, comparable)
     log.info(

@@ -570,8 +570,9 @@ def test_oracle_covers_every_feature_and_data_is_not_trivial() -> None:
         "FROM subscription_history GROUP BY ALL ORDER BY 2 LIMIT 12"
     ).df()
     starts["invoice_id"] = spine.invoice_id.iloc[: len(starts)].to_numpy()
-    spine = pd.concat([spine, starts[spine.columns].astype({"as_of": "datetime64[us, UTC]"})],
-                      ignore_index=True)
+    spine = pd.concat(
+        [spine, starts[spine.columns].astype({"as_of": "datetime64[us, UTC]"})], ignore_index=True
+    )
     built = build_features(con, spine)
     assert set(d.REGISTRY) <= set(built.columns)
     constant = [f.name for f in d.FEATURES if built[f.name].dropna().nunique() < 2]
