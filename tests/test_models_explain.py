@@ -128,3 +128,75 @@ def test_phrases_fall_back_to_the_description() -> None:
         "some_new_feature", 2.5, descriptions={"some_new_feature": "Widgets per day."}
     ) == ("Widgets per day: 2.50")
     assert explain.phrase("some_new_feature", None) == "some new feature: unknown"
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"num_leaves": 15},
+        {"num_leaves": 31, "zero_as_missing": True},
+        {"num_leaves": 4, "bagging_fraction": 0.7, "bagging_freq": 1},
+    ],
+)
+def test_table_treeshap_equals_pred_contrib(params: dict) -> None:
+    from workbench.models.treeshap import TreeShap
+
+    rng = np.random.default_rng(5)
+    n = 4000
+    X = pd.DataFrame(
+        {
+            "a": rng.normal(size=n),
+            "b": pd.Categorical(rng.choice(list("wxyz"), n), categories=list("wxyz")),
+            "c": np.where(rng.uniform(size=n) < 0.2, np.nan, rng.normal(size=n)),
+            "d": np.where(rng.uniform(size=n) < 0.3, 0.0, rng.normal(size=n)),
+            "e": rng.integers(0, 5, n).astype(float),
+        }
+    )
+    X.loc[rng.uniform(size=n) < 0.05, "b"] = np.nan
+    y = (
+        X.a + (X.b == "x") + np.nan_to_num(X.c) - X.d + 0.3 * X.e + rng.normal(size=n) > 0.8
+    ).astype(int)
+    base = {"objective": "binary", "verbose": -1, "min_data_per_group": 5, "cat_smooth": 1.0}
+    booster = lgb.train({**base, **params}, lgb.Dataset(X, y), 60)
+    ts = TreeShap(booster)
+    assert ts.fast
+    ours = ts.contributions(X)
+    np.testing.assert_allclose(ours, booster.predict(X, pred_contrib=True), rtol=0, atol=1e-9)
+    # the first 40 trees only
+    part = TreeShap(booster, num_iteration=40).contributions(X.head(100))
+    ref = booster.predict(X.head(100), num_iteration=40, pred_contrib=True)
+    np.testing.assert_allclose(part, ref, atol=1e-9)
+
+
+def test_treeshap_falls_back_to_pred_contrib(monkeypatch) -> None:
+    from workbench.models import treeshap
+
+    rng = np.random.default_rng(6)
+    X = pd.DataFrame({"a": rng.normal(size=500), "b": rng.normal(size=500)})
+    booster = lgb.train(
+        {"objective": "binary", "verbose": -1, "num_leaves": 8},
+        lgb.Dataset(X, (X.a + X.b > 0).astype(int)),
+        10,
+    )
+    monkeypatch.setattr(treeshap, "MAX_PATH_FEATURES", 1)
+    ts = treeshap.TreeShap(booster)
+    assert not ts.fast and "distinct features" in ts.reason
+    np.testing.assert_array_equal(ts.contributions(X), booster.predict(X, pred_contrib=True))
+
+
+def test_treeshap_handles_a_model_that_cannot_split() -> None:
+    from workbench.models.treeshap import TreeShap
+
+    rng = np.random.default_rng(7)
+    X = pd.DataFrame({"a": rng.normal(size=40), "b": rng.normal(size=40)})
+    # too few rows for a leaf of 25: LightGBM keeps one single-leaf tree (the uplift
+    # learners meet this on tiny experiments)
+    booster = lgb.train(
+        {"objective": "regression", "verbose": -1, "min_data_in_leaf": 25},
+        lgb.Dataset(X, X.a),
+        5,
+    )
+    assert "split_feature" not in booster.dump_model()["tree_info"][0]["tree_structure"]
+    out = TreeShap(booster).contributions(X)
+    np.testing.assert_allclose(out, booster.predict(X, pred_contrib=True), atol=1e-12)
+    assert (out[:, :2] == 0).all()

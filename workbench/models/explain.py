@@ -1,9 +1,11 @@
-"""Explanations: SHAP values from LightGBM itself, global importance, plain-words reasons.
+"""Explanations: exact SHAP values, global importance, plain-words reasons.
 
-``booster.predict(X, pred_contrib=True)`` computes exact TreeSHAP values (the same
-algorithm and numbers as ``shap.TreeExplainer`` in its default tree-path-dependent mode)
-without the explainer's set-up cost. Values are in the model's raw score (log-odds)
-before calibration; per row they sum, with the ``bias`` column, to the raw score.
+SHAP values are path-dependent TreeSHAP, the numbers of LightGBM's
+``booster.predict(X, pred_contrib=True)`` and of ``shap.TreeExplainer`` (which, for
+LightGBM, calls ``pred_contrib``); :mod:`workbench.models.treeshap` computes them from
+per-leaf tables built once per model, several times faster. Values are in the model's
+raw score (log-odds) before calibration; per row they sum, with the ``bias`` column, to
+the raw score.
 
 :func:`top_reasons` turns each row's largest contributions into short phrases such as
 "3 failed payments in the last 30 days" or "usage down 40% (last 30 days vs the 60 before)",
@@ -36,8 +38,24 @@ class _HasBooster(Protocol):
     def matrix(self, frame: pd.DataFrame) -> pd.DataFrame: ...
 
 
+def explainer(booster, num_iteration: int | None, owner: object):  # noqa: ANN001, ANN201
+    """The :class:`~workbench.models.treeshap.TreeShap` of a booster, built once and kept on
+    ``owner`` (the model object) for later calls."""
+    from workbench.models.treeshap import TreeShap
+
+    cache = owner.__dict__.setdefault("_treeshap", {})
+    key = (id(booster), num_iteration)
+    if key not in cache:
+        cache[key] = TreeShap(booster, num_iteration=num_iteration)
+    return cache[key]
+
+
 def contributions(model: _HasBooster, frame: pd.DataFrame) -> pd.DataFrame:
     """SHAP values per row and feature (raw log-odds), plus the ``bias`` column.
+
+    Exact path-dependent TreeSHAP, the values of LightGBM's ``pred_contrib`` (and of
+    ``shap.TreeExplainer``), computed by :mod:`workbench.models.treeshap` from tables
+    built once per model.
 
     Args:
         model: A :class:`~workbench.models.training.BinaryModel` (or anything with a
@@ -48,7 +66,7 @@ def contributions(model: _HasBooster, frame: pd.DataFrame) -> pd.DataFrame:
         A frame with the same index, one column per feature and ``bias``.
     """
     X = model.matrix(frame)
-    values = model.booster.predict(X, num_iteration=model.best_iteration, pred_contrib=True)
+    values = explainer(model.booster, model.best_iteration, model).contributions(X)
     return pd.DataFrame(values, index=frame.index, columns=[*model.features, BIAS])
 
 

@@ -249,17 +249,19 @@ class UpliftModel:
     def contributions(self, frame: pd.DataFrame) -> pd.DataFrame:
         """SHAP values of the uplift (X-learner: exact, in uplift units; T-learner: the
         difference of the two arms' log-odds contributions)."""
+        from workbench.models.explain import explainer
+
         X = self.matrix(frame)
         cols = [*self.features, "bias"]
+
+        def shap(part: str) -> np.ndarray:
+            return explainer(self.boosters[part], None, self).contributions(X)
+
         if self.learner == "x":
             e = self.propensity
-            v = e * self.boosters["tau0"].predict(X, pred_contrib=True) + (1 - e) * self.boosters[
-                "tau1"
-            ].predict(X, pred_contrib=True)
+            v = e * shap("tau0") + (1 - e) * shap("tau1")
         else:
-            v = self.boosters["mu0"].predict(X, pred_contrib=True) - self.boosters["mu1"].predict(
-                X, pred_contrib=True
-            )
+            v = shap("mu0") - shap("mu1")
         return pd.DataFrame(v, index=frame.index, columns=cols)
 
     def save(self, path: Path) -> Path:
