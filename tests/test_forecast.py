@@ -425,11 +425,13 @@ def test_fan_chart_spec(fitted: RevenueForecaster, panel: pd.DataFrame) -> None:
 def test_segment_series_fills_months_without_accounts_with_zero() -> None:
     from workbench.forecast import segment_series
 
-    am = pd.DataFrame({
-        "month": pd.to_datetime(["2024-01-01", "2024-01-01", "2024-03-01"]),
-        "region": ["EU", "NA", "NA"],
-        "mrr": [1000, 250, 500],
-    })
+    am = pd.DataFrame(
+        {
+            "month": pd.to_datetime(["2024-01-01", "2024-01-01", "2024-03-01"]),
+            "region": ["EU", "NA", "NA"],
+            "mrr": [1000, 250, 500],
+        }
+    )
     out = segment_series(am, segments=["region"])
     assert len(out) == 6  # 2 regions x 3 months, February included
     eu = out[out["region"] == "EU"]["y"].tolist()
