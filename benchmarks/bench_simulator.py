@@ -132,14 +132,21 @@ def to_result(name: str, spec: dict, runs: list[dict]) -> Result:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="only the demo-size run (3000 x 36)")
+    parser.add_argument(
+        "--scale-only", action="store_true", help="only the 100,000 x 36 run (2 workers)"
+    )
     parser.add_argument("--run-one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run_one:
         print(json.dumps(run_one(json.loads(args.run_one))))
         return
-    workloads = (
-        [("demo", DEMO)] if args.small else [("demo", DEMO), ("scale", {**SCALE, "digest": False})]
-    )
+    scale = ("scale", {**SCALE, "digest": False})
+    if args.small:
+        workloads, name = [("demo", DEMO)], "simulator_small"
+    elif args.scale_only:
+        workloads, name = [scale], "simulator_scale"
+    else:
+        workloads, name = [("demo", DEMO), scale], "simulator"
     results = []
     for name, spec in workloads:
         runs = measure(spec)
@@ -151,7 +158,7 @@ def main() -> None:
         )
         results.append(res)
         # record after every workload, so a long scale run never loses the earlier rows
-        path = record(results, name="simulator" if not args.small else "simulator_small")
+        path = record(results, name=name)
         print(f"recorded {path}", flush=True)
 
 
