@@ -108,6 +108,18 @@ def _binary_rows(  # noqa: ANN001
         }
         if "oracle_at_t_auc" in cmp and cmp["oracle_at_t_auc"] == cmp["oracle_at_t_auc"]:
             extra["oracle_at_t_auc"] = round(float(cmp["oracle_at_t_auc"]), 4)
+        # how much of the gap is sampling noise, and what ECE the truth itself shows here
+        for k in (
+            "auc_gap_low",
+            "auc_gap_high",
+            "auc_gap_at_t",
+            "auc_gap_at_t_low",
+            "auc_gap_at_t_high",
+            "ece_floor",
+            "ece_floor_p95",
+        ):
+            if k in cmp and cmp[k] == cmp[k]:
+                extra[k] = round(float(cmp[k]), 4)
         other = comparison_all[
             (comparison_all["model"] == run.name) & (comparison_all["subset"] != cmp["subset"])
         ]

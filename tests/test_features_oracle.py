@@ -273,6 +273,9 @@ class Oracle:
             r = self._by_key(self.inv, "account_id", a)
             r = r[(r.first_fail_us <= t) & (r.close_us > t)]
             return len(r) if name == "dunning_invoices_open" else float(r.amount_due.sum())
+        if name == "failed_invoices_total":
+            r = self._by_key(self.inv, "account_id", a)
+            return int((r.first_fail_us <= t).sum())
         if name == "retries_on_open_invoices":
             fo = self._by_key(self.failed_open, "acc", a)
             return int(((fo.ts <= t) & (fo.valid_to > t)).sum())
@@ -323,6 +326,11 @@ class Oracle:
         if name in ("usage_avg_daily_7d", "usage_avg_daily_30d"):
             w = 7 if "7d" in name else 30
             return self.window(u, "account_id", a, t, w).quantity.sum() / w
+        if name in ("usage_per_seat_7d", "usage_per_seat_30d"):
+            w = 7 if "7d" in name else 30
+            seats = self.in_force(self.fr["h_paying"], "account_id", a, t).qty.sum()
+            used = self.window(u, "account_id", a, t, w).quantity.sum() / w
+            return used / seats if seats else np.nan
         if name in ("usage_avg_daily_prior_60d", "usage_drop_pct_30d_vs_prior_60d"):
             prior = self.window(u, "account_id", a, t - 30 * DAY, 60).quantity.sum() / 60
             if name == "usage_avg_daily_prior_60d":
@@ -412,6 +420,12 @@ class Oracle:
             return np.nan if lastf is None else (t - lastf.ts) / HOUR
         if name == "invoice_failure_day_of_month":
             return np.nan if lastf is None else lastf.dom
+        if name == "invoice_failure_days_to_payday":
+            if lastf is None:
+                return np.nan
+            day = pd.Timestamp(int(lastf.ts), unit="us", tz="UTC")
+            paydays = {1, 2, 15, 16, day.days_in_month - 1, day.days_in_month}
+            return float(next(k for k in range(40) if (day + pd.Timedelta(days=k)).day in paydays))
         raise KeyError(name)
 
     def subscription(self, name: str, s: str, t: int):

@@ -130,3 +130,42 @@ def test_charts_encode_the_tables() -> None:
     assert shap_chart["encoding"]["y"]["sort"] == ["a", "b"]  # most important first
     name = next(iter(shap_chart["datasets"]))
     assert len(shap_chart["datasets"][name]) == 200  # 100 rows x 2 features
+
+
+def test_auc_gap_interval_covers_the_gap_and_shrinks_with_rows() -> None:
+    rng = np.random.default_rng(7)
+
+    def sample(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        truth = rng.uniform(0, 0.6, n)
+        y = (rng.uniform(0, 1, n) < truth).astype(int)
+        model = np.clip(truth + rng.normal(0, 0.15, n), 0, 1)
+        groups = np.repeat(np.arange(n // 4), 4)  # four rows per "account"
+        return y, model, truth, groups
+
+    y, model, truth, groups = sample(800)
+    gap = ev.roc_auc(y, truth) - ev.roc_auc(y, model)
+    low, high = ev.auc_gap_interval(y, model, truth, groups=groups, n_boot=300)
+    assert low < gap < high and gap > 0
+    y2, model2, truth2, groups2 = sample(8000)
+    low2, high2 = ev.auc_gap_interval(y2, model2, truth2, groups=groups2, n_boot=200)
+    assert high2 - low2 < (high - low) * 0.6  # ten times the rows: about a third as wide
+    # identical scores: no gap in any resample
+    assert ev.auc_gap_interval(y, truth, truth, n_boot=50) == (0.0, 0.0)
+    cmp = ev.oracle_comparison(y, model, truth, groups=groups, n_boot=100)
+    assert cmp["auc_gap_low"] < cmp["auc_gap"] < cmp["auc_gap_high"]
+
+
+def test_ece_noise_floor_of_true_probabilities() -> None:
+    rng = np.random.default_rng(8)
+    p = rng.uniform(0.05, 0.6, 700)
+    mean, p95 = ev.ece_noise_floor(p, n_sim=300)
+    # even the true probabilities show an ECE of a few points on 700 rows...
+    sims = [
+        ev.expected_calibration_error((rng.uniform(0, 1, 700) < p).astype(int), p)
+        for _ in range(200)
+    ]
+    assert mean == pytest.approx(np.mean(sims), rel=0.15)
+    assert 0.015 < mean < p95 < 0.06
+    # ...and far less on 70,000
+    big = rng.uniform(0.05, 0.6, 70_000)
+    assert ev.ece_noise_floor(big, n_sim=50)[0] < mean / 5

@@ -156,3 +156,77 @@ def test_experiment_and_true_uplift(world) -> None:
 def test_missing_truth_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="simulated"):
         oracle.read_truth(tmp_path, "churn_hazard")
+
+
+def _dunning_truth(truth: Path) -> dict[str, float]:
+    """One do_not_honor invoice failing on 2024-03-05 10:00, retries at exactly 3/7/14/21
+    days with the simulator's own probabilities (amount 0, no history, health 0)."""
+    from workbench.simulator import behaviour as bh
+
+    t0 = ts("2024-03-05 10:00")
+    at = [t0] + [t0 + pd.Timedelta(days=d) for d in bh.RETRY_DAYS]
+    p = [
+        bh.recovery_probability(
+            decline_code="do_not_honor",
+            attempt=k,
+            days_since_failure=float(bh.RETRY_DAYS[k - 2]),
+            day_of_month=at[k - 1].day,
+            days_in_month=at[k - 1].days_in_month,
+            amount_usd=0.0,
+            health=0.0,
+            prior_failed_invoices=0,
+        )
+        for k in range(2, 6)
+    ]
+    rec = pd.DataFrame(
+        {
+            "invoice_id": ["in_E"] * 5,
+            "account_id": ["E"] * 5,
+            "attempt": [1, 2, 3, 4, 5],
+            "attempt_at": at,
+            "decline_code": ["do_not_honor"] * 5,
+            "p_success": [0.9, *p],
+            "succeeded": [False, False, False, None, None],
+            "p_recovered_7d": [1 - (1 - p[0]) * (1 - p[1])] * 5,
+            "p_recovered_14d": [1 - (1 - p[0]) * (1 - p[1]) * (1 - p[2])] * 5,
+            "p_recovered_30d": [1 - np.prod([1 - q for q in p])] * 5,
+        }
+    )
+    write(truth, "recovery", rec)
+    return {"t0": t0, "p": p}
+
+
+def test_recovery_oracle_at_t_averages_unannounced_retry_times(tmp_path: Path) -> None:
+    truth = tmp_path / "truth"
+    w = _dunning_truth(truth)
+    p2, p3, p4, p5 = w["p"]
+    t0 = w["t0"]
+    spine = pd.DataFrame(
+        {
+            "invoice_id": ["in_E", "in_E", "in_E"],
+            "as_of": [t0, t0 + pd.Timedelta(days=7), t0 + pd.Timedelta(days=21)],
+        }
+    )
+    out = oracle.recovery_oracle(spine, truth_dir=truth, horizons=(7, 30))
+    # 30 days after the first failure every retry is inside whatever its jitter: only the
+    # odds move a little with the retry days (paydays), so it stays close to the truth's
+    assert out.loc[0, "oracle_recovered_30d_at_t"] == pytest.approx(
+        out.loc[0, "oracle_recovered_30d"], abs=0.03
+    )
+    # the day-7 retry sits on the 7-day boundary: inside about half the time, so the value
+    # lies between "day-3 retry only" and "both retries" (the drawn-times oracle has both)
+    only_first = p2
+    both = 1 - (1 - p2) * (1 - p3)
+    mid = out.loc[0, "oracle_recovered_7d_at_t"]
+    assert only_first + 0.2 * (both - only_first) < mid < both - 0.2 * (both - only_first)
+    assert out.loc[0, "oracle_recovered_7d"] == pytest.approx(both)
+    # after the last retry nothing is left to succeed
+    assert out.loc[2, "oracle_recovered_30d_at_t"] == pytest.approx(0.0)
+    assert 0 < out.loc[1, "oracle_recovered_30d_at_t"] < 1
+
+
+def test_recovery_oracle_at_t_without_decline_codes_is_missing(world) -> None:
+    _, truth = world
+    spine = pd.DataFrame({"invoice_id": ["in_D"], "as_of": [ts("2024-02-25")]})
+    out = oracle.recovery_oracle(spine, truth_dir=truth, horizons=(7,))
+    assert np.isnan(out.loc[0, "oracle_recovered_7d_at_t"])

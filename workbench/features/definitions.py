@@ -646,6 +646,16 @@ def _payments() -> list[Feature]:
             "int64",
             "Failed attempts so far on invoices still in dunning.",
         ),
+        _f(
+            "failed_invoices_total",
+            ACC,
+            "payments",
+            "dunning_invoices",
+            "count",
+            "int64",
+            "Invoices that have had a failed payment so far, all history (an invoice counts "
+            "from its first failed attempt, whatever happened to it later).",
+        ),
     ]
     for group, codes in DECLINE_GROUPS.items():
         out.append(
@@ -877,6 +887,22 @@ def _usage() -> list[Feature]:
             inputs=("usage_avg_daily_30d", "usage_avg_daily_prior_60d"),
             op="drop_pct",
             ttl_hours=48,
+        ),
+        *(
+            _f(
+                f"usage_per_seat_{w}d",
+                ACC,
+                "usage",
+                None,
+                "derived",
+                "float64",
+                f"Average daily usage in the last {w} days per licensed seat (null without "
+                "seats): usage in proportion to what the account bought.",
+                inputs=(f"usage_avg_daily_{w}d", "licensed_seats"),
+                op="ratio",
+                ttl_hours=48,
+            )
+            for w in (7, 30)
         ),
         _f(
             "usage_trend_90d",
@@ -1124,6 +1150,15 @@ def _disputes() -> list[Feature]:
     ]
 
 
+#: Days from an attempt's UTC day to the next payday window (1st-2nd, 15th-16th, last two).
+PAYDAY_DAYS = """CASE
+  WHEN day_of_month IN (1, 2, 15, 16)
+       OR day_of_month >= day(last_day(make_timestamp(ts_us))) - 1 THEN 0
+  WHEN day_of_month < 15 THEN 15 - day_of_month
+  ELSE day(last_day(make_timestamp(ts_us))) - 1 - day_of_month
+END"""
+
+
 def _invoice() -> list[Feature]:
     kw = {"ttl_hours": 1}
     return [
@@ -1237,6 +1272,20 @@ def _invoice() -> list[Feature]:
             "float64",
             "Day of month (UTC) of the invoice's last failed attempt.",
             value="day_of_month",
+            filter=FAILED,
+            **kw,
+        ),
+        _f(
+            "invoice_failure_days_to_payday",
+            INV,
+            "invoice",
+            "attempts",
+            "latest",
+            "float64",
+            "Days from the invoice's last failed attempt (UTC day) to the next common payday "
+            "(the 1st-2nd, 15th-16th or last two days of a month; 0 on one): funds that "
+            "arrive on paydays let retries of insufficient-funds declines succeed.",
+            value=PAYDAY_DAYS,
             filter=FAILED,
             **kw,
         ),

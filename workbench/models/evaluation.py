@@ -225,20 +225,117 @@ def metrics_by_cohort(
     return pd.DataFrame(rows)
 
 
-def oracle_comparison(y: Iterable, p_model: Iterable, p_oracle: Iterable) -> dict[str, float]:
-    """Model against the true probabilities on exactly the same rows.
+def _fast_auc(y: np.ndarray, p: np.ndarray) -> float:
+    """ROC-AUC by the rank-sum (Mann-Whitney) formula, ties counted half."""
+    from scipy.stats import rankdata
 
-    Rows where the outcome, the model score or the oracle is missing are dropped from
-    both, so the two are always compared on identical rows.
+    pos = int(y.sum())
+    neg = len(y) - pos
+    if pos == 0 or neg == 0:
+        return float("nan")
+    ranks = rankdata(p)
+    return float((ranks[y == 1].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def auc_gap_interval(
+    y: Iterable,
+    p_model: Iterable,
+    p_oracle: Iterable,
+    *,
+    groups: Iterable | None = None,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Bootstrap interval of the AUC gap (oracle - model) on the same rows.
+
+    Paired: each resample draws rows (or whole ``groups``, e.g. accounts scored at several
+    dates, whose rows are not independent) and computes both AUCs on it, so the interval
+    reflects how much the gap itself moves with the sample, not the two AUCs' separate
+    noise. Rows with a missing value are dropped first.
 
     Returns:
-        ``rows``, ``model_auc``, ``oracle_auc``, ``auc_gap`` (oracle - model),
-        ``model_brier``, ``oracle_brier``, ``model_ece``, ``oracle_ece``.
+        ``(low, high)``: the percentile interval at ``level`` (NaN when too few rows).
     """
     yy = pd.to_numeric(pd.Series(np.asarray(y, dtype=object)), errors="coerce").to_numpy(float)
     pm = np.asarray(p_model, dtype=float)
     po = np.asarray(p_oracle, dtype=float)
     ok = np.isfinite(yy) & np.isfinite(pm) & np.isfinite(po)
+    if ok.sum() < 20 or not 0 < yy[ok].sum() < ok.sum():
+        return float("nan"), float("nan")
+    yy, pm, po = yy[ok].astype(np.int8), pm[ok], po[ok]
+    g = np.arange(len(yy)) if groups is None else np.asarray(list(groups), dtype=object)[ok]
+    codes, _ = pd.factorize(g)
+    members = pd.Series(np.arange(len(yy))).groupby(codes).apply(np.asarray).to_list()
+    rng = np.random.default_rng(seed)
+    gaps = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(members), len(members))
+        idx = np.concatenate([members[i] for i in pick])
+        gaps.append(_fast_auc(yy[idx], po[idx]) - _fast_auc(yy[idx], pm[idx]))
+    gaps = np.asarray(gaps)
+    gaps = gaps[np.isfinite(gaps)]
+    a = (1 - level) / 2
+    return float(np.quantile(gaps, a)), float(np.quantile(gaps, 1 - a))
+
+
+def ece_noise_floor(
+    p: Iterable, *, bins: int = 10, n_sim: int = 300, seed: int = 0
+) -> tuple[float, float]:
+    """The ECE that perfectly calibrated probabilities ``p`` show on this many rows by chance.
+
+    Outcomes are drawn as ``Bernoulli(p)`` ``n_sim`` times and the ECE of ``p`` against
+    them computed: with a few hundred rows, ten bins hold a few dozen rows each and the
+    observed rate in each moves by several points, so even the true probabilities have an
+    ECE well above zero. An ECE goal below this floor cannot be told apart from noise.
+
+    Returns:
+        ``(mean, 95th percentile)`` of the simulated ECE.
+    """
+    pp = np.asarray(p, dtype=float)
+    pp = pp[np.isfinite(pp)]
+    if not len(pp):
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    ids = _bin_ids(pp, bins=bins, strategy="uniform")
+    mean_p = np.bincount(ids, weights=pp, minlength=bins)
+    sims = np.empty(n_sim)
+    for i in range(n_sim):
+        y = rng.random(len(pp)) < pp
+        obs = np.bincount(ids, weights=y.astype(float), minlength=bins)
+        sims[i] = float(np.abs(obs - mean_p).sum() / len(pp))
+    return float(sims.mean()), float(np.quantile(sims, 0.95))
+
+
+def oracle_comparison(
+    y: Iterable,
+    p_model: Iterable,
+    p_oracle: Iterable,
+    *,
+    groups: Iterable | None = None,
+    n_boot: int = 0,
+) -> dict[str, float]:
+    """Model against the true probabilities on exactly the same rows.
+
+    Rows where the outcome, the model score or the oracle is missing are dropped from
+    both, so the two are always compared on identical rows.
+
+    Args:
+        groups: Cluster of each row for the bootstrap (e.g. the account).
+        n_boot: Bootstrap resamples for the gap's 95% interval (0: none).
+
+    Returns:
+        ``rows``, ``model_auc``, ``oracle_auc``, ``auc_gap`` (oracle - model),
+        ``model_brier``, ``oracle_brier``, ``model_ece``, ``oracle_ece``,
+        ``ece_floor`` and ``ece_floor_p95`` (the ECE the true probabilities show on these
+        rows by chance alone, see :func:`ece_noise_floor`) and, with ``n_boot``,
+        ``auc_gap_low`` and ``auc_gap_high``.
+    """
+    yy = pd.to_numeric(pd.Series(np.asarray(y, dtype=object)), errors="coerce").to_numpy(float)
+    pm = np.asarray(p_model, dtype=float)
+    po = np.asarray(p_oracle, dtype=float)
+    ok = np.isfinite(yy) & np.isfinite(pm) & np.isfinite(po)
+    gg = None if groups is None else np.asarray(list(groups), dtype=object)[ok]
     yy, pm, po = yy[ok], pm[ok], po[ok]
     out = {
         "rows": float(ok.sum()),
@@ -250,6 +347,11 @@ def oracle_comparison(y: Iterable, p_model: Iterable, p_oracle: Iterable) -> dic
         "oracle_ece": expected_calibration_error(yy, po) if len(yy) else float("nan"),
     }
     out["auc_gap"] = out["oracle_auc"] - out["model_auc"]
+    out["ece_floor"], out["ece_floor_p95"] = ece_noise_floor(po)
+    if n_boot:
+        out["auc_gap_low"], out["auc_gap_high"] = auc_gap_interval(
+            yy, pm, po, groups=gg, n_boot=n_boot
+        )
     return out
 
 

@@ -30,7 +30,14 @@ comes after ``t`` (future involuntary churn) and reactivations are not modelled.
 
 **Recovery within h days of a failed attempt at t**: ``1 - prod(1 - p_success)`` over the
 scheduled retries after ``t`` and no later than ``t + h``. At the first failure this
-equals the simulator's ``p_recovered_<h>d``, which is used there directly.
+equals the simulator's ``p_recovered_<h>d``, which is used there directly. It uses the
+*drawn* retry times (each retry is jittered by up to 18 hours), so whether a retry near
+the window's end falls inside it is known to it and to no model; the ``*_at_t`` variant
+averages over that jitter for the retries not yet made (see :func:`_recovery_at_t`).
+
+**Comparisons** report the AUC gap with a 95% bootstrap interval (resampling accounts,
+paired) and the ECE that the true probabilities themselves show on the same rows by
+chance (``ece_floor``): with a few hundred rows an ECE goal of 0.02 can sit below it.
 
 **Offer uplift** (retention offer at eligibility): the true reduction of the probability
 of churning within ``k`` months, ``(1 - (1 - h (1 - tau))^k) - (1 - (1 - h)^k)`` with
@@ -55,6 +62,8 @@ from workbench.features.offline import to_us
 log = logging.getLogger(__name__)
 
 DAY_US = 86_400_000_000
+#: Bootstrap resamples (by account) for the 95% interval of each AUC gap.
+N_BOOT = 1000
 #: The simulator's share of voluntary cancellations that end the subscription at once.
 IMMEDIATE_SHARE = {"month": 0.25, "year": 0.10}
 
@@ -343,6 +352,110 @@ def recovery_oracle(
             sel = (at > t) & (at <= t + h * DAY_US)
             vals[i] = 1.0 - float(np.prod(1.0 - p[sel]))
         out[f"oracle_recovered_{h}d"] = vals
+    at_t = _recovery_at_t(rec, ids, t_us, horizons=horizons)
+    for h in horizons:
+        out[f"oracle_recovered_{h}d_at_t"] = at_t[h]
+    return out
+
+
+#: Draws of the unannounced retry times per invoice in :func:`_recovery_at_t`.
+JITTER_DRAWS = 256
+
+
+def _retry_logit_terms(decline: str, attempt: int, when_s: np.ndarray, first_s: int) -> np.ndarray:
+    """Log-odds of a retry at ``when_s`` (unix seconds) from its timing alone: the terms of
+    :func:`~workbench.simulator.behaviour.recovery_probability` that depend on the retry
+    time (the rest, amount, history, health and regime, is the same for every retry)."""
+    from workbench.simulator import behaviour as bh
+
+    days = (when_s - first_s) / 86_400.0
+    dt = when_s.astype("datetime64[s]")
+    month = dt.astype("datetime64[M]")
+    dom = (dt.astype("datetime64[D]") - month.astype("datetime64[D]")).astype(np.int64) + 1
+    dim = ((month + 1).astype("datetime64[D]") - month.astype("datetime64[D]")).astype(np.int64)
+    p = np.array(
+        [
+            bh.recovery_probability(
+                decline_code=decline,
+                attempt=attempt,
+                days_since_failure=float(d),
+                day_of_month=int(a),
+                days_in_month=int(b),
+                amount_usd=0.0,
+                health=0.0,
+                prior_failed_invoices=0,
+            )
+            for d, a, b in zip(days.ravel(), dom.ravel(), dim.ravel(), strict=True)
+        ]
+    ).reshape(when_s.shape)
+    return np.log(p / (1.0 - p))
+
+
+def _recovery_at_t(
+    rec: pd.DataFrame,
+    ids: np.ndarray,
+    t_us: np.ndarray,
+    *,
+    horizons: Sequence[int],
+    seed: int = 0,
+) -> dict[int, np.ndarray]:
+    """The recovery oracle given only what is known at ``t``: retries not made yet are
+    averaged over the simulator's timing jitter instead of taken at their drawn times.
+
+    The simulator fixes every retry time at the first failure (``RETRY_DAYS`` after it,
+    each shifted uniformly by up to 18 hours either way) and the odds of each retry depend
+    on that time (days since the failure, paydays). Whether the day-7 retry falls inside a
+    7-day window is a coin flip no one can know at the failure, so :func:`recovery_oracle`
+    (which uses the drawn times) is optimistic. Here each retry after ``t`` is redrawn
+    (conditioned on coming after ``t``); the rest of its log-odds (decline code, amount,
+    history, health) is the true one, recovered from the truth's ``p_success``.
+    """
+    from workbench.simulator import behaviour as bh
+
+    jitter = 18 * 3600
+    rng = np.random.default_rng(seed)
+    out = {h: np.full(len(ids), np.nan) for h in horizons}
+    if "decline_code" not in rec.columns:
+        return out
+    first = rec[rec["attempt"] == 1].set_index("invoice_id")
+    retries = rec[rec["attempt"] > 1].sort_values(["invoice_id", "attempt"])
+    wanted = set(ids.tolist())
+    by_inv = {i: g for i, g in retries.groupby("invoice_id", sort=False) if i in wanted}
+    rows_of: dict[str, list[int]] = {}
+    for i, inv in enumerate(ids):
+        rows_of.setdefault(inv, []).append(i)
+    for inv, rows in rows_of.items():
+        g = by_inv.get(inv)
+        if g is None or inv not in first.index:
+            continue
+        first_s = int(first.loc[inv, "at_us"]) // 1_000_000
+        decline = str(first.loc[inv, "decline_code"])
+        k = g["attempt"].to_numpy(np.int64)
+        if decline not in bh.RETRY_BASE or k.max() - 2 >= len(bh.RETRY_DAYS):
+            continue
+        actual_s = g["at_us"].to_numpy(np.int64) // 1_000_000
+        p_true = np.clip(g["p_success"].to_numpy(np.float64), 1e-12, 1 - 1e-12)
+        # the timing-free part of the log-odds, from the first retry's true probability
+        timing = _retry_logit_terms(decline, int(k[0]), actual_s[:1], first_s)[0]
+        static = float(np.log(p_true[0] / (1 - p_true[0])) - timing)
+        centre = first_s + np.array([bh.RETRY_DAYS[j - 2] * 86_400 for j in k])
+        for i in rows:
+            t_s = int(t_us[i]) // 1_000_000
+            future = actual_s > t_s  # not made yet at t: its time is unknown
+            lo = np.maximum(centre - jitter, t_s + 1)
+            hi = np.maximum(centre + jitter, lo)
+            u = rng.random((JITTER_DRAWS, len(k)))
+            when = np.where(future, lo + u * (hi - lo), actual_s)
+            logit = np.column_stack(
+                [
+                    _retry_logit_terms(decline, int(kk), when[:, j], first_s)
+                    for j, kk in enumerate(k)
+                ]
+            )
+            p = 1.0 / (1.0 + np.exp(-(logit + static)))
+            for h in horizons:
+                inside = future & (when <= t_s + h * 86_400)
+                out[h][i] = float(np.mean(1.0 - np.prod(np.where(inside, 1.0 - p, 1.0), axis=1)))
     return out
 
 
@@ -447,6 +560,9 @@ def evaluate_against_oracle(
             if cmp["oracle_expected_qini"]
             else float("nan")
         )
+        cmp["qini_ratio_low"], cmp["qini_ratio_high"] = _qini_ratio_interval(
+            y.to_numpy(), t.to_numpy(), s["uplift"].to_numpy(), s["oracle_uplift"].to_numpy()
+        )
         result.metrics.update({f"oracle_{k}": v for k, v in cmp.items()})
         result.card["oracle"] = cmp
         rows.append({"model": result.name, "subset": "experiment (cross-fitted)", **cmp})
@@ -464,6 +580,7 @@ def evaluate_against_oracle(
         else:
             o = recovery_oracle(test[["invoice_id", "as_of"]], truth_dir=truth_dir, horizons=(h,))
             test["oracle"] = o[f"oracle_recovered_{h}d"].to_numpy()
+            test["oracle_at_t"] = o[f"oracle_recovered_{h}d_at_t"].to_numpy()
             first = o["oracle_first_failure"].to_numpy(bool)
             subsets = {
                 "test, all failed attempts": np.ones(len(test), bool),
@@ -472,20 +589,56 @@ def evaluate_against_oracle(
         headline = None
         for label, mask in subsets.items():
             part = test[mask]
-            cmp = evaluation.oracle_comparison(part[run.target], part["p_model"], part["oracle"])
+            groups = part["account_id"] if "account_id" in part.columns else None
+            cmp = evaluation.oracle_comparison(
+                part[run.target], part["p_model"], part["oracle"], groups=groups, n_boot=N_BOOT
+            )
             cmp["coverage"] = float(part["oracle"].notna().mean()) if len(part) else float("nan")
-            if run.task == "churn":
-                at_t = evaluation.oracle_comparison(
-                    part[run.target], part["p_model"], part["oracle_at_t"]
-                )
-                cmp["oracle_at_t_auc"] = at_t["oracle_auc"]
-                cmp["oracle_at_t_brier"] = at_t["oracle_brier"]
+            at_t = evaluation.oracle_comparison(
+                part[run.target], part["p_model"], part["oracle_at_t"], groups=groups, n_boot=N_BOOT
+            )
+            cmp["oracle_at_t_auc"] = at_t["oracle_auc"]
+            cmp["oracle_at_t_brier"] = at_t["oracle_brier"]
+            cmp["auc_gap_at_t"] = at_t["auc_gap"]
+            cmp["auc_gap_at_t_low"] = at_t.get("auc_gap_low", float("nan"))
+            cmp["auc_gap_at_t_high"] = at_t.get("auc_gap_high", float("nan"))
             rows.append({"model": run.name, "subset": label, **cmp})
             headline = headline or cmp
         run.evaluation["oracle"] = headline
         run.card["oracle"] = {"subset": next(iter(subsets)), **headline}
         _log(run, {f"oracle_{k}": v for k, v in headline.items()}, settings, log_to_mlflow)
     return pd.DataFrame(rows)
+
+
+def _qini_ratio_interval(
+    y: np.ndarray,
+    t: np.ndarray,
+    score: np.ndarray,
+    truth: np.ndarray,
+    *,
+    n_boot: int = 300,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """Bootstrap 95% interval of the realized Qini ratio (model / true effects).
+
+    Both Qini coefficients are computed on the same resampled experiment rows; with a few
+    hundred rows the realized ratio moves a lot with the sample (the outcomes are mostly
+    noise around small effects), which this makes visible.
+    """
+    from workbench.models import uplift as up
+
+    if len(y) < 20:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    ratios = []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(y), len(y))
+        q_oracle = up.qini_coefficient(y[i], t[i], truth[i])
+        if q_oracle > 0:
+            ratios.append(up.qini_coefficient(y[i], t[i], score[i]) / q_oracle)
+    if len(ratios) < n_boot // 2:
+        return float("nan"), float("nan")
+    return float(np.quantile(ratios, 0.025)), float(np.quantile(ratios, 0.975))
 
 
 def _log(run, metrics: dict, settings, enabled: bool) -> None:  # noqa: ANN001
