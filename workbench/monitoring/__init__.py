@@ -1,0 +1,1 @@
+"""Model monitoring: feature and prediction drift, calibration and expected performance."""
