@@ -1,0 +1,172 @@
+"""Automatic rollback, pausing dependent automation, schema guard, golden cohort maths."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from workbench import audit
+from workbench.approvals import open_store, paused_action_types
+from workbench.config import load_settings
+from workbench.models import registry, training
+from workbench.monitoring import alerts as al
+from workbench.monitoring import golden
+from workbench.monitoring import rollback as rb
+from workbench.schema import create_all
+
+REPO = Path(__file__).resolve().parents[1]
+RULES = al.load_rules(al.DEFAULT_RULES_FILE)
+
+
+def synthetic(n_accounts: int = 120, months: int = 12, seed: int = 0) -> pd.DataFrame:
+    """A churn training set where health drives churn (enough to train a real model)."""
+    rng = np.random.default_rng(seed)
+    as_of = pd.date_range("2024-01-01", periods=months, freq="MS", tz="UTC").astype(
+        "datetime64[us, UTC]"
+    )
+    n = n_accounts * months
+    health = rng.normal(0, 1, n)
+    frame = pd.DataFrame({
+        "account_id": np.repeat([f"cus_{i:04d}" for i in range(n_accounts)], months),
+        "as_of": np.tile(as_of, n_accounts),
+        "health_score": 50 + 15 * health + rng.normal(0, 5, n),
+        "failed_payments_30d": rng.poisson(np.exp(-0.5 - 0.6 * health)).astype(np.int64),
+        "tenure_days": rng.uniform(30, 900, n),
+        "plan_tier": rng.choice(["prod_a", "prod_b"], n),
+        "region": rng.choice(["NA", "EU"], n),
+        "channel": rng.choice(["self-serve", "sales"], n),
+        "mrr": rng.uniform(1000, 9000, n),
+    })  # fmt: skip
+    p = 1 / (1 + np.exp(-(-2.2 - 1.2 * health)))
+    frame["churn_30d"] = pd.array((rng.uniform(0, 1, n) < p).astype(np.int8), dtype="Int8")
+    frame["plan"] = frame["plan_tier"]
+    return frame
+
+
+@pytest.fixture(scope="module")
+def champion(tmp_path_factory):
+    """churn_30d with v1 champion, then v2 champion (its previous champion is v1)."""
+    root = tmp_path_factory.mktemp("monitoring-rollback")
+    settings = load_settings(REPO, overrides={"data_dir": str(root / "data")})
+    res = training.train_churn(None, horizons=(30,), dataset=synthetic(n_accounts=120, months=12),
+                               settings=settings, test_months=3, valid_months=3)  # fmt: skip
+    run = res.runs["churn_30d"]
+    v1 = str(run.version)
+    v2 = str(registry.register_run(run, settings=settings, alias="challenger"))
+    registry.promote("churn_30d", v1, who="alice", reason="first", settings=settings)
+    registry.promote("churn_30d", v2, who="alice", reason="retrained", settings=settings)
+    assert v1 != v2
+    return settings, v1, v2
+
+
+def test_dependent_actions() -> None:
+    assert rb.dependent_actions("churn_90d") == ("retention_offer",)
+    assert "write_off" in rb.dependent_actions("recovery_14d")
+    assert rb.dependent_actions("something_else") == ()
+
+
+def test_healthy_metrics_do_nothing(champion) -> None:
+    settings, _, v2 = champion
+    res = rb.auto_rollback(settings, "churn_30d", {"prediction_drift": 0.0, "champion_ece": 0.01},
+                           rules=RULES)  # fmt: skip
+    assert res.status == "healthy" and not res.alerts
+    assert registry.alias_version("churn_30d", "champion", settings=settings) == v2
+
+
+def test_degraded_champion_rolls_back_pauses_and_audits(champion) -> None:
+    settings, v1, v2 = champion
+    res = rb.auto_rollback(settings, "churn_30d", {"champion_ece": 0.25}, rules=RULES, run_id="r1")
+    assert res.status == "rolled_back", res.message
+    assert (res.from_version, res.to_version) == (v2, v1)
+    assert registry.alias_version("churn_30d", "champion", settings=settings) == v1
+    history = registry.champion_history("churn_30d", settings=settings)
+    assert history.iloc[-1]["via"] == "monitoring" and history.iloc[-1]["who"] == al.MONITOR.user
+    assert "retention_offer" in paused_action_types(settings)
+    alerts = al.list_alerts(settings, status="open")
+    assert (alerts["rule"] == "champion_calibration").any()
+    events = audit.audit_frame(open_store(settings))
+    for event in ("alert.opened", "automation.paused", "model.auto_rolled_back"):
+        assert events["event"].str.startswith(event).any(), event
+    done = events[events["event"] == "model.auto_rolled_back"].iloc[0]
+    assert json.loads(done["details"])["to_version"] == v1
+    assert audit.verify(open_store(settings)).ok
+
+    # the same incident on the next run: the alert is updated, no second rollback
+    again = rb.auto_rollback(settings, "churn_30d", {"champion_ece": 0.3}, rules=RULES)
+    assert again.status == "already_handled" and again.alerts[0].count == 2
+    assert registry.alias_version("churn_30d", "champion", settings=settings) == v1
+
+
+def test_no_earlier_champion_still_pauses(champion) -> None:
+    settings, v1, _ = champion
+    # resolve the live alert: a new incident. v1's only predecessor in the history is v2,
+    # which was rolled back from: monitoring must not flip back to it
+    assert rb.rollback_target("churn_30d", settings=settings) is None
+    for alert_id in al.list_alerts(settings, status="live")["alert_id"]:
+        al.resolve(settings, alert_id, who=al.MONITOR)
+    res = rb.auto_rollback(settings, "churn_30d", {"champion_ece": 0.4}, rules=RULES)
+    assert res.status == "no_previous" and "retention_offer" in res.paused
+    assert registry.alias_version("churn_30d", "champion", settings=settings) == v1
+
+
+def test_model_without_champion(champion) -> None:
+    settings, _, _ = champion
+    res = rb.auto_rollback(settings, "churn_999d", {"prediction_drift": 1.0}, rules=RULES)
+    assert res.status == "no_champion" and res.alerts[0].subject == "churn_999d"
+
+
+def test_schema_change_pauses_affected_steps(tmp_path: Path) -> None:
+    settings = load_settings(REPO, overrides={"data_dir": str(tmp_path / "data")})
+    con = duckdb.connect()
+    create_all(con)
+    assert rb.schema_problems(con).empty
+    guard = rb.guard_schema(settings, con, rules=RULES)
+    assert guard.ok and not guard.paused and guard.alert is None
+    con.execute("ALTER TABLE payment_attempts DROP COLUMN decline_code")
+    con.execute("ALTER TABLE invoices ALTER COLUMN amount_due TYPE VARCHAR")
+    problems = rb.schema_problems(con)
+    assert set(map(tuple, problems[["table", "column", "problem"]].values)) == {
+        ("payment_attempts", "decline_code", "missing column"),
+        ("invoices", "amount_due", "type changed"),
+    }
+    guard = rb.guard_schema(settings, con, rules=RULES, run_id="r9")
+    assert not guard.ok and "07_dunning" in guard.blocked_steps
+    assert {"retry_payment", "write_off"} <= set(guard.paused) <= paused_action_types(settings)
+    assert guard.alert.rule == "schema_change" and guard.alert.severity == "critical"
+    assert guard.alert.details["tables"] == ["invoices", "payment_attempts"]
+
+
+def test_heal_does_nothing_when_fresh(tmp_path: Path) -> None:
+    settings = load_settings(REPO, overrides={"data_dir": str(tmp_path / "data")})
+    fresh = pd.DataFrame({"entity": ["account_id"], "store": ["online"],
+                          "newest": pd.to_datetime(["2024-06-30"], utc=True),
+                          "age_hours": [1.0], "lag_hours": [2.0], "rows": [5]})  # fmt: skip
+    assert rb.heal_stale_features(settings, None, freshness=fresh).status == "fresh"
+
+
+def test_golden_shift_against_the_first_run() -> None:
+    t = pd.Timestamp("2024-01-01", tz="UTC")
+    history = pd.DataFrame({
+        "run_id": ["a", "a", "b", "b", "c"],
+        "account_id": ["x", "y", "x", "y", "x"],
+        "model_version": ["1", "1", "2", "2", "2"],
+        "score": [0.1, 0.3, 0.2, 0.3, 0.1],
+        "scored_at": [t, t, t + pd.Timedelta(days=1), t + pd.Timedelta(days=1), t + pd.Timedelta(days=2)],
+    })  # fmt: skip
+    shift = golden.golden_shift(history)
+    assert shift["run_id"].tolist() == ["a", "b", "c"]
+    assert shift["mean_shift"].round(6).tolist() == [0.0, 0.05, 0.0]
+    assert shift["max_shift"].round(6).tolist() == [0.0, 0.1, 0.0]
+    assert shift["accounts"].tolist() == [2, 2, 1]
+    metrics = golden.golden_metrics(shift.iloc[:2])
+    assert metrics == {
+        "golden_mean_shift": pytest.approx(0.05),
+        "golden_max_shift": pytest.approx(0.1),
+    }
+    fired = [r.name for r in RULES.values() if r.breached(metrics.get(r.metric))]
+    assert fired == []  # 0.05 is not above 0.05, 0.1 is not above 0.25
