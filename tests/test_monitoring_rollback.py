@@ -170,3 +170,27 @@ def test_golden_shift_against_the_first_run() -> None:
     }
     fired = [r.name for r in RULES.values() if r.breached(metrics.get(r.metric))]
     assert fired == []  # 0.05 is not above 0.05, 0.1 is not above 0.25
+
+
+def test_runner_refuses_steps_blocked_by_a_schema_change(tmp_path: Path) -> None:
+    from workbench.approvals import Identity, Role
+    from workbench.runner import StepBlocked, run_pipeline
+
+    settings = load_settings(REPO, overrides={"data_dir": str(tmp_path / "data"),
+                                              "reports_dir": str(tmp_path / "reports")})  # fmt: skip
+    assert rb.blocked_steps(settings) == {}
+    con = duckdb.connect()
+    create_all(con)
+    con.execute("ALTER TABLE payment_attempts DROP COLUMN decline_code")
+    guard = rb.guard_schema(settings, con, rules=RULES)
+    blocked = rb.blocked_steps(settings)
+    assert set(blocked) == set(guard.blocked_steps) and "07_dunning" in blocked
+    assert "01_ingest" not in blocked  # re-ingesting is how the source gets fixed
+    assert guard.alert.alert_id in blocked["07_dunning"]
+    with pytest.raises(StepBlocked, match="07_dunning is paused by alert"):
+        run_pipeline(["07_dunning"], settings=settings, run_id="blocked-run", progress=False)
+    manifest = json.loads((tmp_path / "reports" / "blocked-run" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["steps"][0]["status"] == "blocked"
+    assert not (tmp_path / "reports" / "blocked-run" / "07_dunning.ipynb").exists()
+    al.resolve(settings, guard.alert.alert_id, who=Identity("bea", Role.APPROVER), comment="fixed")
+    assert rb.blocked_steps(settings) == {}

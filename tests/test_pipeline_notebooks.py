@@ -137,6 +137,24 @@ def test_08_anomalies_found_and_scored(pipeline) -> None:
     assert "precision" in _outputs_text(settings, manifest, "08_anomalies")
 
 
+def test_09_drift_review_publishes_the_models_snapshot(pipeline) -> None:
+    settings, manifest = pipeline
+    snap = read_snapshot("models", settings=settings)
+    assert {"monitor_metrics", "monitor_drift", "monitor_history", "alerts"} <= set(snap)
+    drift = snap["monitor_drift"]
+    assert len(drift) > 0 and set(drift["run_id"]) == {manifest.run_id}
+    assert drift["drifted"].isin([True, False]).all()
+    con = _warehouse(settings)
+    try:
+        n = con.execute(
+            "SELECT count(*) FROM monitoring_metrics WHERE run_id = ?", [manifest.run_id]
+        ).fetchall()[0][0]
+    finally:
+        con.close()
+    assert n >= 1
+    assert "drift" in _outputs_text(settings, manifest, "09_drift_review").lower()
+
+
 def test_plain_papermill_runs_a_step_with_other_parameters(pipeline, tmp_path: Path) -> None:
     settings, _ = pipeline
     out = tmp_path / "revenue.ipynb"

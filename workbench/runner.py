@@ -61,6 +61,14 @@ class RunnerError(RuntimeError):
     """The run cannot start: an unknown step or parameter, or a malformed notebook."""
 
 
+class StepBlocked(RuntimeError):
+    """A step is paused by a live schema-change alert; nothing was run from it on."""
+
+    def __init__(self, step: str, message: str) -> None:
+        super().__init__(f"step {step} is {message}")
+        self.step = step
+
+
 class StepFailed(RuntimeError):
     """A notebook failed; the executed notebook with the error is in the run folder."""
 
@@ -407,10 +415,19 @@ def run_pipeline(
         }
     )
     t_run = time.perf_counter()
-    failure: StepFailed | None = None
+    failure: StepFailed | StepBlocked | None = None
+    blocked = _blocked_steps(settings)
     try:
         for nb, record in zip(notebooks, manifest.steps, strict=True):
             record.parameters = bound[nb]
+            if nb.stem in blocked:
+                record.status = "blocked"
+                record.error = blocked[nb.stem]
+                failure = StepBlocked(nb.stem, blocked[nb.stem])
+                for later in manifest.steps:
+                    if later.status == "pending":
+                        later.status = "skipped"
+                break
             record.started_at = _now()
             out = run_dir / nb.name
             log.info("run %s: step %s", run_id, nb.stem)
@@ -455,6 +472,16 @@ def run_pipeline(
     if failure:
         raise failure
     return manifest
+
+
+def _blocked_steps(settings: Settings) -> dict[str, str]:
+    """Steps paused by monitoring's schema guard (none when no approvals store exists yet)."""
+    url = settings.approvals_url
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return {}
+    from workbench.monitoring.rollback import blocked_steps
+
+    return blocked_steps(settings)
 
 
 def current_run_id(given: str = "") -> str:

@@ -418,3 +418,28 @@ def guard_schema(
     fired = al.check(settings, {"schema_changes": float(len(problems))}, rules,
                      subject=",".join(tables), details=details, run_id=run_id, now=now)  # fmt: skip
     return SchemaGuard(problems, steps, paused, fired[0] if fired else None)
+
+
+def blocked_steps(settings: Settings) -> dict[str, str]:
+    """Pipeline steps paused by a live (open or acknowledged) alert on ``schema_changes``.
+
+    Returns:
+        ``{step: message}``, the message naming the alert and what to do next. The runner
+        refuses to run these steps until the alert is resolved.
+    """
+    import json
+
+    live = al.list_alerts(settings, status="live", limit=None)
+    live = live[live["metric"] == "schema_changes"]
+    out: dict[str, str] = {}
+    for row in live.itertuples():
+        details = json.loads(row.details or "{}")
+        tables = ", ".join(details.get("tables", [])) or row.subject
+        for step in details.get("blocked_steps", []):
+            out.setdefault(
+                step,
+                f"paused by alert {row.alert_id} (upstream schema change in {tables}): fix the "
+                f"source and re-ingest (`workbench run 01_ingest`), then "
+                f"`workbench alerts resolve {row.alert_id}` and run again",
+            )
+    return out
