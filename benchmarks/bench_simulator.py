@@ -142,11 +142,11 @@ def main() -> None:
         return
     scale = ("scale", {**SCALE, "digest": False})
     if args.small:
-        workloads, name = [("demo", DEMO)], "simulator_small"
+        workloads, out_name = [("demo", DEMO)], "simulator_small"
     elif args.scale_only:
-        workloads, name = [scale], "simulator_scale"
+        workloads, out_name = [scale], "simulator_scale"
     else:
-        workloads, name = [("demo", DEMO), scale], "simulator"
+        workloads, out_name = [("demo", DEMO), scale], "simulator"
     results = []
     for name, spec in workloads:
         runs = measure(spec)
@@ -158,7 +158,7 @@ def main() -> None:
         )
         results.append(res)
         # record after every workload, so a long scale run never loses the earlier rows
-        path = record(results, name=name)
+        path = record(results, name=out_name)
         print(f"recorded {path}", flush=True)
 
 
