@@ -112,7 +112,7 @@ def params_cmd(ctx: click.Context, step: str) -> None:
 @click.pass_context
 def run_cmd(ctx: click.Context, steps: tuple[str, ...], pairs, files, run_id, no_progress) -> None:
     """Execute pipeline notebooks (default: all, in order) and write reports/<run_id>/."""
-    from workbench.runner import RunnerError, StepFailed, run_pipeline
+    from workbench.runner import RunnerError, StepBlocked, StepFailed, run_pipeline
 
     settings = _settings(ctx)
     try:
@@ -125,8 +125,8 @@ def run_cmd(ctx: click.Context, steps: tuple[str, ...], pairs, files, run_id, no
         )
     except RunnerError as exc:
         raise click.ClickException(str(exc)) from exc
-    except StepFailed as exc:
-        click.echo(f"Run failed. {exc}", err=True)
+    except (StepFailed, StepBlocked) as exc:
+        click.echo(f"Run stopped. {exc}", err=True)
         sys.exit(1)
     run_dir = Path(settings.reports_dir) / manifest.run_id
     click.echo(f"Run {manifest.run_id} ok in {manifest.duration_s:.0f} s.")
@@ -442,6 +442,39 @@ def models_promote_cmd(ctx: click.Context, model: str, version: str, reason: str
         sys.exit(1)
 
 
+@models_group.command("rollback")
+@click.argument("model")
+@click.option(
+    "--to",
+    "to_version",
+    default=None,
+    help="Version to return to (default: the previous champion).",
+)
+@click.option("--reason", required=True, help="Why (shown to the approver, recorded).")
+@click.pass_context
+def models_rollback_cmd(
+    ctx: click.Context, model: str, to_version: str | None, reason: str
+) -> None:
+    """Ask for MODEL's champion to be rolled back: queued for an approver (maker-checker)."""
+    from workbench.approvals import resolve_identity
+    from workbench.models.registry import RegistryError, request_rollback
+
+    settings = _settings(ctx)
+    try:
+        outcome = request_rollback(
+            model,
+            who=resolve_identity(settings),
+            reason=reason,
+            to_version=to_version,
+            settings=settings,
+        )
+    except RegistryError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(outcome.message)
+    if not outcome.ok:
+        sys.exit(1)
+
+
 # --------------------------------------------------------------------------- receive
 
 
@@ -450,8 +483,14 @@ def models_promote_cmd(ctx: click.Context, model: str, version: str, reason: str
 @click.option(
     "--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default)."
 )
+@click.option(
+    "--realtime/--no-realtime",
+    default=True,
+    show_default=True,
+    help="Decide dunning on invoice.payment_failed and check invoices on invoice.finalized.",
+)
 @click.pass_context
-def receive_cmd(ctx: click.Context, port: int, host: str) -> None:
+def receive_cmd(ctx: click.Context, port: int, host: str, realtime: bool) -> None:
     """Receive Stripe webhooks at POST /webhooks/stripe (secrets from $STRIPE_WEBHOOK_SECRET)."""
     from workbench.webhooks import secrets_from_env, serve
 
@@ -461,8 +500,13 @@ def receive_cmd(ctx: click.Context, port: int, host: str) -> None:
             "STRIPE_WEBHOOK_SECRET is not set: export the endpoint's signing secret(s), "
             "comma-separated during rotation (whsec_...)."
         )
+    on_event = None
+    if realtime:
+        from workbench.dunning_realtime import make_handler
+
+        on_event = make_handler(settings)
     click.echo(f"Receiving at http://{host}:{port}/webhooks/stripe  (Ctrl-C to stop)")
-    serve(port, host=host, settings=settings)
+    serve(port, host=host, settings=settings, on_event=on_event)
 
 
 # --------------------------------------------------------------------------- approvals
@@ -566,6 +610,96 @@ def automation_pause_cmd(ctx: click.Context, action_type: str, reason: str) -> N
 def automation_resume_cmd(ctx: click.Context, action_type: str, reason: str) -> None:
     """Lift a pause (admins)."""
     _automation(ctx, pause=False, action_type=action_type, reason=reason)
+
+
+# --------------------------------------------------------------------------- monitoring
+
+
+@main.command("monitor")
+@click.option("--model", default="churn_90d", show_default=True, help="Registered model to watch.")
+@click.option(
+    "--reference", default="", help="Reference window START,END (default: 6 months before current)."
+)
+@click.option("--current", default="", help="Current window START,END (default: last 3 months).")
+@click.option(
+    "--run-id", default=None, help="Run id to tag alerts and reports with (default: new)."
+)
+@click.option("--no-act", is_flag=True, help="Compute only: no alerts, rollback or pauses.")
+@click.pass_context
+def monitor_cmd(ctx: click.Context, model: str, reference: str, current: str, run_id: str | None,
+                no_act: bool) -> None:  # fmt: skip
+    """Run the monitors once: drift, calibration, business metrics, golden cohort, alerts,
+    automatic rollback and self-healing (what 09_drift_review does, without the notebook)."""
+    from workbench.monitoring.alerts import AlertRulesError
+    from workbench.monitoring.review import run_monitoring
+    from workbench.runner import new_run_id
+
+    settings = _settings(ctx)
+    try:
+        res = run_monitoring(settings, run_id=run_id or new_run_id(), model=model,
+                             reference=reference, current=current, act=not no_act)  # fmt: skip
+    except (AlertRulesError, ValueError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(
+        f"run {res.run_id}: {model} {res.alias or 'not registered'} v{res.version} {res.windows}"
+    )
+    click.echo(res.summary().to_string(index=False) if res.metrics else "no metrics computed")
+    for note in res.notes:
+        click.echo(f"note: {note}")
+    if res.rollback is not None and res.rollback.status != "healthy":
+        click.echo(f"rollback: {res.rollback.message}")
+    frame = res.alerts_frame()
+    click.echo("no alert fired" if frame.empty else frame.to_string(index=False, max_colwidth=60))
+
+
+@main.group("alerts")
+def alerts_group() -> None:
+    """Monitoring alerts: list, acknowledge, resolve (rules: workbench/monitoring/alerts.yaml)."""
+
+
+@alerts_group.command("list")
+@click.option("--status", default="live", show_default=True,
+              help="open | acknowledged | resolved | live (open or acknowledged) | all")  # fmt: skip
+@click.option("--limit", default=50, show_default=True)
+@click.pass_context
+def alerts_list_cmd(ctx: click.Context, status: str, limit: int) -> None:
+    """List alerts, most recently seen first."""
+    from workbench.monitoring.alerts import list_alerts
+
+    frame = list_alerts(_settings(ctx), status=None if status == "all" else status, limit=limit)
+    cols = ["alert_id", "rule", "subject", "severity", "status", "value", "count", "last_seen"]
+    click.echo("No alerts." if frame.empty else frame[cols].to_string(index=False, max_colwidth=40))
+
+
+def _alert_change(ctx: click.Context, alert_id: str, comment: str, *, resolve: bool) -> None:
+    from workbench.approvals import resolve_identity
+    from workbench.monitoring import alerts
+
+    settings = _settings(ctx)
+    fn = alerts.resolve if resolve else alerts.acknowledge
+    try:
+        alert = fn(settings, alert_id, who=resolve_identity(settings), comment=comment)
+    except (alerts.AlertError, PermissionError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"alert {alert.alert_id} ({alert.rule}) is {alert.status}")
+
+
+@alerts_group.command("ack")
+@click.argument("alert_id")
+@click.option("--comment", default="", help="Recorded in the audit log.")
+@click.pass_context
+def alerts_ack_cmd(ctx: click.Context, alert_id: str, comment: str) -> None:
+    """Acknowledge an open alert (analysts and above)."""
+    _alert_change(ctx, alert_id, comment, resolve=False)
+
+
+@alerts_group.command("resolve")
+@click.argument("alert_id")
+@click.option("--comment", default="", help="Recorded in the audit log.")
+@click.pass_context
+def alerts_resolve_cmd(ctx: click.Context, alert_id: str, comment: str) -> None:
+    """Resolve an open or acknowledged alert (approvers and above)."""
+    _alert_change(ctx, alert_id, comment, resolve=True)
 
 
 # --------------------------------------------------------------------------- serve

@@ -24,6 +24,8 @@ result to the approvals store; :func:`run_dunning` does both with the configured
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import math
 from collections.abc import Collection, Mapping
@@ -160,7 +162,9 @@ def decide(
             the reporting currency; missing = unknown, which always needs a human),
             ``attempt_count`` (attempts so far, including the first), ``last_attempt_at``
             (UTC), ``decline_code, recovery_probability`` (float, NaN without a model),
-            ``uplift`` (float or NaN) and ``model_versions`` (text).
+            ``uplift`` (float or NaN) and ``model_versions`` (text); optionally
+            ``preferred_retry_at`` (UTC or NaT): the best predicted retry time from a
+            recovery curve, used when later than the earliest allowed time.
         as_of: The decision time (UTC).
         policy: The guardrails and automation levels.
         paused: Action types whose automation is paused (``*`` = all): forced to ``insight``.
@@ -203,6 +207,11 @@ def decide(
     # microsecond timestamps, rounded up so the spacing is never undercut
     earliest = (last + pd.Timedelta(hours=r.min_hours_between)).dt.ceil("us").fillna(as_of)
     earliest = earliest.where(earliest > as_of, as_of).astype("datetime64[us, UTC]")
+    timed = np.zeros(n, dtype=bool)
+    if "preferred_retry_at" in df.columns:  # retry timing chosen from the recovery curve
+        pref = pd.to_datetime(df["preferred_retry_at"], utc=True).astype("datetime64[us, UTC]")
+        timed = (pref.notna() & (pref > earliest)).to_numpy()
+        earliest = earliest.where(~timed, pref)
     due = (earliest <= as_of).to_numpy()
 
     retry_route = ~hard & retries_left
@@ -300,6 +309,10 @@ def decide(
         a = action[i]
         if a == "retry_now":
             why.append(f"retry now ({retries_used[i]} of {r.max_auto_retries} retries used)")
+        elif a == "retry_at" and timed[i]:
+            why.append(
+                f"retry at {audit.utc_text(earliest.iloc[i])}: best predicted time on the recovery curve"
+            )
         elif a == "retry_at":
             why.append(
                 f"retry at {audit.utc_text(earliest.iloc[i])}: {r.min_hours_between:g} h after the last attempt"
@@ -359,6 +372,89 @@ def decide(
         "state_hash": np.array(hashes, dtype=object),
     })  # fmt: skip
     return out[list(DECISION_COLUMNS)]
+
+
+def in_control_group(invoice_ids: Any, policy: Policy) -> np.ndarray:
+    """Which invoices belong to the policy's control group (``control.share`` of them).
+
+    A deterministic hash of ``control.salt`` and the invoice id, uniform on [0, 1): the
+    same invoice is always in the same group, with no state to store.
+    """
+    ids = [str(i) for i in invoice_ids]
+    share = policy.control.share
+    if share <= 0 or not ids:
+        return np.zeros(len(ids), dtype=bool)
+    salt = policy.control.salt.encode()
+    u = np.array(
+        [
+            int.from_bytes(hashlib.sha256(salt + b":" + i.encode()).digest()[:8], "big") / 2.0**64
+            for i in ids
+        ]
+    )
+    return u < share
+
+
+def baseline_policy(policy: Policy) -> Policy:
+    """The policy the control group runs under: the baseline schedule (evenly spaced, no
+    score threshold) within the same guardrails (hard declines, retry cap, approvals)."""
+    c, r = policy.control, policy.retries
+    spacing_h = 24.0 * c.baseline_window_days / c.baseline_retries
+    retries = dataclasses.replace(
+        r,
+        min_recovery_probability=0.0,
+        max_auto_retries=min(r.max_auto_retries, c.baseline_retries),
+        min_hours_between=max(r.min_hours_between, spacing_h),
+    )
+    return dataclasses.replace(policy, retries=retries, label=f"{policy.label} (control)")
+
+
+def decide_with_control(
+    invoices: pd.DataFrame,
+    *,
+    as_of: datetime | pd.Timestamp,
+    policy: Policy,
+    paused: Collection[str] = frozenset(),
+) -> pd.DataFrame:
+    """:func:`decide`, with the control group kept on the baseline schedule.
+
+    Control invoices (:func:`in_control_group`) are decided under :func:`baseline_policy`:
+    retried on the baseline spacing whatever their score, never offered a discount, with
+    every guardrail intact. Their rows say so in ``reason`` and carry the real policy
+    version.
+
+    Returns:
+        :data:`DECISION_COLUMNS` plus ``control_group`` (bool), in input order.
+    """
+    df = invoices.reset_index(drop=True)
+    ctrl = in_control_group(df["invoice_id"].to_numpy(), policy)
+    if not ctrl.any():
+        return decide(df, as_of=as_of, policy=policy, paused=paused).assign(control_group=False)
+    treated = decide(df[~ctrl], as_of=as_of, policy=policy, paused=paused)
+    parts = [treated.assign(control_group=False)]
+    if ctrl.any():
+        base = baseline_policy(policy)
+        inputs = df[ctrl].copy()
+        p = pd.to_numeric(inputs["recovery_probability"], errors="coerce").astype(float)
+        scored = np.isfinite(p) & (p >= 0) & (p <= 1)
+        inputs["recovery_probability"] = p.where(scored, 0.0)
+        inputs["uplift"] = np.nan
+        inputs = inputs.drop(columns=["preferred_retry_at"], errors="ignore")
+        out = decide(inputs, as_of=as_of, policy=base, paused=paused)
+        unscored = ~scored.to_numpy()
+        out.loc[unscored, "recovery_probability"] = np.nan
+        out.loc[unscored, "expected_value"] = np.nan
+        spacing = 24.0 * policy.control.baseline_window_days / policy.control.baseline_retries
+        prefix = f"control group: baseline schedule, a retry every {spacing:g} h whatever the score"
+        out["reason"] = [
+            prefix + ("; no recovery score" if u else "") + "; " + str(why).split("; ", 1)[-1]
+            for u, why in zip(unscored, out["reason"], strict=True)
+        ]
+        out["policy_version"] = policy.version
+        parts.append(out.assign(control_group=True))
+    order = {iid: k for k, iid in enumerate(df["invoice_id"].astype(str))}
+    merged = pd.concat([x for x in parts if len(x)], ignore_index=True) if len(df) else parts[0]
+    merged = merged.iloc[np.argsort([order[i] for i in merged["invoice_id"]], kind="stable")]
+    return merged.reset_index(drop=True)
 
 
 @dataclass(frozen=True)
@@ -492,7 +588,9 @@ def run_dunning(
     """
     policy = load_policy(settings=settings)
     store = open_store(settings)
-    decisions = decide(invoices, as_of=as_of, policy=policy, paused=paused_action_types(store))
+    decisions = decide_with_control(
+        invoices, as_of=as_of, policy=policy, paused=paused_action_types(store)
+    )
     summary = (
         apply_decisions(store, decisions, invoices, policy=policy, as_of=as_of, complete=complete)
         if apply

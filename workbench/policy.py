@@ -92,6 +92,9 @@ class Retries:
     min_hours_between: float = 24.0  # minimum spacing between two attempts
     min_recovery_probability: float = 0.6  # retry only when the model says at least this
     no_retry_decline_codes: tuple[str, ...] = DEFAULT_NO_RETRY_DECLINE_CODES
+    # retry timing: retries are planned on the predicted recovery curve within this many
+    # days of the first failure (the times that maximise the chance the invoice is paid)
+    window_days: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,22 @@ class WriteOff:
     after_days_idle: float = 60.0
     max_recovery_probability: float = 0.05  # or no score at all
     reason_code: str = "credit_loss"
+
+
+@dataclass(frozen=True)
+class Control:
+    """The control group: a random share of failed invoices stays on the baseline schedule.
+
+    Membership is a deterministic hash of the invoice id and ``salt`` (no state to keep), so
+    the same invoice is in the same group on every run. Guardrails still apply to it (hard
+    declines, the retry cap, approvals); only the score threshold and the timing are the
+    baseline's.
+    """
+
+    share: float = 0.1  # 0 disables the control group
+    salt: str = "dunning-control-v1"  # change it to draw a new control group
+    baseline_retries: int = 8  # Stripe's default: 8 retries ...
+    baseline_window_days: float = 14.0  # ... within 2 weeks (evenly spaced)
 
 
 @dataclass(frozen=True)
@@ -170,6 +189,7 @@ class Policy:
     collections: Collections = field(default_factory=Collections)
     retention: Retention = field(default_factory=Retention)
     write_off: WriteOff = field(default_factory=WriteOff)
+    control: Control = field(default_factory=Control)
     bulk_approval: BulkApproval = field(default_factory=BulkApproval)
     automation: Automation = field(default_factory=Automation)
     label: str = ""  # optional human name, e.g. "2024-06 tightened write-offs"
@@ -322,6 +342,7 @@ def _section_parsers() -> dict[str, tuple[type, dict[str, Any]]]:
                 "min_hours_between": lambda v, k, p: _float(v, k, p),
                 "min_recovery_probability": lambda v, k, p: _float(v, k, p, maximum=1.0),
                 "no_retry_decline_codes": lambda v, k, p: _str_list(v, k, p),
+                "window_days": lambda v, k, p: _float(v, k, p, minimum=1.0, maximum=120.0),
             },
         ),
         "collections": (
@@ -347,6 +368,15 @@ def _section_parsers() -> dict[str, tuple[type, dict[str, Any]]]:
                 "reason_code": _reason_code,
             },
         ),
+        "control": (
+            Control,
+            {
+                "share": lambda v, k, p: _float(v, k, p, maximum=0.5),
+                "salt": _salt,
+                "baseline_retries": lambda v, k, p: _int(v, k, p, minimum=1),
+                "baseline_window_days": lambda v, k, p: _float(v, k, p, minimum=0.04),
+            },
+        ),
         "bulk_approval": (
             BulkApproval,
             {
@@ -356,6 +386,13 @@ def _section_parsers() -> dict[str, tuple[type, dict[str, Any]]]:
             },
         ),
     }
+
+
+def _salt(raw: Any, key: str, problems: _Problems) -> str | None:
+    if not isinstance(raw, str) or not raw.strip():
+        problems.add(key, f"must be non-empty text (it seeds the control-group hash), got {raw!r}")
+        return None
+    return raw
 
 
 def _reason_code(raw: Any, key: str, problems: _Problems) -> str | None:
@@ -399,7 +436,7 @@ def _parse_automation(raw: Any, problems: _Problems) -> Automation | None:
 
 _TOP_KEYS = [
     "currency", "shadow", "label", "approval", "retries", "collections", "retention",
-    "write_off", "bulk_approval", "automation",
+    "write_off", "control", "bulk_approval", "automation",
 ]  # fmt: skip
 
 

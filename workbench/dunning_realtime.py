@@ -1,0 +1,495 @@
+"""The real-time path of ``workbench receive``: dunning decisions and invoice checks as
+webhooks land.
+
+:class:`RealtimeHandler` is the receiver's ``on_event`` callback (see
+:func:`workbench.webhooks.serve`). Everything slow is loaded once per process and cached:
+the policy, the approvals store, the recovery model (registry alias ``champion``, else
+``challenger``, else none: the policy's own rules), the Feast store, the recovery curve that
+times retries, and FX rates.
+
+- ``charge.failed`` / ``payment_intent.payment_failed``: the decline code is remembered for
+  the invoice (the invoice event itself does not carry it).
+- ``invoice.payment_failed``: the invoice is scored (account features from the Feast online
+  store, invoice features from the payload), decided by the engine under the policy (control
+  group included, guardrails always win) and stored: an audit entry ``decision.realtime``
+  with the action, scores, model and policy versions and the latency, and, unless in shadow
+  mode, the queue item or automated execution the policy asks for. Goal: 50 ms at p99.
+- ``invoice.finalized`` (and ``invoice.created`` / ``invoice.updated``): the anomaly rules
+  run on the payload laid over the warehouse *and* over the invoices this process has seen
+  but the warehouse has not loaded yet (so a double bill is caught before it is paid);
+  findings are stored in ``anomaly_findings_realtime`` and those that move money are queued
+  for approval (idempotent: the same finding is stored and queued once).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from workbench import audit
+from workbench.approvals import ENGINE, open_store, paused_action_types
+from workbench.config import Settings
+from workbench.dunning import apply_decisions, decide_with_control
+from workbench.policy import load_policy
+
+log = logging.getLogger(__name__)
+
+RECOVERY_MODEL = "recovery_14d"
+ALIASES = ("champion", "challenger")
+ANOMALY_EVENTS = frozenset({"invoice.finalized", "invoice.created", "invoice.updated"})
+DECLINE_EVENTS = frozenset({"charge.failed", "payment_intent.payment_failed"})
+RECENT_INVOICES = 5_000  # invoices kept in memory for the real-time anomaly checks
+PAYDAYS = (1, 2, 15, 16)
+
+
+def _obj(event: dict[str, Any]) -> dict[str, Any]:
+    return (event.get("data") or {}).get("object") or {}
+
+
+def days_to_payday(ts: pd.Timestamp) -> float:
+    """Days from ``ts``'s UTC day to the next common payday (1st-2nd, 15th-16th, last two
+    days of the month; 0 on one), as the feature ``invoice_failure_days_to_payday``."""
+    day, last = ts.day, ts.days_in_month
+    if day in PAYDAYS or day >= last - 1:
+        return 0.0
+    nxt = 15 if day < 15 else last - 1
+    return float(nxt - day)
+
+
+@dataclass
+class RealtimeDecision:
+    """One real-time dunning decision."""
+
+    invoice_id: str
+    action: str
+    recovery_probability: float
+    model_versions: str
+    policy_version: str
+    control_group: bool
+    scheduled_at: Any
+    latency_ms: float
+    stored: str
+    reason: str = ""
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class RealtimeHandler:
+    """``on_event`` for the webhook receiver (thread safe; resources cached per process).
+
+    Args:
+        settings: Data directory, policy file, approvals store, MLflow registry.
+        model: ``"registry"`` (champion, else challenger, else none) or ``"none"``.
+        curve: Fit the retry-timing curve from the warehouse's history when possible.
+        anomalies: Run the anomaly checks on invoice events.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        model: str = "registry",
+        curve: bool = True,
+        anomalies: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.policy = load_policy(settings=settings)
+        self.store = open_store(settings)
+        self.declines: dict[str, str] = {}
+        self.first_failed: dict[str, pd.Timestamp] = {}
+        self.recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.anomalies = anomalies
+        self._lock = threading.Lock()
+        self._paused: tuple[float, frozenset[str]] = (0.0, frozenset())
+        self.model, self.model_info, self.model_alias = self._load_model(model)
+        self.account_features = (
+            [f for f in self.model.features if f in _account_feature_names()]
+            if self.model is not None
+            else []
+        )
+        self.fx = self._load_fx()
+        self.curve = self._load_curve() if curve else None
+        if self.account_features:
+            self._warm_feast()
+
+    # -- cached resources
+
+    def _load_model(self, mode: str) -> tuple[Any, dict[str, Any] | None, str | None]:
+        if mode == "none":
+            return None, None, None
+        from workbench.models import registry
+
+        for alias in ALIASES:
+            try:
+                if registry.alias_version(RECOVERY_MODEL, alias, settings=self.settings) is None:
+                    continue
+                model, info = registry.load_model(RECOVERY_MODEL, alias, settings=self.settings)
+                log.info(
+                    "real-time dunning scores with %s@%s v%s",
+                    RECOVERY_MODEL,
+                    alias,
+                    info["version"],
+                )
+                return model, info, alias
+            except Exception as exc:  # noqa: BLE001 - no registry or no such model: rules only
+                log.info("no %s@%s (%s)", RECOVERY_MODEL, alias, exc)
+        log.info("no recovery model registered: the policy's own rules decide")
+        return None, None, None
+
+    def _warehouse(self):  # noqa: ANN202
+        from workbench.store import Warehouse
+
+        return Warehouse(self.settings).read(step="realtime")
+
+    def _load_fx(self) -> dict[str, float]:
+        try:
+            with self._warehouse() as con:
+                rows = con.execute(
+                    "SELECT currency, arg_max(rate_to_usd, date) FROM fx_rates GROUP BY currency"
+                ).fetchall()
+            return {str(c).lower(): float(r) for c, r in rows}
+        except Exception as exc:  # noqa: BLE001 - no warehouse yet: unknown amounts need a human
+            log.info("no FX rates for real-time decisions (%s)", exc)
+            return {}
+
+    def _load_curve(self):  # noqa: ANN202
+        from workbench.retry_curve import RecoveryCurve, load_history
+
+        try:
+            with self._warehouse() as con:
+                return RecoveryCurve.fit(load_history(con))
+        except Exception as exc:  # noqa: BLE001 - no history: retry as soon as allowed
+            log.info("no recovery curve for retry timing (%s)", exc)
+            return None
+
+    def _warm_feast(self) -> None:
+        from workbench.features import serving
+
+        try:
+            serving.online(["__warmup__"], self.account_features, settings=self.settings)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("Feast online store not ready (%s): account features will be missing", exc)
+            self.account_features = []
+
+    def paused(self) -> frozenset[str]:
+        """Paused action types, re-read at most once a second."""
+        at, value = self._paused
+        if time.monotonic() - at > 1.0:
+            value = frozenset(paused_action_types(self.store))
+            self._paused = (time.monotonic(), value)
+        return value
+
+    # -- dispatch
+
+    def __call__(self, event: dict[str, Any], path: Path | None = None) -> Any:  # noqa: ARG002
+        """Handle one landed event (the receiver calls this after answering 200)."""
+        kind = event.get("type")
+        if kind in DECLINE_EVENTS:
+            self.remember_decline(event)
+            return None
+        if kind == "invoice.payment_failed":
+            return self.decide_event(event)
+        if kind in ANOMALY_EVENTS and self.anomalies:
+            return self.check_invoice_event(event)
+        return None
+
+    def remember_decline(self, event: dict[str, Any]) -> None:
+        """Keep the decline code of a failed charge for its invoice."""
+        obj = _obj(event)
+        err = obj.get("last_payment_error") or {}
+        code = (
+            (obj.get("outcome") or {}).get("reason")
+            or obj.get("failure_code")
+            or err.get("decline_code")
+            or err.get("code")
+        )
+        invoice = obj.get("invoice")
+        if isinstance(invoice, dict):
+            invoice = invoice.get("id")
+        if invoice and code:
+            with self._lock:
+                self.declines[str(invoice)] = str(code)
+
+    # -- dunning
+
+    def invoice_frame(self, event: dict[str, Any]) -> tuple[pd.DataFrame, pd.Timestamp]:
+        """The engine's one-row input from an ``invoice.payment_failed`` event."""
+        obj = _obj(event)
+        iid = str(obj["id"])
+        now = pd.Timestamp(int(event.get("created") or time.time()), unit="s", tz="UTC")
+        with self._lock:
+            first = self.first_failed.setdefault(iid, now)
+            decline = self.declines.get(iid)
+        currency = str(obj.get("currency") or "").lower()
+        amount = int(obj.get("amount_remaining") or obj.get("amount_due") or 0)
+        rep = self.settings.reporting_currency
+        if currency == rep:
+            amount_rep: int | None = amount
+        elif currency in self.fx and (rep == "usd" or rep in self.fx):
+            amount_rep = int(
+                round(amount * self.fx[currency] / (1.0 if rep == "usd" else self.fx[rep]))
+            )
+        else:
+            amount_rep = None
+        customer = obj.get("customer")
+        frame = pd.DataFrame(
+            {
+                "invoice_id": [iid],
+                "account_id": [customer.get("id") if isinstance(customer, dict) else customer],
+                "amount_due": [amount],
+                "currency": [currency],
+                "amount_due_reporting": pd.array([amount_rep], dtype="Int64"),
+                "attempt_count": [max(int(obj.get("attempt_count") or 1), 1)],
+                "last_attempt_at": pd.Series([now]).astype("datetime64[us, UTC]"),
+                "decline_code": [decline],
+                "recovery_probability": [np.nan],
+                "uplift": [np.nan],
+                "model_versions": [""],
+                "first_failed_at": [first],
+            }
+        )
+        return frame, now
+
+    def score(self, frame: pd.DataFrame, now: pd.Timestamp) -> tuple[float, str, dict[str, float]]:
+        """Recovery probability and model version of the invoice (NaN, "" without a model)."""
+        timings: dict[str, float] = {}
+        if self.model is None:
+            return float("nan"), "", timings
+        from workbench.features import serving
+
+        row = frame.iloc[0]
+        t = time.perf_counter()
+        values: dict[str, Any] = {}
+        if self.account_features:
+            got = serving.online(
+                [row["account_id"]], self.account_features, settings=self.settings, now=now
+            )
+            values.update(got.records()[0])
+        timings["feast_ms"] = (time.perf_counter() - t) * 1e3
+        first = row["first_failed_at"]
+        values.update(
+            {
+                "invoice_last_decline_code": row["decline_code"],
+                "invoice_attempt_number": int(row["attempt_count"]),
+                "invoice_hours_since_first_failure": (now - first).total_seconds() / 3600.0,
+                "invoice_failure_day_of_month": float(now.day),
+                "invoice_failure_days_to_payday": days_to_payday(now),
+                "invoice_amount_due": float(row["amount_due"]),
+                "invoice_currency": row["currency"],
+            }
+        )
+        t = time.perf_counter()
+        x = pd.DataFrame([{f: values.get(f) for f in self.model.features}])
+        p = float(self.model.predict(x)[0])
+        timings["model_ms"] = (time.perf_counter() - t) * 1e3
+        info = self.model_info or {}
+        return p, f"{info.get('name')}@{self.model_alias}:{info.get('version')}", timings
+
+    def _timing(self, frame: pd.DataFrame) -> tuple[pd.Timestamp | None, float]:
+        """Next retry time planned on the recovery curve, and the curve's recovery chance."""
+        if self.curve is None:
+            return None, float("nan")
+        from workbench.retry_curve import remaining_recovery
+
+        r = self.policy.retries
+        left = max(r.max_auto_retries - (int(frame["attempt_count"].iloc[0]) - 1), 0)
+        if left == 0:
+            return None, 0.0
+        inputs = pd.DataFrame(
+            {
+                "first_failed_at": frame["last_attempt_at"],
+                "decline_code": frame["decline_code"].fillna("other"),
+                "amount_reporting": frame["amount_due_reporting"]
+                .astype("Float64")
+                .fillna(float(frame["amount_due"].iloc[0]))
+                .astype(float),
+                "prior_failed": [0.0],
+            }
+        )
+        times, probs = self.curve.plan(
+            inputs,
+            retries=left,
+            min_hours_between=r.min_hours_between,
+            window_days=r.window_days,
+            grid_hours=12.0,
+        )
+        p_all = float(remaining_recovery(probs)[0, 0])
+        if not np.isfinite(times[0, 0]):
+            return None, p_all
+        return pd.Timestamp(times[0, 0], unit="s", tz="UTC"), p_all
+
+    def decide_event(self, event: dict[str, Any]) -> RealtimeDecision:
+        """Score, decide and store one ``invoice.payment_failed``."""
+        started = time.perf_counter()
+        frame, now = self.invoice_frame(event)
+        p, versions, timings = self.score(frame, now)
+        t = time.perf_counter()
+        preferred, p_curve = self._timing(frame)
+        timings["curve_ms"] = (time.perf_counter() - t) * 1e3
+        if not np.isfinite(p) and self.curve is not None:
+            p, versions = p_curve, self.curve.version  # no model: the curve's own estimate
+        frame["recovery_probability"] = p
+        frame["model_versions"] = versions
+        frame["preferred_retry_at"] = pd.Series([preferred]).astype("datetime64[us, UTC]")
+        inputs = frame.drop(columns=["first_failed_at"])
+        t = time.perf_counter()
+        decisions = decide_with_control(inputs, as_of=now, policy=self.policy, paused=self.paused())
+        timings["decide_ms"] = (time.perf_counter() - t) * 1e3
+        d = decisions.iloc[0]
+        t = time.perf_counter()
+        stored = self._store(decisions, inputs, now, timings, started)
+        timings["store_ms"] = (time.perf_counter() - t) * 1e3
+        latency = (time.perf_counter() - started) * 1e3
+        return RealtimeDecision(
+            invoice_id=str(d["invoice_id"]),
+            action=str(d["action"]),
+            recovery_probability=float(d["recovery_probability"]),
+            model_versions=str(d["model_versions"]),
+            policy_version=str(d["policy_version"]),
+            control_group=bool(d["control_group"]),
+            scheduled_at=d["scheduled_at"],
+            latency_ms=latency,
+            stored=stored,
+            reason=str(d["reason"]),
+            timings_ms=timings,
+        )
+
+    def _store(
+        self,
+        decisions: pd.DataFrame,
+        inputs: pd.DataFrame,
+        now: pd.Timestamp,
+        timings: dict[str, float],
+        started: float,
+    ) -> str:
+        d = decisions.iloc[0]
+        details = audit.jsonable(
+            {
+                "invoice_id": d["invoice_id"],
+                "action": d["action"],
+                "action_type": d["action_type"],
+                "scheduled_at": d["scheduled_at"],
+                "recovery_probability": d["recovery_probability"],
+                "expected_value": d["expected_value"],
+                "model_versions": d["model_versions"],
+                "policy_version": d["policy_version"],
+                "control_group": bool(d["control_group"]),
+                "automation_level": d["automation_level"],
+                "requires_approval": bool(d["requires_approval"]),
+                "reason": d["reason"],
+                "decided_in_ms": round((time.perf_counter() - started) * 1e3, 3),
+            }
+        )
+        with self.store.transaction() as tx:
+            audit.append(tx, actor=ENGINE.user, event="decision.realtime", at=now, details=details)
+        if d["action_type"] is None:
+            return "audit"
+        summary = apply_decisions(
+            self.store,
+            decisions.drop(columns=["control_group"]),
+            inputs,
+            policy=self.policy,
+            as_of=now,
+            complete=False,
+        )
+        if summary.shadowed:
+            return "shadow"
+        if summary.executed:
+            return "executed"
+        if summary.queued or summary.duplicates:
+            return "queued"
+        return "audit"
+
+    # -- anomalies (#10)
+
+    def check_invoice_event(self, event: dict[str, Any]) -> pd.DataFrame:
+        """Check an invoice event against the warehouse and the invoices seen so far; store
+        and queue what is found (once)."""
+        from workbench.anomalies.realtime import invoice_rows_from_stripe
+
+        obj = _obj(event)
+        if obj.get("object", "invoice") != "invoice" or not obj.get("id"):
+            return pd.DataFrame()
+        rows = invoice_rows_from_stripe(obj)
+        with self._lock:
+            self.recent[str(obj["id"])] = rows
+            self.recent.move_to_end(str(obj["id"]))
+            while len(self.recent) > RECENT_INVOICES:
+                self.recent.popitem(last=False)
+            recent = list(self.recent.values())
+        with self._warehouse() as con:
+            findings = check_with_recent(rows, recent, con)
+        if len(findings):
+            store_findings(findings, settings=self.settings)
+        return findings
+
+
+def _account_feature_names() -> set[str]:
+    from workbench.features.definitions import get_features
+
+    return {f.name for f in get_features(entity="account_id")}
+
+
+def check_with_recent(
+    rows: tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], bool],
+    recent: list[tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]], bool]],
+    con: Any,
+) -> pd.DataFrame:
+    """The anomaly rules on one invoice (``rows`` from ``invoice_rows_from_stripe``), with
+    the recently received invoices laid over the warehouse (the same queries as the batch
+    run, as in :func:`workbench.anomalies.realtime.check_invoice_payload`)."""
+    from workbench.anomalies.realtime import check, values_relation
+    from workbench.anomalies.rules import RULES, Relations, sql_literal
+
+    inv, _, _, complete = rows
+    by_id = {r[0]["invoice_id"]: r for r in recent}
+    by_id[inv["invoice_id"]] = rows
+    ids = "(" + ", ".join(sql_literal(i) for i in by_id) + ")"
+    invoices = [r[0] for r in by_id.values()]
+    lines = [x for r in by_id.values() for x in r[1]]
+    prices = list({p["price_id"]: p for r in by_id.values() for p in r[2]}.values())
+    base = Relations(
+        invoices=f"(SELECT * FROM invoices WHERE invoice_id NOT IN {ids} UNION ALL SELECT * FROM {values_relation(invoices, 'invoices')})",
+        invoice_lines=(
+            f"(SELECT * FROM invoice_lines WHERE invoice_id NOT IN {ids}"
+            f" UNION ALL SELECT * FROM {values_relation(lines, 'invoice_lines')})"
+        ),
+        prices=(
+            f"(SELECT * FROM prices UNION ALL SELECT * FROM {values_relation(prices, 'prices')}"
+            " WHERE price_id NOT IN (SELECT price_id FROM prices))"
+        ),
+    )
+    rules = None if complete else [r for r in RULES if r.name != "line_total_mismatch"]
+    return check(con, invoice_ids=[inv["invoice_id"]], rules=rules, base=base)
+
+
+def store_findings(findings: pd.DataFrame, *, settings: Settings) -> dict[str, int]:
+    """Store real-time findings (one row per finding id, replaced when found again) in
+    ``anomaly_findings_realtime`` and queue those that move money (idempotent)."""
+    from workbench.anomalies.queue import queue_findings
+    from workbench.publishing import store_frame
+
+    frame = findings.copy()
+    for c in frame.columns:
+        if frame[c].dtype == object:
+            frame[c] = frame[c].astype("string")
+    for fid in frame["finding_id"].unique():
+        store_frame(
+            frame[frame["finding_id"] == fid],
+            table="anomaly_findings_realtime",
+            settings=settings,
+            replace_where={"finding_id": str(fid)},
+        )
+    return queue_findings(findings, settings=settings)
+
+
+def make_handler(settings: Settings, **kwargs: Any) -> RealtimeHandler:
+    """The ``on_event`` callback ``workbench receive`` installs (see :class:`RealtimeHandler`)."""
+    return RealtimeHandler(settings, **kwargs)
