@@ -141,5 +141,5 @@ def test_policy_diff_lists_changed_keys() -> None:
     )
     assert policy_diff(old, new) == [
         ("automation.levels.refund", "assisted", "insight"),
-        ("retries.max_auto_retries", 4, 2),
+        ("retries.max_auto_retries", 8, 2),
     ]

@@ -174,8 +174,8 @@ def test_guardrails_still_win_in_real_time(company) -> None:
     handler(charge)
     d = handler(ev)
     assert d.recovery_probability == 1.0 and d.action not in ("retry_now", "retry_at")
-    # the retry cap: attempt 6 with 4 automatic retries allowed
-    charge, ev = failed_invoice_event(data, horizon, eid="capped", attempt=6)
+    # the retry cap: attempt 10 with 8 automatic retries allowed (the default policy)
+    charge, ev = failed_invoice_event(data, horizon, eid="capped", attempt=10)
     handler(charge)
     assert handler(ev).action not in ("retry_now", "retry_at")
     # above the approval amount: queued for a human, never executed

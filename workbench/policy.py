@@ -88,7 +88,7 @@ class PolicyError(ValueError):
 class Retries:
     """When the engine may retry a failed payment on its own."""
 
-    max_auto_retries: int = 4  # retries after the first attempt: attempt_count - 1 <= this
+    max_auto_retries: int = 8  # retries after the first attempt: attempt_count - 1 <= this
     min_hours_between: float = 24.0  # minimum spacing between two attempts
     min_recovery_probability: float = 0.6  # retry only when the model says at least this
     no_retry_decline_codes: tuple[str, ...] = DEFAULT_NO_RETRY_DECLINE_CODES
