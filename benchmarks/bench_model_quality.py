@@ -33,12 +33,6 @@ from workbench.models import oracle, training, uplift
 from workbench.store import Warehouse
 
 log = logging.getLogger("bench_model_quality")
-CSV = {
-    "usage.csv": "simulator_usage",
-    "crm_signals.csv": "simulator_crm_signals",
-    "support_tickets.csv": "simulator_support_tickets",
-    "fx_rates.csv": "simulator_fx_rates",
-}
 
 
 def prepare(data: Path, *, accounts: int, months: int, seed: int):  # noqa: ANN201 - Settings
@@ -50,20 +44,12 @@ def prepare(data: Path, *, accounts: int, months: int, seed: int):  # noqa: ANN2
     ):
         log.info("reusing %s", data)
         return settings
-    from workbench.ingest import ingest
+    from workbench.ingest import ingest_landing
     from workbench.simulator import simulate
 
     t = time.perf_counter()
     simulate(accounts=accounts, months=months, seed=seed, out=data, progress=False)
-    ingest(data / "landing" / "stripe", source="stripe", settings=settings, progress=False)
-    for name, mapping in CSV.items():
-        ingest(
-            data / "landing" / "csv" / name,
-            source="csv",
-            mapping=mapping,
-            settings=settings,
-            progress=False,
-        )
+    ingest_landing(settings, progress=False)
     log.info("simulated and ingested %d x %d in %.0f s", accounts, months, time.perf_counter() - t)
     return settings
 

@@ -12,17 +12,12 @@ import pandas as pd
 import pytest
 
 from workbench.config import load_settings
-from workbench.ingest import ingest
+from workbench.ingest import ingest_landing
 from workbench.models import evaluation, explain, oracle, scoring, training, uplift
 from workbench.simulator import simulate
 from workbench.store import Warehouse
 
 REPO = Path(__file__).resolve().parents[1]
-CSV = {
-    "usage.csv": "simulator_usage",
-    "crm_signals.csv": "simulator_crm_signals",
-    "support_tickets.csv": "simulator_support_tickets",
-}
 
 
 @pytest.fixture(scope="module")
@@ -31,15 +26,7 @@ def company(tmp_path_factory):
     data = root / "data"
     simulate(accounts=160, months=16, seed=7, out=data, progress=False)
     settings = load_settings(REPO, overrides={"data_dir": str(data)})
-    ingest(data / "landing" / "stripe", source="stripe", settings=settings, progress=False)
-    for name, mapping in CSV.items():
-        ingest(
-            data / "landing" / "csv" / name,
-            source="csv",
-            mapping=mapping,
-            settings=settings,
-            progress=False,
-        )
+    ingest_landing(settings, progress=False)
     return settings, data / "truth"
 
 

@@ -3,6 +3,7 @@
 Public API::
 
     ingest(path, *, source="stripe", mapping=None, settings=None, progress=True) -> IngestReport
+    ingest_landing(settings=None, *, progress=True) -> [(source, IngestReport)]: the landing zone
     rebuild(settings=None) -> RebuildReport
     erase_customer(customer_id, *, who, why, settings=None) -> ErasureReport
     verify(settings=None, *, check_lake=True) -> VerifyReport
@@ -19,6 +20,7 @@ Modules: ``records`` (files to records, card-number redaction), ``lake`` (the ra
 from workbench.ingest.checksums import table_checksums
 from workbench.ingest.erase import ErasureReport, erase_customer
 from workbench.ingest.health import ingest_health
+from workbench.ingest.landing import ingest_landing
 from workbench.ingest.loader import (
     ConservationError,
     FileReport,
@@ -40,6 +42,7 @@ __all__ = [
     "erase_customer",
     "ingest",
     "ingest_health",
+    "ingest_landing",
     "rebuild",
     "table_checksums",
     "verify",
