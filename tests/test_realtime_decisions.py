@@ -4,20 +4,33 @@ invoice checks before payment (#10)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+import math
+import sqlite3
 import time
 from pathlib import Path
 
+import hypothesis.strategies as st
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hyp_settings
 
 from workbench import approvals, audit
 from workbench.config import load_settings
-from workbench.dunning_realtime import RealtimeHandler, days_to_payday
+from workbench.dunning import decide_invoice, decide_with_control
+from workbench.dunning_realtime import (
+    PinnedSqliteStore,
+    RealtimeHandler,
+    RowScorer,
+    days_to_payday,
+)
 from workbench.features import serving
 from workbench.ingest import ingest
-from workbench.models import training
+from workbench.models import registry, training
+from workbench.policy import LEVELS, parse_policy
 from workbench.simulator import simulate
 from workbench.store import Warehouse
 from workbench.webhooks import WebhookReceiver, compute_signature, landing_dir
@@ -167,7 +180,7 @@ def test_signed_payment_failed_is_decided_and_stored_with_versions(company) -> N
 def test_guardrails_still_win_in_real_time(company) -> None:
     settings, data, horizon, _ = company
     handler = RealtimeHandler(settings)
-    handler.model.predict = lambda frame: np.ones(len(frame))  # a model that is always sure
+    handler.scorer = lambda values: 1.0  # a model that is always sure
     # a hard decline: never retried, whatever the score
     charge, ev = failed_invoice_event(data, horizon, eid="stolen")
     charge["data"]["object"]["outcome"]["reason"] = "stolen_card"
@@ -239,3 +252,183 @@ def test_double_bill_is_flagged_and_queued_once_before_payment(company) -> None:
     receive(receiver, {**second, "id": "evt_fin_2b"}, t=int(time.time()))
     assert len(stored()) == 1
     assert len(approvals.list_items(handler.store, subject_id="in_rt_second")) == 1
+
+
+# --------------------------------------------------------------------------- the fast paths
+
+AS_OF = pd.Timestamp("2024-03-01T00:00:00", tz="UTC")
+decline_codes = st.sampled_from(
+    [None, "insufficient_funds", "generic_decline", "stolen_card", "fraudulent", "expired_card"]
+)
+scores = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.floats(min_value=0, max_value=1),
+    st.sampled_from([0.0, 0.6, 1.0, 0.05, 0.5999999]),
+)
+invoices = st.fixed_dictionaries({
+    "invoice_id": st.text("abcdef0123_", min_size=1, max_size=12).map(lambda s: f"in_{s}"),
+    "account_id": st.one_of(st.none(), st.sampled_from(["cus_1", "cus_2"])),
+    "amount_due": st.integers(0, 10**9),
+    "currency": st.sampled_from(["usd", "eur"]),
+    "amount_due_reporting": st.one_of(st.none(), st.integers(0, 10**9), st.sampled_from([1_000_000, 1_000_001, 50_000])),
+    "attempt_count": st.integers(0, 12),
+    "hours_since_last": st.one_of(st.none(), st.floats(0, 24 * 200)),
+    "decline_code": decline_codes,
+    "recovery_probability": scores,
+    "uplift": scores,
+    "model_versions": st.sampled_from(["", "recovery_14d@champion:3", "retry-curve:10rows"]),
+    "preferred_in_hours": st.one_of(st.none(), st.floats(-48, 24 * 20)),
+})  # fmt: skip
+policies = st.builds(
+    lambda retries, hours, threshold, amount, budget, share, levels, shadow: parse_policy({
+        "shadow": shadow, "approval": {"amount_above_minor": amount},
+        "bulk_approval": {"max_amount_minor": min(50_000, amount)},
+        "retries": {"max_auto_retries": retries, "min_hours_between": hours,
+                    "min_recovery_probability": threshold},
+        "retention": {"offer_budget_minor": budget}, "control": {"share": share},
+        "automation": {"levels": levels},
+    }),
+    st.integers(0, 6), st.floats(0, 96), st.floats(0, 1), st.integers(0, 2_000_000),
+    st.integers(0, 200_000), st.sampled_from([0.0, 0.3, 0.5]),
+    st.fixed_dictionaries({t: st.sampled_from(LEVELS) for t in
+                           ("retry_payment", "retention_offer", "escalate_collections", "write_off")}),
+    st.booleans(),
+)  # fmt: skip
+
+
+def _invoice(raw: dict, as_of: pd.Timestamp) -> dict:
+    inv = {k: v for k, v in raw.items() if k not in ("hours_since_last", "preferred_in_hours")}
+    hours, pref = raw["hours_since_last"], raw["preferred_in_hours"]
+    inv["last_attempt_at"] = None if hours is None else as_of - pd.Timedelta(hours=hours)
+    inv["preferred_retry_at"] = None if pref is None else as_of + pd.Timedelta(hours=pref)
+    return inv
+
+
+def _frame_of(inv: dict) -> pd.DataFrame:
+    """The invoice as the batch engine gets it (as in tests/test_dunning.py)."""
+    df = pd.DataFrame([inv])
+    for col in ("last_attempt_at", "preferred_retry_at"):  # the same instants (ns)
+        df[col] = pd.to_datetime(df[col], utc=True).astype("datetime64[ns, UTC]")
+    df["amount_due_reporting"] = df["amount_due_reporting"].astype("Int64")
+    return df
+
+
+def _same(fast: object, frame: object) -> bool:
+    if fast is None or frame is None or pd.isna(frame) is True:
+        return (fast is None or pd.isna(fast) is True) and (frame is None or pd.isna(frame) is True)
+    if isinstance(fast, float):
+        return fast == frame or (math.isnan(fast) and math.isnan(frame))
+    return fast == frame
+
+
+@hyp_settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    raw=invoices,
+    policy=policies,
+    paused=st.frozensets(
+        st.sampled_from(["*", "retry_payment", "write_off", "retention_offer"]), max_size=2
+    ),
+    as_of_ns=st.integers(0, 10**9),
+)
+def test_single_invoice_fast_path_decides_exactly_like_the_frame_path(
+    raw: dict, policy, paused: frozenset[str], as_of_ns: int
+) -> None:
+    as_of = AS_OF + pd.Timedelta(as_of_ns, unit="ns")
+    inv = _invoice(raw, as_of)
+    frame = decide_with_control(_frame_of(inv), as_of=as_of, policy=policy, paused=paused)
+    fast = decide_invoice(inv, as_of=as_of, policy=policy, paused=paused)
+    row = frame.iloc[0].to_dict()
+    assert list(fast) == list(row)
+    different = {k: (fast[k], row[k]) for k in row if not _same(fast[k], row[k])}
+    assert not different
+
+
+def test_fast_path_refuses_what_the_frame_path_refuses() -> None:
+    inv = _invoice(
+        {"invoice_id": "in_x", "account_id": None, "amount_due": 100, "currency": "usd",
+         "amount_due_reporting": 100, "attempt_count": 1, "hours_since_last": 1.0,
+         "decline_code": None, "recovery_probability": 0.9, "uplift": np.nan,
+         "model_versions": "", "preferred_in_hours": None},
+        AS_OF,
+    )  # fmt: skip
+    policy = parse_policy({})
+    for change, message in (
+        ({"currency": "USD"}, "lowercase"),
+        ({"amount_due": 12.5}, "non-negative integers"),
+        ({"attempt_count": None}, "missing values"),
+        ({"last_attempt_at": pd.Timestamp("2024-02-29")}, "timezone-aware"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            decide_invoice({**inv, **change}, as_of=AS_OF, policy=policy)
+    with pytest.raises(ValueError, match="missing fields"):
+        decide_invoice({k: v for k, v in inv.items() if k != "uplift"}, as_of=AS_OF, policy=policy)
+
+
+def test_row_scorer_equals_the_model_on_frames(company) -> None:
+    settings, *_ = company
+    model, _ = registry.load_model("recovery_14d", "challenger", settings=settings)
+    scorer = RowScorer(model)
+    rng = np.random.default_rng(7)
+    levels = {c: list(v) for c, v in model.spec.categorical.items()}
+    rows = []
+    for i in range(60):
+        values: dict = {}
+        for f in model.spec.numeric:
+            values[f] = None if i % 7 == 0 else float(rng.normal(10, 20))
+        for c, lv in levels.items():
+            values[c] = [None, "never_seen", *lv][i % (len(lv) + 2)]
+        rows.append(values)
+    frame_p = model.predict(pd.DataFrame([{f: r.get(f) for f in model.features} for r in rows]))
+    fast_p = np.array([scorer(r) for r in rows])
+    np.testing.assert_array_equal(fast_p, frame_p)
+    assert len(set(np.round(fast_p, 6))) > 5  # the rows are really scored differently
+
+
+def test_pinned_store_one_transaction_savepoints_and_wal(tmp_path: Path) -> None:
+    store = PinnedSqliteStore(f"sqlite:///{tmp_path / 'approvals.sqlite'}")
+    with store.transaction() as tx:
+        assert tx.fetchone("PRAGMA journal_mode")["journal_mode"] == "wal"
+        assert tx.fetchone("PRAGMA synchronous")["synchronous"] == 1  # NORMAL
+    with store.transaction() as tx:
+        audit.append(tx, actor="t", event="outer", at=AS_OF)
+        with pytest.raises(RuntimeError), store.transaction() as inner:
+            audit.append(inner, actor="t", event="inner", at=AS_OF)
+            raise RuntimeError("inner fails")
+        with store.transaction() as inner:  # a nested one that succeeds
+            audit.append(inner, actor="t", event="inner ok", at=AS_OF)
+        # nothing is visible to another connection before the outer commit
+        other = sqlite3.connect(tmp_path / "approvals.sqlite")
+        assert other.execute("SELECT count(*) FROM audit_log").fetchone()[0] == 0
+    assert other.execute("SELECT count(*) FROM audit_log").fetchone()[0] == 2
+    other.close()
+    assert [e.event for e in audit.iter_entries(store)] == ["outer", "inner ok"]
+    assert audit.verify(store).ok
+    with pytest.raises(ValueError), store.transaction() as tx:
+        audit.append(tx, actor="t", event="rolled back", at=AS_OF)
+        raise ValueError("outer fails")
+    assert len(list(audit.iter_entries(store))) == 2
+    store.close()
+
+
+def test_real_events_decide_like_the_batch_engine(company) -> None:
+    """The handler's fast path on real events: same decision as the frame path on the
+    handler's own inputs, one commit per decision, and an intact audit chain."""
+    settings, data, horizon, _ = company
+    handler = RealtimeHandler(settings)
+    policy = dataclasses.replace(handler.policy)
+    for k, amount in enumerate((5_000, 2_000_000, 90_000)):
+        charge, ev = failed_invoice_event(data, horizon, eid=f"eq{k}", amount=amount, attempt=k + 1)
+        handler(charge)
+        invoice, now, first = handler.invoice_record(ev)
+        p, versions, _ = handler.score(invoice, first, now)
+        preferred, _ = handler._timing(invoice)
+        invoice.update(
+            recovery_probability=p, model_versions=versions, preferred_retry_at=preferred
+        )
+        fast = decide_invoice(invoice, as_of=now, policy=policy)
+        frame = decide_with_control(_frame_of(invoice), as_of=now, policy=policy).iloc[0]
+        assert all(_same(fast[c], frame[c]) for c in frame.index)
+        d = handler(ev)
+        assert (d.action, d.reason) == (fast["action"], fast["reason"])
+    assert audit.verify(handler.store).ok
+    handler.close()

@@ -39,6 +39,7 @@ import pandas as pd
 from workbench import audit
 from workbench.approvals import (
     ENGINE,
+    ApprovalStore,
     Identity,
     StoreLike,
     open_store,
@@ -84,6 +85,23 @@ def _as_utc(ts: datetime | pd.Timestamp | str) -> pd.Timestamp:
     return ts.tz_convert("UTC")
 
 
+def _check_integers(col: str, values: np.ndarray, *, allow_missing: bool) -> None:
+    """Refuse money/count values that are not non-negative integers (NaN = missing)."""
+    known = values[~np.isnan(values)]
+    bad = (known < 0) | (known != np.floor(known)) | ~np.isfinite(known)
+    if bad.any() or (not allow_missing and len(known) != len(values)):
+        raise ValueError(f"column {col!r} must hold non-negative integers (minor units for money)")
+
+
+def _check_currencies(currencies: list[str]) -> None:
+    if any(c != c.lower() for c in currencies):
+        raise ValueError("currency codes must be lowercase ISO codes like 'usd'")
+
+
+def _missing_value(col: str) -> ValueError:
+    return ValueError(f"column {col!r} has missing values; every open failed invoice needs one")
+
+
 def _validate(invoices: pd.DataFrame) -> None:
     missing = [c for c in INPUT_COLUMNS if c not in invoices.columns]
     if missing:
@@ -92,24 +110,15 @@ def _validate(invoices: pd.DataFrame) -> None:
         )
     for col in ("invoice_id", "amount_due", "currency", "attempt_count"):
         if pd.isna(invoices[col].to_numpy()).any():
-            raise ValueError(
-                f"column {col!r} has missing values; every open failed invoice needs one"
-            )
+            raise _missing_value(col)
     ids = invoices["invoice_id"].astype(str).to_numpy()
     if len(set(ids)) != len(ids):
         dup = pd.Series(ids)[pd.Series(ids).duplicated()].iloc[0]
         raise ValueError(f"invoice_id {dup!r} appears more than once; one row per open invoice")
     for col in ("amount_due", "attempt_count", "amount_due_reporting"):
         values = pd.to_numeric(invoices[col], errors="coerce").astype(float).to_numpy()
-        known = values[~np.isnan(values)]
-        bad = (known < 0) | (known != np.floor(known)) | ~np.isfinite(known)
-        if bad.any() or (col != "amount_due_reporting" and len(known) != len(values)):
-            raise ValueError(
-                f"column {col!r} must hold non-negative integers (minor units for money)"
-            )
-    currencies = [str(c) for c in invoices["currency"].to_numpy()]
-    if any(c != c.lower() for c in currencies):
-        raise ValueError("currency codes must be lowercase ISO codes like 'usd'")
+        _check_integers(col, values, allow_missing=col == "amount_due_reporting")
+    _check_currencies([str(c) for c in invoices["currency"].to_numpy()])
     last = invoices["last_attempt_at"]
     if (
         len(last)
@@ -119,13 +128,15 @@ def _validate(invoices: pd.DataFrame) -> None:
         raise ValueError("last_attempt_at must be timezone-aware UTC")
 
 
-def _score(
-    values: pd.Series, *, low: float, high: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(raw floats, valid mask, cleaned values with NaN where invalid)."""
-    raw = pd.to_numeric(values, errors="coerce").astype(float).to_numpy()
+def _numeric(values: Any) -> np.ndarray:
+    """Floats from a column or an object array (unparseable and missing -> NaN)."""
+    return pd.to_numeric(values, errors="coerce").astype(float)
+
+
+def _score(raw: np.ndarray, *, low: float, high: float) -> tuple[np.ndarray, np.ndarray]:
+    """(valid mask, cleaned values with NaN where invalid) of raw float scores."""
     valid = np.isfinite(raw) & (raw >= low) & (raw <= high)
-    return raw, valid, np.where(valid, raw, np.nan)
+    return valid, np.where(valid, raw, np.nan)
 
 
 def invoice_state(row: Mapping[str, Any], *, action_type: str | None) -> dict[str, Any]:
@@ -147,41 +158,64 @@ def _fmt_p(x: float) -> str:
     return f"{x:.2f}"
 
 
-def decide(
-    invoices: pd.DataFrame,
-    *,
-    as_of: datetime | pd.Timestamp,
-    policy: Policy,
-    paused: Collection[str] = frozenset(),
-) -> pd.DataFrame:
-    """Decide one action per open failed invoice under the policy's guardrails.
+NAT = np.iinfo(np.int64).min  # int64 view of NaT
+_IMMEDIATE = frozenset(
+    {"retry_now", "send_retention_offer", "escalate_collections", "propose_write_off"}
+)
 
-    Args:
-        invoices: One row per open failed invoice with ``invoice_id, account_id,
-            amount_due`` (minor units), ``currency, amount_due_reporting`` (minor units of
-            the reporting currency; missing = unknown, which always needs a human),
-            ``attempt_count`` (attempts so far, including the first), ``last_attempt_at``
-            (UTC), ``decline_code, recovery_probability`` (float, NaN without a model),
-            ``uplift`` (float or NaN) and ``model_versions`` (text); optionally
-            ``preferred_retry_at`` (UTC or NaT): the best predicted retry time from a
-            recovery curve, used when later than the earliest allowed time.
-        as_of: The decision time (UTC).
-        policy: The guardrails and automation levels.
-        paused: Action types whose automation is paused (``*`` = all): forced to ``insight``.
+_STATE_FIELDS = (
+    "invoice_id", "amount_due", "currency", "attempt_count", "last_attempt_at", "decline_code",
+)  # fmt: skip
 
-    Returns:
-        One row per invoice, in input order, with :data:`DECISION_COLUMNS`.
-        ``scheduled_at`` is when to act (``as_of`` for immediate actions, the chosen time
-        for ``retry_at``, NaT for ``wait``); ``expected_value`` is
-        ``amount_due_reporting x recovery_probability`` (NaN without a valid score);
-        ``executes_automatically`` is True only for actions the policy lets run with no
-        human (never in shadow mode, never above the approval amount).
+
+@dataclass(frozen=True)
+class _Rows:
+    """The engine's inputs as plain arrays, one entry per invoice: what the rules read.
+
+    Built from a frame (:func:`decide`) or from one invoice (:func:`decide_invoice`); the
+    rules (:func:`_decide_rows`) are the same code for both.
     """
-    _validate(invoices)
-    as_of = _as_utc(as_of)
-    paused = frozenset(paused)
-    df = invoices.reset_index(drop=True)
-    n = len(df)
+
+    invoice_id: list[str]
+    records: list[dict[str, Any]]  # the fields of :func:`invoice_state`
+    p_raw: np.ndarray  # float, NaN = no score
+    u_raw: np.ndarray
+    rep: np.ndarray  # float, NaN = unknown amount in the reporting currency
+    attempts: np.ndarray  # int
+    last_ns: np.ndarray  # int64 ns since the epoch, NAT = no attempt
+    pref_us: np.ndarray | None  # int64 us (floored), NAT = no preferred time
+    decline: np.ndarray  # object: decline code text, "" when missing
+
+
+def _ns(values: Any) -> np.ndarray:
+    """int64 nanoseconds (NAT where missing) of UTC timestamps."""
+    return pd.DatetimeIndex(pd.to_datetime(values, utc=True)).as_unit("ns").asi8
+
+
+def _rows_from_frame(df: pd.DataFrame) -> _Rows:
+    pref_us = None
+    if "preferred_retry_at" in df.columns:
+        pref = pd.to_datetime(df["preferred_retry_at"], utc=True).astype("datetime64[us, UTC]")
+        pref_us = pd.DatetimeIndex(pref).asi8
+    return _Rows(
+        invoice_id=[str(i) for i in df["invoice_id"].to_numpy()],
+        records=df[list(_STATE_FIELDS)].to_dict("records"),
+        p_raw=_numeric(df["recovery_probability"]).to_numpy(),
+        u_raw=_numeric(df["uplift"]).to_numpy(),
+        rep=_numeric(df["amount_due_reporting"]).to_numpy(),
+        attempts=pd.to_numeric(df["attempt_count"]).astype(int).to_numpy(),
+        last_ns=_ns(df["last_attempt_at"]),
+        pref_us=pref_us,
+        decline=df["decline_code"].astype("string").fillna("").to_numpy(dtype=object),
+    )
+
+
+def _decide_rows(
+    rows: _Rows, *, as_of: pd.Timestamp, policy: Policy, paused: frozenset[str]
+) -> dict[str, Any]:
+    """The guardrails and the choice of action: per invoice arrays/lists (one code path for
+    a frame of invoices and for a single invoice)."""
+    n = len(rows.invoice_id)
     r, c, w, wo, ret = (
         policy.retries,
         policy.collections,
@@ -189,30 +223,30 @@ def decide(
         policy.write_off,
         policy.approval,
     )
-
-    p_raw, p_valid, p = _score(df["recovery_probability"], low=0.0, high=1.0)
-    u_raw, u_valid, u = _score(df["uplift"], low=-1.0, high=1.0)
-    rep = pd.to_numeric(df["amount_due_reporting"], errors="coerce").astype(float).to_numpy()
+    p_raw, u_raw, rep = rows.p_raw, rows.u_raw, rows.rep
+    p_valid, p = _score(p_raw, low=0.0, high=1.0)
+    u_valid, u = _score(u_raw, low=-1.0, high=1.0)
     rep_known = np.isfinite(rep)
-    attempts = pd.to_numeric(df["attempt_count"]).astype(int).to_numpy()
-    retries_used = np.maximum(attempts - 1, 0)
-    last = pd.to_datetime(df["last_attempt_at"], utc=True)
-    idle_days = ((as_of - last).dt.total_seconds() / 86400.0).to_numpy(
-        dtype=float
-    )  # NaN without attempts
-    decline = df["decline_code"].astype("string").fillna("").to_numpy(dtype=object)
-    hard = np.isin(decline, list(r.no_retry_decline_codes))
+    retries_used = np.maximum(rows.attempts - 1, 0)
+    as_of_ns = int(as_of.value)
+    last_known = rows.last_ns != NAT
+    # NaN without attempts
+    idle_days = np.where(last_known, (as_of_ns - rows.last_ns) / 1e9, np.nan) / 86400.0
+    decline = rows.decline
+    no_retry_codes = frozenset(r.no_retry_decline_codes)
+    hard = np.fromiter((d in no_retry_codes for d in decline), dtype=bool, count=n)
     retries_left = retries_used < r.max_auto_retries
 
     # microsecond timestamps, rounded up so the spacing is never undercut
-    earliest = (last + pd.Timedelta(hours=r.min_hours_between)).dt.ceil("us").fillna(as_of)
-    earliest = earliest.where(earliest > as_of, as_of).astype("datetime64[us, UTC]")
+    spacing_ns = int(pd.Timedelta(hours=r.min_hours_between).value)
+    after = -((-(rows.last_ns + spacing_ns)) // 1000) * 1000
+    earliest_ns = np.where(last_known & (after > as_of_ns), after, as_of_ns)
+    earliest = earliest_ns // 1000  # int64 microseconds
     timed = np.zeros(n, dtype=bool)
-    if "preferred_retry_at" in df.columns:  # retry timing chosen from the recovery curve
-        pref = pd.to_datetime(df["preferred_retry_at"], utc=True).astype("datetime64[us, UTC]")
-        timed = (pref.notna() & (pref > earliest)).to_numpy()
-        earliest = earliest.where(~timed, pref)
-    due = (earliest <= as_of).to_numpy()
+    if rows.pref_us is not None:  # retry timing chosen from the recovery curve
+        timed = (rows.pref_us != NAT) & (rows.pref_us > earliest)
+        earliest = np.where(timed, rows.pref_us, earliest)
+    due = earliest * 1000 <= as_of_ns
 
     retry_route = ~hard & retries_left
     retry_ok = retry_route & p_valid & (p >= r.min_recovery_probability)
@@ -239,7 +273,7 @@ def decide(
     offer_cost = np.zeros(n, dtype=np.int64)
     budget_left = w.offer_budget_minor
     cand = np.flatnonzero(offer_candidate)
-    order = sorted(cand, key=lambda i: (-(u[i] * rep[i]), str(df.at[i, "invoice_id"])))
+    order = sorted(cand, key=lambda i: (-(u[i] * rep[i]), rows.invoice_id[i]))
     over_budget = np.zeros(n, dtype=bool)
     for i in order:
         cost = math.ceil(w.offer_cost_fraction * rep[i])
@@ -257,19 +291,13 @@ def decide(
     action[escalate] = "escalate_collections"
     action[offer] = "send_retention_offer"
 
-    immediate = np.isin(
-        action, ["retry_now", "send_retention_offer", "escalate_collections", "propose_write_off"]
-    )
+    immediate = np.fromiter((a in _IMMEDIATE for a in action), dtype=bool, count=n)
     sched = np.full(n, np.datetime64("NaT"), dtype="datetime64[us]")
     sched[immediate] = as_of.tz_localize(None).to_datetime64()
     later = action == "retry_at"
-    sched[later] = earliest.dt.tz_localize(None).to_numpy(dtype="datetime64[us]")[later]
-    scheduled = pd.Series(sched, index=df.index).dt.tz_localize("UTC")
+    sched[later] = earliest.astype("datetime64[us]")[later]
 
     action_type = np.array([ACTION_TYPE_OF[a] for a in action], dtype=object)
-    records = df[
-        ["invoice_id", "amount_due", "currency", "attempt_count", "last_attempt_at", "decline_code"]
-    ].to_dict("records")
     levels, needs_human, executes, risks, reasons, hashes = [], [], [], [], [], []
     for i in range(n):
         a_type = action_type[i]
@@ -287,7 +315,7 @@ def decide(
             )
         )
         risks.append(policy.risk(amount_rep))
-        hashes.append(state_hash(invoice_state(records[i], action_type=a_type)))
+        hashes.append(state_hash(invoice_state(rows.records[i], action_type=a_type)))
 
         why: list[str] = []
         if not np.isnan(p_raw[i]) and not p_valid[i]:
@@ -309,13 +337,12 @@ def decide(
         a = action[i]
         if a == "retry_now":
             why.append(f"retry now ({retries_used[i]} of {r.max_auto_retries} retries used)")
-        elif a == "retry_at" and timed[i]:
-            why.append(
-                f"retry at {audit.utc_text(earliest.iloc[i])}: best predicted time on the recovery curve"
-            )
         elif a == "retry_at":
+            when = audit.utc_text(pd.Timestamp(int(earliest[i]), unit="us", tz="UTC"))
             why.append(
-                f"retry at {audit.utc_text(earliest.iloc[i])}: {r.min_hours_between:g} h after the last attempt"
+                f"retry at {when}: best predicted time on the recovery curve"
+                if timed[i]
+                else f"retry at {when}: {r.min_hours_between:g} h after the last attempt"
             )
         elif a == "propose_write_off":
             why.append(
@@ -348,30 +375,177 @@ def decide(
             why.append("shadow mode: recorded only")
         reasons.append("; ".join(why))
 
-    out = pd.DataFrame({
-        "invoice_id": df["invoice_id"].astype(str),
-        "account_id": df["account_id"],
+    return {
         "action": action,
         "action_type": action_type,
-        "scheduled_at": scheduled,
+        "scheduled_at": sched,
         "reason": np.array(reasons, dtype=object),
         "expected_value": np.where(rep_known & p_valid, rep * np.nan_to_num(p), np.nan),
         "recovery_probability": p,
         "uplift": u,
-        "amount_due": pd.to_numeric(df["amount_due"]).astype("int64"),
-        "currency": df["currency"].astype(str),
-        "amount_due_reporting": pd.array([int(x) if k else pd.NA for x, k in zip(rep, rep_known, strict=True)], dtype="Int64"),
+        "rep": rep,
+        "rep_known": rep_known,
         "risk": np.array(risks, dtype=object),
         "offer_cost_minor": offer_cost,
-        "model_versions": df["model_versions"].fillna("").astype(str),
-        "policy_version": policy.version,
         "automation_level": np.array(levels, dtype=object),
         "requires_approval": np.array(needs_human, dtype=bool),
         "executes_automatically": np.array(executes, dtype=bool),
-        "shadow": policy.shadow,
         "state_hash": np.array(hashes, dtype=object),
+    }
+
+
+def decide(
+    invoices: pd.DataFrame,
+    *,
+    as_of: datetime | pd.Timestamp,
+    policy: Policy,
+    paused: Collection[str] = frozenset(),
+) -> pd.DataFrame:
+    """Decide one action per open failed invoice under the policy's guardrails.
+
+    Args:
+        invoices: One row per open failed invoice with ``invoice_id, account_id,
+            amount_due`` (minor units), ``currency, amount_due_reporting`` (minor units of
+            the reporting currency; missing = unknown, which always needs a human),
+            ``attempt_count`` (attempts so far, including the first), ``last_attempt_at``
+            (UTC), ``decline_code, recovery_probability`` (float, NaN without a model),
+            ``uplift`` (float or NaN) and ``model_versions`` (text); optionally
+            ``preferred_retry_at`` (UTC or NaT): the best predicted retry time from a
+            recovery curve, used when later than the earliest allowed time.
+        as_of: The decision time (UTC).
+        policy: The guardrails and automation levels.
+        paused: Action types whose automation is paused (``*`` = all): forced to ``insight``.
+
+    Returns:
+        One row per invoice, in input order, with :data:`DECISION_COLUMNS`.
+        ``scheduled_at`` is when to act (``as_of`` for immediate actions, the chosen time
+        for ``retry_at``, NaT for ``wait``); ``expected_value`` is
+        ``amount_due_reporting x recovery_probability`` (NaN without a valid score);
+        ``executes_automatically`` is True only for actions the policy lets run with no
+        human (never in shadow mode, never above the approval amount).
+        :func:`decide_invoice` decides a single invoice the same way, without pandas.
+    """
+    _validate(invoices)
+    as_of = _as_utc(as_of)
+    df = invoices.reset_index(drop=True)
+    d = _decide_rows(_rows_from_frame(df), as_of=as_of, policy=policy, paused=frozenset(paused))
+    rep, rep_known = d["rep"], d["rep_known"]
+    out = pd.DataFrame({
+        "invoice_id": df["invoice_id"].astype(str),
+        "account_id": df["account_id"],
+        "action": d["action"],
+        "action_type": d["action_type"],
+        "scheduled_at": pd.Series(d["scheduled_at"], index=df.index).dt.tz_localize("UTC"),
+        "reason": d["reason"],
+        "expected_value": d["expected_value"],
+        "recovery_probability": d["recovery_probability"],
+        "uplift": d["uplift"],
+        "amount_due": pd.to_numeric(df["amount_due"]).astype("int64"),
+        "currency": df["currency"].astype(str),
+        "amount_due_reporting": pd.array([int(x) if k else pd.NA for x, k in zip(rep, rep_known, strict=True)], dtype="Int64"),
+        "risk": d["risk"],
+        "offer_cost_minor": d["offer_cost_minor"],
+        "model_versions": df["model_versions"].fillna("").astype(str),
+        "policy_version": policy.version,
+        "automation_level": d["automation_level"],
+        "requires_approval": d["requires_approval"],
+        "executes_automatically": d["executes_automatically"],
+        "shadow": policy.shadow,
+        "state_hash": d["state_hash"],
     })  # fmt: skip
     return out[list(DECISION_COLUMNS)]
+
+
+def _one(value: Any) -> np.ndarray:
+    return np.array([value], dtype=object)
+
+
+def _float1(value: Any) -> np.ndarray:
+    """:func:`_numeric` of one value (plain numbers without the pandas call)."""
+    if isinstance(value, float | int) and not isinstance(value, bool):
+        return np.array([float(value)])
+    return np.asarray(_numeric(_one(value)), dtype=float)
+
+
+def _utc_ns(value: Any) -> int:
+    """Nanoseconds since the epoch of one timestamp, naive = UTC (as ``to_datetime(utc=True)``)."""
+    ts = pd.Timestamp(value)
+    return int((ts.tz_localize("UTC") if ts.tzinfo is None else ts).value)
+
+
+def _rows_from_invoice(invoice: Mapping[str, Any]) -> _Rows:
+    """:class:`_Rows` of one invoice, validated like a frame row by :func:`_validate`."""
+    missing = [c for c in INPUT_COLUMNS if c not in invoice]
+    if missing:
+        raise ValueError(f"invoice is missing fields {missing}; needs {list(INPUT_COLUMNS)}")
+    for col in ("invoice_id", "amount_due", "currency", "attempt_count"):
+        if pd.isna(invoice[col]):
+            raise _missing_value(col)
+    for col in ("amount_due", "attempt_count", "amount_due_reporting"):
+        _check_integers(col, _float1(invoice[col]), allow_missing=col == "amount_due_reporting")
+    _check_currencies([str(invoice["currency"])])
+    last = invoice["last_attempt_at"]
+    last = pd.NaT if last is None or pd.isna(last) else pd.Timestamp(last)
+    if last is not pd.NaT and last.tzinfo is None:
+        raise ValueError("last_attempt_at must be timezone-aware UTC")
+    pref_us = None
+    if "preferred_retry_at" in invoice:
+        pref = invoice["preferred_retry_at"]
+        pref_us = np.array(
+            [NAT if pref is None or pd.isna(pref) else _utc_ns(pref) // 1000], dtype=np.int64
+        )
+    decline = invoice["decline_code"]
+    record = {k: invoice[k] for k in _STATE_FIELDS}
+    record["last_attempt_at"] = last
+    return _Rows(
+        invoice_id=[str(invoice["invoice_id"])],
+        records=[record],
+        p_raw=_float1(invoice["recovery_probability"]),
+        u_raw=_float1(invoice["uplift"]),
+        rep=_float1(invoice["amount_due_reporting"]),
+        attempts=np.array([int(invoice["attempt_count"])]),
+        last_ns=np.array([NAT if last is pd.NaT else last.value], dtype=np.int64),
+        pref_us=pref_us,
+        decline=np.array(
+            ["" if decline is None or pd.isna(decline) else str(decline)], dtype=object
+        ),
+    )
+
+
+def _decide_one(
+    invoice: Mapping[str, Any],
+    *,
+    as_of: pd.Timestamp,
+    policy: Policy,
+    paused: frozenset[str],
+    version: str,
+) -> dict[str, Any]:
+    d = _decide_rows(_rows_from_invoice(invoice), as_of=as_of, policy=policy, paused=paused)
+    sched = d["scheduled_at"][0]
+    versions = invoice["model_versions"]
+    return {
+        "invoice_id": str(invoice["invoice_id"]),
+        "account_id": invoice["account_id"],
+        "action": d["action"][0],
+        "action_type": d["action_type"][0],
+        "scheduled_at": pd.NaT if np.isnat(sched) else pd.Timestamp(sched).tz_localize("UTC"),
+        "reason": d["reason"][0],
+        "expected_value": float(d["expected_value"][0]),
+        "recovery_probability": float(d["recovery_probability"][0]),
+        "uplift": float(d["uplift"][0]),
+        "amount_due": int(invoice["amount_due"]),
+        "currency": str(invoice["currency"]),
+        "amount_due_reporting": int(d["rep"][0]) if d["rep_known"][0] else None,
+        "risk": d["risk"][0],
+        "offer_cost_minor": int(d["offer_cost_minor"][0]),
+        "model_versions": "" if versions is None or pd.isna(versions) else str(versions),
+        "policy_version": version,
+        "automation_level": d["automation_level"][0],
+        "requires_approval": bool(d["requires_approval"][0]),
+        "executes_automatically": bool(d["executes_automatically"][0]),
+        "shadow": policy.shadow,
+        "state_hash": d["state_hash"][0],
+    }
 
 
 def in_control_group(invoice_ids: Any, policy: Policy) -> np.ndarray:
@@ -408,6 +582,20 @@ def baseline_policy(policy: Policy) -> Policy:
     return dataclasses.replace(policy, retries=retries, label=f"{policy.label} (control)")
 
 
+def _control_scores(raw: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Control-group scores: ``(scores with 0.0 for missing/invalid ones, scored mask)``."""
+    p = _numeric(raw)
+    p = np.asarray(p, dtype=float)
+    scored = np.isfinite(p) & (p >= 0) & (p <= 1)
+    return np.where(scored, p, 0.0), scored
+
+
+def _control_reason(policy: Policy, unscored: bool, why: str) -> str:
+    spacing = 24.0 * policy.control.baseline_window_days / policy.control.baseline_retries
+    prefix = f"control group: baseline schedule, a retry every {spacing:g} h whatever the score"
+    return prefix + ("; no recovery score" if unscored else "") + "; " + str(why).split("; ", 1)[-1]
+
+
 def decide_with_control(
     invoices: pd.DataFrame,
     *,
@@ -434,20 +622,16 @@ def decide_with_control(
     if ctrl.any():
         base = baseline_policy(policy)
         inputs = df[ctrl].copy()
-        p = pd.to_numeric(inputs["recovery_probability"], errors="coerce").astype(float)
-        scored = np.isfinite(p) & (p >= 0) & (p <= 1)
-        inputs["recovery_probability"] = p.where(scored, 0.0)
+        p, scored = _control_scores(inputs["recovery_probability"])
+        inputs["recovery_probability"] = p
         inputs["uplift"] = np.nan
         inputs = inputs.drop(columns=["preferred_retry_at"], errors="ignore")
         out = decide(inputs, as_of=as_of, policy=base, paused=paused)
-        unscored = ~scored.to_numpy()
+        unscored = ~scored
         out.loc[unscored, "recovery_probability"] = np.nan
         out.loc[unscored, "expected_value"] = np.nan
-        spacing = 24.0 * policy.control.baseline_window_days / policy.control.baseline_retries
-        prefix = f"control group: baseline schedule, a retry every {spacing:g} h whatever the score"
         out["reason"] = [
-            prefix + ("; no recovery score" if u else "") + "; " + str(why).split("; ", 1)[-1]
-            for u, why in zip(unscored, out["reason"], strict=True)
+            _control_reason(policy, u, why) for u, why in zip(unscored, out["reason"], strict=True)
         ]
         out["policy_version"] = policy.version
         parts.append(out.assign(control_group=True))
@@ -455,6 +639,47 @@ def decide_with_control(
     merged = pd.concat([x for x in parts if len(x)], ignore_index=True) if len(df) else parts[0]
     merged = merged.iloc[np.argsort([order[i] for i in merged["invoice_id"]], kind="stable")]
     return merged.reset_index(drop=True)
+
+
+def decide_invoice(
+    invoice: Mapping[str, Any],
+    *,
+    as_of: datetime | pd.Timestamp,
+    policy: Policy,
+    paused: Collection[str] = frozenset(),
+) -> dict[str, Any]:
+    """The single-invoice fast path of :func:`decide_with_control` (no pandas frames).
+
+    The same rules, in the same code (:func:`_decide_rows`), as the frame path: for any
+    valid invoice the result equals ``decide_with_control(frame_of(invoice)).iloc[0]``
+    (a property test checks this), in microseconds instead of milliseconds.
+
+    Args:
+        invoice: The fields of one row of :func:`decide`'s input (plus, optionally,
+            ``preferred_retry_at``).
+        as_of, policy, paused: As for :func:`decide`.
+
+    Returns:
+        :data:`DECISION_COLUMNS` plus ``control_group`` as plain values
+        (``amount_due_reporting`` is None when unknown, ``scheduled_at`` NaT for ``wait``).
+    """
+    as_of = _as_utc(as_of)
+    paused = frozenset(paused)
+    version = policy.version  # a content hash: computed once here
+    if not in_control_group([invoice["invoice_id"]], policy)[0]:
+        return {
+            **_decide_one(invoice, as_of=as_of, policy=policy, paused=paused, version=version),
+            "control_group": False,
+        }
+    p, scored = _control_scores(_one(invoice["recovery_probability"]))
+    inputs = {k: v for k, v in invoice.items() if k != "preferred_retry_at"}
+    inputs.update(recovery_probability=float(p[0]), uplift=np.nan)
+    base = baseline_policy(policy)
+    out = _decide_one(inputs, as_of=as_of, policy=base, paused=paused, version=version)
+    if not scored[0]:
+        out.update(recovery_probability=np.nan, expected_value=np.nan)
+    out["reason"] = _control_reason(policy, not scored[0], out["reason"])
+    return {**out, "control_group": True}
 
 
 @dataclass(frozen=True)
@@ -488,6 +713,56 @@ def _payload(row: Any, policy: Policy, as_of: pd.Timestamp) -> dict[str, Any]:
     return audit.jsonable(payload)
 
 
+def _shadow_entry(
+    tx: Any, row: Mapping[str, Any], *, policy: Policy, as_of: pd.Timestamp, who: Identity
+) -> None:
+    """The ``decision.shadow`` audit entry of one acting decision (shadow mode)."""
+    audit.append(tx, actor=who.user, event="decision.shadow", item_id=None, at=as_of,
+                 details={"invoice_id": row["invoice_id"], "action": row["action"],
+                          "action_type": row["action_type"], "automation_level": row["automation_level"],
+                          "requires_approval": bool(row["requires_approval"]),
+                          "amount_due_reporting": row["amount_due_reporting"],
+                          "policy_version": policy.version, **_payload(row, policy, as_of)})  # fmt: skip
+
+
+def _request(
+    store: ApprovalStore,
+    row: Mapping[str, Any],
+    state: Mapping[str, Any],
+    *,
+    policy: Policy,
+    as_of: pd.Timestamp,
+    who: Identity,
+) -> str | None:
+    """Queue or run one acting decision; the outcome code (None: insight only)."""
+    if not (row["requires_approval"] or row["executes_automatically"]):
+        return None
+    rep = row["amount_due_reporting"]
+    outcome = request_action(
+        store, who=who, action_type=row["action_type"], subject_id=row["invoice_id"],
+        state=state, policy=policy, amount_minor=int(row["amount_due"]),
+        currency=row["currency"], amount_reporting_minor=None if pd.isna(rep) else int(rep),
+        account_id=None if pd.isna(row["account_id"]) else str(row["account_id"]),
+        payload=_payload(row, policy, as_of), state_scope=STATE_SCOPE, risk=row["risk"],
+        auto_execute=bool(row["executes_automatically"]), now=as_of,
+    )  # fmt: skip
+    return outcome.code
+
+
+def _summary(codes: list[str | None], superseded: int) -> ApplySummary:
+    counts = {"queued": 0, "duplicate": 0, "executed": 0, "failed": 0, "paused": 0}
+    insight = 0
+    for code in codes:
+        if code is None:
+            insight += 1
+        else:
+            counts[code if code in counts else "failed"] += 1
+    return ApplySummary(
+        queued=counts["queued"], duplicates=counts["duplicate"], executed=counts["executed"],
+        failed=counts["failed"], paused=counts["paused"], superseded=superseded, insight_only=insight,
+    )  # fmt: skip
+
+
 def apply_decisions(
     store: StoreLike,
     decisions: pd.DataFrame,
@@ -519,12 +794,7 @@ def apply_decisions(
     if policy.shadow:
         with store.transaction() as tx:
             for _, row in acting.iterrows():
-                audit.append(tx, actor=who.user, event="decision.shadow", item_id=None, at=as_of,
-                             details={"invoice_id": row["invoice_id"], "action": row["action"],
-                                      "action_type": row["action_type"], "automation_level": row["automation_level"],
-                                      "requires_approval": bool(row["requires_approval"]),
-                                      "amount_due_reporting": row["amount_due_reporting"],
-                                      "policy_version": policy.version, **_payload(row, policy, as_of)})  # fmt: skip
+                _shadow_entry(tx, row, policy=policy, as_of=as_of, who=who)
         return ApplySummary(shadowed=len(acting))
 
     states = {
@@ -537,28 +807,51 @@ def apply_decisions(
         store, who=who, scope=STATE_SCOPE, states=states, close_missing=complete,
         policy_version=policy.version, now=as_of,
     )  # fmt: skip
-    counts = {"queued": 0, "duplicate": 0, "executed": 0, "failed": 0, "paused": 0}
-    insight = 0
-    for _, row in acting.iterrows():
-        if not (row["requires_approval"] or row["executes_automatically"]):
-            insight += 1
-            continue
-        rep = row["amount_due_reporting"]
-        outcome = request_action(
-            store, who=who, action_type=row["action_type"], subject_id=row["invoice_id"],
-            state=states[row["invoice_id"]], policy=policy, amount_minor=int(row["amount_due"]),
-            currency=row["currency"], amount_reporting_minor=None if pd.isna(rep) else int(rep),
-            account_id=None if pd.isna(row["account_id"]) else str(row["account_id"]),
-            payload=_payload(row, policy, as_of), state_scope=STATE_SCOPE, risk=row["risk"],
-            auto_execute=bool(row["executes_automatically"]), now=as_of,
-        )  # fmt: skip
-        counts[outcome.code if outcome.code in counts else "failed"] += 1
-    summary = ApplySummary(
-        queued=counts["queued"], duplicates=counts["duplicate"], executed=counts["executed"],
-        failed=counts["failed"], paused=counts["paused"], superseded=superseded, insight_only=insight,
-    )  # fmt: skip
+    codes = [
+        _request(store, row, states[row["invoice_id"]], policy=policy, as_of=as_of, who=who)
+        for _, row in acting.iterrows()
+    ]
+    summary = _summary(codes, superseded)
     log.info("dunning decisions applied under %s: %s", policy.version, summary)
     return summary
+
+
+def apply_decision(
+    store: StoreLike,
+    decision: Mapping[str, Any],
+    invoice: Mapping[str, Any],
+    *,
+    policy: Policy,
+    as_of: datetime | pd.Timestamp,
+    who: Identity = ENGINE,
+) -> ApplySummary:
+    """:func:`apply_decisions` for one decision of :func:`decide_invoice` (no frames).
+
+    Args:
+        decision: One decision (``decide_invoice`` output, or a row of ``decide``'s).
+        invoice: The invoice it was made from (the fields of :func:`invoice_state`).
+    """
+    store, as_of = open_store(store), _as_utc(as_of)
+    if decision["policy_version"] != policy.version:
+        raise ValueError(f"decisions were made under another policy than {policy.version}")
+    acting = decision["action_type"] is not None and not pd.isna(decision["action_type"])
+    if policy.shadow:
+        if acting:
+            with store.transaction() as tx:
+                _shadow_entry(tx, decision, policy=policy, as_of=as_of, who=who)
+        return ApplySummary(shadowed=int(acting))
+    iid = str(decision["invoice_id"])
+    states = {iid: invoice_state(invoice, action_type=decision["action_type"])}
+    superseded = record_states(
+        store, who=who, scope=STATE_SCOPE, states=states, close_missing=False,
+        policy_version=policy.version, now=as_of,
+    )  # fmt: skip
+    codes = (
+        [_request(store, decision, states[iid], policy=policy, as_of=as_of, who=who)]
+        if acting
+        else []
+    )
+    return _summary(codes, superseded)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ the reporting currency (a policy written in usd cents must not be read as yen).
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 import json
 import logging
@@ -202,9 +203,10 @@ class Policy:
         out["automation"]["levels"] = dict(sorted(self.automation.levels.items()))
         return json.loads(json.dumps(out))  # tuples become lists
 
-    @property
+    @functools.cached_property
     def content_hash(self) -> str:
-        """SHA-256 of the canonical JSON of :meth:`to_dict`."""
+        """SHA-256 of the canonical JSON of :meth:`to_dict` (computed once: a policy is
+        immutable, and the engine reads its version several times per decision)."""
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 

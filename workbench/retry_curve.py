@@ -17,6 +17,7 @@ the number the policy's ``min_recovery_probability`` threshold is compared with.
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 
@@ -198,68 +199,172 @@ class RecoveryCurve:
             ``(times, p)``: arrays (invoices x retries) of planned retry times (unix seconds,
             NaN when no retry is planned) and their predicted success probabilities (0 there).
         """
-        n = len(invoices)
+        first = pd.to_datetime(invoices["first_failed_at"], utc=True)
+        return self.plan_arrays(
+            first_ns=pd.DatetimeIndex(first).as_unit("ns").asi8,
+            first_s=np.array([t.timestamp() for t in first], dtype=np.float64),
+            decline=invoices["decline_code"].to_numpy(dtype=object),
+            amount_reporting=invoices["amount_reporting"].to_numpy(float),
+            prior_failed=invoices["prior_failed"].to_numpy(float),
+            retries=retries,
+            min_hours_between=min_hours_between,
+            window_days=window_days,
+            grid_hours=grid_hours,
+        )
+
+    def plan_arrays(
+        self,
+        *,
+        first_ns: np.ndarray,
+        first_s: np.ndarray,
+        decline: np.ndarray,
+        amount_reporting: np.ndarray,
+        prior_failed: np.ndarray,
+        retries: int,
+        min_hours_between: float,
+        window_days: float,
+        grid_hours: float = 6.0,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`plan` on plain arrays (the per-event fast path of ``workbench receive``).
+
+        Args:
+            first_ns: First failure per invoice, int64 ns since the epoch (UTC).
+            first_s: The same as float seconds (``Timestamp.timestamp()``).
+            decline, amount_reporting, prior_failed: Per invoice, as in :meth:`plan`.
+            retries, min_hours_between, window_days, grid_hours: As in :meth:`plan`.
+        """
+        n = len(first_ns)
         times = np.full((n, retries), np.nan)
         probs = np.zeros((n, retries))
         if n == 0 or retries == 0:
             return times, probs
-        first = pd.to_datetime(invoices["first_failed_at"], utc=True)
-        first_s = np.array([t.timestamp() for t in first])
-        grid = np.arange(grid_hours, window_days * 24.0 + 1e-9, grid_hours) * 3600.0  # after t0
-        g = len(grid)
-        when = first_s[:, None] + grid[None, :]
-        base = _features(
-            decline=np.repeat(invoices["decline_code"].to_numpy(dtype=object), g),
-            attempt=np.zeros(n * g),
-            when=pd.to_datetime(when.ravel(), unit="s", utc=True),
-            first_failed_at=np.repeat(first.to_numpy(), g),
-            amount_reporting=np.repeat(invoices["amount_reporting"].to_numpy(float), g),
-            prior_failed=np.repeat(invoices["prior_failed"].to_numpy(float), g),
-        )[list(FEATURES)].to_numpy(dtype=np.float64)
+        grid = _plan_grid(retries, float(min_hours_between), float(window_days), float(grid_hours))
+        g = len(grid.offsets_s)
+        when = first_s[:, None] + grid.offsets_s[None, :]
+        when_ns = pd.DatetimeIndex(pd.to_datetime(when.ravel(), unit="s", utc=True)).asi8
+        base = _feature_matrix(
+            decline=np.repeat(np.asarray(decline, dtype=object), g),
+            when_ns=when_ns,
+            first_ns=np.repeat(np.asarray(first_ns, dtype=np.int64), g),
+            amount_reporting=np.repeat(np.asarray(amount_reporting, dtype=float), g),
+            prior_failed=np.repeat(np.asarray(prior_failed, dtype=float), g),
+        )
         col = FEATURES.index("attempt")
         stacked = np.tile(base, (retries, 1))  # one predict call for every retry number
-        stacked[:, col] = np.repeat(np.arange(2, retries + 2, dtype=np.float64), n * g)
-        p = self.booster.predict(stacked).reshape(retries, n, g)
-        # first index allowed after an attempt at grid index i (and after t0 itself)
-        gap = int(np.ceil(min_hours_between / grid_hours - 1e-9))
-        start0 = max(int(np.ceil(min_hours_between / grid_hours - 1e-9)) - 1, 0)
-        value = np.zeros((retries + 1, n, g + 1))  # value[j][:, i]: best from retry j, prev at i
-        choice = np.zeros((retries, n, g + 1), dtype=np.int64)
-        # previous attempt at grid index i (i = g: the first failure) -> first allowed index
-        first_allowed = np.r_[np.arange(g) + gap, start0]
-        valid = first_allowed < g
-        first_allowed = np.minimum(first_allowed, g - 1)
-        positions = np.arange(g)
-        for j in range(retries - 1, -1, -1):
-            gain = p[j] + (1.0 - p[j]) * value[j + 1][:, :g]  # retry j at grid index i'
-            # suffix max and its position: the best i' >= k for every k
-            rev = gain[:, ::-1]
-            best_val = np.maximum.accumulate(rev, axis=1)
-            best_pos = np.maximum.accumulate(np.where(rev >= best_val, positions, 0), axis=1)
-            best_val = best_val[:, ::-1]
-            best_idx = (g - 1 - best_pos)[:, ::-1]
-            value[j] = np.where(valid, best_val[:, first_allowed], 0.0)
-            choice[j] = np.where(valid, best_idx[:, first_allowed], -1)
-        prev = np.full(n, g)
-        rows = np.arange(n)
-        for j in range(retries):
-            k = choice[j][rows, prev]
-            ok = k >= 0
-            ok &= np.where(ok, p[j][rows, np.maximum(k, 0)], 0.0) > 1e-6
-            times[ok, j] = when[rows[ok], k[ok]]
-            probs[ok, j] = p[j][rows[ok], k[ok]]
-            prev = np.where(ok, k, g + 10**6)
-            prev = np.minimum(prev, g)  # not used once stopped: later choices are masked below
-            if not ok.all():
-                stopped = ~ok
-                # once a retry is not planned, none after it is
-                times[stopped, j + 1 :] = np.nan
-                probs[stopped, j + 1 :] = 0.0
-        for j in range(1, retries):
-            dead = np.isnan(times[:, j - 1])
-            times[dead, j] = np.nan
-            probs[dead, j] = 0.0
-        return times, probs
+        stacked[:, col] = np.repeat(grid.attempts, n * g)
+        p = self.booster.predict(stacked, num_threads=1).reshape(retries, n, g)
+        return _best_plan(p, when, grid, retries)
+
+
+_CODE_OF = {c: k for k, c in enumerate(DECLINE_CODES)}
+
+
+def _feature_matrix(
+    *,
+    decline: np.ndarray,
+    when_ns: np.ndarray,
+    first_ns: np.ndarray,
+    amount_reporting: np.ndarray,
+    prior_failed: np.ndarray,
+) -> np.ndarray:
+    """:func:`_features` (with attempt 0) as a float64 matrix in :data:`FEATURES` order, from
+    int64 nanosecond timestamps with numpy only (the same values, without pandas frames)."""
+    other = _CODE_OF["other"]
+    codes = np.fromiter(
+        (_CODE_OF.get(c, other) if isinstance(c, str) else other for c in decline),
+        dtype=np.float64,
+        count=len(decline),
+    )
+    days = when_ns.astype("datetime64[ns]").astype("datetime64[D]")
+    month = days.astype("datetime64[M]")
+    month_start = month.astype("datetime64[D]")
+    day = (days - month_start).astype(np.int64) + 1
+    days_in_month = ((month + 1).astype("datetime64[D]") - month_start).astype(np.int64)
+    out = np.empty((len(when_ns), len(FEATURES)), dtype=np.float64)
+    out[:, 0] = codes
+    out[:, 1] = 0.0
+    out[:, 2] = ((when_ns - first_ns) / 1e9) / DAY_S
+    out[:, 3] = day
+    out[:, 4] = days_in_month - day
+    out[:, 5] = np.log1p(amount_reporting / 100.0)
+    out[:, 6] = np.minimum(prior_failed, 10.0)
+    return out
+
+
+@dataclass(frozen=True)
+class _Grid:
+    """What a plan's dynamic programme needs besides the curve, computed once per process
+    for each (retries, spacing, window, grid) (see :func:`_plan_grid`)."""
+
+    offsets_s: np.ndarray  # candidate times after the first failure (seconds)
+    attempts: np.ndarray  # attempt number of retry j (float)
+    first_allowed: np.ndarray  # previous attempt at grid index i (i = g: t0) -> first index
+    valid: np.ndarray  # whether any index is allowed after i
+    positions: np.ndarray
+
+
+@functools.lru_cache(maxsize=64)
+def _plan_grid(
+    retries: int, min_hours_between: float, window_days: float, grid_hours: float
+) -> _Grid:
+    grid = np.arange(grid_hours, window_days * 24.0 + 1e-9, grid_hours) * 3600.0  # after t0
+    g = len(grid)
+    gap = int(np.ceil(min_hours_between / grid_hours - 1e-9))
+    start0 = max(int(np.ceil(min_hours_between / grid_hours - 1e-9)) - 1, 0)
+    first_allowed = np.r_[np.arange(g) + gap, start0]
+    valid = first_allowed < g
+    for a in (grid, first_allowed, valid):
+        a.setflags(write=False)
+    return _Grid(
+        offsets_s=grid,
+        attempts=np.arange(2, retries + 2, dtype=np.float64),
+        first_allowed=np.minimum(first_allowed, g - 1),
+        valid=valid,
+        positions=np.arange(g),
+    )
+
+
+def _best_plan(
+    p: np.ndarray, when: np.ndarray, grid: _Grid, retries: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The dynamic programme of :meth:`RecoveryCurve.plan` on predicted success ``p``
+    (retries x invoices x grid) at candidate times ``when`` (invoices x grid, unix s)."""
+    _, n, g = p.shape
+    times = np.full((n, retries), np.nan)
+    probs = np.zeros((n, retries))
+    first_allowed, valid, positions = grid.first_allowed, grid.valid, grid.positions
+    value = np.zeros((retries + 1, n, g + 1))  # value[j][:, i]: best from retry j, prev at i
+    choice = np.zeros((retries, n, g + 1), dtype=np.int64)
+    for j in range(retries - 1, -1, -1):
+        gain = p[j] + (1.0 - p[j]) * value[j + 1][:, :g]  # retry j at grid index i'
+        # suffix max and its position: the best i' >= k for every k
+        rev = gain[:, ::-1]
+        best_val = np.maximum.accumulate(rev, axis=1)
+        best_pos = np.maximum.accumulate(np.where(rev >= best_val, positions, 0), axis=1)
+        best_val = best_val[:, ::-1]
+        best_idx = (g - 1 - best_pos)[:, ::-1]
+        value[j] = np.where(valid, best_val[:, first_allowed], 0.0)
+        choice[j] = np.where(valid, best_idx[:, first_allowed], -1)
+    prev = np.full(n, g)
+    rows = np.arange(n)
+    for j in range(retries):
+        k = choice[j][rows, prev]
+        ok = k >= 0
+        ok &= np.where(ok, p[j][rows, np.maximum(k, 0)], 0.0) > 1e-6
+        times[ok, j] = when[rows[ok], k[ok]]
+        probs[ok, j] = p[j][rows[ok], k[ok]]
+        prev = np.where(ok, k, g + 10**6)
+        prev = np.minimum(prev, g)  # not used once stopped: later choices are masked below
+        if not ok.all():
+            stopped = ~ok
+            # once a retry is not planned, none after it is
+            times[stopped, j + 1 :] = np.nan
+            probs[stopped, j + 1 :] = 0.0
+    for j in range(1, retries):
+        dead = np.isnan(times[:, j - 1])
+        times[dead, j] = np.nan
+        probs[dead, j] = 0.0
+    return times, probs
 
 
 def remaining_recovery(probs: np.ndarray) -> np.ndarray:
