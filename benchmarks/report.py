@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+SCALING = "scaling"  # rendered as its own growth-curve table
 
 
 def _fmt(value: object, digits: int = 3) -> str:
@@ -32,7 +33,7 @@ def render(results_dir: Path = HERE / "results") -> str:
         "reading. `*_small` sections are quick smoke runs (`--small`), not the target workloads.",
         "",
     ]
-    files = sorted(results_dir.glob("*.json"))
+    files = sorted(f for f in results_dir.glob("*.json") if f.stem != SCALING)
     if not files:
         lines.append("No benchmark has been run yet: `make bench`.")
     for path in files:
@@ -60,7 +61,38 @@ def render(results_dir: Path = HERE / "results") -> str:
             details = ", ".join(f"{k}: {_fmt(v)}" for k, v in r["extra"].items())
             lines.append(f"\n- {r['workload']}: {details}")
         lines.append("")
+    lines += _scaling(results_dir / f"{SCALING}.json")
     return "\n".join(lines) + "\n"
+
+
+def _scaling(path: Path) -> list[str]:
+    """The growth-curve section from ``results/scaling.json`` (``bench_scaling.py``)."""
+    if not path.exists():
+        return []
+    rows = json.loads(path.read_text())
+    lines = [
+        "## Scaling",
+        "",
+        "Warehouse computations on the DuckDB engine as the company grows "
+        "(`benchmarks/bench_scaling.py`; each point in its own process; peak memory is the",
+        "process's resident high-water mark during the computation, input generation excluded).",
+        "",
+        "| computation | accounts | input rows | output rows | time (s) | s per 10k accounts "
+        "| peak memory (MiB) | memory before (MiB) | load | machine | run |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        x = r["extra"]
+        per = r["ours_s"] / x["accounts"] * 10_000 if r["ours_s"] and x.get("accounts") else None
+        lines.append(
+            f"| {r['workload'].split(',')[0]} | {x.get('accounts', 0):,} | "
+            f"{x.get('rows_in', 0):,} | {x.get('rows_out', 0):,} | {_fmt(r['ours_s'])} | "
+            f"{_fmt(per)} | {_fmt(x.get('peak_rss_mib'))} | {_fmt(x.get('rss_before_mib'))} | "
+            f"{_fmt(x.get('load_1m'))} | "
+            f"{r['machine']} | {r['when']} |"
+        )
+    lines.append("")
+    return lines
 
 
 def main() -> None:

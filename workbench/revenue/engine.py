@@ -26,6 +26,11 @@ round half-even at 1 / SCALE of a minor unit. Each account-month's MRR is rounde
 half-even to integer minor units of its currency once, converted to the reporting
 currency with integer arithmetic (half-even again), and every movement is derived
 from those integers, so the bridge is exact on the rounded numbers.
+
+The SQL is DuckDB's dialect, written so that :mod:`workbench.engines` can transpile it
+to Spark SQL with the same integers (no ``range()`` table function, no ``EXCLUDE``, no
+correlated subqueries with inequalities, ordered ``row_number()``, quoted ``"interval"``):
+pass a :class:`~workbench.engines.SparkEngine` as ``con`` to run it on Spark.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from datetime import date
 import duckdb
 import pandas as pd
 
+from ..engines import Engine
 from .policies import Policy, get_policy
 
 log = logging.getLogger(__name__)
@@ -65,6 +71,9 @@ ACCOUNT_MONTH_COLUMNS = (
     "cohort_month", "plan", "region", "channel", "industry", "size", "country",
     "account_currency", "reporting_currency", "rate_date", "policy", "policy_version",
 )  # fmt: skip
+
+#: a DuckDB connection or any :class:`~workbench.engines.Engine` (e.g. Spark)
+Connection = duckdb.DuckDBPyConnection | Engine
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
@@ -174,7 +183,7 @@ class MrrRun:
 
 
 def build_account_months(
-    con: duckdb.DuckDBPyConnection,
+    con: Connection,
     *,
     policy: str | Policy = "stripe",
     reporting_currency: str = "usd",
@@ -219,7 +228,7 @@ def build_account_months(
     if end_m is None:
         end_m = _default_end(con, hist, pol)
     tiered = con.execute(
-        f"SELECT count(*) FROM {hist} WHERE unit_amount IS NULL AND interval IS NOT NULL "
+        f'SELECT count(*) FROM {hist} WHERE unit_amount IS NULL AND "interval" IS NOT NULL '
         "AND coalesce(usage_type, 'licensed') <> 'metered' AND price_id IN "
         "(SELECT price_id FROM prices WHERE unit_amount IS NULL)"
     ).fetchone()[0]
@@ -255,7 +264,7 @@ def build_account_months(
 
 
 def account_month_mrr(
-    con: duckdb.DuckDBPyConnection,
+    con: Connection,
     *,
     policy: str | Policy = "stripe",
     reporting_currency: str = "usd",
@@ -285,7 +294,7 @@ def account_month_mrr(
         con.execute(f"DROP TABLE IF EXISTS {run.table}")
 
 
-def _default_end(con: duckdb.DuckDBPyConnection, hist: str, pol: Policy) -> date:
+def _default_end(con: Connection, hist: str, pol: Policy) -> date:
     row = con.execute(
         f"SELECT max(greatest({_utc('valid_from')}, coalesce({_utc('valid_to')}, {_utc('valid_from')}))) "
         f"FROM {hist}"
@@ -318,12 +327,12 @@ def _stage_sql(
 
     ids = f"""
 CREATE TEMP TABLE {p}_ids AS
-SELECT account_id, CAST(row_number() OVER () AS BIGINT) AS akey
+SELECT account_id, CAST(row_number() OVER (ORDER BY account_id) AS BIGINT) AS akey
 FROM (SELECT DISTINCT account_id FROM {hist})
 """
     sids = f"""
 CREATE TEMP TABLE {p}_sids AS
-SELECT subscription_id, CAST(row_number() OVER () AS BIGINT) AS skey
+SELECT subscription_id, CAST(row_number() OVER (ORDER BY subscription_id) AS BIGINT) AS skey
 FROM (SELECT DISTINCT subscription_id FROM {hist})
 """
     ver = f"""
@@ -334,7 +343,7 @@ WITH h AS (
     coalesce({_utc("h.valid_to")}, {INF}) AS vt,
     h.status,
     lower(coalesce(h.currency, pr.currency)) AS currency,
-    coalesce(h.interval, pr.interval) AS interval,
+    coalesce(h."interval", pr."interval") AS "interval",
     coalesce(h.interval_count, pr.interval_count, 1) AS interval_count,
     coalesce(h.usage_type, pr.usage_type) AS usage_type,
     coalesce(h.unit_amount, pr.unit_amount) AS unit_amount,
@@ -353,9 +362,9 @@ WITH h AS (
 ),
 items AS (
   SELECT *,
-    CASE WHEN usage_type = 'metered' OR interval IS NULL OR unit_amount IS NULL
-              OR interval NOT IN ('day', 'week', 'month', 'year') THEN CAST(0 AS HUGEINT)
-         ELSE {_normalized("unit_amount * quantity", "interval", "interval_count")} END AS item_g
+    CASE WHEN usage_type = 'metered' OR "interval" IS NULL OR unit_amount IS NULL
+              OR "interval" NOT IN ('day', 'week', 'month', 'year') THEN CAST(0 AS HUGEINT)
+         ELSE {_normalized("unit_amount * quantity", '"interval"', "interval_count")} END AS item_g
   FROM h WHERE vt > vf
 )
 SELECT skey, vf,
@@ -364,7 +373,7 @@ SELECT skey, vf,
   coalesce(max(currency) FILTER (WHERE item_g > 0), max(currency)) AS currency,
   coalesce(max({{'g': item_g, 'p': plan}}).p, '(none)') AS plan,
   sum(item_g) AS gross_g,
-  coalesce(max(interval) FILTER (WHERE usage_type IS DISTINCT FROM 'metered'), 'month') AS sub_interval,
+  coalesce(max("interval") FILTER (WHERE usage_type IS DISTINCT FROM 'metered'), 'month') AS sub_interval,
   coalesce(max(interval_count) FILTER (WHERE usage_type IS DISTINCT FROM 'metered'), 1) AS sub_count,
   any_value(trial_start) AS trial_start, any_value(trial_end) AS trial_end,
   any_value(current_period_end) AS current_period_end,
@@ -392,10 +401,10 @@ FROM items GROUP BY skey, vf
 CREATE TEMP TABLE {p}_seg AS
 WITH v AS (
   SELECT *,
-    LAG(status) OVER w AS prev_status,
-    SUM(CASE WHEN status <> 'past_due' THEN 1 ELSE 0 END) OVER (w ROWS UNBOUNDED PRECEDING) AS pd_grp
+    LAG(status) OVER (PARTITION BY skey ORDER BY vf) AS prev_status,
+    SUM(CASE WHEN status <> 'past_due' THEN 1 ELSE 0 END) OVER (
+      PARTITION BY skey ORDER BY vf ROWS UNBOUNDED PRECEDING) AS pd_grp
   FROM {p}_ver
-  WINDOW w AS (PARTITION BY skey ORDER BY vf)
 ),
 v2 AS (
   SELECT *,
@@ -434,10 +443,10 @@ pieces AS (
   FROM cuts c JOIN v3 USING (skey, vf)
 ),
 evald AS (
-  SELECT * EXCLUDE (in_trial0), in_trial0 AS in_trial FROM (SELECT *,
+  SELECT *,
     (trial_end IS NOT NULL AND t < trial_end AND (trial_start IS NULL OR t >= trial_start))
-      OR (status = 'trialing' AND trial_end IS NULL) AS in_trial0
-  FROM pieces WHERE t_end > t)
+      OR (status = 'trialing' AND trial_end IS NULL) AS in_trial
+  FROM pieces WHERE t_end > t
 ),
 counted AS (
   SELECT *,
@@ -535,9 +544,9 @@ WHERE e4.first_m <= e4.last_m
     months = f"""
 CREATE TEMP TABLE {p}_months AS
 SELECT CAST(m AS DATE) AS month
-FROM range(
-  (SELECT coalesce(min(first_m), {end_sql}) FROM {p}_ext) - INTERVAL 1 MONTH,
-  {end_sql} + INTERVAL 1 MONTH, INTERVAL 1 MONTH) r(m)
+FROM (SELECT unnest(generate_series(
+  CAST((SELECT coalesce(min(first_m), {end_sql}) FROM {p}_ext) - INTERVAL 1 MONTH AS TIMESTAMP),
+  CAST({end_sql} AS TIMESTAMP), INTERVAL 1 MONTH)) AS m) r
 """
 
     first = "m.month = e.first_m"
@@ -604,13 +613,15 @@ iv AS (
   FROM (SELECT *, CAST({hdiv_fast("val", str(SCALE))} AS BIGINT) AS close_n FROM km) km
   WINDOW w AS (PARTITION BY akey, currency ORDER BY bucket)
 ),
+pl AS (
+  SELECT iv.akey, iv.currency, iv.bucket, max({{'g': pk2.val, 'p': pk2.plan}}).p AS plan
+  FROM iv JOIN pk2 ON pk2.akey = iv.akey AND pk2.currency = iv.currency AND pk2.val > 0
+    AND pk2.bucket <= iv.bucket AND iv.bucket < coalesce(pk2.next_bucket, DATE '9999-01-01')
+  GROUP BY iv.akey, iv.currency, iv.bucket
+),
 ivp AS (
-  SELECT iv.*, (
-    SELECT max({{'g': pk2.val, 'p': pk2.plan}}).p FROM pk2
-    WHERE pk2.akey = iv.akey AND pk2.currency = iv.currency AND pk2.val > 0
-      AND pk2.bucket <= iv.bucket AND iv.bucket < coalesce(pk2.next_bucket, DATE '9999-01-01')
-  ) AS plan
-  FROM iv
+  SELECT iv.*, pl.plan
+  FROM iv LEFT JOIN pl ON pl.akey = iv.akey AND pl.currency = iv.currency AND pl.bucket = iv.bucket
 )
 SELECT ivp.*, {iv_ev_cols} FROM ivp {iv_ev_join}
 """
@@ -693,7 +704,7 @@ GROUP BY c.akey, c.currency, CAST(date_trunc('month', c.ts) AS DATE)
 
 
 def _build_rates(
-    con: duckdb.DuckDBPyConnection, *, p: str, pol: Policy, rep: str, first_m: date, end_m: date
+    con: Connection, *, p: str, pol: Policy, rep: str, first_m: date, end_m: date
 ) -> None:
     """(month, currency) -> integer rate (rate_to_usd * 1e9) at the policy's rate date."""
     if pol.fx_rate_date == "month_end":

@@ -17,7 +17,15 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from .engine import RATE_SCALE, THREE_DECIMAL, ZERO_DECIMAL, _conv, _ident, currency_exponent
+from .engine import (
+    RATE_SCALE,
+    THREE_DECIMAL,
+    ZERO_DECIMAL,
+    Connection,
+    _conv,
+    _ident,
+    currency_exponent,
+)
 
 MOVEMENT_COLUMNS = (
     "new_mrr",
@@ -110,7 +118,7 @@ def monthly_bridge(
     account_months: pd.DataFrame | str,
     *,
     by: Sequence[str] = (),
-    con: duckdb.DuckDBPyConnection | None = None,
+    con: Connection | None = None,
 ) -> pd.DataFrame:
     """MRR bridge per month (and segment): opening + movements + transfers = closing.
 
@@ -428,12 +436,22 @@ def top_movers(
 
 
 def _rate_join(rep: str, date_expr: str, cur_expr: str, alias: str) -> str:
-    """LATERAL join giving ``{alias}.rate_int`` = rate_to_usd * 1e9 on or before the date."""
+    """LEFT JOIN giving ``{alias}.rate_int`` = rate_to_usd * 1e9 on or before the date.
+
+    ``date_expr`` and ``cur_expr`` are written against ``agg`` (``agg.month``,
+    ``agg.currency`` or a literal). The latest rate per (month, currency) is looked up
+    once in a grouped subquery rather than a correlated LATERAL join, so the SQL also
+    runs on Spark (which cannot decorrelate an inequality inside an aggregate).
+    """
+    k_date = date_expr.replace("agg.", "k.")
+    k_cur = cur_expr.replace("agg.", "k.")
     return (
-        f"LEFT JOIN LATERAL (SELECT CASE WHEN {cur_expr} = 'usd' THEN CAST({RATE_SCALE} AS BIGINT) "
-        f"ELSE CAST(CAST(arg_max(f.rate_to_usd, f.date) AS DECIMAL(38, 9)) * {RATE_SCALE} AS BIGINT) END "
-        f"AS rate_int FROM fx_rates f WHERE lower(f.currency) = {cur_expr} AND f.date <= {date_expr}) "
-        f"{alias} ON TRUE"
+        f"LEFT JOIN (SELECT k.month, k.cur, CASE WHEN k.cur = 'usd' "
+        f"THEN CAST({RATE_SCALE} AS BIGINT) "
+        f"ELSE CAST(CAST(arg_max(f.rate_to_usd, f.date) AS DECIMAL(38, 9)) * {RATE_SCALE} AS BIGINT) "
+        f"END AS rate_int FROM (SELECT DISTINCT k.month, {k_cur} AS cur FROM agg k) k "
+        f"LEFT JOIN fx_rates f ON lower(f.currency) = k.cur AND f.date <= {k_date} "
+        f"GROUP BY k.month, k.cur) {alias} ON {alias}.month = agg.month AND {alias}.cur = {cur_expr}"
     )
 
 
@@ -451,7 +469,7 @@ def _convert_sql(amount: str, cur: str, month: str, rep: str) -> str:
 
 
 def usage_revenue(
-    con: duckdb.DuckDBPyConnection,
+    con: Connection,
     *,
     reporting_currency: str = "usd",
     kinds: Sequence[str] = ("metered",),
@@ -496,9 +514,7 @@ ORDER BY agg.month, agg.account_id, agg.kind
     return con.execute(sql).df()
 
 
-def refunds_by_month(
-    con: duckdb.DuckDBPyConnection, *, reporting_currency: str = "usd"
-) -> pd.DataFrame:
+def refunds_by_month(con: Connection, *, reporting_currency: str = "usd") -> pd.DataFrame:
     """Refunds per month (they never change MRR under any policy; reported here instead).
 
     Returns:
@@ -523,7 +539,7 @@ ORDER BY agg.month, agg.currency
 
 
 def trial_conversion(
-    con: duckdb.DuckDBPyConnection,
+    con: Connection,
     *,
     history_table: str = "subscription_history",
     within_days: int | None = None,
