@@ -376,6 +376,18 @@ def test_series_scale_and_combine_and_select() -> None:
         pytest.approx(13 / 3),
         pytest.approx(11 / 3),
     ]
+    four = pd.DataFrame(
+        {
+            "A": [1.0, 1.0, np.nan],
+            "B": [2.0, 2.0, 3.0],
+            "C": [10.0, 3.0, 5.0],
+            "D": [4.0, np.nan, np.nan],
+        }
+    )
+    trimmed = combine(four, members=["A", "B", "C", "D"], how="trimmed")["Ensemble"]
+    assert trimmed.tolist() == [3.0, 2.0, 4.0]  # (2+4)/2; 3 values -> median; 2 -> mean
+    with pytest.raises(ValueError, match="trimmed"):
+        combine(four, members=["A", "B"], how="mode")
     metrics = pd.DataFrame(
         {
             "unique_id": ["a", "a", "b", "b"],

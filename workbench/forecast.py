@@ -13,7 +13,7 @@ module:
 
 What this module adds on top:
 
-* an ``Ensemble`` column (median or mean of member models) and a ``Forecast`` column
+* an ``Ensemble`` column (median, mean or trimmed mean of member models) and a ``Forecast`` column
   (the ensemble, or the model each series did best with in the backtest);
 * prediction intervals and quantiles calibrated on the backtest residuals (split
   conformal, residuals scaled per series and pooled across the panel per horizon
@@ -61,7 +61,9 @@ def make_model(name: str, *, season_length: int = 12) -> Any:
 
     Args:
         name: ``AutoETS``, ``AutoARIMA``, ``AutoTheta``, ``AutoCES``, ``SeasonalNaive``,
-            ``DynamicOptimizedTheta``, ``Naive`` or ``HistoricAverage``.
+            ``DynamicOptimizedTheta`` (or ``Theta``, ``OptimizedTheta``, ``DynamicTheta``),
+            ``Naive``, ``HistoricAverage``, or for intermittent series (many zero months)
+            ``CrostonOptimized``, ``ADIDA`` or ``IMAPA``.
         season_length: Seasonal period (12 for monthly data).
 
     Returns:
@@ -76,8 +78,11 @@ def make_model(name: str, *, season_length: int = 12) -> Any:
         "AutoCES",
         "SeasonalNaive",
         "DynamicOptimizedTheta",
+        "Theta",
+        "OptimizedTheta",
+        "DynamicTheta",
     }
-    plain = {"Naive", "HistoricAverage"}
+    plain = {"Naive", "HistoricAverage", "CrostonOptimized", "ADIDA", "IMAPA"}
     if name in seasonal:
         return getattr(sf_models, name)(season_length=season_length, alias=name)
     if name in plain:
@@ -165,15 +170,17 @@ def combine(
     df: pd.DataFrame,
     *,
     members: Sequence[str],
-    how: Literal["median", "mean"] = "median",
+    how: Literal["median", "mean", "trimmed"] = "median",
     name: str = ENSEMBLE,
 ) -> pd.DataFrame:
-    """Add an ensemble column: the row-wise median or mean of member model columns.
+    """Add an ensemble column: the row-wise median, mean or trimmed mean of member columns.
 
     Args:
         df: Any frame with the member columns (forecasts, backtests, fitted values).
         members: Model columns to combine.
-        how: ``median`` or ``mean``.
+        how: ``median``, ``mean``, or ``trimmed`` (the mean after dropping the lowest and
+            the highest member of each row; rows with fewer than three values take
+            their mean). Missing member values are ignored.
         name: Name of the new column.
 
     Returns:
@@ -181,10 +188,32 @@ def combine(
     """
     values = df[list(members)].to_numpy(dtype="float64")
     with np.errstate(all="ignore"):
-        combined = np.nanmedian(values, axis=1) if how == "median" else np.nanmean(values, axis=1)
+        if how == "median":
+            combined = np.nanmedian(values, axis=1)
+        elif how == "mean":
+            combined = np.nanmean(values, axis=1)
+        elif how == "trimmed":
+            combined = _trimmed_mean(values)
+        else:
+            raise ValueError(f"unknown ensemble {how!r}; use median, mean or trimmed")
     out = df.copy()
     out[name] = combined
     return out
+
+
+def _trimmed_mean(values: np.ndarray) -> np.ndarray:
+    """Row-wise mean without each row's lowest and highest value (NaNs ignored)."""
+    n = (~np.isnan(values)).sum(axis=1)
+    if len(values) == 0:
+        return np.full(0, np.nan)
+    ordered = np.sort(values, axis=1)  # NaN sorts last
+    rows = np.arange(len(values))
+    total = np.nansum(values, axis=1)
+    low = ordered[:, 0]
+    high = ordered[rows, np.maximum(n - 1, 0)]
+    trimmed = (total - low - high) / np.where(n >= 3, n - 2, np.nan)
+    plain = np.nanmean(values, axis=1)
+    return np.where(n >= 3, trimmed, plain)
 
 
 def select_models(
@@ -747,7 +776,8 @@ class RevenueForecaster:
         quantiles: Quantile levels (columns ``M-p5``, ``M-p50``, ``M-p95``, ...).
         n_windows: Backtest windows (cutoffs).
         step_size: Months between cutoffs; default ``h`` (non-overlapping windows).
-        ensemble: ``median`` or ``mean`` of ``ensemble_members``.
+        ensemble: ``median``, ``mean`` or ``trimmed`` (mean without the lowest and the
+            highest member) of ``ensemble_members``.
         ensemble_members: Models in the ensemble; default every model but SeasonalNaive.
         choose: ``ensemble`` (``Forecast`` is the ensemble) or ``best`` (per series, the
             model or ensemble with the lowest backtest ``selection_metric``).
@@ -784,7 +814,7 @@ class RevenueForecaster:
         quantiles: Sequence[float] = (0.05, 0.5, 0.95),
         n_windows: int = 3,
         step_size: int | None = None,
-        ensemble: Literal["median", "mean"] = "median",
+        ensemble: Literal["median", "mean", "trimmed"] = "median",
         ensemble_members: Sequence[str] | None = None,
         choose: Literal["ensemble", "best"] = "ensemble",
         selection_metric: str = "mase",
@@ -828,8 +858,8 @@ class RevenueForecaster:
     def _check(self) -> None:
         if self.choose not in ("ensemble", "best"):
             raise ValueError("choose must be 'ensemble' or 'best'")
-        if self.ensemble not in ("median", "mean"):
-            raise ValueError("ensemble must be 'median' or 'mean'")
+        if self.ensemble not in ("median", "mean", "trimmed"):
+            raise ValueError("ensemble must be 'median', 'mean' or 'trimmed'")
         if self.n_windows < 1:
             raise ValueError("n_windows must be at least 1 (the backtest calibrates the intervals)")
         if any(not 0 < q < 1 for q in self.quantiles):
@@ -1162,3 +1192,42 @@ def segment_series(
     out = grid.merge(summed, on=["ds", *segments], how="left")
     out["y"] = out[value].fillna(0).astype(float) / scale
     return out[["ds", *segments, "y"]].sort_values([*segments, "ds"]).reset_index(drop=True)
+
+
+def base_forecast(
+    df: pd.DataFrame | Any,
+    *,
+    h: int,
+    models: Sequence[Any] = DEFAULT_MODELS,
+    season_length: int = 12,
+    freq: str = "MS",
+    n_jobs: int = 1,
+) -> pd.DataFrame | Any:
+    """Point forecasts of every model for every series, local or distributed.
+
+    A pandas frame is forecast in this process. A Spark DataFrame (``unique_id`` string,
+    ``ds`` timestamp, ``y`` double; e.g. from ``SparkEngine.spark.createDataFrame``) is
+    forecast on the cluster by statsforecast's own distributed backend (Fugue): series are
+    spread over the executors and the result is a Spark DataFrame with the same columns as
+    the local result. No ensemble, intervals or reconciliation here: those run on the
+    driver (:class:`RevenueForecaster`) on the collected forecasts.
+
+    Args:
+        df: Long frame ``unique_id, ds, y`` (pandas or Spark).
+        h: Horizon in periods.
+        models: statsforecast model names or instances.
+        season_length: Seasonal period.
+        freq: pandas frequency of ``ds`` (``MS``: month starts).
+        n_jobs: Processes for the local path.
+
+    Returns:
+        ``unique_id, ds`` and one column per model (pandas in, pandas out; Spark in,
+        Spark out).
+    """
+    sf = _statsforecast(models, season_length=season_length, freq=freq, n_jobs=n_jobs)
+    if isinstance(df, pd.DataFrame):
+        frame, ds_dtype = _prepare(df, freq=freq)
+        fc = sf.forecast(h=h, df=frame)
+        fc = fc.reset_index() if ID not in fc.columns else fc
+        return _restore_ds(fc, ds_dtype)
+    return sf.forecast(h=h, df=df)
