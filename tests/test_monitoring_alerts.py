@@ -133,6 +133,7 @@ class _Hook(http.server.BaseHTTPRequestHandler):
 
 
 def test_webhook_posted_and_failure_recorded(store) -> None:
+    _Hook.received.clear()  # class-level: the PostgreSQL suite runs this test too
     server = http.server.HTTPServer(("127.0.0.1", 0), _Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:

@@ -305,6 +305,7 @@ _TABLES = (
     "CREATE INDEX IF NOT EXISTS audit_log_item ON audit_log (item_id)",
 )
 _APPEND_ONLY = ("audit_log", "executions")
+_PG_WRITE_LOCK = 7245101  # advisory lock key held by every PostgreSQL write transaction
 
 
 def _trigger_sql(dialect: str) -> list[str]:
@@ -336,6 +337,7 @@ class ApprovalStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        self._local = threading.local()  # PostgreSQL: this thread's open transaction, if any
         if url.startswith("sqlite:///"):
             self.dialect = "sqlite"
             path = url[len("sqlite:///") :]
@@ -384,7 +386,10 @@ class ApprovalStore:
         """One transaction: committed when the block ends, rolled back on an exception.
 
         SQLite write transactions start with ``BEGIN IMMEDIATE`` (they hold the write lock
-        from the start, so read-then-write sequences cannot interleave).
+        from the start, so read-then-write sequences cannot interleave). PostgreSQL write
+        transactions take the same role with a transaction-level advisory lock, and a
+        transaction opened inside another one in the same thread is a SAVEPOINT on its
+        connection (a second connection would wait on the first's locks forever).
         """
         if self.dialect == "sqlite":
             conn = self._sqlite_connect()
@@ -399,6 +404,14 @@ class ApprovalStore:
             finally:
                 conn.close()
         else:
+            outer = getattr(self._local, "tx", None)
+            if outer is not None:  # nested in this thread: a savepoint on the same connection
+                if write and not self._local.write:
+                    outer.execute(f"SELECT pg_advisory_xact_lock({_PG_WRITE_LOCK})")
+                    self._local.write = True
+                with outer.conn.begin_nested():
+                    yield outer
+                return
             try:
                 ctx = self._engine.begin()
                 conn = ctx.__enter__()
@@ -406,11 +419,17 @@ class ApprovalStore:
                 raise StoreError(
                     f"PostgreSQL driver missing ({exc.name}): install psycopg and use postgresql+psycopg://"
                 ) from exc
+            tx = _SqlAlchemyTx(conn, self.dialect)
+            self._local.tx, self._local.write = tx, write
             try:
-                yield _SqlAlchemyTx(conn, self.dialect)
+                if write:  # writers queue up here, as SQLite's BEGIN IMMEDIATE makes them
+                    tx.execute(f"SELECT pg_advisory_xact_lock({_PG_WRITE_LOCK})")
+                yield tx
             except BaseException as exc:
+                self._local.tx = None
                 ctx.__exit__(type(exc), exc, exc.__traceback__)
                 raise
+            self._local.tx = None
             ctx.__exit__(None, None, None)
 
     def _ensure_schema(self) -> None:
@@ -424,7 +443,7 @@ class ApprovalStore:
                 conn.close()
         with self.transaction() as tx:
             if self.dialect == "postgresql":
-                tx.execute("SELECT pg_advisory_xact_lock(7245101)")  # one schema creator at a time
+                tx.execute(f"SELECT pg_advisory_xact_lock({_PG_WRITE_LOCK})")  # one schema creator
             for sql in _TABLES:
                 tx.execute(sql)
             for sql in _trigger_sql(self.dialect):
