@@ -122,6 +122,15 @@ def test_dashboard_renders_and_filters_match_the_engine(published) -> None:
             timeout=60_000,
         )
         assert _money(_tile(page, "mrr")) == want != expected.tiles["mrr"]
+        # the account-months CSV is built on request, for the filters shown
+        rows = len(
+            finance_view(am, segments={"region": region}, start=f"{start}-01").account_months
+        )
+        assert page.locator("a[download='mrr_account_months.csv']").count() == 0
+        page.locator(".wb-prepare-csv").click()
+        link = page.locator("a[download='mrr_account_months.csv']")
+        link.wait_for(timeout=60_000)
+        assert f"Download {rows:,} account-months" in link.inner_text()
 
 
 @pytest.mark.slow

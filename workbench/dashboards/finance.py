@@ -122,6 +122,12 @@ class FinanceDashboard(Dashboard):
         self.tiles = widgets.HTML()
         self.charts = widgets.Output()
         self.download = widgets.HTML()
+        # The account-months CSV is megabytes at the demo size: built on request, so the first
+        # render does not ship it to the browser.
+        self.prepare = widgets.Button(description="Account-months CSV", icon="download")
+        self.prepare.add_class("wb-prepare-csv")
+        self.prepare.on_click(self.guarded(self.prepare_csv))
+        self.download_rows = widgets.HTML()
         self.forecast = widgets.Output()
         for w in (*self.filters.values(), self.period):
             w.observe(self.guarded(self.refresh), names="value")
@@ -136,7 +142,7 @@ class FinanceDashboard(Dashboard):
             widgets.HBox(list(self.filters.values())),
             self.period,
             self.tiles,
-            self.download,
+            widgets.HBox([self.download, self.prepare, self.download_rows]),
             self.charts,
             self.forecast,
         ]
@@ -152,6 +158,15 @@ class FinanceDashboard(Dashboard):
             end=f"{end}-01",
         )
 
+    def prepare_csv(self, _button: object = None) -> None:
+        """Put the account-months behind the current filters into a download link."""
+        view = self.current_view()
+        self.download_rows.value = csv_link(
+            view.account_months,
+            filename="mrr_account_months.csv",
+            label=f"Download {len(view.account_months):,} account-months (CSV)",
+        )
+
     def refresh(self, _change: object = None) -> None:
         view = self.current_view()
         self.charts.clear_output(wait=True)
@@ -159,7 +174,7 @@ class FinanceDashboard(Dashboard):
             self.tiles.value = (
                 '<div class="wb-empty" data-state="empty">No accounts match these filters.</div>'
             )
-            self.download.value = ""
+            self.download.value = self.download_rows.value = ""
             return
         t = view.tiles
         cur = self.currency
@@ -193,15 +208,10 @@ class FinanceDashboard(Dashboard):
             )
             + "</div>"
         )
-        self.download.value = (
-            csv_link(view.bridge, filename="mrr_bridge.csv", label="Download the bridge (CSV)")
-            + " · "
-            + csv_link(
-                view.account_months,
-                filename="mrr_account_months.csv",
-                label="Download account-months (CSV)",
-            )
+        self.download.value = csv_link(
+            view.bridge, filename="mrr_bridge.csv", label="Download the bridge (CSV)"
         )
+        self.download_rows.value = ""  # a filter changed: the prepared file is stale
         with self.charts:
             display(charts.mrr_trend_chart(view.bridge, currency=cur))
             display(charts.bridge_waterfall_chart(view.bridge, currency=cur))
