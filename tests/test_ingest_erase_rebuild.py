@@ -147,3 +147,22 @@ def test_tampered_lake_fails_verification(loaded, tmp_path):
     assert not report.ok and [c.name for c in report.failed()] == ["lake_files"]
     shutil.rmtree(lake.root / "_receipts")
     assert "receipts" in [c.name for c in verify(settings, check_lake=False).failed()]
+
+
+def test_only_the_newest_load_may_wait_for_its_receipt(tmp_path):
+    """A crash between a load's commit and its receipt leaves the newest load without one:
+    verify calls that pending (the next ingest writes it); any other gap is a failure."""
+    settings = load_settings(overrides={"data_dir": str(tmp_path / "data")})
+    events = sample_events(accounts=4, months=3, seed=5)
+    for i, part in enumerate((events[: len(events) // 2], events[len(events) // 2 :])):
+        ingest(write_jsonl(part, tmp_path / f"in{i}.jsonl"), settings=settings, progress=False)
+    lake = Lake(Path(settings.data_dir) / "lake")
+    oldest, newest = sorted(lake.receipt_ids())
+    newest_path = lake.receipt_path(newest)
+    saved = newest_path.read_bytes()
+    newest_path.unlink()
+    check = {c.name: c for c in verify(settings, check_lake=False).checks}["receipts"]
+    assert check.ok and "committed just before a stop" in check.detail
+    newest_path.write_bytes(saved)
+    lake.receipt_path(oldest).unlink()
+    assert "receipts" in [c.name for c in verify(settings, check_lake=False).failed()]
