@@ -60,6 +60,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, help="data dir of a demo (published snapshots)")
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--preheat", action="store_true", help="Voila's pre-heated kernels (as `make serve`)"
+    )
     args = parser.parse_args()
     tmp = None
     data = args.data
@@ -69,25 +72,38 @@ def main() -> None:
     try:
         notebook = ROOT / "notebooks" / "dashboards" / "finance.ipynb"
         load_before = os.getloadavg()[0]
-        with voila_server(notebook, env={"WORKBENCH_DATA_DIR": str(data)}, cwd=ROOT) as url:
+        extra = ("--preheat_kernel=True", "--pool_size=1") if args.preheat else ()
+        env = {"WORKBENCH_DATA_DIR": str(data)}
+        with voila_server(notebook, env=env, cwd=ROOT, extra_args=extra) as url:
             first_render(url)  # warm-up: Python imports and Chromium start come from disk once
-            times = [first_render(url) for _ in range(args.repeat)]
+            times = []
+            for _ in range(args.repeat):
+                if args.preheat:
+                    time.sleep(12)  # a visit takes the warm kernel; Voila heats the next one
+                times.append(first_render(url))
         median = statistics.median(times)
         result = Result(
             benchmark="dashboard",
-            workload=f"finance dashboard first render (Voila + headless Chromium), data {data.name}",
+            workload=(
+                f"finance dashboard first render (Voila{' pre-heated kernel' if args.preheat else ''}"
+                f" + headless Chromium), data {data.name}"
+            ),
             ours_s=round(median, 2),
             goal="< 5 s at the demo size",
             met=median < BUDGET_S,
             extra={
                 "runs_s": [round(t, 2) for t in times],
-                "includes": "kernel start + dashboard notebook + SVG charts drawn",
+                "includes": "page + widgets drawn from a kernel Voila ran in advance (the data is"
+                " the snapshot as of when the kernel was heated)"
+                if args.preheat
+                else "kernel start + dashboard notebook + SVG charts drawn",
                 "load_avg_1m_before": round(load_before, 2),
                 "load_avg_1m_after": round(os.getloadavg()[0], 2),
             },
         )
         print(f"first render: median {median:.2f} s over {len(times)} visits: {times}")
-        print(f"recorded {record([result], name='dashboard')}")
+        name = "dashboard_preheated" if args.preheat else "dashboard"
+        print(f"recorded {record([result], name=name)}")
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -45,7 +45,12 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def voila_server(
-    notebook: Path, *, env: dict[str, str], cwd: Path, timeout: float = 90
+    notebook: Path,
+    *,
+    env: dict[str, str],
+    cwd: Path,
+    timeout: float = 90,
+    extra_args: tuple[str, ...] = (),
 ) -> Iterator[str]:
     """Serve one dashboard notebook with Voila on a free port; yield its URL."""
     port = free_port()
@@ -62,6 +67,7 @@ def voila_server(
                 "--no-browser",
                 "--Voila.ip=127.0.0.1",
                 "--VoilaConfiguration.file_allowlist=['.*']",
+                *extra_args,
             ],
             cwd=cwd,
             env={**os.environ, **env},
