@@ -604,15 +604,53 @@ def rollback_champion(
     Raises:
         RegistryError: There is no earlier champion to return to.
     """
-    c = client(settings)
     if to_version is None:
-        current = alias_version(model, "champion", settings=settings)
-        prev = [h for h in _history(c, model) if h["version"] == current]
-        to_version = prev[-1]["previous"] if prev else None
-        if not to_version:
-            raise RegistryError(f"{model}: no earlier champion to roll back to")
+        to_version = _previous_champion(
+            model, alias_version(model, "champion", settings=settings), settings
+        )
     return promote(
         model, to_version, who=who, reason=f"rollback: {reason}", via=via, settings=settings
+    )
+
+
+def _previous_champion(model: str, current: str | None, settings: Settings | None) -> str:
+    """The champion before ``current`` in the alias history.
+
+    Raises:
+        RegistryError: There is none.
+    """
+    prev = [h for h in _history(client(settings), model) if h["version"] == current]
+    if not (prev and prev[-1]["previous"]):
+        raise RegistryError(f"{model}: no earlier champion to roll back to")
+    return prev[-1]["previous"]
+
+
+def _queue_champion_change(
+    settings: Settings,
+    action_type: str,
+    model: str,
+    state: dict[str, Any],
+    payload: dict,
+    *,
+    who,
+    policy,
+    now: pd.Timestamp | None,  # noqa: ANN001
+):  # noqa: ANN202 - workbench.approvals.Outcome
+    """Queue a change of ``model``'s champion alias (promotion or rollback) for an approver."""
+    from workbench import approvals
+    from workbench.policy import load_policy
+
+    return approvals.request_action(
+        settings,
+        who=who,
+        action_type=action_type,
+        subject_id=f"{model}@champion",
+        state=state,
+        policy=policy or load_policy(settings=settings),
+        payload=payload,
+        state_scope=STATE_SCOPE,
+        risk="medium",
+        now=now,
     )
 
 
@@ -653,8 +691,6 @@ def request_promotion(
     Returns:
         The queue's ``Outcome`` (``queued``, ``duplicate``, ``denied``...).
     """
-    from workbench import approvals
-    from workbench.policy import load_policy
 
     settings = settings or load_settings()
     state = promotion_state(model, version, settings=settings)
@@ -669,17 +705,8 @@ def request_promotion(
         "metrics": {k: v for k, v in tags.items() if k.startswith(("test_", "cv_"))},
         "feature_set_version": state["feature_set_version"],
     }
-    return approvals.request_action(
-        settings,
-        who=who,
-        action_type="model_promotion",
-        subject_id=f"{model}@champion",
-        state=state,
-        policy=policy or load_policy(settings=settings),
-        payload=payload,
-        state_scope=STATE_SCOPE,
-        risk="medium",
-        now=now,
+    return _queue_champion_change(
+        settings, "model_promotion", model, state, payload, who=who, policy=policy, now=now
     )
 
 
@@ -694,18 +721,13 @@ def request_rollback(
     now: pd.Timestamp | None = None,
 ):  # noqa: ANN201
     """Queue "roll ``model``'s champion back" (``model_rollback``) in the approvals queue."""
-    from workbench import approvals
-    from workbench.policy import load_policy
 
     settings = settings or load_settings()
     current = alias_version(model, "champion", settings=settings)
     if current is None:
         raise RegistryError(f"{model} has no champion to roll back")
     if to_version is None:
-        prev = [h for h in _history(client(settings), model) if h["version"] == current]
-        to_version = prev[-1]["previous"] if prev else None
-        if not to_version:
-            raise RegistryError(f"{model}: no earlier champion to roll back to")
+        to_version = _previous_champion(model, current, settings)
     state = promotion_state(model, to_version, settings=settings)
     payload = {
         "reason": reason,
@@ -714,17 +736,8 @@ def request_rollback(
         "previous_champion": current,
         "tracking_uri": settings.mlflow_tracking_uri,
     }
-    return approvals.request_action(
-        settings,
-        who=who,
-        action_type="model_rollback",
-        subject_id=f"{model}@champion",
-        state=state,
-        policy=policy or load_policy(settings=settings),
-        payload=payload,
-        state_scope=STATE_SCOPE,
-        risk="medium",
-        now=now,
+    return _queue_champion_change(
+        settings, "model_rollback", model, state, payload, who=who, policy=policy, now=now
     )
 
 
