@@ -159,6 +159,19 @@ def test_a_request_goes_stale_when_the_champion_changed(trained, settings) -> No
     )
     assert back["version"] == "1" and back["previous_champion"] == "2"
     assert registry.alias_version("churn_30d", "champion", settings=settings) == "1"
+    # a rollback request goes through the queue like a promotion (maker-checker included)
+    registry.promote("churn_30d", v2, who="carol", reason="retry v2", settings=settings)
+    req = registry.request_rollback("churn_30d", who=ANN, reason="drift", settings=settings)
+    assert req.code == "queued"
+    assert approvals.get_item(settings, req.item_id).payload["version"] == "1"
+    mine = approvals.approve(
+        settings, req.item_id, who=Identity(user="ann", role=Role.APPROVER),
+        current_state=registry.current_state,
+    )  # fmt: skip
+    assert mine.code == "denied"
+    done = approvals.approve(settings, req.item_id, who=BOB, current_state=registry.current_state)
+    assert done.code == "executed", done.message
+    assert registry.alias_version("churn_30d", "champion", settings=settings) == "1"
     with pytest.raises(ValueError):
         registry.promote("churn_30d", 1, who=" ", settings=settings)
 
