@@ -104,3 +104,21 @@ def test_kill_at_random_points_then_rerun(tmp_path):
         pytest.fail(
             f"only {killed_before_done} of 4 trials were killed mid-load; the load ran too fast"
         )
+
+
+def test_a_store_killed_before_its_first_commit_verifies_as_empty(tmp_path):
+    settings = load_settings(overrides={"data_dir": str(tmp_path)})
+    settings.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
+    duckdb.connect(str(settings.warehouse_path)).close()  # the file, and nothing committed
+    report = verify(settings)
+    assert report.ok and [c.name for c in report.checks] == ["initialized"]
+    ingest(_inputs(tmp_path), settings=settings, progress=False)  # the next load starts it
+    assert verify(settings).ok
+
+    other = load_settings(overrides={"data_dir": str(tmp_path / "partial")})
+    other.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(other.warehouse_path))
+    con.execute("CREATE TABLE loads (load_id VARCHAR)")  # some tables, not all: not ours
+    con.close()
+    report = verify(other)
+    assert not report.ok and "missing" in report.checks[0].detail

@@ -439,6 +439,20 @@ TABLES: dict[str, Table] = {
 
 
 def create_all(con) -> None:  # noqa: ANN001 - a duckdb connection
-    """Create every canonical table that does not exist yet."""
-    for table in TABLES.values():
-        con.execute(table.ddl())
+    """Create every canonical table that does not exist yet, in one transaction: a process
+    killed half-way leaves either all of them or none (verify treats none as an empty store)."""
+    import duckdb
+
+    try:
+        con.execute("BEGIN TRANSACTION")
+    except duckdb.TransactionException:  # the caller's transaction already covers it
+        for table in TABLES.values():
+            con.execute(table.ddl())
+        return
+    try:
+        for table in TABLES.values():
+            con.execute(table.ddl())
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")

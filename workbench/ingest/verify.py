@@ -2,6 +2,9 @@
 
 Checks (each a row of the report):
 
+* ``initialized``: the canonical tables exist (an empty file, from a load stopped before its
+  first commit, is consistent: nothing was promised yet);
+
 * ``conservation``: every file of every load has received = accepted + quarantined +
   duplicates;
 * ``events_unique``: one row per event id;
@@ -111,6 +114,23 @@ def verify(settings: Settings | None = None, *, check_lake: bool = True) -> Veri
     lake = Lake(Path(settings.data_dir) / "lake")
     report = VerifyReport()
     with Warehouse(settings).read(step="verify") as con:
+        present = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+        if not present:
+            # the file exists but no transaction ever committed (a load stopped before its
+            # first commit): an empty store is consistent, and the next ingest starts it
+            report.checks.append(Check("initialized", True, "empty warehouse: nothing committed"))
+            return report
+        missing = sorted(set(TABLES) - present)
+        if missing:
+            report.checks.append(
+                Check(
+                    "initialized",
+                    False,
+                    f"canonical tables missing: {missing[:5]}; run `workbench ingest` (it creates "
+                    "them) or `workbench rebuild`",
+                )
+            )
+            return report
         loads = con.execute("SELECT * FROM loads").df()
         bad = loads[
             loads["received"] != loads["accepted"] + loads["quarantined"] + loads["duplicates"]
@@ -140,9 +160,6 @@ def verify(settings: Settings | None = None, *, check_lake: bool = True) -> Veri
         )
         receipts = lake.receipt_ids()
         lacking = sorted(set(loads["load_id"]) - receipts)
-        # A load committed right before a crash has no receipt yet. Its receipt is derived
-        # from the `loads` rows, and the next ingest or rebuild writes it (sync_receipts), so
-        # this is work pending, not an inconsistency; the lake_files check covers its files.
         # A load committed right before a crash has no receipt yet: every ingest and rebuild
         # first writes missing receipts from the `loads` rows (sync_receipts), so only the
         # newest load can be waiting for one. Any other missing receipt was lost or removed.
