@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("feast").setLevel(logging.WARNING)
     n_acc = args.accounts or (3_000 if args.small else 74_000)
-    n_feast = args.feast_accounts or (100 if args.small else 200)
+    n_feast = args.feast_accounts or (100 if args.small else 800)
     con, counts = warehouse(n_acc)
     events = sum(v for k, v in counts.items() if k != "accounts")
     spine = month_spine(con)

@@ -465,3 +465,37 @@ def test_snapshot_spine_and_grid(churn_con) -> None:
     assert grid.tolist() == [ts("2024-02-01"), ts("2024-03-01"), ts("2024-04-01")]
     with pytest.raises(ValueError, match="freq"):
         period_grid(start="2024-01-01", end="2024-02-01", freq="quarter")
+
+
+@pytest.mark.parametrize("only", [None, ("refund", "dispute")])
+def test_a_few_accounts_get_the_values_of_the_full_build(only) -> None:
+    """Pushdown (each table read once, filtered to rows that can reach the spine's keys) is
+    an execution hint: a spine of a few accounts gets exactly the values of a full build
+    without it, including refunds and disputes that only name their account through the
+    charge."""
+    from workbench.features.definitions import get_features
+    from workbench.features.offline import period_grid
+    from workbench.features.synthetic import random_warehouse
+
+    c = duckdb.connect()
+    random_warehouse(
+        c,
+        n_accounts=300,
+        start="2023-01-01",
+        end="2024-12-31",
+        seed=3,
+        refund_rate=0.2,
+        dispute_rate=0.1,
+    )
+    accounts = c.execute("SELECT account_id FROM accounts ORDER BY 1").df().account_id
+    grid = period_grid(start="2023-03-01", end="2024-12-01")
+    full = accounts.to_frame().merge(pd.DataFrame({"as_of": grid}), how="cross")
+    names = [
+        f.name for f in get_features(entity="account_id") if only is None or f.name.startswith(only)
+    ]
+    everyone = build_features(c, full, features=names, pushdown=False)
+    few = set(accounts.sample(12, random_state=1))
+    some = build_features(c, full[full.account_id.isin(few)], features=names)
+    expected = everyone[everyone.account_id.isin(few)].reset_index(drop=True)
+    assert expected["refunds_90d"].sum() > 0 and expected["disputes_365d"].sum() > 0
+    pd.testing.assert_frame_equal(some, expected)

@@ -118,6 +118,13 @@ class Source:
 
 _DAY_US = UNITS_US["days"]
 
+#: Payment attempts a dispute or refund row can read its account from: only rows without an
+#: account of their own, or whose account is a spine key, look the charge up.
+_CHARGES = (
+    "attempt_id IN (SELECT charge_id FROM {{{table}}} "
+    "WHERE account_id IS NULL OR account_id IN {{keys}})"
+)
+
 SOURCES: dict[str, Source] = {
     s.name: s
     for s in (
@@ -379,6 +386,7 @@ SELECT d.dispute_id AS row_key, coalesce(d.account_id, pa.account_id) AS account
 FROM {disputes} d LEFT JOIN {payment_attempts} pa ON pa.attempt_id = d.charge_id
 WHERE d.created IS NOT NULL""",
             "Disputes at their created time (status is never read here).",
+            pushdown=(("account_id", "payment_attempts", _CHARGES.format(table="disputes")),),
         ),
         Source(
             "dispute_closures",
@@ -391,6 +399,7 @@ SELECT d.dispute_id AS row_key, coalesce(d.account_id, pa.account_id) AS account
 FROM {disputes} d LEFT JOIN {payment_attempts} pa ON pa.attempt_id = d.charge_id
 WHERE d.closed_at IS NOT NULL""",
             "Disputes at their closing time, with their final status (known once closed).",
+            pushdown=(("account_id", "payment_attempts", _CHARGES.format(table="disputes")),),
         ),
         Source(
             "refund_events",
@@ -406,6 +415,15 @@ LEFT JOIN {payment_attempts} pa ON pa.attempt_id = r.charge_id
 LEFT JOIN {invoices} i ON i.invoice_id = r.invoice_id
 WHERE r.created IS NOT NULL""",
             "Refunds at their created time.",
+            pushdown=(
+                ("account_id", "payment_attempts", _CHARGES.format(table="refunds")),
+                (
+                    "account_id",
+                    "invoices",
+                    "invoice_id IN (SELECT invoice_id FROM {refunds} "
+                    "WHERE account_id IS NULL OR account_id IN {keys})",
+                ),
+            ),
         ),
     )
 }

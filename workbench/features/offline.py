@@ -113,6 +113,7 @@ def compile_features_sql(
     spine: str,
     entities: Iterable[str],
     relations: Mapping[str, str] | None = None,
+    pushdown: bool = True,
 ) -> tuple[str, list[str]]:
     """Compile declarations into one SQL query over a registered spine.
 
@@ -122,6 +123,8 @@ def compile_features_sql(
             µs) and one VARCHAR column per entity in ``entities``.
         entities: Entity columns present in the spine.
         relations: Canonical table name -> relation to read instead (e.g. :func:`known_at`).
+        pushdown: Read only the rows of each table that can reach the spine's keys (see
+            ``Source.pushdown``); off, every table is read whole (same values, slower).
 
     Returns:
         The SQL (one row per ``_s_row``, ordered by it, one column per requested feature)
@@ -313,9 +316,13 @@ def compile_features_sql(
     finals = [f"{_finish(f, raw[f.name])} AS {_q(f.name)}" for f in base]
     derived = [f"{_derive(f)} AS {_q(f.name)}" for f in allf if f.aggregation == "derived"]
     out_cols = [f.name for f in wanted]
-    src_ctes = [
+    if pushdown:
+        table_ctes, source_relations = _filtered_tables(source_ctes, source_keys, spine, relations)
+    else:
+        table_ctes, source_relations = [], {name: dict(relations or {}) for name in source_ctes}
+    src_ctes = table_ctes + [
         f"{cte} AS MATERIALIZED (SELECT * FROM "
-        f"({SOURCES[name].render(_pushed(SOURCES[name], source_keys[name], spine, relations))})"
+        f"({SOURCES[name].render(source_relations[name])})"
         " x WHERE "
         + " OR ".join(
             f"x.{_q(e)} IN (SELECT {_q(e)} FROM {spine})" for e in sorted(source_keys[name])
@@ -344,23 +351,58 @@ def compile_features_sql(
 def _pushed(
     src: Source, entities: set[str], spine: str, relations: Mapping[str, str] | None
 ) -> dict[str, str]:
-    """Relations for ``src`` with tables pre-filtered to rows that can reach the spine's keys:
-    a table is filtered when every entity using the source declares a predicate for it (see
+    """Per table of ``src``, the condition its rows must meet to reach the spine's keys: a
+    table is filtered when every entity using the source declares a predicate for it (see
     ``Source.pushdown``); predicates read the unfiltered relations."""
     base = {t: (relations or {}).get(t, t) for t in src.tables}
-    rel = dict(relations or {})
     by_table: dict[str, dict[str, str]] = defaultdict(dict)
     for entity, table, predicate in src.pushdown:
         by_table[table][entity] = predicate
+    conds: dict[str, str] = {}
     for table, preds in by_table.items():
         if not entities <= preds.keys():
             continue
-        cond = " OR ".join(
+        conds[table] = " OR ".join(
             "(" + preds[e].format(keys=f"(SELECT {_q(e)} FROM {spine})", **base) + ")"
             for e in sorted(entities)
         )
-        rel[table] = f"(SELECT * FROM {base[table]} _p WHERE {cond})"
-    return rel
+    return conds
+
+
+def _filtered_tables(
+    sources: Mapping[str, str],
+    source_keys: Mapping[str, set[str]],
+    spine: str,
+    relations: Mapping[str, str] | None,
+) -> tuple[list[str], dict[str, dict[str, str]]]:
+    """One filtered copy per canonical table, shared by every source that reads it.
+
+    Each source's pushdown gives a condition per table; the table is read once, keeping the
+    rows that meet any source's condition (a superset of what each source needs, and a
+    source given a superset of its rows computes the same result: the contract of
+    ``Source.pushdown``). A source without a condition for a table reads it whole.
+
+    Returns:
+        The CTEs (``_t<i> AS MATERIALIZED (...)``) and, per source, its table -> relation map.
+    """
+    conds = {name: _pushed(SOURCES[name], source_keys[name], spine, relations) for name in sources}
+    wanted: dict[str, list[str]] = defaultdict(list)
+    for per_table in conds.values():
+        for table, cond in per_table.items():
+            if cond not in wanted[table]:
+                wanted[table].append(cond)
+    names = {table: f"_t{i}" for i, table in enumerate(wanted)}
+    ctes = [
+        f"{names[table]} AS MATERIALIZED (SELECT * FROM {(relations or {}).get(table, table)} _p "
+        f"WHERE {' OR '.join(f'({c})' for c in cs)})"
+        for table, cs in wanted.items()
+    ]
+    rels: dict[str, dict[str, str]] = {}
+    for name, per_table in conds.items():
+        rel = dict(relations or {})
+        rel.update({table: names[table] for table in per_table})
+        rels[name] = rel
+    return ctes, rels
 
 
 def _finish(f: Feature, col: str) -> str:
@@ -410,6 +452,7 @@ def build_features(
     *,
     features: Iterable[str] | None = None,
     relations: Mapping[str, str] | None = None,
+    pushdown: bool = True,
 ) -> pd.DataFrame:
     """Compute features as of each spine row's time, with one set-based query.
 
@@ -420,6 +463,7 @@ def build_features(
             carried through untouched.
         features: Names to compute; default: every feature whose entity is a spine column.
         relations: Table name -> relation override (see :func:`known_at`).
+        pushdown: See :func:`compile_features_sql` (a switch for checks; leave it on).
 
     Returns:
         The spine's columns (``as_of`` as ``datetime64[us, UTC]``) followed by one column
@@ -435,7 +479,7 @@ def build_features(
     con.register(name, _spine_arrow(spine, present))
     try:
         sql, out_cols = compile_features_sql(
-            feats, spine=name, entities=present, relations=relations
+            feats, spine=name, entities=present, relations=relations, pushdown=pushdown
         )
         log.debug("feature SQL:\n%s", sql)
         result = con.execute(sql).df()
