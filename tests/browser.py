@@ -9,8 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,22 +74,29 @@ def voila_server(
         )
         url = f"http://127.0.0.1:{port}/"
         try:
+            # Wait for the port to accept connections. Requesting the page itself would start a
+            # kernel and run the dashboard for every probe that times out: on a busy 2-core CI
+            # machine those runs piled up and the real visit waited behind them.
             deadline = time.monotonic() + timeout
             while True:
                 if proc.poll() is not None:
                     raise RuntimeError(f"voila exited early: {log_path.read_text()[-3000:]}")
                 try:
-                    urllib.request.urlopen(url, timeout=2)  # noqa: S310 - loopback
-                    break
-                except urllib.error.HTTPError:
-                    break  # it answered: the server is up
+                    with socket.create_connection(("127.0.0.1", port), timeout=2):
+                        break
                 except OSError:
                     if time.monotonic() > deadline:
                         raise TimeoutError(
                             f"voila did not start: {log_path.read_text()[-3000:]}"
                         ) from None
                     time.sleep(0.3)
-            yield url
+            try:
+                yield url
+            except BaseException:
+                # the server's side of a failed visit, shown with the test's failure
+                sys.stderr.write(f"--- voila log ({log_path}) ---\n")
+                sys.stderr.write(log_path.read_text(errors="replace")[-6000:])
+                raise
         finally:
             proc.terminate()
             try:
