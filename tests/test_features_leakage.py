@@ -60,7 +60,9 @@ def mutate_after(con: duckdb.DuckDBPyConnection, t: pd.Timestamp, salt: int) -> 
             WHERE paid_at IS NULL AND {_sel("invoice_id", s + 5, 0.5)}""",
         f"UPDATE invoices SET voided_at = NULL WHERE voided_at > {T}",
         f"""UPDATE invoices SET marked_uncollectible_at = {T} + INTERVAL 1 HOUR
-            WHERE marked_uncollectible_at > {T} OR (paid_at IS NULL AND {_sel("invoice_id", s + 6, 0.3)})""",
+            WHERE marked_uncollectible_at > {T}
+               OR (paid_at IS NULL AND marked_uncollectible_at IS NULL
+                   AND {_sel("invoice_id", s + 6, 0.3)})""",
         """UPDATE invoices SET status = CASE WHEN status = 'paid' THEN 'open' ELSE 'paid' END,
               amount_paid = 0, amount_remaining = amount_due, attempt_count = 99,
               next_payment_attempt = NULL""",
