@@ -6,6 +6,7 @@ Every command exits non-zero on failure and says what to do next.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -708,10 +709,22 @@ def alerts_resolve_cmd(ctx: click.Context, alert_id: str, comment: str) -> None:
 @main.command("serve")
 @click.option("--port", default=8866, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True)
+@click.option(
+    "--pool-size",
+    default=1,
+    show_default=True,
+    help="Pre-heated kernels kept ready for the finance dashboard (0: none).",
+)
 @click.pass_context
-def serve_cmd(ctx: click.Context, port: int, host: str) -> None:
-    """Serve the Voila dashboards in notebooks/dashboards/."""
+def serve_cmd(ctx: click.Context, port: int, host: str, pool_size: int) -> None:
+    """Serve the Voila dashboards in notebooks/dashboards/.
+
+    The finance dashboard's notebook runs ahead of its visitor in a pre-heated kernel, and
+    checks when the visitor arrives that no newer snapshot was published meanwhile.
+    """
     import subprocess
+
+    from workbench.dashboards.startup import kernel_address, preheat_options
 
     settings = _settings(ctx)
     folder = settings.root / "notebooks" / "dashboards"
@@ -725,8 +738,10 @@ def serve_cmd(ctx: click.Context, port: int, host: str) -> None:
         f"--Voila.ip={host}",
         "--no-browser",
         "--Voila.tornado_settings={'headers': {'Content-Security-Policy': \"frame-ancestors 'self'\"}}",
+        *preheat_options(pool_size),
     ]
-    raise SystemExit(subprocess.call(cmd, cwd=settings.root))
+    env = {"VOILA_APP_IP": kernel_address(host), **os.environ}
+    raise SystemExit(subprocess.call(cmd, cwd=settings.root, env=env))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -101,12 +101,15 @@ class FinanceDashboard(Dashboard):
 
     title = "Finance: MRR and its movements"
     snapshot = "finance"
+    build_before_visit = True  # all it shows comes from the snapshot
 
     def build(self) -> None:
         am = self.tables["account_months"]
-        am["month"] = pd.to_datetime(am["month"])
+        if not pd.api.types.is_datetime64_any_dtype(am["month"]):  # Parquet keeps datetimes
+            am["month"] = pd.to_datetime(am["month"])
         self.currency = str(am["reporting_currency"].iloc[0]) if len(am) else "usd"
-        months = sorted(am["month"].dt.strftime("%Y-%m").unique())
+        # format the ~40 distinct months, not every row's date (0.1-0.2 s at the demo size)
+        months = list(pd.DatetimeIndex(am["month"].unique()).sort_values().strftime("%Y-%m"))
         self.filters = {
             seg: widgets.Dropdown(options=opts, value=ALL, description=seg.replace("account_", ""))
             for seg, opts in segment_options(am).items()
