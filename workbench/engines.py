@@ -17,13 +17,62 @@ precise AST rewrites so Spark computes the same integers:
 * ``CROSS JOIN LATERAL (SELECT CAST(unnest(generate_series(a, b, step)) AS DATE) AS c) m``
   becomes ``LATERAL VIEW explode(sequence(CAST(a AS DATE), CAST(b AS DATE), step)) m AS c``.
 
+For the point-in-time feature SQL (:mod:`workbench.features.offline`):
+
+* ``a / b`` becomes ``CAST(a AS DOUBLE) / CAST(b AS DOUBLE)``: DuckDB's ``/`` is always
+  floating point, Spark's ``/`` on decimals (``x / 86400000000.0``, ``12.0 / 52``) is a
+  decimal division rounded to 6 places.
+* ``avg(x)`` becomes ``avg(CAST(x AS DOUBLE))`` (DuckDB's ``avg`` is DOUBLE, Spark's
+  ``avg`` of a decimal is a decimal rounded to a few places).
+* ``epoch_us(ts)`` becomes ``unix_micros(ts)``; ``date_diff('microsecond', a, b)`` becomes
+  ``unix_micros(b) - unix_micros(a)`` (exact; Spark's ``datediff`` counts days).
+* ``L s ASOF [LEFT] JOIN R e ON s.k = e.k AND s.t >= e.t`` (or ``>``, or written the other
+  way round) becomes a union of both sides, one sort per key and a window that carries
+  each key's latest ``R`` row forward: ``last_value(struct(e.*) IGNORE NULLS) OVER
+  (PARTITION BY k ORDER BY t, side)``, the ``R`` rows sorting first at equal times for
+  ``>=`` and last for ``>``. The join's result is a relation of two struct columns named
+  after the aliases, so ``s.x`` and ``e.y`` (which must be qualified) read their fields.
+  Linear in the rows (no range join); NULL keys or times never match. As in DuckDB, which of
+  several ``R`` rows with the same key and time is taken is unspecified (the feature SQL
+  keeps one row per key and time).
+* ``WITH x AS MATERIALIZED (...)`` loses ``MATERIALIZED`` in the transpiled text; the Spark
+  engine computes such CTEs once beforehand (see Statements below). CTEs nested inside
+  subqueries get unique names, because the Spark generator hoists them to the top level,
+  where two ``ok`` CTEs would clash.
+* ``SELECT * REPLACE (e AS c) FROM t``, ``t.* EXCLUDE (c)``, and any star of a SELECT with
+  ``QUALIFY``, list ``t``'s columns (the Spark engine looks them up in its catalog; used by
+  ``known_at``'s truncated tables and the ingestion's derived tables). SQLGlot's
+  ``eliminate_qualify`` would otherwise pass its helper column through ``SELECT *``.
+* A window aggregate with ``FILTER (WHERE c)`` becomes the aggregate of
+  ``CASE WHEN c THEN x END`` (Spark has no FILTER on window functions).
+* SQLGlot's own mappings cover the rest: ``QUALIFY`` becomes a filtered subquery
+  (``eliminate_qualify``), struct literals ``{'v': x}`` become ``STRUCT(x AS v)``,
+  ``arg_max(x, s)`` becomes ``max_by(x, s)``, ``make_timestamp(us)`` becomes
+  ``timestamp_micros(us)``; ``FILTER (WHERE ...)``, ``IGNORE NULLS``, named ``WINDOW`` clauses,
+  ``IS DISTINCT FROM`` and ``(s).field`` are Spark SQL as written.
+
 Statements: ``CREATE [OR REPLACE] TEMP TABLE t AS q`` materialises ``q`` (local
 checkpoint, so later stages do not recompute it) as temp view ``t``; ``DROP TABLE IF
-EXISTS t`` drops that view; everything else is a query whose rows are fetched lazily.
+EXISTS t`` drops that view; everything else is a query whose rows are fetched lazily. A
+query's ``WITH x AS MATERIALIZED (q)`` CTEs are computed first, once each, into local
+checkpoints (:func:`split_materialized`), as DuckDB computes them once.
+
+DML on temp views (the ingestion's derived tables): each statement computes the table's
+new rows and materialises them as the view, so a pipeline of statements runs as written.
+
+* ``CREATE [OR REPLACE] TEMP TABLE t (c TYPE, ...)``: an empty view with those columns.
+* ``DELETE FROM t [WHERE c]``: ``t`` becomes ``SELECT * FROM t WHERE (c) IS NOT TRUE``.
+* ``INSERT INTO t [BY NAME] q`` (or ``VALUES``): ``t`` plus ``q``'s rows, matched to ``t``'s
+  columns by name or position, missing ones NULL, cast to ``t``'s types.
+* ``INSERT OR REPLACE INTO t ... q``: as INSERT, after dropping ``t``'s rows whose primary
+  key (from :mod:`workbench.schema` / :mod:`workbench.ingest.tables`, or
+  :attr:`SparkEngine.keys`) is among ``q``'s; as in DuckDB, a replaced row keeps its values
+  in the columns ``q`` does not give.
 
 Both engines answer ``execute(sql)`` with an object that has ``fetchone()``,
-``fetchall()`` and ``df()``, like a DuckDB result, so code written against a DuckDB
-connection runs unchanged on either engine.
+``fetchall()``, ``fetchnumpy()`` and ``df()``, like a DuckDB result, and take tables with
+``register(name, pandas or Arrow)`` / ``unregister(name)``, so code written against a
+DuckDB connection runs unchanged on either engine.
 """
 
 from __future__ import annotations
@@ -32,7 +81,8 @@ import os
 import re
 import shutil
 import sys
-from collections.abc import Iterable
+import uuid
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -56,6 +106,11 @@ _DROP = re.compile(
     r"^\s*DROP\s+(?:TABLE|VIEW)\s+(?:IF\s+EXISTS\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*;?\s*$",
     re.IGNORECASE,
 )
+_DML = re.compile(
+    r"^\s*(?:INSERT\s|DELETE\s|CREATE\s+(?:OR\s+REPLACE\s+)?TEMP(?:ORARY)?\s+TABLE\s+"
+    r"[A-Za-z_][A-Za-z0-9_]*\s*\()",
+    re.IGNORECASE,
+)
 
 
 class EngineError(RuntimeError):
@@ -74,6 +129,9 @@ class Result(Protocol):
     def df(self) -> pd.DataFrame:
         """All rows as a pandas frame."""
 
+    def fetchnumpy(self) -> dict[str, Any]:
+        """All rows as one numpy array per column."""
+
 
 class Engine(Protocol):
     """A SQL warehouse engine running the workbench's (DuckDB-dialect) SQL."""
@@ -83,8 +141,11 @@ class Engine(Protocol):
     def execute(self, sql: str) -> Result:
         """Run one statement written in DuckDB SQL."""
 
-    def register(self, name: str, frame: pd.DataFrame) -> None:
-        """Expose a pandas frame as a (temporary) table ``name``."""
+    def register(self, name: str, frame: pd.DataFrame | pa.Table) -> None:
+        """Expose a pandas frame or an Arrow table as a (temporary) table ``name``."""
+
+    def unregister(self, name: str) -> None:
+        """Remove a table exposed by :meth:`register`."""
 
     def fetch_df(self, sql: str) -> pd.DataFrame:
         """Run a query and return its rows as pandas."""
@@ -104,9 +165,13 @@ class DuckDBEngine:
         """Run ``sql`` on the connection."""
         return self.con.execute(sql)
 
-    def register(self, name: str, frame: pd.DataFrame) -> None:
-        """Register ``frame`` as view ``name`` (no copy)."""
+    def register(self, name: str, frame: pd.DataFrame | pa.Table) -> None:
+        """Register ``frame`` (pandas or Arrow) as view ``name`` (no copy)."""
         self.con.register(name, frame)
+
+    def unregister(self, name: str) -> None:
+        """Remove view ``name``."""
+        self.con.unregister(name)
 
     def fetch_df(self, sql: str) -> pd.DataFrame:
         """Rows of ``sql`` as pandas."""
@@ -175,6 +240,33 @@ def _rewrite_node(node: Any) -> Any:
             return exp.Anonymous(this="make_interval", expressions=[*_zeros(1), args[0].copy()])
         if fname == "to_years" and len(args) == 1:
             return exp.Anonymous(this="make_interval", expressions=[args[0].copy()])
+        if fname == "epoch_us" and len(args) == 1:
+            return exp.Anonymous(this="unix_micros", expressions=[args[0].copy()])
+    if isinstance(node, exp.Window) and isinstance(node.this, exp.Filter):
+        # Spark has no FILTER on window aggregates: agg(x) FILTER (WHERE c) OVER w becomes
+        # agg(CASE WHEN c THEN x END) OVER w (count(*): count(CASE WHEN c THEN 1 END))
+        agg, cond = node.this.this, node.this.expression.this
+        agg = agg.copy()
+        arg = agg.this
+        if isinstance(arg, exp.Star) or arg is None:
+            arg = exp.Literal.number(1)
+        agg.set("this", exp.Case(ifs=[exp.If(this=cond.copy(), true=arg.copy())]))
+        window = node.copy()
+        window.set("this", agg)
+        return window
+    if isinstance(node, exp.Avg) and not (
+        isinstance(node.this, exp.Cast) and node.this.to.this == exp.DataType.Type.DOUBLE
+    ):
+        # DuckDB's avg is DOUBLE for every numeric input; Spark's avg(DECIMAL) is a DECIMAL
+        return exp.Avg(this=exp.Cast(this=node.this.copy(), to=exp.DataType.build("DOUBLE")))
+    if isinstance(node, exp.DateDiff) and node.text("unit").lower() in ("microsecond", "us"):
+        # date_diff('microsecond', a, b) parses as DateDiff(this=b, expression=a)
+        return exp.Paren(
+            this=exp.Sub(
+                this=exp.Anonymous(this="unix_micros", expressions=[node.this.copy()]),
+                expression=exp.Anonymous(this="unix_micros", expressions=[node.expression.copy()]),
+            )
+        )
     return node
 
 
@@ -220,8 +312,250 @@ def _lateral_series(select: Any) -> None:
         select.append("laterals", view)
 
 
-def to_spark_sql(sql: str) -> str:
+def _double_division(tree: Any) -> None:
+    """``a / b`` as DuckDB computes it: in DOUBLE (Spark divides decimals as decimals)."""
+    from sqlglot import exp
+
+    double = exp.DataType.build("DOUBLE")
+    for div in list(tree.find_all(exp.Div)):
+        for arg in ("this", "expression"):
+            operand = div.args[arg]
+            if not (isinstance(operand, exp.Cast) and operand.to.this == double.this):
+                div.set(arg, exp.Cast(this=exp.Paren(this=operand.copy()), to=double.copy()))
+
+
+def _asof_join(select: Any, n: int) -> None:
+    """Replace ``FROM L s ASOF [LEFT] JOIN R e ON <equalities> AND s.t >= e.t`` on
+    ``select`` by a union of both sides carrying each key's latest ``R`` row forward (see
+    the module docstring). The result has two struct columns, ``s`` and ``e``."""
+    import sqlglot
+    from sqlglot import exp
+
+    joins = select.args.get("joins") or []
+    asof = [j for j in joins if (j.args.get("method") or "").upper() == "ASOF"]
+    if not asof:
+        return
+    join = asof[0]
+    if len(asof) > 1 or joins[0] is not join or not select.args.get("from_"):
+        raise EngineError("ASOF JOIN on Spark: only one, directly after FROM, is supported")
+    left, right = select.args["from_"].this, join.this
+    la, ra = left.alias, right.alias
+    if not la or not ra or la == ra:
+        raise EngineError("ASOF JOIN on Spark: both sides need (distinct) aliases")
+    on = join.args.get("on")
+    conds = list(on.flatten()) if isinstance(on, exp.And) else [on]
+
+    def side(e: Any) -> str | None:
+        tables = {c.table for c in e.find_all(exp.Column)}
+        return tables.pop() if len(tables) == 1 and tables <= {la, ra} else None
+
+    keys: list[tuple[Any, Any]] = []
+    times: list[tuple[Any, Any, bool]] = []  # (left time, right time, strict)
+    for c in conds:
+        a, b = c.this if c else None, c.expression if c else None
+        sa, sb = (side(a), side(b)) if c else (None, None)
+        if sa is None or sb is None or sa == sb:
+            raise EngineError(f"ASOF JOIN on Spark: cannot split condition {c}")
+        if sa == ra:  # put the left side first
+            a, b = b, a
+            flipped = True
+        else:
+            flipped = False
+        if isinstance(c, exp.EQ):
+            keys.append((a, b))
+        elif isinstance(c, exp.GTE | exp.GT | exp.LTE | exp.LT):
+            op = type(c)
+            if flipped:
+                op = {exp.GTE: exp.LTE, exp.GT: exp.LT, exp.LTE: exp.GTE, exp.LT: exp.GT}[op]
+            if op not in (exp.GTE, exp.GT):
+                raise EngineError("ASOF JOIN on Spark: only 'left time >= right time' (or >)")
+            times.append((a, b, op is exp.GT))
+        else:
+            raise EngineError(f"ASOF JOIN on Spark: unsupported condition {c}")
+    if len(times) != 1:
+        raise EngineError("ASOF JOIN on Spark: exactly one inequality is needed")
+    lt, rt, strict = times[0]
+    # at equal times the R row comes first for >=, after the probe for >
+    l_side, r_side = (0, 1) if strict else (1, 0)
+    kcols = [f"_aj_k{i}" for i in range(len(keys))]
+    lsel = ", ".join(f"{a.sql('duckdb')} AS {k}" for (a, _), k in zip(keys, kcols, strict=True))
+    rsel = ", ".join(f"{b.sql('duckdb')} AS {k}" for (_, b), k in zip(keys, kcols, strict=True))
+    rok = " AND ".join(f"{k} IS NOT NULL" for k in [*(b.sql("duckdb") for _, b in keys),
+                                                    rt.sql("duckdb")])  # fmt: skip
+    lok = " AND ".join(f"{k} IS NOT NULL" for k in [*kcols, "_aj_t"])
+    inner = "" if join.args.get("side") else " AND _aj_m IS NOT NULL"
+    skeleton = sqlglot.parse_one(
+        f"""
+SELECT _aj_l AS _aj_sl, _aj_m AS _aj_sr FROM (
+  SELECT _aj_side, _aj_l, CASE WHEN {lok} THEN last_value(_aj_r IGNORE NULLS) OVER (
+      PARTITION BY {", ".join(kcols)} ORDER BY _aj_t, _aj_side
+      ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) END AS _aj_m
+  FROM (
+    SELECT {lsel}, {lt.sql("duckdb")} AS _aj_t, {l_side} AS _aj_side,
+           _aj_struct_l() AS _aj_l, NULL AS _aj_r FROM _aj_left
+    UNION ALL
+    SELECT {rsel}, {rt.sql("duckdb")} AS _aj_t, {r_side} AS _aj_side,
+           NULL AS _aj_l, CASE WHEN {rok} THEN _aj_struct_r() END AS _aj_r FROM _aj_right
+  ) _aj_u
+) _aj_w WHERE _aj_side = {l_side}{inner}""",
+        read="duckdb",
+    )
+    # the two struct columns are named after the join's aliases
+    outs = skeleton.expressions
+    outs[0].set("alias", exp.to_identifier(la))
+    outs[1].set("alias", exp.to_identifier(ra))
+
+    def fill(node: Any) -> Any:
+        if isinstance(node, exp.Table) and node.name in ("_aj_left", "_aj_right"):
+            return (left if node.name == "_aj_left" else right).copy()
+        if isinstance(node, exp.Anonymous) and str(node.this) in ("_aj_struct_l", "_aj_struct_r"):
+            alias = la if str(node.this) == "_aj_struct_l" else ra
+            return exp.Struct(
+                expressions=[exp.Column(this=exp.Star(), table=exp.to_identifier(alias))]
+            )
+        return node
+
+    skeleton = skeleton.transform(fill)
+    select.set("from_", exp.From(this=exp.Subquery(this=skeleton, alias=exp.TableAlias(
+        this=exp.to_identifier(f"_asof{n}")))))  # fmt: skip
+    join.pop()
+
+
+def _expand_stars(tree: Any, columns: Callable[[str], list[str]] | None) -> None:
+    """``SELECT * REPLACE (e AS c) / * EXCLUDE (c) FROM t`` with ``t``'s columns listed."""
+    from sqlglot import exp
+
+    for star in list(tree.find_all(exp.Star)):
+        replace, exclude = star.args.get("replace"), star.args.get("except_")
+        item = star.parent if isinstance(star.parent, exp.Column) else star  # t.* or *
+        select = item.parent
+        if not isinstance(select, exp.Select) or item not in select.expressions:
+            continue
+        # with QUALIFY, a star is listed too: SQLGlot's eliminate_qualify would otherwise
+        # let its helper column (``_w``) through ``SELECT *``
+        qualify = select.args.get("qualify") is not None
+        if not (replace or exclude or qualify):
+            continue
+        qualifier = item.table if item is not star else None
+        source = select.args.get("from_")
+        tables = [source.this] if source else []
+        tables += [j.this for j in select.args.get("joins") or []]
+        if qualifier:
+            tables = [t for t in tables if t.alias_or_name == qualifier]
+        table = tables[0] if len(tables) == 1 else None
+        if not isinstance(table, exp.Table) or columns is None:
+            if not (replace or exclude):
+                continue  # a plain star under QUALIFY over a subquery: left to SQLGlot
+            raise EngineError(
+                f"'{item.sql('duckdb')}' on Spark needs one table (or a qualifier naming one) "
+                "and the table's columns"
+            )
+        repl = {a.alias.lower(): a for a in replace or []}
+        drop = {c.name.lower() for c in exclude or []}
+        expanded = [
+            repl[c.lower()].copy()
+            if c.lower() in repl
+            else exp.column(c, table=qualifier, quoted=True)
+            for c in columns(table.name)
+            if c.lower() not in drop
+        ]
+        position = select.expressions.index(item)
+        select.set(
+            "expressions",
+            [*select.expressions[:position], *expanded, *select.expressions[position + 1 :]],
+        )
+
+
+def _has_asof(select: Any) -> bool:
+    return any(
+        (j.args.get("method") or "").upper() == "ASOF" for j in select.args.get("joins") or []
+    )
+
+
+def _spark_ctes(tree: Any) -> None:
+    """Drop ``MATERIALIZED`` from CTEs; give CTEs nested in subqueries unique names (the
+    Spark generator moves them to the top level)."""
+    from sqlglot import exp
+
+    for cte in tree.find_all(exp.CTE):
+        cte.set("materialized", None)
+    nested = [w for w in tree.find_all(exp.With) if w.parent is not tree]
+    nested.sort(key=lambda w: -w.depth)  # innermost first: they shadow outer names
+    for i, with_ in enumerate(nested):
+        scope = with_.parent
+        for cte in with_.expressions:
+            old, new = cte.alias, f"_cte{i}_{cte.alias}"
+            for table in list(scope.find_all(exp.Table)):
+                if table.name == old and not table.args.get("db"):
+                    if not table.alias:
+                        table.set("alias", exp.TableAlias(this=exp.to_identifier(old)))
+                    table.set("this", exp.to_identifier(new))
+            cte.set("alias", exp.TableAlias(this=exp.to_identifier(new)))
+
+
+def split_materialized(sql: str, *, prefix: str = "_wb_cte_") -> tuple[list[tuple[str, str]], str]:
+    """Split the top-level ``WITH x AS MATERIALIZED (q)`` CTEs off a DuckDB query.
+
+    Returns:
+        ``[(view, q), ...]`` in order, each ``q`` a DuckDB query reading earlier views (and
+        the plain CTEs it needs), and the rest of the query reading the views instead of
+        the CTEs. Running each ``q`` once into temp view ``view`` gives DuckDB's meaning of
+        ``MATERIALIZED``: computed once, whatever the number of references.
+    """
+    import sqlglot
+    from sqlglot import exp
+
+    tree = sqlglot.parse_one(sql, read="duckdb")
+    with_ = tree.args.get("with_")
+    ctes = list(with_.expressions) if with_ else []
+    if not any(c.args.get("materialized") for c in ctes):
+        return [], sql
+    tag = prefix + uuid.uuid4().hex[:8] + "_"
+    views = {c.alias: tag + c.alias for c in ctes if c.args.get("materialized")}
+
+    def shadowed(table: Any) -> bool:
+        node = table.parent
+        while node is not None and node is not tree:
+            inner = node.args.get("with_") if isinstance(node, exp.Query) else None
+            if inner is not None and any(c.alias == table.name for c in inner.expressions):
+                return True
+            node = node.parent
+        return False
+
+    def to_views(node: Any) -> None:
+        for table in list(node.find_all(exp.Table)):
+            if table.name in views and not table.args.get("db") and not shadowed(table):
+                if not table.alias:
+                    table.set("alias", exp.TableAlias(this=exp.to_identifier(table.name)))
+                table.set("this", exp.to_identifier(views[table.name]))
+
+    steps: list[tuple[str, str]] = []
+    plain: list[Any] = []
+    for cte in ctes:
+        to_views(cte.this)
+        if cte.args.get("materialized"):
+            query = cte.this.copy()
+            if plain:
+                own = query.args.get("with_")
+                query.set("with_", exp.With(expressions=[
+                    *(c.copy() for c in plain), *(own.expressions if own else [])]))  # fmt: skip
+            steps.append((views[cte.alias], query.sql(dialect="duckdb")))
+        else:
+            plain.append(cte)
+    body = tree.copy()
+    body.set("with_", None)
+    to_views(body)
+    if plain:
+        body.set("with_", exp.With(expressions=[c.copy() for c in plain]))
+    return steps, body.sql(dialect="duckdb")
+
+
+def to_spark_sql(sql: str, *, columns: Callable[[str], list[str]] | None = None) -> str:
     """Transpile one DuckDB statement to Spark SQL (see the module docstring for the rules).
+
+    Args:
+        sql: One DuckDB statement.
+        columns: Table name -> its column names, for ``* REPLACE (...)`` / ``* EXCLUDE``.
 
     Raises:
         EngineError: SQLGlot is not installed.
@@ -234,8 +568,13 @@ def to_spark_sql(sql: str) -> str:
             "the Spark engine needs sqlglot: pip install 'billing-workbench[spark]'"
         ) from e
     tree = sqlglot.parse_one(sql, read="duckdb")
+    _expand_stars(tree, columns)
+    _double_division(tree)
     for select in list(tree.find_all(exp.Select)):
         _lateral_series(select)
+    for n, select in enumerate(s for s in list(tree.find_all(exp.Select)) if _has_asof(s)):
+        _asof_join(select, n)
+    _spark_ctes(tree)
     # rewrites copy subtrees (a // b repeats its operands), so repeat until nothing changes
     for _ in range(8):
         before = tree.sql()
@@ -251,16 +590,23 @@ def to_spark_sql(sql: str) -> str:
 class SparkResult:
     """Rows of a Spark query, fetched on demand through Arrow (timestamps in UTC)."""
 
-    def __init__(self, frame: DataFrame | None) -> None:
+    def __init__(self, frame: DataFrame | None, *, owns: Iterable[DataFrame] = ()) -> None:
         self._frame = frame
         self._pdf: pd.DataFrame | None = None
+        #: materialised inputs only this query reads: freed once its rows are fetched
+        self._owns = list(owns)
 
     def df(self) -> pd.DataFrame:
         """All rows as pandas (dates as ``datetime.date``, timestamps naive UTC)."""
         if self._frame is None:
             return pd.DataFrame()
         if self._pdf is None:
-            self._pdf = self._frame.toPandas()
+            try:
+                self._pdf = self._frame.toPandas()
+            finally:
+                for frame in self._owns:
+                    _release(frame)
+                self._owns = []
         return self._pdf
 
     def fetchall(self) -> list[tuple[Any, ...]]:
@@ -273,6 +619,22 @@ class SparkResult:
         """The first row, or None."""
         rows = self.fetchall()
         return rows[0] if rows else None
+
+    def fetchnumpy(self) -> dict[str, Any]:
+        """All rows as one numpy array per column."""
+        pdf = self.df()
+        return {c: pdf[c].to_numpy() for c in pdf.columns}
+
+
+def _release(frame: DataFrame) -> None:
+    """Free the rows of a local checkpoint that nothing else reads any more (a
+    ``MATERIALIZED`` CTE once its query has run): ``DataFrame.unpersist`` only uncaches
+    ``cache()``d frames, a checkpoint's blocks belong to its RDD. Replaced temp tables are
+    left to Spark's cleaner instead: a result fetched lazily may still read them."""
+    try:
+        frame._jdf.queryExecution().logical().rdd().unpersist(False)
+    except Exception:  # noqa: BLE001 - not a checkpoint: nothing of ours to free
+        frame.unpersist()
 
 
 def _py(value: Any) -> Any:
@@ -289,6 +651,8 @@ class SparkEngine:
     def __init__(self, spark: SparkSession) -> None:
         self.spark = spark
         self._materialised: dict[str, DataFrame] = {}
+        #: extra primary keys for ``INSERT OR REPLACE`` (table name in lower case -> key)
+        self.keys: dict[str, tuple[str, ...]] = {}
 
     def execute(self, sql: str) -> Result:
         """Run one DuckDB-dialect statement on Spark (CREATE TEMP TABLE materialises)."""
@@ -296,15 +660,135 @@ class SparkEngine:
         if drop:
             self.drop(drop.group(1))
             return SparkResult(None)
+        if _DML.match(sql):
+            self._dml(sql)
+            return SparkResult(None)
         create = _CREATE.match(sql)
         if create:
             name, query = create.group(1), create.group(2)
-            frame = self.spark.sql(to_spark_sql(query)).localCheckpoint(eager=True)
-            self.drop(name)
-            frame.createOrReplaceTempView(name)
-            self._materialised[name] = frame
+            self._replace(name, *self._plan(query))
             return SparkResult(None)
-        return SparkResult(self.spark.sql(to_spark_sql(sql)))
+        frame, inputs = self._plan(sql)
+        return SparkResult(frame, owns=inputs)
+
+    def _plan(self, sql: str) -> tuple[DataFrame, list[DataFrame]]:
+        """The Spark frame of a DuckDB query, its ``MATERIALIZED`` CTEs computed first (once
+        each, local checkpoints; see :func:`split_materialized`). Their temp views are only
+        needed while the query is resolved; the checkpoints are returned for the caller to
+        free once the query has run."""
+        steps, sql = split_materialized(sql)
+        inputs: list[DataFrame] = []
+        try:
+            for view, query in steps:
+                cte = self.spark.sql(to_spark_sql(query, columns=self.columns))
+                cte = cte.localCheckpoint(eager=True)
+                cte.createOrReplaceTempView(view)
+                inputs.append(cte)
+            return self.spark.sql(to_spark_sql(sql, columns=self.columns)), inputs
+        except Exception:
+            for f in inputs:
+                _release(f)
+            raise
+        finally:
+            for view, _ in steps:
+                self.spark.catalog.dropTempView(view)
+
+    def _dml(self, sql: str) -> None:
+        """``CREATE TEMP TABLE t (col type, ...)``, ``DELETE FROM t [WHERE c]`` and ``INSERT
+        [OR REPLACE] INTO t [BY NAME] <query | VALUES>`` on temp views: each computes the
+        table's new rows and materialises them as ``t`` (see the module docstring)."""
+        import sqlglot
+        from pyspark.sql import functions as F
+        from sqlglot import exp
+
+        stmt = sqlglot.parse_one(sql, read="duckdb")
+        if isinstance(stmt, exp.Create):
+            cols = [c for c in stmt.this.expressions if isinstance(c, exp.ColumnDef)]
+            query = "SELECT " + ", ".join(
+                f"CAST(NULL AS {c.args['kind'].sql('duckdb')}) AS {c.this.sql('duckdb')}"
+                for c in cols
+            )
+            self._replace(stmt.this.this.name, self.spark.sql(to_spark_sql(query)).limit(0))
+            return
+        target = stmt.this
+        names = None
+        if isinstance(target, exp.Schema):  # INSERT INTO t (a, b) ...
+            names = [c.name for c in target.expressions]
+            target = target.this
+        table = target.name
+        old = self.spark.table(table)
+        if isinstance(stmt, exp.Delete):
+            where = stmt.args.get("where")
+            keep = f"({where.this.sql('duckdb')}) IS NOT TRUE" if where else "false"
+            frame, inputs = self._plan(f"SELECT * FROM {table} WHERE {keep}")
+            self._replace(table, frame, inputs)
+            return
+        source = stmt.expression
+        query = source.sql("duckdb")
+        if isinstance(source, exp.Values):
+            query = f"SELECT * FROM ({query}) AS _values"
+        new, inputs = self._plan(query)
+        by_name = {c.lower(): c for c in new.columns}
+        if stmt.args.get("by_name"):
+            extra = set(by_name) - {c.lower() for c in old.columns}
+            if extra:
+                raise EngineError(f"INSERT INTO {table} BY NAME: no column(s) {sorted(extra)}")
+        else:
+            given = names or old.columns[: len(new.columns)]
+            new = new.toDF(*[f"_c{i}" for i in range(len(new.columns))])  # names may repeat
+            by_name = {g.lower(): c for g, c in zip(given, new.columns, strict=True)}
+        rows = new.select(
+            *[
+                (
+                    F.col(f"`{by_name[f.name.lower()]}`")
+                    if f.name.lower() in by_name
+                    else F.lit(None)
+                )
+                .cast(f.dataType)
+                .alias(f.name)
+                for f in old.schema.fields
+            ]
+        )
+        if (stmt.args.get("alternative") or "").upper() == "REPLACE":
+            keys = self.primary_keys().get(table.lower())
+            if not keys:
+                raise EngineError(f"INSERT OR REPLACE INTO {table}: its primary key is unknown")
+            missing = [c for c in old.columns if c.lower() not in by_name]
+            if missing:  # as DuckDB: a replaced row keeps the columns the INSERT does not set
+                prev = old.select(*keys, *[F.col(f"`{c}`").alias(f"_prev_{c}") for c in missing])
+                rows = rows.join(prev, on=list(keys), how="left").select(
+                    *[F.col(f"`_prev_{c}`" if c in missing else f"`{c}`").alias(c)
+                      for c in old.columns]
+                )  # fmt: skip
+            kept = old.join(rows.select(*keys).distinct(), on=list(keys), how="left_anti")
+            old = kept.select(*[f"`{c}`" for c in old.columns])  # the join put keys first
+        self._replace(table, old.unionByName(rows), inputs)
+
+    def _replace(
+        self, name: str, frame: DataFrame, inputs: Iterable[DataFrame] = ()
+    ) -> None:  # fmt: skip
+        """Materialise ``frame`` as the new rows of temp view ``name``; free the old ones."""
+        try:
+            frame = frame.localCheckpoint(eager=True)
+        finally:
+            for f in inputs:
+                _release(f)
+        self.drop(name)
+        frame.createOrReplaceTempView(name)
+        self._materialised[name] = frame
+
+    def primary_keys(self) -> dict[str, tuple[str, ...]]:
+        """Table name (lower case) -> primary key, for ``INSERT OR REPLACE``: the canonical
+        tables' and ingestion's tables' keys, plus :attr:`keys` set on the engine."""
+        from .ingest.tables import INTERNAL
+        from .schema import TABLES
+
+        known = {n.lower(): t.primary_key for n, t in {**TABLES, **INTERNAL}.items()}
+        return {**{k: v for k, v in known.items() if v}, **self.keys}
+
+    def columns(self, table: str) -> list[str]:
+        """Column names of table or view ``table``."""
+        return self.spark.table(table).columns
 
     def drop(self, name: str) -> None:
         """Drop temp view ``name`` (and free its materialised rows) if it exists."""
@@ -313,11 +797,20 @@ class SparkEngine:
             frame.unpersist()
         self.spark.catalog.dropTempView(name)
 
-    def register(self, name: str, frame: pd.DataFrame | DataFrame) -> None:
-        """Expose a pandas or Spark frame as temp view ``name``."""
+    def register(self, name: str, frame: pd.DataFrame | pa.Table | DataFrame) -> None:
+        """Expose a pandas frame, an Arrow table or a Spark frame as temp view ``name``."""
+        import pyarrow as pa
+
+        if isinstance(frame, pa.Table):
+            self.register_arrow(name, frame)
+            return
         if isinstance(frame, pd.DataFrame):
             frame = self.spark.createDataFrame(_spark_ready(frame))
         frame.createOrReplaceTempView(name)
+
+    def unregister(self, name: str) -> None:
+        """Remove temp view ``name`` (same as :meth:`drop`)."""
+        self.drop(name)
 
     def register_arrow(self, name: str, table: pa.Table) -> None:
         """Expose an Arrow table as temp view ``name``, keeping its column types

@@ -15,6 +15,9 @@ invoice is not recovered.
 Labels are only given where the whole window has been observed:
 ``t + h <= observed_until`` (default :func:`~workbench.features.offline.data_horizon`);
 otherwise they are missing (``pd.NA``), never a guessed 0.
+
+Both functions take a DuckDB connection or an engine: on Spark the same SQL runs
+transpiled (:mod:`workbench.engines`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from workbench.engines import Engine, as_engine
 from workbench.features.definitions import PAYING_FILTER, SOURCES
 from workbench.features.offline import AS_OF, DAY_US, data_horizon, to_us, to_utc
 
@@ -34,7 +38,7 @@ CHURN_HORIZONS: tuple[int, ...] = (30, 90, 180)
 RECOVERY_HORIZONS: tuple[int, ...] = (7, 14, 30)
 
 
-def _observed_until_us(con: duckdb.DuckDBPyConnection, observed_until) -> int | None:
+def _observed_until_us(con: duckdb.DuckDBPyConnection | Engine, observed_until) -> int | None:
     t = data_horizon(con) if observed_until is None else to_utc([observed_until]).iloc[0]
     return None if t is None else int(to_us(pd.Series([t]))[0])
 
@@ -46,7 +50,7 @@ def _nullable(flags: np.ndarray, defined: np.ndarray) -> pd.Series:
 
 
 def churn_labels(
-    con: duckdb.DuckDBPyConnection,
+    con: duckdb.DuckDBPyConnection | Engine,
     spine: pd.DataFrame,
     *,
     horizons: Sequence[int] = CHURN_HORIZONS,
@@ -56,7 +60,7 @@ def churn_labels(
     """Add ``churn_<h>d`` labels (Int8: 1, 0 or missing) to an account spine.
 
     Args:
-        con: Warehouse connection.
+        con: Warehouse connection or engine.
         spine: Needs ``account_id`` and ``as_of``.
         horizons: Window lengths in days.
         observed_until: Last time the data covers; default the warehouse's data horizon.
@@ -82,15 +86,16 @@ def churn_labels(
     )
     name = f"_wb_probe_{uuid.uuid4().hex[:12]}"
     src = SOURCES["subscription_items"].render(relations)
-    con.register(name, probe)
+    engine = as_engine(con)
+    engine.register(name, probe)
     try:
-        hit = con.execute(
+        hit = engine.execute(
             f"SELECT DISTINCT p._row, p._tag FROM {name} p JOIN ({src}) e "
             f"ON e.account_id = p.account_id AND e.ts_us <= p.t_us "
             f"AND (e.valid_to_us IS NULL OR e.valid_to_us > p.t_us) WHERE {PAYING_FILTER}"
         ).fetchnumpy()
     finally:
-        con.unregister(name)
+        engine.unregister(name)
     paying = np.zeros((len(times), n), dtype=bool)
     paying[hit["_tag"].astype(np.int64), hit["_row"].astype(np.int64)] = True
     limit = _observed_until_us(con, observed_until)
@@ -103,7 +108,7 @@ def churn_labels(
 
 
 def recovery_labels(
-    con: duckdb.DuckDBPyConnection,
+    con: duckdb.DuckDBPyConnection | Engine,
     spine: pd.DataFrame,
     *,
     horizons: Sequence[int] = RECOVERY_HORIZONS,
@@ -113,7 +118,7 @@ def recovery_labels(
     """Add ``recovered_<h>d`` labels (Int8) to a failed-invoice spine.
 
     Args:
-        con: Warehouse connection.
+        con: Warehouse connection or engine.
         spine: Needs ``invoice_id`` and ``as_of`` (e.g. from ``recovery_spine``).
         horizons: Window lengths in days.
         observed_until: Last time the data covers; default the warehouse's data horizon.
@@ -129,15 +134,16 @@ def recovery_labels(
     ids = pa.array(spine["invoice_id"].astype("string").to_numpy(na_value=None), type=pa.string())
     name = f"_wb_probe_{uuid.uuid4().hex[:12]}"
     src = SOURCES["invoice_payments"].render(relations)
-    con.register(
+    engine = as_engine(con)
+    engine.register(
         name, pa.table({"_row": pa.array(np.arange(n, dtype=np.int64)), "invoice_id": ids})
     )
     try:
-        got = con.execute(
+        got = engine.execute(
             f"SELECT p._row, e.ts_us FROM {name} p JOIN ({src}) e ON e.invoice_id = p.invoice_id"
         ).fetchnumpy()
     finally:
-        con.unregister(name)
+        engine.unregister(name)
     paid_us = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
     paid_us[got["_row"].astype(np.int64)] = got["ts_us"].astype(np.int64)
     known = paid_us != np.iinfo(np.int64).max

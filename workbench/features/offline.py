@@ -10,13 +10,17 @@ into one DuckDB query over a *spine* (entity ids and an ``as_of`` time per row):
   (source, entity, offset) on ``ts <= t``, after a window function carries each
   feature's last matching row forward (ties broken by the source's ``row_key``);
 * ``since_earliest`` joins the first matching time per key and keeps it when ``<= t``;
-* state aggregations are interval joins on ``ts <= t < valid_to``;
+* state aggregations are interval joins on ``ts <= t < valid_to`` (``state_argmax`` with a
+  ``unit`` gives the time from ``t`` until the winning row's value, a time);
 * derived features combine the finished columns.
 
 Each source view is computed once per query, restricted to the spine's keys. Nothing is
 evaluated row by row in Python. All times are handled as epoch microseconds (UTC), so the
 session time zone and daylight saving never matter. The SQL is DuckDB's dialect (ASOF
-JOIN, QUALIFY, FILTER, structs); it is not yet portable to Spark.
+JOIN, QUALIFY, FILTER, structs) and stays the one definition: every function here takes a
+DuckDB connection or a :class:`~workbench.engines.Engine`, and on a
+:class:`~workbench.engines.SparkEngine` the same SQL runs transpiled (see
+:mod:`workbench.engines` for the rewrites).
 
 Spines: :func:`churn_spine` (accounts paying at each period boundary),
 :func:`recovery_spine` (failed invoices at their first failure, or at every failed
@@ -38,6 +42,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from workbench.engines import Engine, as_engine
 from workbench.features.definitions import (
     DERIVED_OPS,
     PAYING_FILTER,
@@ -293,7 +298,11 @@ def compile_features_sql(
                 elif f.aggregation == "state_argmax":
                     c2 = _cond(f.filter, f"({f.value}) IS NOT NULL", f"({f.order_by}) IS NOT NULL")
                     agg = f"arg_max({f.value}, {{'o': {f.order_by}, 'k': row_key}})"
-                    cols.append(f"{_filtered(agg, c2)} AS {col}")
+                    if f.unit is None:
+                        cols.append(f"{_filtered(agg, c2)} AS {col}")
+                    else:  # a time: how long from t until it
+                        unit = float(UNITS_US[f.unit])
+                        cols.append(f"({_filtered(agg, c2)} - s._s_t) / {unit} AS {col}")
                 raw[f.name] = col
             on = (
                 f"e.{_q(entity)} = s._s_key AND e.ts_us <= s._s_t "
@@ -301,7 +310,7 @@ def compile_features_sql(
             )
             ctes.append(
                 f"{g} AS (SELECT s._s_row, {', '.join(cols)}\n"
-                f"  FROM {q} s JOIN {src} e ON {on}\n  GROUP BY s._s_row)"
+                f"  FROM {q} s JOIN {src} e ON {on}\n  GROUP BY s._s_row, s._s_t)"
             )
 
     proj_ctes = [
@@ -447,7 +456,7 @@ def _spine_arrow(spine: pd.DataFrame, entities: Sequence[str]) -> pa.Table:
 
 
 def build_features(
-    con: duckdb.DuckDBPyConnection,
+    con: duckdb.DuckDBPyConnection | Engine,
     spine: pd.DataFrame,
     *,
     features: Iterable[str] | None = None,
@@ -457,7 +466,8 @@ def build_features(
     """Compute features as of each spine row's time, with one set-based query.
 
     Args:
-        con: A DuckDB connection holding the canonical tables (read only is fine).
+        con: A DuckDB connection holding the canonical tables (read only is fine), or an
+            engine (:func:`workbench.engines.get_engine`) that has them.
         spine: Needs ``as_of`` (UTC times) and one column per entity of the requested
             features (``account_id``, ``subscription_id``, ``invoice_id``); other columns are
             carried through untouched.
@@ -476,15 +486,16 @@ def build_features(
     else:
         feats = get_features(features)
     name = f"_wb_spine_{uuid.uuid4().hex[:12]}"
-    con.register(name, _spine_arrow(spine, present))
+    engine = as_engine(con)
+    engine.register(name, _spine_arrow(spine, present))
     try:
         sql, out_cols = compile_features_sql(
             feats, spine=name, entities=present, relations=relations, pushdown=pushdown
         )
         log.debug("feature SQL:\n%s", sql)
-        result = con.execute(sql).df()
+        result = engine.execute(sql).df()
     finally:
-        con.unregister(name)
+        engine.unregister(name)
     out = spine.reset_index(drop=True).copy()
     out[AS_OF] = to_utc(out[AS_OF])
     for c in out_cols:
@@ -521,7 +532,7 @@ def _paying_sql(relations: Mapping[str, str] | None, grid: str) -> str:
 
 
 def churn_spine(
-    con: duckdb.DuckDBPyConnection,
+    con: duckdb.DuckDBPyConnection | Engine,
     *,
     start,
     end,
@@ -538,11 +549,12 @@ def churn_spine(
     """
     grid = period_grid(start=start, end=end, freq=freq)
     name = f"_wb_grid_{uuid.uuid4().hex[:12]}"
-    con.register(name, pa.table({"t_us": pa.array(to_us(grid), type=pa.int64())}))
+    engine = as_engine(con)
+    engine.register(name, pa.table({"t_us": pa.array(to_us(grid), type=pa.int64())}))
     try:
-        df = con.execute(_paying_sql(relations, name) + " ORDER BY 2, 1").df()
+        df = engine.execute(_paying_sql(relations, name) + " ORDER BY 2, 1").df()
     finally:
-        con.unregister(name)
+        engine.unregister(name)
     return pd.DataFrame(
         {
             "account_id": df["account_id"].astype(object),
@@ -552,7 +564,7 @@ def churn_spine(
 
 
 def recovery_spine(
-    con: duckdb.DuckDBPyConnection,
+    con: duckdb.DuckDBPyConnection | Engine,
     *,
     start=None,
     end=None,
@@ -565,7 +577,7 @@ def recovery_spine(
     marked uncollectible at or before it).
 
     Args:
-        con: Warehouse connection.
+        con: Warehouse connection or engine.
         start: Keep rows with ``as_of >= start`` (optional).
         end: Keep rows with ``as_of <= end`` (optional).
         each_attempt: One row per failed attempt instead of one per invoice.
@@ -587,7 +599,7 @@ def recovery_spine(
         f"FROM ({src}) d LEFT JOIN {inv} i ON i.invoice_id = d.invoice_id "
         f"WHERE {' AND '.join(where)} ORDER BY d.ts_us, d.invoice_id"
     )
-    df = con.execute(sql).df()
+    df = as_engine(con).execute(sql).df()
     return pd.DataFrame(
         {
             "invoice_id": df["invoice_id"].astype(object),
@@ -599,7 +611,7 @@ def recovery_spine(
 
 
 def snapshot_spine(
-    con: duckdb.DuckDBPyConnection,
+    con: duckdb.DuckDBPyConnection | Engine,
     *,
     entity: str,
     as_of,
@@ -634,7 +646,7 @@ def snapshot_spine(
         )
     else:
         raise ValueError(f"unknown entity {entity!r}")
-    ids = con.execute(sql + " ORDER BY 1").df().iloc[:, 0].astype(object)
+    ids = as_engine(con).execute(sql + " ORDER BY 1").df().iloc[:, 0].astype(object)
     return pd.DataFrame(
         {
             entity: ids,
@@ -703,13 +715,15 @@ def known_at(t, *, tables: Iterable[str] | None = None) -> dict[str, str]:
     return rel
 
 
-def data_horizon(con: duckdb.DuckDBPyConnection) -> pd.Timestamp | None:
+def data_horizon(con: duckdb.DuckDBPyConnection | Engine) -> pd.Timestamp | None:
     """The latest time the warehouse has seen (max of event and fact times), or None if empty.
 
     Labels are only defined where ``as_of + horizon <= data_horizon``.
     """
-    row = con.execute(
-        """
+    row = (
+        as_engine(con)
+        .execute(
+            """
         SELECT greatest(
           (SELECT max(created) FROM events),
           (SELECT max(valid_from) FROM subscription_history),
@@ -717,7 +731,9 @@ def data_horizon(con: duckdb.DuckDBPyConnection) -> pd.Timestamp | None:
           (SELECT max(created) FROM invoices),
           (SELECT max(paid_at) FROM invoices))
         """
-    ).fetchall()[0]
+        )
+        .fetchall()[0]
+    )
     return None if row[0] is None else to_utc([row[0]]).iloc[0]
 
 

@@ -11,6 +11,11 @@ ids touched by a load and only those objects are recomputed. Payment attempts,
 refunds and disputes link to each other and to invoices (an attempt's invoice may
 only be known through its payment intent), so they are recomputed whole whenever a
 load touched any of them; they are small next to the events.
+
+Every function takes a DuckDB connection or an engine: on a
+:class:`~workbench.engines.SparkEngine` the same statements run transpiled, the DML
+(``CREATE TEMP TABLE t (...)``, ``DELETE``, ``INSERT [OR REPLACE] ... BY NAME``) on temp
+views (see :mod:`workbench.engines`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ from __future__ import annotations
 import logging
 
 import duckdb
+
+from workbench.engines import Engine
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +35,7 @@ NO_ITEM = ""
 TOUCHED = ("accounts", "prices", "subscriptions", "invoices", "payments")
 
 
-def create_touched(con: duckdb.DuckDBPyConnection) -> None:
+def create_touched(con: duckdb.DuckDBPyConnection | Engine) -> None:
     """Create empty ``wb_t_<entity>`` tables (one ``id`` column each) and ``wb_personal_acc``."""
     for name in TOUCHED:
         con.execute(f"CREATE OR REPLACE TEMP TABLE wb_t_{name} (id VARCHAR)")
@@ -38,7 +45,7 @@ def create_touched(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-def touch_all(con: duckdb.DuckDBPyConnection) -> None:
+def touch_all(con: duckdb.DuckDBPyConnection | Engine) -> None:
     """Mark every object in the version tables as touched (for a full rebuild)."""
     con.execute("INSERT INTO wb_t_accounts SELECT DISTINCT account_id FROM account_versions")
     con.execute("INSERT INTO wb_t_prices SELECT DISTINCT price_id FROM price_versions")
@@ -64,7 +71,7 @@ def _latest(table: str, key: str, *, touched: str) -> str:
     """
 
 
-def refresh_accounts(con: duckdb.DuckDBPyConnection) -> None:
+def refresh_accounts(con: duckdb.DuckDBPyConnection | Engine) -> None:
     """Recompute ``accounts`` rows of touched accounts; personal columns come from the
     latest version that carried them (``wb_personal_acc`` or the current row)."""
     con.execute(
@@ -99,7 +106,7 @@ def refresh_accounts(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-def refresh_prices(con: duckdb.DuckDBPyConnection) -> None:
+def refresh_prices(con: duckdb.DuckDBPyConnection | Engine) -> None:
     """Recompute ``prices`` rows of touched prices (a deleted price is inactive)."""
     con.execute("DELETE FROM prices WHERE price_id IN (SELECT id FROM wb_t_prices)")
     con.execute(
@@ -115,7 +122,7 @@ def refresh_prices(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-def refresh_subscriptions(con: duckdb.DuckDBPyConnection) -> None:
+def refresh_subscriptions(con: duckdb.DuckDBPyConnection | Engine) -> None:
     """Recompute ``subscriptions``, ``subscription_items`` and ``subscription_history`` of
     touched subscriptions."""
     touched = "(SELECT id FROM wb_t_subscriptions)"
@@ -188,7 +195,7 @@ def refresh_subscriptions(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-def refresh_invoices(con: duckdb.DuckDBPyConnection) -> None:
+def refresh_invoices(con: duckdb.DuckDBPyConnection | Engine) -> None:
     """Recompute ``invoices`` and ``invoice_lines`` of touched invoices (a deleted draft
     has no row)."""
     touched = "(SELECT id FROM wb_t_invoices)"
@@ -218,7 +225,7 @@ def refresh_invoices(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-def refresh_payments(con: duckdb.DuckDBPyConnection) -> None:
+def refresh_payments(con: duckdb.DuckDBPyConnection | Engine) -> None:
     """Recompute ``payment_attempts``, ``refunds`` and ``disputes`` whole.
 
     An attempt's invoice is the charge's own ``invoice``, else the invoice with its
@@ -293,7 +300,7 @@ def refresh_payments(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-def refresh(con: duckdb.DuckDBPyConnection) -> None:
+def refresh(con: duckdb.DuckDBPyConnection | Engine) -> None:
     """Recompute every current-state table for the touched ids, in dependency order."""
     refresh_accounts(con)
     refresh_prices(con)
