@@ -8,6 +8,7 @@ import pytest
 
 from workbench.forecast import (
     FORECAST,
+    M3_ENSEMBLE,
     RevenueForecaster,
     backtest_metrics,
     build_hierarchy,
@@ -15,6 +16,7 @@ from workbench.forecast import (
     combine,
     conformal_widths,
     downside,
+    make_model,
     reconcile,
     select_models,
     series_scale,
@@ -401,6 +403,34 @@ def test_series_scale_and_combine_and_select() -> None:
         "a": "A",
         "b": "B",
     }
+
+
+def test_make_model_builds_the_m3_ensemble_members() -> None:
+    damped = make_model("AutoETSDamped", season_length=12)
+    assert damped.alias == "AutoETSDamped" and damped.damped is True
+    assert make_model("AutoETS").damped is None
+    for name in ("MFLES", "SeasonalExponentialSmoothingOptimized"):
+        model = make_model(name, season_length=12)
+        assert model.alias == name and model.season_length == 12
+    with pytest.raises(ValueError, match="AutoETSDamped"):
+        make_model("NoSuchModel")
+
+
+def test_m3_ensemble_preset_is_the_trimmed_mean_of_its_members(panel: pd.DataFrame) -> None:
+    fc = RevenueForecaster(**M3_ENSEMBLE, h=6, n_windows=2, n_jobs=1).fit(panel)
+    members = list(M3_ENSEMBLE["ensemble_members"])
+    assert fc.models_ == list(M3_ENSEMBLE["models"])
+    for frame in (fc.predict(), fc.cv_):
+        values = frame[members].to_numpy()
+        assert np.isfinite(values).all()
+        expected = (values.sum(axis=1) - values.min(axis=1) - values.max(axis=1)) / (
+            len(members) - 2
+        )
+        np.testing.assert_allclose(frame["Ensemble"].to_numpy(), expected, rtol=1e-12)
+        np.testing.assert_array_equal(frame[FORECAST].to_numpy(), frame["Ensemble"].to_numpy())
+    # The damped-only variant is a model of its own, not a copy of AutoETS' choice.
+    out = fc.predict()
+    assert (out["AutoETSDamped"] != out["AutoETS"]).any()
 
 
 def test_input_validation(panel: pd.DataFrame) -> None:

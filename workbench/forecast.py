@@ -47,6 +47,28 @@ FORECAST = "Forecast"
 BASELINE = "SeasonalNaive"
 DEFAULT_MODELS: tuple[str, ...] = ("AutoETS", "AutoARIMA", "AutoTheta", "SeasonalNaive")
 RECONCILERS = ("bottom_up", "ols", "wls_struct", "mint_shrink")
+# The configuration chosen on the rolling backtest of the 1,428 monthly M3 series
+# (benchmarks/bench_m3.py; selected on each series' training part only):
+# ``RevenueForecaster(**M3_ENSEMBLE)`` forecasts with it. Slower than the defaults
+# (AutoETS is fitted twice), so not the product default.
+M3_ENSEMBLE: dict[str, Any] = {
+    "models": (
+        "AutoETS",
+        "DynamicOptimizedTheta",
+        "AutoETSDamped",
+        "MFLES",
+        "SeasonalExponentialSmoothingOptimized",
+        "SeasonalNaive",
+    ),
+    "ensemble": "trimmed",
+    "ensemble_members": (
+        "AutoETS",
+        "DynamicOptimizedTheta",
+        "AutoETSDamped",
+        "MFLES",
+        "SeasonalExponentialSmoothingOptimized",
+    ),
+}
 
 Reconciler = Literal["bottom_up", "ols", "wls_struct", "mint_shrink"]
 
@@ -63,7 +85,12 @@ def make_model(name: str, *, season_length: int = 12) -> Any:
         name: ``AutoETS``, ``AutoARIMA``, ``AutoTheta``, ``AutoCES``, ``SeasonalNaive``,
             ``DynamicOptimizedTheta`` (or ``Theta``, ``OptimizedTheta``, ``DynamicTheta``),
             ``Naive``, ``HistoricAverage``, or for intermittent series (many zero months)
-            ``CrostonOptimized``, ``ADIDA`` or ``IMAPA``.
+            ``CrostonOptimized``, ``ADIDA`` or ``IMAPA``. Also ``MFLES`` (gradient-boosted
+            trend/seasonality/level smoothing), ``SeasonalExponentialSmoothingOptimized``
+            (seasonal level, no trend) and ``AutoETSDamped`` (AutoETS restricted to
+            damped-trend models); with ``AutoETS``, ``DynamicOptimizedTheta`` and a trimmed
+            mean these make the ensemble chosen on the M3 monthly backtest
+            (:data:`M3_ENSEMBLE`).
         season_length: Seasonal period (12 for monthly data).
 
     Returns:
@@ -81,13 +108,18 @@ def make_model(name: str, *, season_length: int = 12) -> Any:
         "Theta",
         "OptimizedTheta",
         "DynamicTheta",
+        "MFLES",
+        "SeasonalExponentialSmoothingOptimized",
     }
     plain = {"Naive", "HistoricAverage", "CrostonOptimized", "ADIDA", "IMAPA"}
     if name in seasonal:
         return getattr(sf_models, name)(season_length=season_length, alias=name)
+    if name == "AutoETSDamped":
+        return sf_models.AutoETS(season_length=season_length, damped=True, alias=name)
     if name in plain:
         return getattr(sf_models, name)(alias=name)
-    raise ValueError(f"unknown model {name!r}; use one of {sorted(seasonal | plain)}")
+    known = sorted(seasonal | plain | {"AutoETSDamped"})
+    raise ValueError(f"unknown model {name!r}; use one of {known}")
 
 
 def _model_name(model: Any) -> str:
@@ -1142,6 +1174,7 @@ __all__: Sequence[str] = [
     "ENSEMBLE",
     "FORECAST",
     "Hierarchy",
+    "M3_ENSEMBLE",
     "RevenueForecaster",
     "add_intervals",
     "apply_selection",
