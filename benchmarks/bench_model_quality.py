@@ -6,17 +6,24 @@ evaluates on the test period:
 
 * churn within 30 / 90 / 180 days (calibrated LightGBM, logistic baseline) against the
   oracle of :mod:`workbench.models.oracle` on exactly the same rows;
-* recovery of failed invoices within 7 / 14 / 30 days against the simulator's
-  ``p_recovered_<h>d`` at first failures;
-* the retention-offer uplift (X-learner) against the true effects: Qini coefficient of
-  the model's cross-fitted scores and of the true effects on the same experiment rows.
+* recovery of failed invoices within 7 / 14 / 30 days (the per-retry framing of
+  :mod:`workbench.models.retry_schedule`; the direct LightGBM framing is trained beside it
+  and reported as ``direct_*``) against the simulator's true probabilities on every failed
+  attempt;
+* the retention-offer uplift (the default S-learner on a voluntary-churn risk; the
+  previous X-learner on an all-churn risk is reported as ``x_learner_all_churn_*``)
+  against the true effects: Qini coefficient of the model's cross-fitted scores and of the
+  true effects on the same experiment rows, and the expected Qini (true effects as
+  outcomes, free of outcome noise); the goal needs both ratios >= 0.9.
 
 Goals (from the issue): churn-90d and recovery AUC within 0.02 of the oracle's, ECE below
 0.02, uplift Qini within 10% of the oracle's. Rows are recorded in
 ``benchmarks/results/model_quality.json`` (``ours_s`` is the training time; ``ratio`` is
-model / oracle AUC or Qini).
+model / oracle AUC or Qini). ``--accounts`` / ``--months`` simulate a larger company (more
+test rows: a lower ECE sampling floor), recorded in ``model_quality_<accounts>x<months>.json``.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_model_quality.py [--small] [--data DIR] [--track]
+        [--accounts N --months M]
 """
 
 from __future__ import annotations
@@ -55,7 +62,7 @@ def prepare(data: Path, *, accounts: int, months: int, seed: int):  # noqa: ANN2
 
 
 def _binary_rows(  # noqa: ANN001
-    result, comparison, *, goals: set[str], company: str, comparison_all=None
+    result, comparison, *, goals: set[str], company: str, comparison_all=None, direct=None
 ) -> list[Result]:
     """One row per model: the comparison on its headline subset, metrics on all test rows."""
     rows = []
@@ -106,6 +113,21 @@ def _binary_rows(  # noqa: ANN001
         ):
             if k in cmp and cmp[k] == cmp[k]:
                 extra[k] = round(float(cmp[k]), 4)
+        if direct is not None:  # the other framing on the same subset, for comparison
+            d = direct[(direct["model"] == run.name) & (direct["subset"] == cmp["subset"])]
+            if len(d):
+                d = d.iloc[0]
+                extra["direct_model_auc"] = round(float(d["model_auc"]), 4)
+                extra["direct_auc_gap"] = round(float(d["auc_gap"]), 4)
+                extra["direct_auc_gap_low"] = round(float(d["auc_gap_low"]), 4)
+                extra["direct_auc_gap_high"] = round(float(d["auc_gap_high"]), 4)
+                extra["direct_model_ece"] = round(float(d["model_ece"]), 4)
+        framing = run.model.meta.get("framing")
+        if framing:
+            extra["framing"] = framing
+            extra["valid_auc"] = round(float(run.model.meta.get("valid_auc_raw", float("nan"))), 4)
+        if "ece_floor_p95" in extra:  # can "ECE < 0.02" be told from chance on these rows?
+            extra["ece_goal_measurable"] = bool(extra["ece_floor_p95"] < 0.02)
         other = comparison_all[
             (comparison_all["model"] == run.name) & (comparison_all["subset"] != cmp["subset"])
         ]
@@ -141,11 +163,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--track", action="store_true", help="also log and register the runs in MLflow"
     )
+    parser.add_argument("--accounts", type=int, default=None, help="simulated accounts")
+    parser.add_argument("--months", type=int, default=None, help="simulated months")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for name in ("workbench.features", "workbench.ingest", "workbench.simulator"):
         logging.getLogger(name).setLevel(logging.WARNING)
     accounts, months = (600, 24) if args.small else (3000, 36)
+    accounts, months = args.accounts or accounts, args.months or months
+    default_company = (accounts, months) == (3000, 36)
     test_m, valid_m = (4, 4) if args.small else (6, 6)
     base = load_settings()
     data = (
@@ -174,9 +200,17 @@ def main(argv: list[str] | None = None) -> None:
         t = time.perf_counter()
         rec_data = training.recovery_dataset(con)
         log.info("recovery dataset %s in %.0f s", rec_data.shape, time.perf_counter() - t)
-        rec = training.train_recovery(
-            con, dataset=rec_data, test_months=test_m, valid_months=valid_m, **track
+        direct = training.train_recovery(
+            con, dataset=rec_data, test_months=test_m, valid_months=valid_m, track=False,
+            register=False, framing="direct",
+        )  # fmt: skip
+        dcmp = oracle.evaluate_against_oracle(
+            direct, con=con, truth_dir=truth, settings=settings, log_to_mlflow=False
         )
+        rec = training.train_recovery(
+            con, dataset=rec_data, test_months=test_m, valid_months=valid_m,
+            framing="per_retry", **track,
+        )  # fmt: skip
         rcmp = oracle.evaluate_against_oracle(
             rec, con=con, truth_dir=truth, settings=settings, log_to_mlflow=args.track
         )
@@ -187,15 +221,40 @@ def main(argv: list[str] | None = None) -> None:
             goals={"recovery_7d", "recovery_14d", "recovery_30d"},
             comparison_all=rcmp,
             company=company,
+            direct=dcmp,
         )
         summary["recovery"] = rcmp.to_dict(orient="records")
+        summary["recovery_direct"] = dcmp.to_dict(orient="records")
 
         exp = oracle.experiment_from_truth(truth)
-        up = uplift.train_uplift(con, exp, churn_frame=churn_data, **track)
+        updata = uplift.uplift_dataset(con, exp)
+        # the previous default beside it: X-learner on a risk model of all churn
+        xl = uplift.train_uplift(
+            con, exp, churn_frame=churn_data, dataset=updata, learner="x", risk_label="all",
+            track=False, register=False,
+        )  # fmt: skip
+        xcmp = oracle.evaluate_against_oracle(
+            xl, con=con, truth_dir=truth, settings=settings, log_to_mlflow=False
+        ).iloc[0]
+        up = uplift.train_uplift(con, exp, churn_frame=churn_data, dataset=updata, **track)
         ucmp = oracle.evaluate_against_oracle(
             up, con=con, truth_dir=truth, settings=settings, log_to_mlflow=args.track
         ).iloc[0]
         ratio = float(ucmp["qini_ratio"])
+        expected = float(ucmp["expected_qini_ratio"])
+        extra = {
+            k: (round(float(v), 5) if isinstance(v, float) else v)
+            for k, v in ucmp.items()
+            if k not in ("model", "subset")
+        }
+        extra |= {
+            "learner": up.model.learner,
+            "risk_label": up.card["risk_model"]["label"] if up.card.get("risk_model") else None,
+            "x_learner_all_churn_qini_ratio": round(float(xcmp["qini_ratio"]), 4),
+            "x_learner_all_churn_qini_ratio_low": round(float(xcmp["qini_ratio_low"]), 4),
+            "x_learner_all_churn_qini_ratio_high": round(float(xcmp["qini_ratio_high"]), 4),
+            "x_learner_all_churn_expected_qini_ratio": round(float(xcmp["expected_qini_ratio"]), 4),
+        }
         results.append(
             Result(
                 benchmark="model_quality",
@@ -203,13 +262,11 @@ def main(argv: list[str] | None = None) -> None:
                 ours_s=round(up.train_seconds, 2),
                 baseline="oracle (true effects)",
                 ratio=ratio,
-                goal="Qini within 10% of the oracle's",
-                met=ratio >= 0.9,
-                extra={
-                    k: (round(float(v), 5) if isinstance(v, float) else v)
-                    for k, v in ucmp.items()
-                    if k not in ("model", "subset")
-                },
+                # the realized Qini ratio's 95% interval spans several units on a few hundred
+                # rows: the goal also needs the noise-free expected Qini ratio
+                goal="Qini within 10% of the oracle's (realized and expected)",
+                met=ratio >= 0.9 and expected >= 0.9,
+                extra=extra,
             )
         )
         summary["uplift"] = ucmp.to_dict()
@@ -218,7 +275,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{r.workload}: ratio {r.ratio:.3f} met {r.met} | " + json.dumps(r.extra, default=str)
         )
     if not args.small:
-        record(results, name="model_quality")
+        name = "model_quality" if default_company else f"model_quality_{accounts}x{months}"
+        record(results, name=name)
 
 
 if __name__ == "__main__":

@@ -134,6 +134,7 @@ class Oracle:
         h["product"] = h.product_id.where(h.product_id.notna(), h.price_id)
         h["key"] = h.event_id + ":" + h.subscription_id + ":" + h.item_id.fillna("")
         h["paying"] = h.status.isin(["active", "past_due"]) & h.licensed & (h.monthly > 0)
+        h["period_end"] = _us(h["current_period_end"])
         h = h[
             [
                 "account_id",
@@ -152,6 +153,7 @@ class Oracle:
                 "coupon_id",
                 "discount_start",
                 "discount_end",
+                "period_end",
             ]
         ]
         self.h = h
@@ -300,6 +302,12 @@ class Oracle:
             if r.empty:
                 return None if name == "plan_tier" else np.nan
             return r.sort_values(["monthly", "key"]).iloc[-1][col]
+        if name == "days_to_period_end":
+            r = self.in_force(self.fr["h_paying"], "account_id", a, t)
+            r = r[(r.period_end < INF) & r.monthly.notna()]
+            if r.empty:
+                return np.nan
+            return (r.sort_values(["monthly", "key"]).iloc[-1].period_end - t) / DAY
         if name == "licensed_seats":
             return self.in_force(self.fr["h_paying"], "account_id", a, t).qty.sum()
         if name == "active_subscriptions":

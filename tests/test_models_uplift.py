@@ -64,7 +64,7 @@ def test_expected_qini_is_largest_for_the_true_ranking() -> None:
     assert abs(uplift.expected_qini(tau, rng.uniform(0, 1, 1000))) < best / 4
 
 
-@pytest.mark.parametrize("learner", ["t", "x"])
+@pytest.mark.parametrize("learner", ["t", "x", "s"])
 def test_learners_recover_who_responds(learner: str) -> None:
     train, test = experiment(4000, seed=0), experiment(3000, seed=1)
     model = uplift.fit_uplift(
@@ -125,3 +125,77 @@ def test_train_uplift_without_a_warehouse_and_its_card() -> None:
     card = render_card(res.card)
     assert "# Model card: retention_uplift" in card and "**No.**" in card
     assert "qini" in card and "cross-fitting" in card.lower()
+
+
+def test_s_learner_round_trips_and_its_contributions_add_up(tmp_path) -> None:
+    data = experiment(2000, seed=5)
+    model = uplift.fit_uplift(data, outcome="churn_90d", features=FEATURES, learner="s")
+    assert model.boosters == {} and model.linear is not None
+    parts = model.predict_components(data)
+    assert (parts["p_control"].between(0, 1) & parts["p_treated"].between(0, 1)).all()
+    np.testing.assert_allclose(parts["uplift"], parts["p_control"] - parts["p_treated"])
+    # self-serve and small accounts respond most in this experiment: the model sees it
+    by = parts.assign(channel=data["channel"]).groupby("channel")["uplift"].mean()
+    assert by["self-serve"] > by["sales"] + 0.05
+    model.save(tmp_path / "s")
+    again = uplift.UpliftModel.load(tmp_path / "s")
+    np.testing.assert_allclose(again.predict(data), model.predict(data), atol=1e-12)
+    contrib = model.contributions(data.head(40))
+    assert list(contrib.columns) == [*model.features, "bias"]
+    np.testing.assert_allclose(
+        contrib.sum(axis=1).to_numpy(), model.predict(data.head(40)), atol=1e-12
+    )
+    # effect modification penalised without limit: the relative effect is common to all
+    flat = uplift.fit_uplift(
+        data, outcome="churn_90d", features=FEATURES, learner="s",
+        params={"interaction_penalty": 1e9},
+    )  # fmt: skip
+    k = len(flat.linear["main_index"]) + 1
+    assert np.abs(flat.linear["coef"][k:]).max() < 1e-3
+
+
+def test_voluntary_risk_label_leaves_out_exits_after_failed_payments() -> None:
+    import duckdb
+
+    con = duckdb.connect()
+    con.execute(
+        "CREATE TABLE invoices (invoice_id VARCHAR, account_id VARCHAR, "
+        "marked_uncollectible_at TIMESTAMPTZ)"
+    )
+    con.execute(
+        "INSERT INTO invoices VALUES ('in_1', 'a', '2024-02-10 00:00:00+00'), "
+        "('in_2', 'b', '2024-06-10 00:00:00+00'), ('in_3', 'c', NULL)"
+    )
+    t = pd.Timestamp("2024-02-01", tz="UTC")
+    frame = pd.DataFrame(
+        {"account_id": ["a", "b", "c", "a"], "as_of": [t, t, t, t + pd.Timedelta(days=8)]}
+    )
+    # a: uncollectible 9 days later (inside 90 days), also from a day before it; b: 130
+    # days later; c: never
+    exits = uplift.failed_payment_exits(con, frame, horizon_days=90)
+    assert exits.tolist() == [True, False, False, True]
+    # the window is (as_of, as_of + 90 days]: not at or after the exit itself
+    at = frame.assign(as_of=t + pd.Timedelta(days=9))
+    assert not uplift.failed_payment_exits(con, at, horizon_days=90).any()
+    # the risk model's label: such exits count as retained
+    rng = np.random.default_rng(0)
+    n = 3000
+    churn = pd.DataFrame(
+        {
+            "account_id": [f"cus_{i}" for i in range(n)],
+            "as_of": pd.to_datetime("2024-01-01", utc=True)
+            + pd.to_timedelta(rng.integers(0, 300, n), unit="D"),
+            "health_score": rng.normal(50, 15, n),
+            "failed_payments_30d": rng.integers(0, 3, n),
+        }
+    )
+    voluntary = rng.random(n) < 1 / (1 + np.exp((churn["health_score"] - 35) / 5))
+    involuntary = rng.random(n) < 0.05 + 0.3 * churn["failed_payments_30d"].to_numpy()
+    churn["churn_90d"] = (voluntary | involuntary).astype("Int8")
+    everything = uplift.fit_risk_model(churn, target="churn_90d")
+    only_voluntary = uplift.fit_risk_model(
+        churn, target="churn_90d", involuntary=involuntary & ~voluntary
+    )
+    both = churn.assign(failed_payments_30d=2, health_score=70.0).head(200)
+    assert everything.predict(both).mean() > 0.4  # failed payments drive all churn here
+    assert only_voluntary.predict(both).mean() < 0.1  # but not the decision to cancel

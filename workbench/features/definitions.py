@@ -325,6 +325,33 @@ WHERE coupon_id IS NOT NULL""",
             ),
         ),
         Source(
+            "billing_periods",
+            "intervals",
+            ("account_id", "subscription_id"),
+            ("subscription_history",),
+            """
+WITH h AS (
+  SELECT h.*, (h.usage_type IS NULL OR h.usage_type = 'licensed') AS licensed,
+         CASE h.interval WHEN 'month' THEN 1.0 WHEN 'year' THEN 12.0
+                         WHEN 'week' THEN 12.0 / 52 WHEN 'day' THEN 12.0 / 365 END
+           * coalesce(h.interval_count, 1) AS interval_months
+  FROM {subscription_history} h)
+SELECT event_id || ':' || subscription_id || ':' || coalesce(item_id, '') AS row_key,
+       account_id, subscription_id,
+       epoch_us(valid_from) AS ts_us, epoch_us(valid_to) AS valid_to_us,
+       status, licensed,
+       CASE WHEN licensed AND interval_months > 0
+            THEN CAST(unit_amount AS DOUBLE) * coalesce(quantity, 1) / interval_months END AS monthly_amount,
+       epoch_us(current_period_end) AS period_end_us
+FROM h""",
+            "Subscription item versions over [valid_from, valid_to) with the end of their "
+            "current billing period (monthly_amount as in subscription_items).",
+            pushdown=(
+                ("account_id", "subscription_history", "account_id IN {keys}"),
+                ("subscription_id", "subscription_history", "subscription_id IN {keys}"),
+            ),
+        ),
+        Source(
             "account_facts",
             "events",
             ("account_id",),
@@ -448,7 +475,8 @@ class Feature:
         window_days: Look-back window ``(t - window, t]``; ``None`` means all history.
         offset_days: Evaluate as of ``t - offset_days``.
         order_by: For ``state_argmax``: the row with the largest value wins.
-        unit: ``days`` or ``hours`` for time-difference aggregations.
+        unit: ``days`` or ``hours`` for time-difference aggregations; on ``state_argmax``
+            of a time (epoch µs), the value becomes the time until it from ``t``.
         inputs: For derived features: the features they combine.
         op: For derived features: one of :data:`DERIVED_OPS`.
         constant: For ``le``: the threshold.
@@ -768,6 +796,21 @@ def _billing() -> list[Feature]:
             value="interval_months",
             filter=PAYING,
             order_by="monthly_amount",
+        ),
+        _f(
+            "days_to_period_end",
+            ACC,
+            "billing",
+            "billing_periods",
+            "state_argmax",
+            "float64",
+            "Days until the current billing period of the paying item with the highest MRR "
+            "ends (its renewal, or its end when set to cancel): a cancellation decided now "
+            "usually takes effect then, so on a yearly plan it may be months away.",
+            value="period_end_us",
+            filter=PAYING,
+            order_by="monthly_amount",
+            unit="days",
         ),
         _f(
             "licensed_seats",
@@ -1454,9 +1497,10 @@ def validate_registry(features: Iterable[Feature] = FEATURES) -> None:
             problems.append(f"{where}: {f.aggregation} needs window_days")
         if f.aggregation == "state_argmax" and not f.order_by:
             problems.append(f"{where}: state_argmax needs order_by")
-        if f.aggregation in ("since_latest", "until_latest", "since_earliest") and (
-            (f.unit or "days") not in UNITS_US
-        ):
+        if (
+            f.aggregation in ("since_latest", "until_latest", "since_earliest")
+            or (f.aggregation == "state_argmax" and f.unit is not None)
+        ) and ((f.unit or "days") not in UNITS_US):
             problems.append(f"{where}: unit {f.unit!r} not in {tuple(UNITS_US)}")
         if f.window_days is not None and f.window_days <= 0:
             problems.append(f"{where}: window_days must be positive")

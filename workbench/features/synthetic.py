@@ -224,6 +224,7 @@ def random_warehouse(
             "event_id",
             "ended_at",
             "canceled_at",
+            "current_period_end",
         )
     }
     inv_plan: list[
@@ -304,7 +305,11 @@ def random_warehouse(
             for vi, (vt, vstatus, vplan, vqty, vcoupon, vcape) in enumerate(versions):
                 vto = versions[vi + 1][0] if vi + 1 < len(versions) else None
                 ev += 1
-                items = [("lic", _LIC_ROWS[vplan], vqty)]
+                # billing periods of ~30 days x the plan's months from the start (no draws)
+                lic = _LIC_ROWS[vplan]
+                period = int(_INTERVAL_MONTHS[lic.interval] * int(lic.interval_count) * 30 * DAY_US)
+                cpe = s_start + ((vt - s_start) // period + 1) * period
+                items = [("lic", lic, vqty)]
                 if metered:
                     items.append(("met", _METERED_ROW, None))
                 for tag, price, q in items:
@@ -329,6 +334,7 @@ def random_warehouse(
                     hist["event_id"].append(f"evt_{seed % 1000:03d}{ev:08d}")
                     hist["ended_at"].append(vt if vstatus in ("canceled", "unpaid") else None)
                     hist["canceled_at"].append(vt if vstatus == "canceled" else None)
+                    hist["current_period_end"].append(cpe)
                 # invoices are issued while the version is active or past due
                 if vstatus in ("active", "past_due"):
                     price = _LIC_ROWS[vplan]
@@ -350,6 +356,7 @@ def random_warehouse(
         "discount_end",
         "ended_at",
         "canceled_at",
+        "current_period_end",
     ):
         vals = h[c].to_numpy(dtype=object)
         ok = np.array([v is not None and v == v for v in vals], dtype=bool)

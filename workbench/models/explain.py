@@ -59,12 +59,16 @@ def contributions(model: _HasBooster, frame: pd.DataFrame) -> pd.DataFrame:
 
     Args:
         model: A :class:`~workbench.models.training.BinaryModel` (or anything with a
-            ``booster``, ``best_iteration``, ``features`` and ``matrix``).
+            ``booster``, ``best_iteration``, ``features`` and ``matrix``); a model
+            without a booster but with its own ``contributions(frame)`` (the per-retry
+            recovery model) gives those.
         frame: Rows carrying the model's feature columns.
 
     Returns:
         A frame with the same index, one column per feature and ``bias``.
     """
+    if getattr(model, "booster", None) is None and hasattr(model, "contributions"):
+        return model.contributions(frame)  # a model that explains itself (not a booster)
     X = model.matrix(frame)
     values = explainer(model.booster, model.best_iteration, model).contributions(X)
     return pd.DataFrame(values, index=frame.index, columns=[*model.features, BIAS])

@@ -123,6 +123,10 @@ def _load_bundle(path: Path):  # noqa: ANN202 - BinaryModel | UpliftModel
         from workbench.models.uplift import UpliftModel
 
         return UpliftModel.load(path)
+    if meta["kind"] == "retry_schedule":
+        from workbench.models.retry_schedule import RetryScheduleModel
+
+        return RetryScheduleModel.load(path)
     from workbench.models.training import BinaryModel
 
     return BinaryModel.load(path)

@@ -31,7 +31,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -847,7 +847,14 @@ def _train_one(
     calibration: str,
     id_cols: Sequence[str],
     reasons_sample: int,
+    fit_model: Callable[..., Any] | None = None,
 ) -> ModelRun:
+    """Split, fit, evaluate and explain one target.
+
+    ``fit_model`` (default: :func:`fit_binary_model`) is called with ``data``, ``train``,
+    ``valid``, ``split``, ``name``, ``target``, ``features``, ``params``, ``calibration``
+    and ``seed``, and returns a model that scores like a :class:`BinaryModel`.
+    """
     from workbench.models import explain
 
     t0 = time.perf_counter()
@@ -865,16 +872,30 @@ def _train_one(
         if y.nunique() < 2:
             raise ValueError(f"{target}: the {part} part has only one class ({len(rows)} rows)")
     name = target.replace("recovered_", "recovery_")
-    model = fit_binary_model(
-        train.assign(**{target: train[target].astype(np.int8)}),
-        valid.assign(**{target: valid[target].astype(np.int8)}),
-        target=target,
-        features=features,
-        name=name,
-        params=params,
-        calibration=calibration,
-        seed=seed,
-    )
+    if fit_model is None:
+        model = fit_binary_model(
+            train.assign(**{target: train[target].astype(np.int8)}),
+            valid.assign(**{target: valid[target].astype(np.int8)}),
+            target=target,
+            features=features,
+            name=name,
+            params=params,
+            calibration=calibration,
+            seed=seed,
+        )
+    else:
+        model = fit_model(
+            data=data,
+            train=train,
+            valid=valid,
+            split=split,
+            name=name,
+            target=target,
+            features=features,
+            params=params,
+            calibration=calibration,
+            seed=seed,
+        )
     baseline = fit_logistic_baseline(
         train.assign(**{target: train[target].astype(np.int8)}), target=target, spec=model.spec
     )
@@ -921,9 +942,10 @@ def _train_one(
             {"name": n, "description": d} for n, d in feature_descriptions(model.features).items()
         ],
         "feature_set_version": model.feature_set_version,
+        "framing": model.meta.get("framing", "direct"),
         "calibration": {
             "method": model.calibrator.method,
-            "fitted_on": "validation period",
+            "fitted_on": model.meta.get("calibration_fitted_on", "validation period"),
             "reliability": ev["reliability"].to_dict(orient="records"),
         },
         "metrics": ev["metrics"].to_dict(orient="records"),
@@ -1058,24 +1080,42 @@ def train_recovery(
     test_months: int = 6,
     valid_months: int = 6,
     embargo: bool = True,
-    calibration: str = "isotonic",
+    calibration: str | None = None,
     track: bool = True,
     register: bool = True,
     dataset: pd.DataFrame | None = None,
     features: Sequence[str] | None = None,
+    framing: str = "direct",
 ) -> TrainingResult:
     """Train, evaluate and (optionally) track and register the recovery models.
 
-    One calibrated LightGBM model per horizon (``recovery_<h>d``: the failed invoice is
-    paid within ``h`` days of the failed attempt), from features at the time of failure
-    (decline code, attempt number, amount, the account's payment history...).
+    One model per horizon (``recovery_<h>d``: the failed invoice is paid within ``h`` days
+    of the failed attempt), from features at the time of failure (decline code, attempt
+    number, amount, the account's payment history...).
 
     Args:
         each_attempt: Train on every failed attempt (default) or only first failures.
-        features: Model inputs (default: :data:`RECOVERY_FEATURES` present in the data;
-            ``"all"`` for every declared feature and attribute, as :func:`model_features`).
+        features: Model inputs of the direct framing (default: :data:`RECOVERY_FEATURES`
+            present in the data; ``"all"`` for every declared feature and attribute, as
+            :func:`model_features`). The per-retry framing has fixed inputs
+            (:data:`workbench.models.retry_schedule.INPUTS`).
+        framing: ``direct``: a calibrated LightGBM model of the horizon's label.
+            ``per_retry``: a penalised logistic model of one retry's success combined over
+            the retry schedule learned from the history
+            (:mod:`workbench.models.retry_schedule`); it is fitted on the retries made
+            before the test period (the validation months are scored by a fit on the
+            retries before them, reported as ``valid_auc_raw``), so it needs the dataset's
+            ``paid_at_effective``. Closer to the oracle on the simulated company (see
+            docs/model-quality.md); scored from frames (the real-time ``RowScorer`` of
+            :mod:`workbench.dunning_realtime` reads LightGBM boosters only).
+        calibration: ``isotonic`` or ``platt`` on the validation months, or ``none``
+            (default: ``isotonic`` for ``direct``; ``none`` for ``per_retry``, whose logistic
+            likelihood is calibrated by construction; with ``isotonic`` or ``platt`` it is
+            fitted on the retries before the validation months and calibrated on them).
         Others: as for :func:`train_churn`.
     """
+    if framing not in ("direct", "per_retry"):
+        raise ValueError(f"framing must be 'direct' or 'per_retry', not {framing!r}")
     start, end = train_window or (None, None)
     data = (
         dataset
@@ -1084,14 +1124,31 @@ def train_recovery(
             con, start=start, end=end, horizons=horizons, each_attempt=each_attempt
         )
     )
-    if features is None:
-        feats = [f for f in RECOVERY_FEATURES if f in data.columns]
-    elif isinstance(features, str) and features == "all":
-        feats = model_features(data)
+    fit_model = None
+    if framing == "per_retry":
+        from workbench.models import retry_schedule
+
+        if features is not None:
+            raise ValueError("the per_retry framing has fixed inputs; do not pass features")
+        if not each_attempt:
+            raise ValueError("the per_retry framing learns from every failed attempt")
+        missing = [c for c in (*retry_schedule.INPUTS, "paid_at_effective") if c not in data]
+        if missing:
+            raise ValueError(f"the per_retry framing needs the columns {missing}")
+        feats = list(retry_schedule.INPUTS)
+        p = dict(params or {})
+        calibration = calibration or "none"
+        fit_model = retry_schedule.fit_for_split
     else:
-        feats = list(features)
+        if features is None:
+            feats = [f for f in RECOVERY_FEATURES if f in data.columns]
+        elif isinstance(features, str) and features == "all":
+            feats = model_features(data)
+        else:
+            feats = list(features)
+        p = {**RECOVERY_PARAMS, **dict(params or {})}
+        calibration = calibration or "isotonic"
     runs = {}
-    p = {**RECOVERY_PARAMS, **dict(params or {})}
     for h in horizons:
         run = _train_one(
             data,
@@ -1107,6 +1164,7 @@ def train_recovery(
             calibration=calibration,
             id_cols=("invoice_id", "account_id"),
             reasons_sample=5000,
+            fit_model=fit_model,
         )
         runs[run.name] = run
     result = TrainingResult("recovery", runs, data, feature_set_version(feats))

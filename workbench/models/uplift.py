@@ -5,7 +5,8 @@ the *uplift* of an account is the reduction of that probability thanks to the of
 (``P(churn | no offer) - P(churn | offer)``; positive = the offer helps).
 
 Learners (Künzel et al. 2019, "Metalearners for estimating heterogeneous treatment
-effects"), all on LightGBM:
+effects"); T and X on LightGBM, S a penalised logistic regression (the default of
+:func:`train_uplift`):
 
 * **T-learner**: a churn model per arm, ``mu0`` (control) and ``mu1`` (treated);
   uplift = ``mu0(x) - mu1(x)``.
@@ -14,6 +15,17 @@ effects"), all on LightGBM:
   ``tau0``), combined with the propensity ``e`` as ``e * tau0 + (1 - e) * tau1`` (``e`` is
   the share treated: assignment is random). Its output is additive in the regression
   trees, so SHAP values of the uplift itself are exact.
+* **S-learner** (``s``): one penalised logistic regression of churn on the inputs, the
+  treatment and treatment x input interactions (the baseline ``churn_risk`` enters as its
+  log-odds); uplift = ``P(churn | x, no offer) - P(churn | x, offer)``. The interactions
+  are penalised :data:`S_INTERACTION_PENALTY` times harder than the main effects, so with
+  few rows it stays close to a common relative effect on the baseline risk (on a few
+  hundred experiment rows the effect's heterogeneity is mostly noise to the T/X-learners).
+
+The baseline risk model (:func:`fit_risk_model`) can be fitted on *voluntary* churn only
+(``risk_label="voluntary"``): a retention discount acts on the decision to cancel, not on
+a card that keeps failing, so accounts leaving after an invoice was marked uncollectible
+are not counted as churners there.
 
 Evaluation: out-of-fold (cross-fitted) uplift predictions on every experiment row, the
 Qini curve and coefficient and the area under the uplift curve (AUUC), computed on
@@ -60,6 +72,11 @@ RISK = "churn_risk"
 #: Default learner inputs beside ``churn_risk``: firmographics that plausibly modify how
 #: much a discount matters.
 EFFECT_FEATURES: tuple[str, ...] = training.ATTRIBUTES
+
+#: S-learner: L2 strength (sklearn's ``C``, on standardised columns) and how many times
+#: harder the treatment interactions are penalised than the main effects.
+S_LEARNER_C = 1.0
+S_INTERACTION_PENALTY = 100.0
 
 UPLIFT_PARAMS: dict[str, Any] = {
     "learning_rate": 0.03,
@@ -202,7 +219,8 @@ def expected_qini(true_uplift: Sequence, score: Sequence) -> float:
 
 @dataclass
 class UpliftModel:
-    """A T- or X-learner on LightGBM. ``boosters``: ``mu0``, ``mu1`` (+ ``tau0``, ``tau1``)."""
+    """A T- or X-learner on LightGBM (``boosters``: ``mu0``, ``mu1`` + ``tau0``, ``tau1``) or
+    an S-learner (penalised logistic regression, ``linear``; no boosters)."""
 
     name: str
     learner: str
@@ -215,6 +233,7 @@ class UpliftModel:
     feature_set_version: str
     risk: training.BinaryModel | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    linear: dict[str, Any] | None = None
 
     @property
     def features(self) -> list[str]:
@@ -233,6 +252,12 @@ class UpliftModel:
     def predict_components(self, frame: pd.DataFrame) -> pd.DataFrame:
         """``p_control``, ``p_treated`` (first-stage churn probabilities) and ``uplift``."""
         X = self.matrix(frame)
+        if self.learner == "s":
+            p0 = _s_predict(self.linear, self.spec, X, treated=False)
+            p1 = _s_predict(self.linear, self.spec, X, treated=True)
+            return pd.DataFrame(
+                {"p_control": p0, "p_treated": p1, "uplift": p0 - p1}, index=frame.index
+            )
         p0 = self.boosters["mu0"].predict(X)
         p1 = self.boosters["mu1"].predict(X)
         if self.learner == "x":
@@ -248,11 +273,30 @@ class UpliftModel:
 
     def contributions(self, frame: pd.DataFrame) -> pd.DataFrame:
         """SHAP values of the uplift (X-learner: exact, in uplift units; T-learner: the
-        difference of the two arms' log-odds contributions)."""
+        difference of the two arms' log-odds contributions; S-learner: each input's effect
+        on the uplift when it alone is set to its training mean, the rest in ``bias``, so
+        rows still sum to the uplift)."""
         from workbench.models.explain import explainer
 
         X = self.matrix(frame)
         cols = [*self.features, "bias"]
+        if self.learner == "s":
+            up = self.predict_components(frame)["uplift"].to_numpy()
+            out = pd.DataFrame(0.0, index=frame.index, columns=cols)
+            for name in self.features:
+                Xm = X.copy()
+                if name in self.spec.categorical:
+                    Xm[name] = pd.Categorical(
+                        [self.linear["modes"][name]] * len(Xm),
+                        categories=X[name].cat.categories,
+                    )
+                else:
+                    Xm[name] = self.linear["means"][name]
+                p0 = _s_predict(self.linear, self.spec, Xm, treated=False)
+                p1 = _s_predict(self.linear, self.spec, Xm, treated=True)
+                out[name] = up - (p0 - p1)
+            out["bias"] = up - out[self.features].sum(axis=1).to_numpy()
+            return out
 
         def shap(part: str) -> np.ndarray:
             return explainer(self.boosters[part], None, self).contributions(X)
@@ -283,6 +327,7 @@ class UpliftModel:
             "parts": sorted(self.boosters),
             "meta": self.meta,
             "risk": self.risk is not None,
+            "linear": self.linear,
         }
         if self.risk is not None:
             self.risk.save(path / "risk")
@@ -306,7 +351,128 @@ class UpliftModel:
             feature_set_version=meta["feature_set_version"],
             meta=meta.get("meta", {}),
             risk=training.BinaryModel.load(path / "risk") if meta.get("risk") else None,
+            linear=meta.get("linear"),
         )
+
+
+def _s_raw(spec: FeatureSpec, X: pd.DataFrame, medians: Mapping[str, float]) -> np.ndarray:
+    """Main-effect columns of the S-learner: numerics (``churn_risk`` as log-odds; missing
+    -> the training median) and one indicator per category level."""
+    cols = []
+    for c in spec.numeric:
+        v = X[c].to_numpy(dtype=np.float64)
+        if c == RISK:
+            q = np.clip(v, 1e-3, 1 - 1e-3)
+            v = np.log(q / (1 - q))
+        cols.append(np.where(np.isfinite(v), v, medians.get(c, 0.0)))
+    for c, levels in spec.categorical.items():
+        v = X[c].astype(object).to_numpy()
+        cols += [(v == level).astype(np.float64) for level in levels]
+    return np.column_stack(cols) if cols else np.zeros((len(X), 0))
+
+
+def _s_full(spec: FeatureSpec, raw: np.ndarray, t: np.ndarray, main_index: Sequence[int]) -> np.ndarray:  # fmt: skip
+    """Main effects (``main_index`` columns of ``raw``), the treatment, treatment x every
+    column."""
+    return np.column_stack([raw[:, list(main_index)], t, raw * t[:, None]])
+
+
+def _s_design(linear: Mapping[str, Any], spec: FeatureSpec, X: pd.DataFrame, treated) -> np.ndarray:  # noqa: ANN001
+    raw = _s_raw(spec, X, linear["medians"])
+    t = np.broadcast_to(np.asarray(treated, dtype=np.float64), (len(X),))
+    full = _s_full(spec, raw, t, linear["main_index"])
+    z = (full - np.asarray(linear["mu"])) / np.asarray(linear["sd"])
+    return z * np.asarray(linear["scale"])
+
+
+def _s_predict(linear: Mapping[str, Any], spec: FeatureSpec, X: pd.DataFrame, *, treated: bool) -> np.ndarray:  # fmt: skip
+    z = _s_design(linear, spec, X, treated) @ np.asarray(linear["coef"]) + linear["intercept"]
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _fit_s_learner(
+    spec: FeatureSpec,
+    X: pd.DataFrame,
+    y: np.ndarray,
+    t: np.ndarray,
+    *,
+    C: float = S_LEARNER_C,
+    interaction_penalty: float = S_INTERACTION_PENALTY,
+) -> dict[str, Any]:
+    """Penalised logistic regression of ``y`` on main effects, ``t`` and ``t`` x inputs.
+
+    With a ``churn_risk`` input the baseline is its log-odds alone (slope and intercept
+    refitted on the experiment: the risk model has already used every feature, and main
+    effects of the other inputs estimated on a few hundred rows would only add noise);
+    without one, every input is a main effect. Every input may modify the effect, under
+    ``interaction_penalty`` times the main effects' L2 penalty.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    medians = {
+        c: float(np.nanmedian(X[c].to_numpy(dtype=np.float64))) if X[c].notna().any() else 0.0
+        for c in spec.numeric
+    }
+    raw = _s_raw(spec, X, medians)
+    main_index = (
+        [list(spec.numeric).index(RISK)] if RISK in spec.numeric else list(range(raw.shape[1]))
+    )
+    tt = t.astype(np.float64)
+    full = _s_full(spec, raw, tt, main_index)
+    mu, sd = full.mean(axis=0), full.std(axis=0)
+    sd = np.where(sd > 0, sd, 1.0)
+    k = raw.shape[1]
+    scale = np.concatenate(
+        [np.ones(len(main_index) + 1), np.full(k, 1.0 / np.sqrt(interaction_penalty))]
+    )
+    lr = LogisticRegression(C=C, max_iter=5000).fit((full - mu) / sd * scale, y.astype(int))
+    return {
+        "C": C,
+        "interaction_penalty": interaction_penalty,
+        "main_index": main_index,
+        "medians": medians,
+        "mu": mu.tolist(),
+        "sd": sd.tolist(),
+        "scale": scale.tolist(),
+        "coef": lr.coef_[0].tolist(),
+        "intercept": float(lr.intercept_[0]),
+        "means": {c: float(np.nanmean(X[c].to_numpy(dtype=np.float64))) for c in spec.numeric},
+        "modes": {
+            c: (str(X[c].mode().iloc[0]) if X[c].notna().any() else None) for c in spec.categorical
+        },
+    }
+
+
+def failed_payment_exits(
+    con: duckdb.DuckDBPyConnection, frame: pd.DataFrame, *, horizon_days: int
+) -> np.ndarray:
+    """Per row (``account_id``, ``as_of``): did an invoice of the account get marked
+    uncollectible in ``(as_of, as_of + horizon]`` (dunning gave up: the account leaves
+    involuntarily)? Used to keep such exits out of a voluntary-churn label.
+    """
+    import pyarrow as pa
+
+    name = "_wb_exits"
+    probe = pa.table(
+        {
+            "_row": pa.array(np.arange(len(frame), dtype=np.int64)),
+            "account_id": pa.array(frame["account_id"].astype(str).to_numpy(), type=pa.string()),
+            "t_us": pa.array(offline.to_us(frame["as_of"])),
+        }
+    )
+    con.register(name, probe)
+    try:
+        hit = con.execute(
+            f"SELECT DISTINCT p._row FROM {name} p JOIN invoices i ON i.account_id = p.account_id "
+            "WHERE i.marked_uncollectible_at IS NOT NULL "
+            "AND epoch_us(i.marked_uncollectible_at) > p.t_us "
+            f"AND epoch_us(i.marked_uncollectible_at) <= p.t_us + {int(horizon_days)} * 86400000000"
+        ).fetchnumpy()["_row"]
+    finally:
+        con.unregister(name)
+    out = np.zeros(len(frame), dtype=bool)
+    out[np.asarray(hit, dtype=np.int64)] = True
+    return out
 
 
 def fit_risk_model(
@@ -316,6 +482,7 @@ def fit_risk_model(
     exclude_accounts: Sequence[str] = (),
     seed: int = 0,
     params: Mapping[str, Any] | None = None,
+    involuntary: np.ndarray | None = None,
 ) -> training.BinaryModel:
     """A churn model for the uplift learners' ``churn_risk`` input, fitted on accounts
     outside the experiment (so no experiment outcome is seen through it).
@@ -324,15 +491,19 @@ def fit_risk_model(
         churn_frame: A frame from :func:`workbench.models.training.churn_dataset`.
         target: ``churn_<h>d`` (the uplift outcome).
         exclude_accounts: The experiment's accounts: none of their rows are used.
+        involuntary: Per row of ``churn_frame``, True where the account left after failed
+            payments in the window (:func:`failed_payment_exits`): those rows count as not
+            churned, so the model estimates voluntary churn.
 
     Returns:
         A calibrated :class:`~workbench.models.training.BinaryModel` (the last 20% of
         ``as_of`` months are used for early stopping and calibration).
     """
-    rows = churn_frame[
-        churn_frame[target].notna() & ~churn_frame["account_id"].isin(set(exclude_accounts))
-    ]
-    rows = rows.assign(**{target: rows[target].astype(np.int8)})
+    keep = churn_frame[target].notna() & ~churn_frame["account_id"].isin(set(exclude_accounts))
+    label = churn_frame[target]
+    if involuntary is not None:
+        label = label.where(~np.asarray(involuntary, dtype=bool), 0)
+    rows = churn_frame[keep].assign(**{target: label[keep].astype(np.int8)})
     months = np.sort(rows["as_of"].unique())
     cut = months[int(len(months) * 0.8)]
     feats = training.model_features(rows)
@@ -361,11 +532,12 @@ def fit_uplift(
     spec: FeatureSpec | None = None,
     risk: training.BinaryModel | None = None,
 ) -> UpliftModel:
-    """Fit a T- or X-learner.
+    """Fit a T-, X- or S-learner.
 
     Args:
         frame: Rows with the ``features``, a 0/1 ``treatment`` and a 0/1 ``outcome`` (churn).
-        learner: ``t`` or ``x``.
+        learner: ``t``, ``x`` or ``s`` (penalised logistic; ``params`` may set ``C`` and
+            ``interaction_penalty``, see :data:`S_LEARNER_C`).
         params: LightGBM parameters over :data:`UPLIFT_PARAMS`.
         rounds: Boosting rounds per model (small data: no early stopping).
         risk: A churn model (see :func:`fit_risk_model`) whose probability becomes the
@@ -373,8 +545,8 @@ def fit_uplift(
             model fitted on the whole customer base estimates far better than a few hundred
             experiment rows can.
     """
-    if learner not in ("t", "x"):
-        raise ValueError(f"learner must be 't' or 'x', not {learner!r}")
+    if learner not in ("t", "x", "s"):
+        raise ValueError(f"learner must be 't', 'x' or 's', not {learner!r}")
     if risk is not None:
         frame = frame.assign(**{RISK: risk.predict(frame)})
         features = [*features, RISK] if RISK not in features else list(features)
@@ -384,6 +556,31 @@ def fit_uplift(
     t = frame[treatment].to_numpy(dtype=np.int64)
     if not ((t == 0).any() and (t == 1).any()):
         raise ValueError("the experiment needs treated and control rows")
+    if learner == "s":
+        sp = dict(params or {})
+        linear = _fit_s_learner(
+            spec,
+            X,
+            y,
+            t,
+            C=float(sp.get("C", S_LEARNER_C)),
+            interaction_penalty=float(sp.get("interaction_penalty", S_INTERACTION_PENALTY)),
+        )
+        return UpliftModel(
+            name=name,
+            learner=learner,
+            spec=spec,
+            boosters={},
+            propensity=float(t.mean()),
+            horizon_days=int(outcome.split("_")[1].rstrip("d"))
+            if outcome.startswith("churn_")
+            else 0,
+            params={"C": linear["C"], "interaction_penalty": linear["interaction_penalty"]},
+            rounds=0,
+            feature_set_version=training.feature_set_version(spec.names),
+            risk=risk,
+            linear=linear,
+        )
     p = {**UPLIFT_PARAMS, **dict(params or {}), "seed": seed}
 
     def fit(mask: np.ndarray, target: np.ndarray, objective: str) -> lgb.Booster:
@@ -497,8 +694,11 @@ UPLIFT_CARD = {
 }
 UPLIFT_LIMITATIONS = [
     "The offer's effect is modelled from the account attributes and the baseline churn "
-    "risk (a churn model fitted on the accounts outside the experiment): effects driven "
-    "by other signals are not captured.",
+    "risk (a churn model fitted on the accounts outside the experiment, by default on "
+    "voluntary churn): effects driven by other signals are not captured.",
+    "With a few hundred experiment rows, who responds more than their baseline risk "
+    "suggests is barely identifiable: the default S-learner penalises the attributes' "
+    "effect modification heavily, so its ranking is mostly the baseline risk.",
     "Learned from one randomized experiment with few hundred eligible accounts: individual "
     "uplift estimates are noisy; use them to rank, not as exact effects.",
     "Valid only for the offer tested (the same coupon) and the eligibility rule of the "
@@ -512,7 +712,7 @@ def train_uplift(
     experiment: pd.DataFrame,
     *,
     horizon_days: int = 90,
-    learner: str = "x",
+    learner: str = "s",
     features: Sequence[str] | None = None,
     folds: int = 5,
     params: Mapping[str, Any] | None = None,
@@ -524,6 +724,7 @@ def train_uplift(
     dataset: pd.DataFrame | None = None,
     risk: bool | training.BinaryModel = True,
     churn_frame: pd.DataFrame | None = None,
+    risk_label: str = "voluntary",
 ) -> UpliftResult:
     """Fit, cross-fit-evaluate and (optionally) track and register ``retention_uplift``.
 
@@ -531,7 +732,11 @@ def train_uplift(
         con: Warehouse connection.
         experiment: ``account_id``, ``as_of``, ``treatment`` (see :func:`uplift_dataset`).
         horizon_days: Outcome window (churn within it).
-        learner: ``x`` (default) or ``t``.
+        learner: ``s`` (default: penalised logistic S-learner), ``x`` or ``t`` (see
+            :func:`fit_uplift`). On the simulated company's 731 experiment rows the S-learner
+            on a voluntary-churn risk ranks closest to the true effects (expected Qini 0.65
+            of the oracle's, against 0.46 for the X-learner on an all-churn risk; see
+            docs/model-quality.md).
         features: The learners' inputs besides ``churn_risk``. Default with a risk model:
             the account attributes (:data:`EFFECT_FEATURES`: who responds to a discount),
             the baseline risk coming from the risk model, which sees every feature; without
@@ -543,6 +748,9 @@ def train_uplift(
             ``churn_risk``; a fitted model to use instead; ``False``: none.
         churn_frame: The churn dataset for that risk model (default: built with
             :func:`workbench.models.training.churn_dataset` for ``horizon_days``).
+        risk_label: What that risk model learns: ``voluntary`` churn (default: accounts
+            that leave after an invoice is marked uncollectible in the window count as
+            retained, :func:`failed_payment_exits`; needs ``con``), or ``all`` churn.
 
     Returns:
         An :class:`UpliftResult`.
@@ -559,11 +767,22 @@ def train_uplift(
     rows = data[data[outcome].notna()].copy()
     rows[outcome] = rows[outcome].astype(np.int8)
     risk_model = None
+    if risk_label not in ("all", "voluntary"):
+        raise ValueError(f"risk_label must be 'all' or 'voluntary', not {risk_label!r}")
     if risk is True:
         if churn_frame is None:
             churn_frame = training.churn_dataset(con, horizons=(horizon_days,))
+        involuntary = None
+        if risk_label == "voluntary":
+            if con is None:
+                raise ValueError("risk_label='voluntary' needs the warehouse connection")
+            involuntary = failed_payment_exits(con, churn_frame, horizon_days=horizon_days)
         risk_model = fit_risk_model(
-            churn_frame, target=outcome, exclude_accounts=experiment["account_id"], seed=seed
+            churn_frame,
+            target=outcome,
+            exclude_accounts=experiment["account_id"],
+            seed=seed,
+            involuntary=involuntary,
         )
     elif isinstance(risk, training.BinaryModel):
         risk_model = risk
@@ -655,6 +874,7 @@ def train_uplift(
         if risk_model is None
         else {
             "target": risk_model.target,
+            "label": f"{risk_label} churn",
             "features": len(risk_model.features),
             "trained_on": "churn spine rows of accounts outside the experiment",
             **risk_model.meta,
