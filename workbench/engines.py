@@ -51,6 +51,20 @@ For the point-in-time feature SQL (:mod:`workbench.features.offline`):
   ``timestamp_micros(us)``; ``FILTER (WHERE ...)``, ``IGNORE NULLS``, named ``WINDOW`` clauses,
   ``IS DISTINCT FROM`` and ``(s).field`` are Spark SQL as written.
 
+For the Stripe event parsing (:mod:`workbench.ingest.stripe_events`):
+
+* ``json_transform(x, '<spec>')`` becomes ``from_json`` (:func:`spark_json_transform`):
+  every leaf parsed as text, plus two probe parses (leaves as DOUBLE, as BOOLEAN) that tell
+  which JSON token a leaf held, so ``JSON`` leaves read as DuckDB's JSON text (strings
+  quoted and escaped) and ``BOOLEAN`` leaves follow DuckDB's casts; text that is not JSON
+  gives NULL (``try(...)`` is dropped). The session sets
+  ``spark.sql.json.enablePartialResults`` so a wrongly shaped value nulls only itself.
+* ``CREATE TEMP MACRO m(x) AS body`` is remembered by the engine and inlined into later
+  statements; ``regexp_full_match(s, p)`` becomes ``s RLIKE '^(?:p)$'``, ``to_timestamp(s)``
+  ``timestamp_seconds(s)``, ``list_sum`` an ``aggregate`` that skips NULLs, ``hash(x)``
+  ``xxhash64(x)`` (an identifier only: its values differ from DuckDB's);
+  ``SET TimeZone = 'UTC'`` is a no-op (the session runs in UTC).
+
 Statements: ``CREATE [OR REPLACE] TEMP TABLE t AS q`` materialises ``q`` (local
 checkpoint, so later stages do not recompute it) as temp view ``t``; ``DROP TABLE IF
 EXISTS t`` drops that view; everything else is a query whose rows are fetched lazily. A
@@ -106,6 +120,12 @@ _DROP = re.compile(
     r"^\s*DROP\s+(?:TABLE|VIEW)\s+(?:IF\s+EXISTS\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*;?\s*$",
     re.IGNORECASE,
 )
+_MACRO = re.compile(
+    r"^\s*CREATE\s+(?:OR\s+REPLACE\s+)?TEMP(?:ORARY)?\s+MACRO\s+([A-Za-z_][A-Za-z0-9_]*)\s*"
+    r"\(([^)]*)\)\s+AS\s+(.*?);?\s*$",
+    re.IGNORECASE | re.DOTALL,
+)
+_SET_UTC = re.compile(r"^\s*SET\s+TimeZone\s*=\s*'UTC'\s*;?\s*$", re.IGNORECASE)
 _DML = re.compile(
     r"^\s*(?:INSERT\s|DELETE\s|CREATE\s+(?:OR\s+REPLACE\s+)?TEMP(?:ORARY)?\s+TABLE\s+"
     r"[A-Za-z_][A-Za-z0-9_]*\s*\()",
@@ -189,6 +209,7 @@ def _dec38() -> Any:
 
 def _rewrite_node(node: Any) -> Any:
     """One node of the DuckDB AST rewritten for Spark (see the module docstring)."""
+    import sqlglot
     from sqlglot import exp
 
     if isinstance(node, exp.DataType):
@@ -229,6 +250,18 @@ def _rewrite_node(node: Any) -> Any:
         return exp.Explode(
             this=exp.If(this=guard, true=series.copy(), false=exp.Array(expressions=[]))
         )
+    if isinstance(node, exp.Try):
+        # try(json_transform(...)): the Spark parse gives NULL for text that is not JSON
+        return node.this.copy()
+    if isinstance(node, exp.RegexpFullMatch):
+        pattern = node.expression
+        if not (isinstance(pattern, exp.Literal) and pattern.is_string):
+            raise EngineError("regexp_full_match on Spark needs a literal pattern")
+        full = exp.Literal.string(f"^(?:{pattern.this})$")
+        return exp.RegexpLike(this=node.this.copy(), expression=full)
+    if isinstance(node, exp.UnixToTime) and not node.args.get("scale"):
+        # to_timestamp(seconds): Spark's generator would format and re-parse a string
+        return exp.Anonymous(this="timestamp_seconds", expressions=[node.this.copy()])
     if isinstance(node, exp.ToDays):
         return exp.Anonymous(this="make_interval", expressions=[*_zeros(3), node.this.copy()])
     if isinstance(node, exp.Anonymous):
@@ -242,6 +275,20 @@ def _rewrite_node(node: Any) -> Any:
             return exp.Anonymous(this="make_interval", expressions=[args[0].copy()])
         if fname == "epoch_us" and len(args) == 1:
             return exp.Anonymous(this="unix_micros", expressions=[args[0].copy()])
+        if fname == "hash" and len(args) == 1:
+            # an identifier of a value, not a portable number: Spark's own 64-bit hash
+            return exp.Anonymous(this="xxhash64", expressions=[args[0].copy()])
+        if fname == "list_sum" and len(args) == 1:
+            # DuckDB's list_sum skips NULLs and is NULL for an empty list
+            return sqlglot.parse_one(
+                "aggregate(_wb_list, CAST(NULL AS DECIMAL(38, 0)), "
+                "(_wb_a, _wb_v) -> CASE WHEN _wb_v IS NULL THEN _wb_a "
+                "ELSE coalesce(_wb_a, 0) + _wb_v END)",
+                read="spark",
+            ).transform(
+                lambda n: args[0].copy() if isinstance(n, exp.Column) and n.name == "_wb_list"
+                else n
+            )  # fmt: skip
     if isinstance(node, exp.Window) and isinstance(node.this, exp.Filter):
         # Spark has no FILTER on window aggregates: agg(x) FILTER (WHERE c) OVER w becomes
         # agg(CASE WHEN c THEN x END) OVER w (count(*): count(CASE WHEN c THEN 1 END))
@@ -550,12 +597,66 @@ def split_materialized(sql: str, *, prefix: str = "_wb_cte_") -> tuple[list[tupl
     return steps, body.sql(dialect="duckdb")
 
 
-def to_spark_sql(sql: str, *, columns: Callable[[str], list[str]] | None = None) -> str:
+def _expand_macros(tree: Any, macros: dict[str, tuple[list[str], str]]) -> Any:
+    """Inline calls of DuckDB ``TEMP MACRO``s (name -> (parameters, body in DuckDB SQL))."""
+    import sqlglot
+    from sqlglot import exp
+
+    def inline(node: Any) -> Any:
+        if not isinstance(node, exp.Anonymous) or str(node.this).lower() not in macros:
+            return node
+        params, body = macros[str(node.this).lower()]
+        if len(node.expressions) != len(params):
+            raise EngineError(f"macro {node.this} takes {len(params)} argument(s)")
+        args = dict(zip(params, node.expressions, strict=True))
+        expr = sqlglot.parse_one(body, read="duckdb")
+        return exp.Paren(this=expr.transform(
+            lambda n: args[n.name].copy()
+            if isinstance(n, exp.Column) and not n.table and n.name in args else n))  # fmt: skip
+
+    for _ in range(8):  # macros calling macros
+        before = tree.sql()
+        tree = tree.transform(inline)
+        if tree.sql() == before:
+            break
+    return tree
+
+
+def _json_transforms(tree: Any) -> Any:
+    """``json_transform(x, '<spec>')`` as Spark's ``from_json`` (:func:`spark_json_transform`)."""
+    import json
+
+    import sqlglot
+    from sqlglot import exp
+
+    def rewrite(node: Any) -> Any:
+        if not (isinstance(node, exp.Anonymous) and str(node.this).lower() == "json_transform"):
+            return node
+        x, spec = node.expressions
+        if not (isinstance(spec, exp.Literal) and spec.is_string):
+            raise EngineError("json_transform on Spark needs a literal spec")
+        expr = sqlglot.parse_one(
+            spark_json_transform("_wb_json_arg", json.loads(spec.this)), read="spark"
+        )
+        return expr.transform(
+            lambda n: x.copy() if isinstance(n, exp.Column) and n.name == "_wb_json_arg" else n
+        )
+
+    return tree.transform(rewrite)
+
+
+def to_spark_sql(
+    sql: str,
+    *,
+    columns: Callable[[str], list[str]] | None = None,
+    macros: dict[str, tuple[list[str], str]] | None = None,
+) -> str:
     """Transpile one DuckDB statement to Spark SQL (see the module docstring for the rules).
 
     Args:
         sql: One DuckDB statement.
         columns: Table name -> its column names, for ``* REPLACE (...)`` / ``* EXCLUDE``.
+        macros: DuckDB macros to inline: name (lower case) -> (parameters, body).
 
     Raises:
         EngineError: SQLGlot is not installed.
@@ -568,6 +669,9 @@ def to_spark_sql(sql: str, *, columns: Callable[[str], list[str]] | None = None)
             "the Spark engine needs sqlglot: pip install 'billing-workbench[spark]'"
         ) from e
     tree = sqlglot.parse_one(sql, read="duckdb")
+    if macros:
+        tree = _expand_macros(tree, macros)
+    tree = _json_transforms(tree)
     _expand_stars(tree, columns)
     _double_division(tree)
     for select in list(tree.find_all(exp.Select)):
@@ -582,6 +686,106 @@ def to_spark_sql(sql: str, *, columns: Callable[[str], list[str]] | None = None)
         if tree.sql() == before:
             break
     return tree.sql(dialect="spark", identify=True)
+
+
+# --------------------------------------------------------------------------- JSON
+
+
+def _json_schema(spec: Any, leaf: Callable[[str], str | None]) -> str | None:
+    """Spark DDL type of a DuckDB ``json_transform`` spec, leaves typed by ``leaf``
+    (None drops the leaf); None when nothing is left."""
+    if isinstance(spec, dict):
+        fields = [(k, _json_schema(v, leaf)) for k, v in spec.items()]
+        kept = [f"`{k}`: {t}" for k, t in fields if t is not None]
+        return f"STRUCT<{', '.join(kept)}>" if kept else None
+    if isinstance(spec, list):
+        inner = _json_schema(spec[0], leaf)
+        return f"ARRAY<{inner}>" if inner is not None else None
+    return leaf(spec.upper())
+
+
+def _json_quote(s: str) -> str:
+    """Spark SQL: the JSON text of string ``s`` as DuckDB writes it (quoted, escaped)."""
+    out = s
+    for char, esc in ((92, "chr(92), chr(92)"), (34, "chr(92), chr(34)"),
+                      (10, "chr(92), 'n'"), (13, "chr(92), 'r'"), (9, "chr(92), 't'")):  # fmt: skip
+        out = f"replace({out}, chr({char}), concat({esc}))"
+    return f"concat(chr(34), {out}, chr(34))"
+
+
+def _json_build(spec: Any, e: str, num: str | None, boo: str | None, depth: int = 0) -> str:
+    """Spark SQL rebuilding DuckDB's ``json_transform`` value from the parses ``e`` (every
+    leaf as text), ``num`` (JSON and BOOLEAN leaves as DOUBLE: non-null for numbers) and
+    ``boo`` (JSON leaves as BOOLEAN: non-null for true/false)."""
+    if isinstance(spec, dict):
+        parts = []
+        for k, v in spec.items():
+            sub_num = f"{num}.`{k}`" if num and _json_schema(v, _num_leaf) else None
+            sub_boo = f"{boo}.`{k}`" if boo and _json_schema(v, _boo_leaf) else None
+            parts.append(f"'{k}', {_json_build(v, f'{e}.`{k}`', sub_num, sub_boo, depth)}")
+        return f"CASE WHEN {e} IS NULL THEN NULL ELSE named_struct({', '.join(parts)}) END"
+    if isinstance(spec, list):
+        x, i = f"_wb_x{depth}", f"_wb_i{depth}"
+        sub_num = f"{num}[{i}]" if num else None
+        sub_boo = f"{boo}[{i}]" if boo else None
+        body = _json_build(spec[0], x, sub_num, sub_boo, depth + 1)
+        return f"transform({e}, ({x}, {i}) -> {body})"
+    kind = spec.upper()
+    if kind == "JSON":
+        return (
+            f"CASE WHEN {e} IS NULL THEN NULL WHEN {num} IS NOT NULL OR {boo} IS NOT NULL "
+            f"OR left({e}, 1) IN ('{{', '[') THEN {e} ELSE {_json_quote(e)} END"
+        )
+    if kind == "BOOLEAN":
+        return (
+            f"CASE WHEN {num} IS NOT NULL THEN {num} <> 0 "
+            f"WHEN lower({e}) IN ('true', 't', 'yes', 'y', '1') THEN true "
+            f"WHEN lower({e}) IN ('false', 'f', 'no', 'n', '0') THEN false END"
+        )
+    if kind == "VARCHAR":
+        return e
+    raise EngineError(f"json_transform on Spark: type {spec!r} is not supported")
+
+
+def _text_leaf(kind: str) -> str:
+    return "STRING"
+
+
+def _num_leaf(kind: str) -> str | None:
+    return "DOUBLE" if kind in ("JSON", "BOOLEAN") else None
+
+
+def _boo_leaf(kind: str) -> str | None:
+    return "BOOLEAN" if kind == "JSON" else None
+
+
+_JSON_OPTS = "map('allowNonNumericNumbers', 'false', 'mode', 'PERMISSIVE')"
+
+
+def spark_json_transform(x: str, spec: Any) -> str:
+    """Spark SQL for DuckDB's ``json_transform(x, spec)`` (``spec`` decoded from its JSON).
+
+    ``x`` is parsed by ``from_json`` three times: once with every leaf as text, and twice
+    as probes (leaves as DOUBLE, as BOOLEAN) that say which JSON token a leaf held, so a
+    ``JSON`` leaf reads as DuckDB's JSON text (numbers as written back by the parser,
+    strings quoted and escaped, objects and arrays compact) and a ``BOOLEAN`` leaf follows
+    DuckDB's casts (numbers: non-zero; strings: true/t/yes/y/1, false/f/no/n/0). Text that
+    is not JSON (or is ``null``) gives NULL, as ``try(json_transform(...))``. The parses are
+    bound once per row through a one-element ``transform``.
+    """
+    text = _json_schema(spec, _text_leaf)
+    num = _json_schema(spec, _num_leaf)
+    boo = _json_schema(spec, _boo_leaf)
+    parses = [f"'e', from_json({x}, '{text}', {_JSON_OPTS})"]
+    if num:
+        parses.append(f"'n', from_json({x}, '{num}', {_JSON_OPTS})")
+    if boo:
+        parses.append(f"'b', from_json({x}, '{boo}', {_JSON_OPTS})")
+    body = _json_build(spec, "_wb_p.e", "_wb_p.n" if num else None, "_wb_p.b" if boo else None)
+    return (
+        f"CASE WHEN get_json_object({x}, '$') IS NULL THEN NULL ELSE "
+        f"transform(array(named_struct({', '.join(parses)})), _wb_p -> {body})[0] END"
+    )
 
 
 # --------------------------------------------------------------------------- Spark
@@ -653,9 +857,21 @@ class SparkEngine:
         self._materialised: dict[str, DataFrame] = {}
         #: extra primary keys for ``INSERT OR REPLACE`` (table name in lower case -> key)
         self.keys: dict[str, tuple[str, ...]] = {}
+        #: ``CREATE TEMP MACRO``s run on this engine, inlined into later statements
+        self.macros: dict[str, tuple[list[str], str]] = {}
+        # a JSON value of the wrong shape nulls only itself (as in DuckDB's json_transform),
+        # not the whole enclosing object
+        spark.conf.set("spark.sql.json.enablePartialResults", "true")
 
     def execute(self, sql: str) -> Result:
         """Run one DuckDB-dialect statement on Spark (CREATE TEMP TABLE materialises)."""
+        macro = _MACRO.match(sql)
+        if macro:
+            params = [a.strip() for a in macro.group(2).split(",") if a.strip()]
+            self.macros[macro.group(1).lower()] = (params, macro.group(3))
+            return SparkResult(None)
+        if _SET_UTC.match(sql):
+            return SparkResult(None)  # the session always runs in UTC (spark_session)
         drop = _DROP.match(sql)
         if drop:
             self.drop(drop.group(1))
@@ -680,11 +896,13 @@ class SparkEngine:
         inputs: list[DataFrame] = []
         try:
             for view, query in steps:
-                cte = self.spark.sql(to_spark_sql(query, columns=self.columns))
+                cte = self.spark.sql(to_spark_sql(query, columns=self.columns, macros=self.macros))
                 cte = cte.localCheckpoint(eager=True)
                 cte.createOrReplaceTempView(view)
                 inputs.append(cte)
-            return self.spark.sql(to_spark_sql(sql, columns=self.columns)), inputs
+            return self.spark.sql(
+                to_spark_sql(sql, columns=self.columns, macros=self.macros)
+            ), inputs
         except Exception:
             for f in inputs:
                 _release(f)

@@ -394,15 +394,7 @@ class _Batch:
               AND ty.disposition = 'handled' AND wb_stage.o.object = ty.expected_object
             """
         )
-        con.execute(
-            """
-            CREATE OR REPLACE TEMP VIEW wb_new AS
-            SELECT s.event_id, to_timestamp(wb_int(s.created_raw)) AS version_at, s.type,
-                   f.source, s.o, s.lines_hash
-            FROM wb_stage s JOIN wb_files f USING (file_idx)
-            WHERE s.keep
-            """
-        )
+        con.execute(f"CREATE OR REPLACE TEMP VIEW wb_new AS {stripe_events.new_records_sql()}")
         with self._timed("project"):
             versions = stripe_events.project(con)
         with self._timed("validate"):

@@ -24,6 +24,11 @@ from dataclasses import dataclass
 import duckdb
 import pandas as pd
 
+from ..engines import Engine
+
+#: a DuckDB connection or an engine (:class:`~workbench.engines.SparkEngine`)
+Connection = duckdb.DuckDBPyConnection | Engine
+
 # ----------------------------------------------------------------------------- JSON spec
 
 _PRICE = {
@@ -198,16 +203,23 @@ CREATE OR REPLACE TEMP MACRO wb_ref(x) AS
 """
 
 
-def install_macros(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the SQL helpers used by the projections on this connection."""
+def _statements(sql: str) -> list[str]:
+    """The statements of a script of ours (no ``;`` inside literals)."""
+    return [part.strip() for part in sql.split(";") if part.strip()]
+
+
+def install_macros(con: Connection) -> None:
+    """Create the SQL helpers used by the projections on this connection (or engine: the
+    Spark engine inlines them into later statements)."""
     con.execute("SET TimeZone = 'UTC'")
-    con.execute(MACROS)
+    for statement in _statements(MACROS):
+        con.execute(statement)
 
 
 # ----------------------------------------------------------------------------- staging
 
 
-def stage(con: duckdb.DuckDBPyConnection, *, received_epoch: int) -> None:
+def stage(con: Connection, *, received_epoch: int) -> None:
     """Parse ``wb_raw`` (file_idx, line, text, sha, problem, blank) into ``wb_stage``.
 
     ``wb_stage`` has one row per non-blank record: the envelope columns, ``o`` (the struct
@@ -257,6 +269,17 @@ def stage(con: duckdb.DuckDBPyConnection, *, received_epoch: int) -> None:
         )
         """
     )
+
+
+def new_records_sql(where: str = "s.keep") -> str:
+    """The records to project (``wb_new``): the staged records ``where`` holds, with their
+    version time and source (``wb_files``: file_idx, source)."""
+    return f"""
+            SELECT s.event_id, to_timestamp(wb_int(s.created_raw)) AS version_at, s.type,
+                   f.source, s.o, s.lines_hash
+            FROM wb_stage s JOIN wb_files f USING (file_idx)
+            WHERE {where}
+            """
 
 
 # ----------------------------------------------------------------------------- projections
@@ -761,7 +784,7 @@ FROM wb_new n WHERE n.o.object = 'customer' AND n.o.id IS NOT NULL
 """
 
 
-def project(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
+def project(con: Connection) -> dict[str, str]:
     """Run every projection over ``wb_new`` into ``wb_v_<version table>`` temp tables.
 
     ``wb_new`` needs: ``event_id``, ``version_at`` (timestamp), ``type``, ``source`` and
@@ -770,7 +793,8 @@ def project(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
     Returns:
         Version table -> the temp table holding its new rows.
     """
-    con.execute(LINES_SQL)
+    for statement in _statements(LINES_SQL):
+        con.execute(statement)
     for name in LISTS:
         con.execute(f"CREATE OR REPLACE TEMP TABLE wb_{name} AS {_unnest_sql(name)}")
     by_table: dict[str, list[Projection]] = {}
@@ -778,7 +802,9 @@ def project(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
         by_table.setdefault(p.table, []).append(p)
     out = {}
     for table, projections in by_table.items():
-        raw = "\nUNION ALL BY NAME\n".join(p.raw_sql() for p in projections)
+        same = len({tuple(c.name for c in p.columns) for p in projections}) == 1
+        union = "\nUNION ALL\n" if same else "\nUNION ALL BY NAME\n"
+        raw = union.join(p.raw_sql() for p in projections)
         if projections[0].distinct_on:
             keys = ", ".join(("event_id", *projections[0].distinct_on))
             raw = f"SELECT DISTINCT ON ({keys}) * FROM ({raw})"
@@ -792,11 +818,12 @@ def project(con: duckdb.DuckDBPyConnection) -> dict[str, str]:
     con.execute(f"CREATE OR REPLACE TEMP TABLE wb_personal AS {PERSONAL_SQL}")
     for name in LISTS:
         con.execute(f"DROP TABLE wb_{name}")
-    con.execute("DROP TABLE wb_lines_src; DROP TABLE wb_lines_first")
+    con.execute("DROP TABLE wb_lines_src")
+    con.execute("DROP TABLE wb_lines_first")
     return out
 
 
-def type_problems(con: duckdb.DuckDBPyConnection, versions: dict[str, str]) -> pd.DataFrame:
+def type_problems(con: Connection, versions: dict[str, str]) -> pd.DataFrame:
     """Values of the wrong JSON type, impossible times and missing required fields, as
     collected in the ``_problems`` column of each projection.
 
@@ -807,7 +834,7 @@ def type_problems(con: duckdb.DuckDBPyConnection, versions: dict[str, str]) -> p
     parts = [
         f"SELECT event_id, '{canonical[table]}' AS table_name, p.c AS column_name, p.r AS rule, "
         f"p.v AS value FROM (SELECT event_id, unnest(_problems) AS p FROM {temp} "
-        f"WHERE len(_problems) > 0)"
+        f"WHERE array_length(_problems) > 0)"
         for table, temp in versions.items()
     ]
     return con.execute("\nUNION ALL\n".join(parts)).df()

@@ -7,6 +7,10 @@ change (as at month-end). Conversion to the reporting currency happens per day a
 currency on the day's totals at the latest rate on or before that day (or at the
 policy's fixed rate date), so a daily total on a month's last day can differ by a few
 minor units from the sum of the account-month table, which converts per account.
+
+The SQL is DuckDB's dialect, written (like the engine's) so that :mod:`workbench.engines`
+transpiles it to Spark SQL with the same integers: pass a
+:class:`~workbench.engines.SparkEngine` as ``con`` to run it on Spark.
 """
 
 from __future__ import annotations
@@ -15,14 +19,15 @@ import uuid
 from collections.abc import Sequence
 from datetime import date
 
-import duckdb
 import pandas as pd
+import pyarrow as pa
 
 from .engine import (
     RATE_SCALE,
     SCALE,
     THREE_DECIMAL,
     ZERO_DECIMAL,
+    Connection,
     _conv,
     _default_end,
     _ident,
@@ -41,7 +46,7 @@ def _pow_case(col: str) -> str:
     return f"CASE WHEN {col} IN ({zero}) THEN 1 WHEN {col} IN ({three}) THEN 1000 ELSE 100 END"
 
 
-def _prepare(con: duckdb.DuckDBPyConnection, pol: Policy, hist: str, p: str, rep: str) -> None:
+def _prepare(con: Connection, pol: Policy, hist: str, p: str, rep: str) -> None:
     end_m = _default_end(con, hist, pol)
     stages, _ = _stage_sql(pol, hist=hist, p=p, end_m=end_m, rep=rep)
     for name, sql in stages:
@@ -65,7 +70,25 @@ FROM rounded
 """)
 
 
-def _cleanup(con: duckdb.DuckDBPyConnection, p: str) -> None:
+def _days_sql(start: date | str, end: date | str) -> str:
+    """SQL: one row per day (column ``day``) from ``start`` to ``end``, both included."""
+    first, last = pd.Timestamp(start).date(), pd.Timestamp(end).date()
+    return (
+        f"SELECT CAST(r AS DATE) AS day FROM (SELECT unnest(generate_series("
+        f"CAST(DATE '{first}' AS TIMESTAMP), CAST(DATE '{last}' AS TIMESTAMP), "
+        f"INTERVAL 1 DAY)) AS r) t"
+    )
+
+
+def _days_as_timestamps(frame: pd.DataFrame) -> pd.DataFrame:
+    """``day`` as DuckDB hands it to pandas (``datetime64[us]``), whatever the engine
+    (Spark's dates arrive as ``datetime.date`` objects)."""
+    if frame["day"].dtype == object:
+        frame["day"] = pd.to_datetime(frame["day"]).astype("datetime64[us]")
+    return frame
+
+
+def _cleanup(con: Connection, p: str) -> None:
     for name in ("ids", "sids", "ver", "seg", "chg", "dv"):
         con.execute(f"DROP TABLE IF EXISTS {p}_{name}")
 
@@ -84,7 +107,7 @@ rates AS (
 
 
 def daily_mrr(
-    con: duckdb.DuckDBPyConnection,
+    con: Connection,
     *,
     policy: str | Policy = "stripe",
     reporting_currency: str = "usd",
@@ -96,6 +119,8 @@ def daily_mrr(
     """Total MRR at the end of every day in ``[start, end]``, optionally by segment.
 
     Args:
+        con: a DuckDB connection or an engine (:class:`~workbench.engines.SparkEngine`)
+            holding the canonical tables (see :func:`~.engine.build_account_months`).
         by: static account segments from ``accounts`` (region, channel, industry, size,
             country); the native currency is always a key of the result.
 
@@ -130,10 +155,7 @@ per_day AS (
   FROM deltas GROUP BY ALL
 ),
 keys AS (SELECT DISTINCT currency{", " + seg_key if by else ""} FROM per_day),
-days AS (
-  SELECT CAST(r AS DATE) AS day FROM range(DATE '{pd.Timestamp(start).date()}',
-    DATE '{pd.Timestamp(end).date()}' + INTERVAL 1 DAY, INTERVAL 1 DAY) t(r)
-),
+days AS ({_days_sql(start, end)}),
 before AS (
   SELECT currency{", " + seg_key if by else ""}, sum(dn) AS n0, sum(dp) AS p0
   FROM per_day WHERE day < DATE '{pd.Timestamp(start).date()}' GROUP BY ALL
@@ -154,7 +176,8 @@ series AS (
 {_rate_cte(pol, rep, "days")}
 SELECT s.day{", " + ", ".join("s." + c for c in by) if by else ""}, s.currency,
   CAST(s.mrr_native AS BIGINT) AS mrr_native,
-  CASE WHEN s.currency = '{rep}' THEN CAST(s.mrr_native AS BIGINT) ELSE {conv} END AS mrr,
+  CAST(CASE WHEN s.currency = '{rep}' THEN CAST(s.mrr_native AS BIGINT) ELSE {conv} END
+    AS BIGINT) AS mrr,
   CAST(s.paying_accounts AS BIGINT) AS paying_accounts
 FROM (SELECT *, {_pow_case("currency")} AS pow_c FROM series) s
 JOIN rates rc ON rc.day = s.day AND rc.currency = s.currency
@@ -162,7 +185,7 @@ JOIN rates rr ON rr.day = s.day AND rr.currency = '{rep}'
 WHERE s.mrr_native <> 0 OR s.paying_accounts <> 0
 ORDER BY s.day{", " + ", ".join("s." + c for c in by) if by else ""}, s.currency
 """
-        out = con.execute(sql).df()
+        out = _days_as_timestamps(con.execute(sql).df())
     finally:
         _cleanup(con, p)
     if out["mrr"].isna().any():
@@ -172,7 +195,7 @@ ORDER BY s.day{", " + ", ".join("s." + c for c in by) if by else ""}, s.currency
 
 
 def account_day_mrr(
-    con: duckdb.DuckDBPyConnection,
+    con: Connection,
     *,
     account_ids: Sequence[str],
     policy: str | Policy = "stripe",
@@ -182,6 +205,10 @@ def account_day_mrr(
 ) -> pd.DataFrame:
     """MRR at the end of every day for a few accounts (drill-down), native currency.
 
+    Args:
+        con: a DuckDB connection or an engine holding the canonical tables.
+        account_ids: the accounts to show.
+
     Returns:
         ``day, account_id, currency, mrr_native`` for each day in ``[start, end]`` on
         which the account has a value (zero days after a churn are included until the
@@ -190,7 +217,7 @@ def account_day_mrr(
     pol = get_policy(policy)
     hist = _ident(history_table)
     p = f"_rev_d_{uuid.uuid4().hex[:10]}"
-    ids = pd.DataFrame({"account_id": list(account_ids)})
+    ids = pa.table({"account_id": pa.array(list(account_ids), pa.string())})
     try:
         _prepare(con, pol, hist, p, "usd")
         con.register(f"{p}_want", ids)
@@ -200,15 +227,13 @@ WITH iv AS (
     LEAD(d.day) OVER (PARTITION BY d.akey, d.currency ORDER BY d.day) AS next_day
   FROM {p}_dv d JOIN {p}_ids i ON i.akey = d.akey JOIN {p}_want w ON w.account_id = i.account_id
 ),
-days AS (
-  SELECT CAST(r AS DATE) AS day FROM range(DATE '{pd.Timestamp(start).date()}',
-    DATE '{pd.Timestamp(end).date()}' + INTERVAL 1 DAY, INTERVAL 1 DAY) t(r)
-)
+days AS ({_days_sql(start, end)})
 SELECT days.day, i.account_id, iv.currency, iv.close_n AS mrr_native
 FROM iv JOIN {p}_ids i ON i.akey = iv.akey
 JOIN days ON days.day >= iv.day AND days.day < coalesce(iv.next_day, DATE '9999-01-01')
 ORDER BY i.account_id, days.day
 """).df()
+        out = _days_as_timestamps(out)
     finally:
         con.unregister(f"{p}_want")
         _cleanup(con, p)

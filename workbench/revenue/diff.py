@@ -13,10 +13,9 @@ import dataclasses
 import logging
 from datetime import date
 
-import duckdb
 import pandas as pd
 
-from .engine import account_month_mrr
+from .engine import Connection, account_month_mrr
 from .policies import RULE_FIELDS, Policy, PolicyError, get_policy
 
 log = logging.getLogger(__name__)
@@ -29,6 +28,14 @@ def _fmt(value: object) -> str:
     if isinstance(value, frozenset):
         return "{" + ",".join(sorted(value)) + "}"
     return str(value)
+
+
+def _months_as_timestamps(frame: pd.DataFrame) -> pd.DataFrame:
+    """``month`` as DuckDB hands it to pandas (``datetime64[us]``), whatever the engine
+    (Spark's dates arrive as ``datetime.date`` objects)."""
+    if frame["month"].dtype == object:
+        frame["month"] = pd.to_datetime(frame["month"]).astype("datetime64[us]")
+    return frame
 
 
 def policy_steps(a: Policy, b: Policy) -> list[tuple[tuple[str, ...], Policy]]:
@@ -61,7 +68,7 @@ def policy_steps(a: Policy, b: Policy) -> list[tuple[tuple[str, ...], Policy]]:
 
 
 def diff_policies(
-    con: duckdb.DuckDBPyConnection,
+    con: Connection,
     a: str | Policy,
     b: str | Policy,
     *,
@@ -73,7 +80,8 @@ def diff_policies(
     """Explain, per account-month, why policies ``a`` and ``b`` give different numbers.
 
     Args:
-        con: warehouse connection (see :func:`~.engine.build_account_months`).
+        con: warehouse connection or engine, e.g. a
+            :class:`~workbench.engines.SparkEngine` (see :func:`~.engine.build_account_months`).
         a, b: policy names, ``name@version`` or :class:`Policy` objects.
         reporting_currency, start, end: as for the engine; both sides use them.
         only_differences: drop account-months where MRR and every movement agree.
@@ -89,9 +97,9 @@ def diff_policies(
     pa, pb = get_policy(a), get_policy(b)
     steps = policy_steps(pa, pb)
     kw = dict(reporting_currency=reporting_currency, start=start, end=end)
-    frames = [account_month_mrr(con, policy=pa, **kw)]
+    frames = [_months_as_timestamps(account_month_mrr(con, policy=pa, **kw))]
     for _, pol in steps:
-        frames.append(account_month_mrr(con, policy=pol, **kw))
+        frames.append(_months_as_timestamps(account_month_mrr(con, policy=pol, **kw)))
     # final step must equal b exactly (only the name differs)
     key = ["month", "account_id"]
     joined = None
