@@ -49,20 +49,12 @@ DAMAGE = {
 @pytest.fixture(scope="module")
 def stores(
     spark: SparkEngine,  # noqa: F811
-    tmp_path_factory: pytest.TempPathFactory,
+    ingested_company,
 ) -> tuple[duckdb.DuckDBPyConnection, SparkEngine]:
     """A small simulated company ingested with faults (duplicates, out-of-order events, an
     API schema change): its writable DuckDB warehouse, and its version and derived tables
     copied into a Spark session of their own."""
-    simulator = pytest.importorskip("workbench.simulator")
-    from workbench.config import load_settings
-    from workbench.ingest.loader import ingest
-
-    out = tmp_path_factory.mktemp("sim_derive")
-    simulator.simulate(accounts=100, months=8, seed=5, out=out, faults=True, progress=False)
-    settings = load_settings(root=out, overrides={"data_dir": str(out / "data")})
-    ingest(out / "landing" / "stripe", settings=settings, progress=False)
-    ingest(out / "landing" / "csv", source="csv", settings=settings, progress=False)
+    settings = ingested_company(accounts=100, months=8, seed=5, faults=True)
     con = duckdb.connect(str(settings.warehouse_path))
     session = spark.spark.newSession()
     for key, value in {

@@ -102,19 +102,11 @@ def _rows(frame: pd.DataFrame) -> list[tuple]:
 @pytest.fixture(scope="module")
 def warehouse(
     spark: SparkEngine,  # noqa: F811
-    tmp_path_factory: pytest.TempPathFactory,
+    ingested_company,
 ) -> tuple[duckdb.DuckDBPyConnection, SparkEngine]:
     """The simulator's small company (150 accounts, a year): its DuckDB warehouse, and the
     tables the features read copied into a Spark session of their own."""
-    simulator = pytest.importorskip("workbench.simulator")
-    from workbench.config import load_settings
-    from workbench.ingest.loader import ingest
-
-    out = tmp_path_factory.mktemp("sim_features")
-    simulator.simulate(accounts=150, months=12, seed=3, out=out, faults=False, progress=False)
-    settings = load_settings(root=out, overrides={"data_dir": str(out / "data")})
-    ingest(out / "landing" / "stripe", settings=settings, progress=False)
-    ingest(out / "landing" / "csv", source="csv", settings=settings, progress=False)
+    settings = ingested_company(accounts=150, months=12, seed=3, faults=False)
     con = duckdb.connect(str(settings.warehouse_path), read_only=True)
     session = spark.spark.newSession()
     # the feature query is ~40 tiny shuffles here: adaptive execution (Spark's default; the
