@@ -17,6 +17,7 @@ from workbench.config import load_settings
 from workbench.ingest import ingest, verify
 from workbench.ingest.checksums import checksums
 from workbench.ingest.sample_events import sample_events, write_jsonl
+from workbench.schema import create_all
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD = """
@@ -114,6 +115,22 @@ def test_a_store_killed_before_its_first_commit_verifies_as_empty(tmp_path):
     assert report.ok and [c.name for c in report.checks] == ["initialized"]
     ingest(_inputs(tmp_path), settings=settings, progress=False)  # the next load starts it
     assert verify(settings).ok
+
+    # killed after the canonical tables' commit, before ingestion's own tables were created
+    between = load_settings(overrides={"data_dir": str(tmp_path / "between")})
+    between.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(between.warehouse_path))
+    create_all(con)
+    con.close()
+    report = verify(between)
+    assert report.ok and [c.name for c in report.checks] == ["initialized"], report.checks
+    ingest(_inputs(tmp_path), settings=between, progress=False)
+    assert verify(between).ok
+    con = duckdb.connect(str(between.warehouse_path))
+    con.execute("DROP TABLE erasures")  # after a load, a missing ingestion table is damage
+    con.close()
+    report = verify(between)
+    assert not report.ok and "erasures" in report.checks[0].detail
 
     other = load_settings(overrides={"data_dir": str(tmp_path / "partial")})
     other.warehouse_path.parent.mkdir(parents=True, exist_ok=True)

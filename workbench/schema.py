@@ -438,21 +438,27 @@ TABLES: dict[str, Table] = {
 }
 
 
-def create_all(con) -> None:  # noqa: ANN001 - a duckdb connection
-    """Create every canonical table that does not exist yet, in one transaction: a process
-    killed half-way leaves either all of them or none (verify treats none as an empty store)."""
+def create_tables(con, tables) -> None:  # noqa: ANN001 - a duckdb connection
+    """Create the tables (objects with ``ddl()``) that do not exist yet, in one transaction:
+    a process killed half-way leaves either all of them or none."""
     import duckdb
 
     try:
         con.execute("BEGIN TRANSACTION")
     except duckdb.TransactionException:  # the caller's transaction already covers it
-        for table in TABLES.values():
+        for table in tables:
             con.execute(table.ddl())
         return
     try:
-        for table in TABLES.values():
+        for table in tables:
             con.execute(table.ddl())
     except BaseException:
         con.execute("ROLLBACK")
         raise
     con.execute("COMMIT")
+
+
+def create_all(con) -> None:  # noqa: ANN001 - a duckdb connection
+    """Create every canonical table that does not exist yet, in one transaction (verify
+    treats none as an empty store)."""
+    create_tables(con, TABLES.values())

@@ -13,7 +13,7 @@ versions; it lives only in ``accounts`` (see :mod:`workbench.ingest.derive`).
 
 from __future__ import annotations
 
-from workbench.schema import TABLES, Column, Table
+from workbench.schema import TABLES, Column, Table, create_tables
 
 TS = "TIMESTAMPTZ"
 
@@ -166,7 +166,14 @@ VERSION_OF: dict[str, tuple[str, str]] = {
 }
 
 
-def create_internal(con) -> None:  # noqa: ANN001 - a duckdb connection
-    """Create ingestion's internal tables that do not exist yet."""
+def create_internal(con) -> None:  # noqa: ANN001 - a duckdb connection or an engine
+    """Create ingestion's internal tables that do not exist yet, in one transaction on DuckDB
+    (a load killed half-way leaves all of them or none; verify accepts none before the first
+    load)."""
+    import duckdb
+
+    if isinstance(con, duckdb.DuckDBPyConnection):
+        create_tables(con, INTERNAL.values())
+        return
     for table in INTERNAL.values():
         con.execute(table.ddl())

@@ -31,6 +31,7 @@ from workbench.config import Settings, load_settings
 from workbench.ingest import contracts
 from workbench.ingest.lake import Lake, sha256_file
 from workbench.ingest.records import redact_cards
+from workbench.ingest.tables import INTERNAL
 from workbench.redact import contains_pan
 from workbench.schema import TABLES
 from workbench.store import Warehouse
@@ -132,6 +133,23 @@ def verify(settings: Settings | None = None, *, check_lake: bool = True) -> Veri
             )
             return report
         loads = con.execute("SELECT * FROM loads").df()
+        missing_internal = sorted(set(INTERNAL) - present)
+        if missing_internal:
+            # ingestion creates its internal tables in its own transaction after the canonical
+            # ones: a load killed between the two commits left no data, and the next ingest
+            # creates them; once anything was loaded they must all be there
+            ok = loads.empty and len(missing_internal) == len(INTERNAL)
+            report.checks.append(
+                Check(
+                    "initialized",
+                    ok,
+                    "canonical tables created, nothing loaded yet"
+                    if ok
+                    else f"ingestion tables missing: {missing_internal[:5]}; run `workbench "
+                    "rebuild` to recreate the warehouse from the lake",
+                )
+            )
+            return report
         bad = loads[
             loads["received"] != loads["accepted"] + loads["quarantined"] + loads["duplicates"]
         ]
