@@ -36,6 +36,7 @@ if not java_available():
 
 from test_spark_engine import spark  # noqa: E402, F401 - the shared session fixture
 
+from workbench.features import churn_training_set, recovery_training_set  # noqa: E402
 from workbench.features.definitions import SOURCES, get_features  # noqa: E402
 from workbench.features.labels import churn_labels, recovery_labels  # noqa: E402
 from workbench.features.offline import (  # noqa: E402
@@ -245,6 +246,24 @@ def test_recovery_spine_features_equal(
     live = [c for c in names if duck[c].notna().any() and (duck[c].astype(str) != "0").any()]
     assert len(live) >= 0.7 * len(names), sorted(set(names) - set(live))
     print(f"recovery features: {len(spine)} rows x {len(names)} in {time.perf_counter() - t:.1f}s")
+
+
+def test_training_sets_equal(warehouse: tuple[duckdb.DuckDBPyConnection, SparkEngine]) -> None:
+    """``churn_training_set`` and ``recovery_training_set`` given the Spark engine (spine,
+    a few features of each kind, labels there) return DuckDB's frames."""
+    con, engine = warehouse
+    t = time.perf_counter()
+    account = [f.name for f in get_features() if f.entity == "account_id"][:4]
+    window = {"start": "2023-06-01", "end": "2023-08-01", "features": account}
+    duck = churn_training_set(con, **window)
+    assert len(duck) > 0 and {"churn_30d", *account} <= set(duck.columns)
+    assert_frames_equal(duck, churn_training_set(engine, **window), "churn training set")
+    invoice = [f.name for f in get_features() if f.entity in ("invoice_id", "subscription_id")]
+    window = {"start": "2023-03-01", "end": "2023-09-01", "features": invoice[:4]}
+    duck = recovery_training_set(con, **window)
+    assert len(duck) > 0 and "recovered_7d" in duck.columns
+    assert_frames_equal(duck, recovery_training_set(engine, **window), "recovery training set")
+    print(f"training sets: {time.perf_counter() - t:.1f}s")
 
 
 def test_labels_equal(warehouse: tuple[duckdb.DuckDBPyConnection, SparkEngine]) -> None:

@@ -82,6 +82,18 @@ new rows and materialises them as the view, so a pipeline of statements runs as 
   key (from :mod:`workbench.schema` / :mod:`workbench.ingest.tables`, or
   :attr:`SparkEngine.keys`) is among ``q``'s; as in DuckDB, a replaced row keeps its values
   in the columns ``q`` does not give.
+* ``INSERT INTO t ... ON CONFLICT DO NOTHING``: as INSERT, without ``q``'s rows whose primary
+  key ``t`` already has (or that an earlier row of ``q`` has).
+* ``UPDATE t [AS a] SET c = e, ... [FROM r [AS b]] [WHERE w]``: each row of ``t`` that some
+  ``r`` row matches takes the values ``e`` computed from one of them (which one is
+  unspecified when several match); the other rows stay as they were.
+
+For the loader replayed on Spark (:func:`workbench.ingest.rebuild.build_on_engine`):
+``CREATE [OR REPLACE] TEMP VIEW v AS q`` is materialised like a temp table (a Spark temp
+view binds to the plan of the tables it reads, DuckDB's view to their names);
+``DESCRIBE t`` gives ``column_name``, ``column_type``; ``execute(sql, params)`` binds the
+``?`` placeholders as SQL literals; results also have ``to_arrow_table()``, and
+``fetchall()`` keeps integers of a column with NULLs as ``int``.
 
 Both engines answer ``execute(sql)`` with an object that has ``fetchone()``,
 ``fetchall()``, ``fetchnumpy()`` and ``df()``, like a DuckDB result, and take tables with
@@ -113,7 +125,8 @@ if TYPE_CHECKING:  # pragma: no cover
 REVENUE_TABLES = ("subscription_history", "prices", "accounts", "fx_rates")
 
 _CREATE = re.compile(
-    r"^\s*CREATE\s+(?:OR\s+REPLACE\s+)?TEMP(?:ORARY)?\s+TABLE\s+([A-Za-z_][A-Za-z0-9_]*)\s+AS\s+(.*)$",
+    r"^\s*CREATE\s+(?:OR\s+REPLACE\s+)?TEMP(?:ORARY)?\s+(?:TABLE|VIEW)\s+([A-Za-z_][A-Za-z0-9_]*)"
+    r"\s+AS\s+(.*)$",
     re.IGNORECASE | re.DOTALL,
 )
 _DROP = re.compile(
@@ -125,9 +138,10 @@ _MACRO = re.compile(
     r"\(([^)]*)\)\s+AS\s+(.*?);?\s*$",
     re.IGNORECASE | re.DOTALL,
 )
+_DESCRIBE = re.compile(r"^\s*DESCRIBE\s+([A-Za-z_][A-Za-z0-9_]*)\s*;?\s*$", re.IGNORECASE)
 _SET_UTC = re.compile(r"^\s*SET\s+TimeZone\s*=\s*'UTC'\s*;?\s*$", re.IGNORECASE)
 _DML = re.compile(
-    r"^\s*(?:INSERT\s|DELETE\s|CREATE\s+(?:OR\s+REPLACE\s+)?TEMP(?:ORARY)?\s+TABLE\s+"
+    r"^\s*(?:INSERT\s|DELETE\s|UPDATE\s|CREATE\s+(?:OR\s+REPLACE\s+)?TEMP(?:ORARY)?\s+TABLE\s+"
     r"[A-Za-z_][A-Za-z0-9_]*\s*\()",
     re.IGNORECASE,
 )
@@ -158,8 +172,8 @@ class Engine(Protocol):
 
     name: str
 
-    def execute(self, sql: str) -> Result:
-        """Run one statement written in DuckDB SQL."""
+    def execute(self, sql: str, params: list[Any] | None = None) -> Result:
+        """Run one statement written in DuckDB SQL (``?`` placeholders bound to ``params``)."""
 
     def register(self, name: str, frame: pd.DataFrame | pa.Table) -> None:
         """Expose a pandas frame or an Arrow table as a (temporary) table ``name``."""
@@ -181,9 +195,9 @@ class DuckDBEngine:
     con: duckdb.DuckDBPyConnection
     name: str = "duckdb"
 
-    def execute(self, sql: str) -> Result:
-        """Run ``sql`` on the connection."""
-        return self.con.execute(sql)
+    def execute(self, sql: str, params: list[Any] | None = None) -> Result:
+        """Run ``sql`` on the connection (``?`` placeholders bound to ``params``)."""
+        return self.con.execute(sql, params)
 
     def register(self, name: str, frame: pd.DataFrame | pa.Table) -> None:
         """Register ``frame`` (pandas or Arrow) as view ``name`` (no copy)."""
@@ -791,6 +805,18 @@ def spark_json_transform(x: str, spec: Any) -> str:
 # --------------------------------------------------------------------------- Spark
 
 
+def _bind(sql: str, params: list[Any]) -> str:
+    """``sql`` with its ``?`` placeholders replaced by ``params`` as SQL literals."""
+    import sqlglot
+    from sqlglot import exp
+
+    values = iter(params)
+    tree = sqlglot.parse_one(sql, read="duckdb").transform(
+        lambda n: exp.convert(next(values)) if isinstance(n, exp.Placeholder) else n
+    )
+    return tree.sql("duckdb")
+
+
 class SparkResult:
     """Rows of a Spark query, fetched on demand through Arrow (timestamps in UTC)."""
 
@@ -813,9 +839,37 @@ class SparkResult:
                 self._owns = []
         return self._pdf
 
+    def to_arrow_table(self) -> pa.Table:
+        """All rows as an Arrow table (timestamps in UTC), like DuckDB's."""
+        import pyarrow as pa
+
+        if self._frame is None:
+            return pa.table({})
+        try:
+            batches = self._frame._collect_as_arrow()
+        finally:
+            for frame in self._owns:
+                _release(frame)
+            self._owns = []
+        schema = None
+        if not batches:
+            from pyspark.sql.pandas.types import to_arrow_schema
+
+            schema = to_arrow_schema(self._frame.schema)
+        return pa.Table.from_batches(batches, schema=schema)
+
     def fetchall(self) -> list[tuple[Any, ...]]:
-        """All rows as tuples of Python values (NaN/NaT as None)."""
+        """All rows as tuples of Python values (NaN/NaT as None; integers stay integers
+        in a column with NULLs, which pandas would hold as floats)."""
         pdf = self.df()
+        if self._frame is not None:
+            from pyspark.sql.types import IntegralType
+
+            ints = [
+                f.name for f in self._frame.schema.fields if isinstance(f.dataType, IntegralType)
+            ]
+            if ints and len(set(pdf.columns)) == len(pdf.columns):
+                pdf = pdf.astype({c: "Int64" for c in ints if pdf[c].dtype.kind == "f"})
         rows = pdf.astype(object).where(pdf.notna(), None).itertuples(index=False, name=None)
         return [tuple(_py(v) for v in row) for row in rows]
 
@@ -863,8 +917,11 @@ class SparkEngine:
         # not the whole enclosing object
         spark.conf.set("spark.sql.json.enablePartialResults", "true")
 
-    def execute(self, sql: str) -> Result:
-        """Run one DuckDB-dialect statement on Spark (CREATE TEMP TABLE materialises)."""
+    def execute(self, sql: str, params: list[Any] | None = None) -> Result:
+        """Run one DuckDB-dialect statement on Spark (CREATE TEMP TABLE materialises);
+        ``?`` placeholders are bound to ``params`` as SQL literals."""
+        if params:
+            sql = _bind(sql, params)
         macro = _MACRO.match(sql)
         if macro:
             params = [a.strip() for a in macro.group(2).split(",") if a.strip()]
@@ -872,6 +929,13 @@ class SparkEngine:
             return SparkResult(None)
         if _SET_UTC.match(sql):
             return SparkResult(None)  # the session always runs in UTC (spark_session)
+        describe = _DESCRIBE.match(sql)
+        if describe:  # column_name, column_type (Spark's type names)
+            fields = self.spark.table(describe.group(1)).schema.fields
+            rows = [(f.name, f.dataType.simpleString()) for f in fields]
+            return SparkResult(
+                self.spark.createDataFrame(rows, "column_name string, column_type string")
+            )
         drop = _DROP.match(sql)
         if drop:
             self.drop(drop.group(1))
@@ -886,6 +950,10 @@ class SparkEngine:
             return SparkResult(None)
         frame, inputs = self._plan(sql)
         return SparkResult(frame, owns=inputs)
+
+    def sql(self, query: str) -> Result:
+        """Rows of a DuckDB-dialect query, fetched lazily (as DuckDB's ``con.sql``)."""
+        return self.execute(query)
 
     def _plan(self, sql: str) -> tuple[DataFrame, list[DataFrame]]:
         """The Spark frame of a DuckDB query, its ``MATERIALIZED`` CTEs computed first (once
@@ -920,6 +988,9 @@ class SparkEngine:
         from sqlglot import exp
 
         stmt = sqlglot.parse_one(sql, read="duckdb")
+        if isinstance(stmt, exp.Update):
+            self._update(stmt)
+            return
         if isinstance(stmt, exp.Create):
             cols = [c for c in stmt.this.expressions if isinstance(c, exp.ColumnDef)]
             query = "SELECT " + ", ".join(
@@ -980,7 +1051,71 @@ class SparkEngine:
                 )  # fmt: skip
             kept = old.join(rows.select(*keys).distinct(), on=list(keys), how="left_anti")
             old = kept.select(*[f"`{c}`" for c in old.columns])  # the join put keys first
+        conflict = stmt.args.get("conflict")
+        if conflict is not None:
+            action = conflict.args.get("action")
+            if "NOTHING" not in (action.sql("duckdb") if action is not None else "").upper():
+                raise EngineError(f"INSERT INTO {table} ON CONFLICT: only DO NOTHING is supported")
+            keys = self.primary_keys().get(table.lower())
+            if not keys:
+                raise EngineError(f"INSERT INTO {table} ON CONFLICT: its primary key is unknown")
+            rows = rows.dropDuplicates(list(keys)).join(
+                old.select(*keys), on=list(keys), how="left_anti"
+            )
+            rows = rows.select(*[f"`{c}`" for c in old.columns])
         self._replace(table, old.unionByName(rows), inputs)
+
+    def _update(self, stmt: Any) -> None:
+        """``UPDATE t [AS a] SET c = e, ... [FROM r [AS b], ...] [WHERE w]``: each row of ``t``
+        that some row of ``r`` matches takes the values ``e`` computed from one such row
+        (which one is unspecified when several match, as in DuckDB); the others stay."""
+        from pyspark.sql import functions as F
+
+        table = stmt.this.name
+        alias = stmt.this.alias_or_name
+        rid, hit = "_wb_rid", "_wb_hit"
+        base = self.spark.table(table).withColumn(rid, F.monotonically_increasing_id())
+        base = base.localCheckpoint(eager=True)  # the row ids must not be recomputed
+        view = f"_wb_update_{uuid.uuid4().hex[:8]}"
+        base.createOrReplaceTempView(view)
+        sets = [(eq.this.name, eq.expression.sql("duckdb")) for eq in stmt.expressions]
+        select = ", ".join(
+            [f"{alias}.{rid}", f"true AS {hit}"]
+            + [f"{e} AS _wb_set_{i}" for i, (_, e) in enumerate(sets)]
+        )
+        source = stmt.args.get("from_") or stmt.args.get("from")
+        joins = f", {source.this.sql('duckdb')}" if source is not None else ""
+        where = stmt.args.get("where")
+        query = (
+            f"SELECT {select} FROM {view} AS {alias}{joins} {where.sql('duckdb') if where else ''}"
+        )
+        try:
+            matched, inputs = self._plan(query)
+            matched = matched.groupBy(rid).agg(
+                *[F.first(c).alias(c) for c in matched.columns if c != rid]
+            )
+            joined = base.join(matched, on=rid, how="left")
+            assigned = {name.lower(): i for i, (name, _) in enumerate(sets)}
+            fields = self.spark.table(table).schema.fields
+            rows = joined.select(
+                *[
+                    F.when(
+                        F.col(hit), F.col(f"_wb_set_{assigned[f.name.lower()]}").cast(f.dataType)
+                    )
+                    .otherwise(F.col(f"`{f.name}`"))
+                    .alias(f.name)
+                    if f.name.lower() in assigned
+                    else F.col(f"`{f.name}`")
+                    for f in fields
+                ]
+            )
+        except Exception:
+            _release(base)
+            raise
+        else:
+            self._replace(table, rows, [*inputs, base])
+        finally:
+            self.spark.catalog.dropTempView(view)
 
     def _replace(
         self, name: str, frame: DataFrame, inputs: Iterable[DataFrame] = ()
@@ -1023,6 +1158,9 @@ class SparkEngine:
             self.register_arrow(name, frame)
             return
         if isinstance(frame, pd.DataFrame):
+            if frame.empty:  # no rows to infer types from: Arrow's, with text for unknown
+                self.register_arrow(name, pa.Table.from_pandas(frame, preserve_index=False))
+                return
             frame = self.spark.createDataFrame(_spark_ready(frame))
         frame.createOrReplaceTempView(name)
 
@@ -1038,7 +1176,9 @@ class SparkEngine:
 
         fields = [
             pa.field(f.name, pa.string())
-            if isinstance(f.type, pa.ExtensionType) or pa.types.is_large_string(f.type)
+            if isinstance(f.type, pa.ExtensionType)
+            or pa.types.is_large_string(f.type)
+            or pa.types.is_null(f.type)
             else f
             for f in table.schema
         ]

@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 import duckdb
 import pandas as pd
 
+from workbench.engines import Engine
 from workbench.features.definitions import (
     FEATURES,
     REGISTRY,
@@ -63,7 +64,7 @@ from workbench.features.serving import (
 
 
 def churn_training_set(
-    con: duckdb.DuckDBPyConnection,
+    con: duckdb.DuckDBPyConnection | Engine,
     *,
     start,
     end,
@@ -74,6 +75,9 @@ def churn_training_set(
 ) -> pd.DataFrame:
     """Accounts paying at each period boundary, their features as of then, churn labels.
 
+    ``con`` is the warehouse's DuckDB connection or an engine (``SparkEngine``: the spine,
+    features and labels are computed there, the result comes back as the same frame).
+
     Returns:
         ``account_id``, ``as_of``, features, ``paying_at_as_of``, ``churn_<h>d`` (Int8).
     """
@@ -83,7 +87,7 @@ def churn_training_set(
 
 
 def recovery_training_set(
-    con: duckdb.DuckDBPyConnection,
+    con: duckdb.DuckDBPyConnection | Engine,
     *,
     start=None,
     end=None,
@@ -93,7 +97,8 @@ def recovery_training_set(
     observed_until=None,
 ) -> pd.DataFrame:
     """Failed invoices at their first failure (or each failed attempt), invoice, account and
-    subscription features as of then, recovery labels.
+    subscription features as of then, recovery labels (``con``: DuckDB or an engine, as for
+    :func:`churn_training_set`).
 
     Returns:
         ``invoice_id``, ``account_id``, ``subscription_id``, ``as_of``, features,

@@ -43,6 +43,7 @@ import pyarrow as pa
 
 from workbench import event_types
 from workbench.config import Settings, load_settings
+from workbench.engines import Engine
 from workbench.ingest import contracts, derive, stripe_events
 from workbench.ingest.lake import FileReceipt, Lake, LakeObject, LoadReceipt
 from workbench.ingest.records import Records, read_records, redact_cards
@@ -237,7 +238,7 @@ class _Batch:
 
     def __init__(
         self,
-        con: duckdb.DuckDBPyConnection,
+        con: duckdb.DuckDBPyConnection | Engine,
         *,
         load_id: str,
         received_at: datetime,
@@ -409,7 +410,8 @@ class _Batch:
             self._write_json(inputs, versions, quarantine)
         for name in ("wb_raw", "wb_files", "wb_types_df", "wb_failed_df"):
             con.unregister(name)
-        con.execute("DROP VIEW IF EXISTS wb_new; DROP TABLE IF EXISTS wb_stage")
+        con.execute("DROP VIEW IF EXISTS wb_new")
+        con.execute("DROP TABLE IF EXISTS wb_stage")
         for inp in inputs:  # the bytes are in the lake now; free them for the next chunk
             inp.data, inp.records = b"", None
         for temp in versions.values():
@@ -999,7 +1001,7 @@ def sync_receipts(con: duckdb.DuckDBPyConnection, lake: Lake) -> int:
 
 
 def run_batch(
-    con: duckdb.DuckDBPyConnection,
+    con: duckdb.DuckDBPyConnection | Engine,
     inputs: Iterable[_Input],
     *,
     load_id: str,
@@ -1010,6 +1012,9 @@ def run_batch(
     finished_at: datetime | None = None,
 ) -> _Batch:
     """Load prepared inputs as one batch on an open connection (inside a transaction).
+
+    ``con`` may also be an engine whose tables are temp views (a ``SparkEngine``: see
+    :func:`workbench.ingest.rebuild.build_on_engine`); CSV files need DuckDB.
 
     Returns:
         The batch: ``inputs`` (with their reports) and ``timings`` per step.
