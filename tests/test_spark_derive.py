@@ -12,21 +12,14 @@ import time
 
 import duckdb
 import pytest
+from spark_support import require_spark, small_jobs_engine
 
-pytest.importorskip("pyspark", reason="Spark tests need pyspark: pip install -e '.[spark]'")
-pytest.importorskip("sqlglot", reason="Spark tests need sqlglot: pip install -e '.[spark]'")
-
-from workbench.engines import SparkEngine, copy_tables, java_available  # noqa: E402
-
-if not java_available():
-    pytest.skip(
-        "Spark tests need a Java 17 runtime (apt-get install openjdk-17-jre-headless)",
-        allow_module_level=True,
-    )
+require_spark()
 
 from test_spark_engine import spark  # noqa: E402, F401 - the shared session fixture
 from test_spark_features import _rows  # noqa: E402
 
+from workbench.engines import SparkEngine, copy_tables  # noqa: E402
 from workbench.ingest import derive  # noqa: E402
 
 #: the derived tables and what they are derived from (the version tables)
@@ -56,14 +49,8 @@ def stores(
     copied into a Spark session of their own."""
     settings = ingested_company(accounts=100, months=8, seed=5, faults=True)
     con = duckdb.connect(str(settings.warehouse_path))
-    session = spark.spark.newSession()
-    for key, value in {
-        "spark.sql.adaptive.enabled": "true",
-        "spark.sql.shuffle.partitions": "1",
-        "spark.sql.codegen.factoryMode": "NO_CODEGEN",
-    }.items():
-        session.conf.set(key, value)
-    engine = SparkEngine(session)
+    # many tiny stages: spark_support.SMALL_JOBS
+    engine = small_jobs_engine(spark)
     copy_tables(con, engine, (*VERSIONS, *DERIVED))
     return con, engine
 

@@ -16,16 +16,15 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
+from spark_support import require_spark
 
-pytest.importorskip("pyspark", reason="Spark tests need pyspark: pip install -e '.[spark]'")
-pytest.importorskip("sqlglot", reason="Spark tests need sqlglot: pip install -e '.[spark]'")
+require_spark()
 
 from workbench.engines import (  # noqa: E402
     REVENUE_TABLES,
     DuckDBEngine,
     SparkEngine,
     copy_tables,
-    java_available,
     spark_session,
     to_spark_sql,
 )
@@ -41,12 +40,6 @@ from workbench.revenue.metrics import (  # noqa: E402
 )
 from workbench.revenue.policies import get_policy  # noqa: E402
 from workbench.revenue.synthetic import generate_warehouse  # noqa: E402
-
-if not java_available():
-    pytest.skip(
-        "Spark tests need a Java 17 runtime (apt-get install openjdk-17-jre-headless)",
-        allow_module_level=True,
-    )
 
 END = "2023-02-01"
 #: small and quick: one local session, two shuffle partitions, no whole-stage codegen

@@ -16,26 +16,18 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
+from spark_support import require_spark, small_jobs_engine
 
-pytest.importorskip("pyspark", reason="Spark tests need pyspark: pip install -e '.[spark]'")
-pytest.importorskip("sqlglot", reason="Spark tests need sqlglot: pip install -e '.[spark]'")
+require_spark()
+
+from test_spark_engine import spark  # noqa: E402, F401 - the shared session fixture
 
 from workbench.engines import (  # noqa: E402
     SparkEngine,
     copy_tables,
-    java_available,
     split_materialized,
     to_spark_sql,
 )
-
-if not java_available():
-    pytest.skip(
-        "Spark tests need a Java 17 runtime (apt-get install openjdk-17-jre-headless)",
-        allow_module_level=True,
-    )
-
-from test_spark_engine import spark  # noqa: E402, F401 - the shared session fixture
-
 from workbench.features import churn_training_set, recovery_training_set  # noqa: E402
 from workbench.features.definitions import SOURCES, get_features  # noqa: E402
 from workbench.features.labels import churn_labels, recovery_labels  # noqa: E402
@@ -109,17 +101,8 @@ def warehouse(
     tables the features read copied into a Spark session of their own."""
     settings = ingested_company(accounts=150, months=12, seed=3, faults=False)
     con = duckdb.connect(str(settings.warehouse_path), read_only=True)
-    session = spark.spark.newSession()
-    # the feature query is ~40 tiny shuffles here: adaptive execution (Spark's default; the
-    # shared session turns it off), one partition each and interpreted expressions (no
-    # Janino compiles) make it about twice as fast; the results are the same
-    for key, value in {
-        "spark.sql.adaptive.enabled": "true",
-        "spark.sql.shuffle.partitions": "1",
-        "spark.sql.codegen.factoryMode": "NO_CODEGEN",
-    }.items():
-        session.conf.set(key, value)
-    engine = SparkEngine(session)
+    # many tiny stages: spark_support.SMALL_JOBS
+    engine = small_jobs_engine(spark)
     copy_tables(con, engine, FEATURE_TABLES)
     return con, engine
 

@@ -18,22 +18,15 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 import pytest
+from spark_support import require_spark, small_jobs_engine
 
-pytest.importorskip("pyspark", reason="Spark tests need pyspark: pip install -e '.[spark]'")
-pytest.importorskip("sqlglot", reason="Spark tests need sqlglot: pip install -e '.[spark]'")
-
-from workbench.engines import SparkEngine, java_available  # noqa: E402
-
-if not java_available():
-    pytest.skip(
-        "Spark tests need a Java 17 runtime (apt-get install openjdk-17-jre-headless)",
-        allow_module_level=True,
-    )
+require_spark()
 
 from test_spark_engine import spark  # noqa: E402, F401 - the shared session fixture
 from test_spark_features import _rows  # noqa: E402
 from test_spark_stripe import EXTRA, _same_partition  # noqa: E402
 
+from workbench.engines import SparkEngine  # noqa: E402
 from workbench.ingest.lake import Lake  # noqa: E402
 from workbench.ingest.loader import ingest  # noqa: E402
 from workbench.ingest.rebuild import build_on_engine  # noqa: E402
@@ -84,14 +77,8 @@ def built(
     events = sorted(landing.glob("events-*.jsonl"))[0]
     extra = _second_delivery(events, tmp_path_factory.mktemp("redelivery"))
     ingest([extra, events], settings=settings, progress=False)
-    session = spark.spark.newSession()
-    for key, value in {
-        "spark.sql.adaptive.enabled": "true",
-        "spark.sql.shuffle.partitions": "1",
-        "spark.sql.codegen.factoryMode": "NO_CODEGEN",
-    }.items():
-        session.conf.set(key, value)
-    engine = SparkEngine(session)
+    # many tiny stages: spark_support.SMALL_JOBS
+    engine = small_jobs_engine(spark)
     t0 = time.perf_counter()
     report = build_on_engine(engine, Lake(Path(settings.data_dir) / "lake"))
     print(f"{report} (spark: {time.perf_counter() - t0:.1f}s)")

@@ -19,21 +19,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from spark_support import require_spark
 
-pytest.importorskip("pyspark", reason="Spark tests need pyspark: pip install -e '.[spark]'")
-pytest.importorskip("sqlglot", reason="Spark tests need sqlglot: pip install -e '.[spark]'")
-
-from workbench.engines import SparkEngine, java_available  # noqa: E402
-
-if not java_available():
-    pytest.skip(
-        "Spark tests need a Java 17 runtime (apt-get install openjdk-17-jre-headless)",
-        allow_module_level=True,
-    )
+require_spark()
 
 from test_spark_engine import spark  # noqa: E402, F401 - the shared session fixture
 from test_spark_features import _rows  # noqa: E402
 
+from workbench.engines import SparkEngine  # noqa: E402
 from workbench.ingest import stripe_events  # noqa: E402
 from workbench.ingest.records import read_records  # noqa: E402
 
