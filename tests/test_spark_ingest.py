@@ -32,12 +32,12 @@ from workbench.ingest.loader import ingest  # noqa: E402
 from workbench.ingest.rebuild import build_on_engine  # noqa: E402
 from workbench.ingest.tables import VERSION_OF  # noqa: E402
 
-#: the tables compared: what the loads wrote and what is derived from the versions
+#: the tables compared: what the loads wrote (Stripe events and CSV exports) and what is
+#: derived from the versions
 TABLES = ("events", "quarantine", "loads", *VERSION_OF, "account_personal_source", "accounts",
           "prices", "subscriptions", "subscription_items", "subscription_history", "invoices",
-          "invoice_lines", "payment_attempts", "refunds", "disputes")  # fmt: skip
-#: CSV files are loaded by DuckDB only: their rows are left out of the comparison
-JSON_ONLY = {"quarantine", "loads"}
+          "invoice_lines", "payment_attempts", "refunds", "disputes", "usage", "crm_signals",
+          "support_tickets", "fx_rates", "subscription_history_csv")  # fmt: skip
 
 
 def _second_delivery(events: Path, out: Path) -> Path:
@@ -62,6 +62,38 @@ def _second_delivery(events: Path, out: Path) -> Path:
     return path
 
 
+def _late_csvs(landing: Path, out: Path) -> Path:
+    """A later CSV load (mappings detected from the headers): usage rows that replace stored
+    ones, a new one, a key twice, a negative quantity and an impossible date; a Stripe
+    customers export (account versions and their personal data); RavenStack subscriptions
+    with a row of zero seats (subscription versions and the mapping's own subscription
+    history); a file no mapping fits (the file fails); and the simulator's CRM export again
+    (all duplicates)."""
+    usage = landing.joinpath("usage.csv").read_text().splitlines()
+    head, first, second = usage[0], usage[1].split(","), usage[2].split(",")
+    (out / "a_usage_late.csv").write_text("\n".join([
+        head, ",".join([*first[:3], "99999"]), ",".join([*second[:3], "0"]),
+        f"{first[0]},2023-05-02,api_calls,12", f"{first[0]},2023-05-02,api_calls,13",
+        f"{first[0]},2023-05-03,api_calls,-3", f"{first[0]},2023-13-45,api_calls,5",
+    ]) + "\n")  # fmt: skip
+    (out / "b_customers.csv").write_text(
+        "id,Name,Email,Created (UTC),Currency,Address Country,region (metadata)\n"
+        "cus_csv_1,Ann Example,ann@example.com,2023-02-01 10:00:00,usd,de,EMEA\n"
+        "cus_csv_2,Bob Example,bob@example.com,2023-02-03 11:30:00,eur,fr,EMEA\n"
+    )
+    (out / "d_subscriptions.csv").write_text(
+        "subscription_id,account_id,start_date,end_date,plan_tier,seats,mrr_amount,arr_amount,"
+        "is_trial,upgrade_flag,downgrade_flag,churn_flag,billing_frequency,auto_renew_flag\n"
+        "S-8cec59,A-3c1a3f,2023-01-23,2023-04-12,Enterprise,14,2786,33432,FALSE,FALSE,FALSE,TRUE,"
+        "monthly,TRUE\n"
+        "S-0f6f44,A-9b9fe9,2023-02-11,,Pro,17,833,9996,FALSE,FALSE,FALSE,FALSE,monthly,TRUE\n"
+        "S-0f6f45,A-9b9fe9,2023-02-11,,Pro,0,0,0,FALSE,FALSE,FALSE,FALSE,monthly,TRUE\n"
+    )
+    (out / "e_notes.csv").write_text("note,author\nhello,me\n")
+    (out / "f_crm_signals.csv").write_bytes(landing.joinpath("crm_signals.csv").read_bytes())
+    return out
+
+
 @pytest.fixture(scope="module")
 def built(
     spark: SparkEngine,  # noqa: F811
@@ -77,12 +109,14 @@ def built(
     events = sorted(landing.glob("events-*.jsonl"))[0]
     extra = _second_delivery(events, tmp_path_factory.mktemp("redelivery"))
     ingest([extra, events], settings=settings, progress=False)
+    late = _late_csvs(landing.parent / "csv", tmp_path_factory.mktemp("late_csv"))
+    ingest(late, source="csv", settings=settings, progress=False)
     # many tiny stages: spark_support.SMALL_JOBS
     engine = small_jobs_engine(spark)
     t0 = time.perf_counter()
     report = build_on_engine(engine, Lake(Path(settings.data_dir) / "lake"))
     print(f"{report} (spark: {time.perf_counter() - t0:.1f}s)")
-    assert report.loads == 2  # the CSV load is not replayed
+    assert report.loads == 4  # Stripe events, the CSV exports, redelivery, late CSVs
     return duckdb.connect(str(settings.warehouse_path), read_only=True), engine
 
 
@@ -103,9 +137,8 @@ def test_lake_to_canonical_equal(
     with the same columns; ``lines_hash`` (``hash`` on DuckDB, ``xxhash64`` on Spark)
     groups the same rows instead of having the same values."""
     con, engine = built
-    where = " WHERE source IN ('stripe', 'webhook')" if table in JSON_ONLY else ""
-    duck = con.execute(f"SELECT * FROM {table}{where}").df()
-    spk = engine.fetch_df(f"SELECT * FROM {table}{where}")
+    duck = con.execute(f"SELECT * FROM {table}").df()
+    spk = engine.fetch_df(f"SELECT * FROM {table}")
     assert list(spk.columns) == list(duck.columns)
     assert len(spk) == len(duck)
     if "lines_hash" in duck.columns:
@@ -122,7 +155,8 @@ def test_lake_exercised_the_rules(built: tuple[duckdb.DuckDBPyConnection, SparkE
     """The comparison covers what the merge rule decides: duplicates (byte-identical, within a
     file and against a prior load, and with only the delivery counter changed), conflicts
     (against the stored event and within a load), type problems and broken envelopes in
-    quarantine, a whole file delivered again; conservation holds on Spark."""
+    quarantine, a whole file delivered again; for CSV exports, rejected rows, a failed file and
+    a file delivered again; conservation holds on Spark."""
     _, engine = built
     rules = {r[0] for r in engine.execute("SELECT DISTINCT rule FROM quarantine").fetchall()}
     assert {"conflict", "malformed_json", "wrong_type", "out_of_range", "missing_required"} <= rules
@@ -133,9 +167,20 @@ def test_lake_exercised_the_rules(built: tuple[duckdb.DuckDBPyConnection, SparkE
     within = [f"({f} line" in m for f, m in pairs]
     assert any(within) and not all(within)  # one within the file, one with a prior load
     loads = engine.fetch_df(
-        "SELECT load_id, received, accepted, quarantined, duplicates FROM loads ORDER BY finished_at"
+        "SELECT load_id, source, status, received, accepted, quarantined, duplicates FROM loads "
+        "ORDER BY finished_at"
     )
     assert (loads["received"] == loads[["accepted", "quarantined", "duplicates"]].sum(axis=1)).all()
+    assert loads["load_id"].nunique() == 4
+    csv = loads[loads["source"] == "csv"]
+    assert csv["load_id"].nunique() == 2 and csv["accepted"].sum() > 3000
+    assert list(csv["status"]).count("failed") == 1  # the file no mapping fits
+    assert list(csv["duplicates"] > 0).count(True) == 1  # the CRM export again
+    csv_rules = {"not_negative", "not_date", "below_min", "division_by_zero", "file_rejected"}
+    assert csv_rules <= {
+        r[0] for r in engine.execute("SELECT rule FROM quarantine WHERE source = 'csv'").fetchall()
+    }
+    loads = loads[loads["source"].isin(["stripe", "webhook"])]
     assert loads["load_id"].nunique() == 2
     again = loads.iloc[-1]  # the first events file, delivered again: all duplicates
     assert again["duplicates"] == again["received"] > 0
@@ -149,7 +194,8 @@ def test_lake_exercised_the_rules(built: tuple[duckdb.DuckDBPyConnection, SparkE
 def test_loader_statements(spark: SparkEngine) -> None:  # noqa: F811
     """The statement forms the loader adds, one by one against DuckDB: ``UPDATE ... FROM``
     (matched rows only, several columns, a struct field in the condition), ``INSERT ... ON
-    CONFLICT DO NOTHING``, ``CREATE TEMP VIEW``, ``DESCRIBE``, ``?`` parameters, an empty
+    CONFLICT DO NOTHING`` and ``INSERT OR REPLACE`` (the first row of a key wins; a
+    duplicate or NULL key fails), ``CREATE TEMP VIEW``, ``DESCRIBE``, ``?`` parameters, an empty
     registered frame, and integers with NULLs from ``fetchall``."""
     duck = duckdb.connect()
     engine = SparkEngine(spark.spark.newSession())
@@ -169,6 +215,10 @@ def test_loader_statements(spark: SparkEngine) -> None:  # noqa: F811
         "INSERT INTO wb_stmt_q VALUES ('x', 1)",
         "INSERT INTO wb_stmt_q BY NAME SELECT * FROM (VALUES ('x', 2), ('y', 3)) AS r(id, v) "
         "ON CONFLICT DO NOTHING",
+        "INSERT INTO wb_stmt_q BY NAME SELECT * FROM (VALUES ('w', 5), ('w', 4)) AS r(id, v) "
+        "ON CONFLICT DO NOTHING",
+        "INSERT OR REPLACE INTO wb_stmt_q BY NAME SELECT * FROM (VALUES ('z', 1), ('z', 3), "
+        "('y', 8), ('y', 9)) AS r(id, v) ORDER BY v DESC",
         "CREATE OR REPLACE TEMP VIEW wb_stmt_v AS SELECT k, n FROM wb_stmt_t WHERE keep",
     ]
     for sql in script:
@@ -182,6 +232,14 @@ def test_loader_statements(spark: SparkEngine) -> None:  # noqa: F811
         want = duck.execute(query).fetchall()
         assert engine.execute(query).fetchall() == want, query
     assert duck.execute("SELECT n FROM wb_stmt_t ORDER BY k").fetchall() == [(1,), (None,), (13,)]
+    # a key twice, or NULL, fails as DuckDB's primary key does; the table stays as it was
+    for sql in ("INSERT INTO wb_stmt_q VALUES ('n', 1), ('x', 2)",
+                "INSERT OR REPLACE INTO wb_stmt_q VALUES (NULL, 1)"):  # fmt: skip
+        for con in (duck, engine):
+            with pytest.raises(duckdb.ConstraintException):
+                con.execute(sql)
+    query = "SELECT * FROM wb_stmt_q ORDER BY id"
+    assert engine.execute(query).fetchall() == duck.execute(query).fetchall()
     query = "SELECT k FROM wb_stmt_t WHERE n >= ? AND k <> ? ORDER BY k"
     assert engine.execute(query, [1, "a"]).fetchall() == duck.execute(query, [1, "a"]).fetchall()
     names = [r[0] for r in duck.execute("DESCRIBE wb_stmt_t").fetchall()]

@@ -81,9 +81,14 @@ new rows and materialises them as the view, so a pipeline of statements runs as 
 * ``INSERT OR REPLACE INTO t ... q``: as INSERT, after dropping ``t``'s rows whose primary
   key (from :mod:`workbench.schema` / :mod:`workbench.ingest.tables`, or
   :attr:`SparkEngine.keys`) is among ``q``'s; as in DuckDB, a replaced row keeps its values
-  in the columns ``q`` does not give.
+  in the columns ``q`` does not give, and of several rows of ``q`` with one key the first
+  (in ``q``'s order) is taken.
 * ``INSERT INTO t ... ON CONFLICT DO NOTHING``: as INSERT, without ``q``'s rows whose primary
   key ``t`` already has (or that an earlier row of ``q`` has).
+* Primary keys as DuckDB's: a NULL key fails, and so does a plain ``INSERT`` that gives a key
+  DuckDB enforces (:meth:`SparkEngine.enforced_keys`) to two rows; both raise
+  ``duckdb.ConstraintException`` (checked inside the job that writes ``t``, which stays as
+  it was).
 * ``UPDATE t [AS a] SET c = e, ... [FROM r [AS b]] [WHERE w]``: each row of ``t`` that some
   ``r`` row matches takes the values ``e`` computed from one of them (which one is
   unspecified when several match); the other rows stay as they were.
@@ -1038,10 +1043,15 @@ class SparkEngine:
                 for f in old.schema.fields
             ]
         )
-        if (stmt.args.get("alternative") or "").upper() == "REPLACE":
+        replace = (stmt.args.get("alternative") or "").upper() == "REPLACE"
+        conflict = stmt.args.get("conflict")
+        if replace or conflict is not None:
             keys = self.primary_keys().get(table.lower())
+            what = "OR REPLACE INTO" if replace else "INTO ... ON CONFLICT"
             if not keys:
-                raise EngineError(f"INSERT OR REPLACE INTO {table}: its primary key is unknown")
+                raise EngineError(f"INSERT {what} {table}: its primary key is unknown")
+            rows = _first_per_key(rows, keys, table)
+        if replace:
             missing = [c for c in old.columns if c.lower() not in by_name]
             if missing:  # as DuckDB: a replaced row keeps the columns the INSERT does not set
                 prev = old.select(*keys, *[F.col(f"`{c}`").alias(f"_prev_{c}") for c in missing])
@@ -1051,19 +1061,25 @@ class SparkEngine:
                 )  # fmt: skip
             kept = old.join(rows.select(*keys).distinct(), on=list(keys), how="left_anti")
             old = kept.select(*[f"`{c}`" for c in old.columns])  # the join put keys first
-        conflict = stmt.args.get("conflict")
         if conflict is not None:
             action = conflict.args.get("action")
             if "NOTHING" not in (action.sql("duckdb") if action is not None else "").upper():
                 raise EngineError(f"INSERT INTO {table} ON CONFLICT: only DO NOTHING is supported")
-            keys = self.primary_keys().get(table.lower())
-            if not keys:
-                raise EngineError(f"INSERT INTO {table} ON CONFLICT: its primary key is unknown")
-            rows = rows.dropDuplicates(list(keys)).join(
-                old.select(*keys), on=list(keys), how="left_anti"
-            )
+            rows = rows.join(old.select(*keys), on=list(keys), how="left_anti")
             rows = rows.select(*[f"`{c}`" for c in old.columns])
-        self._replace(table, old.unionByName(rows), inputs)
+        table_rows = old.unionByName(rows)
+        keys = self.enforced_keys().get(table.lower())
+        if keys and not replace and conflict is None:  # the others are unique by construction
+            table_rows = _check_key(table_rows, keys, table)
+        try:
+            self._replace(table, table_rows, inputs)
+        except Exception as e:
+            if _KEY_ERROR in str(e):
+                import duckdb
+
+                message = str(e)[str(e).index(_KEY_ERROR) + len(_KEY_ERROR) :]
+                raise duckdb.ConstraintException(message.split("\n")[0].strip()) from None
+            raise
 
     def _update(self, stmt: Any) -> None:
         """``UPDATE t [AS a] SET c = e, ... [FROM r [AS b], ...] [WHERE w]``: each row of ``t``
@@ -1139,6 +1155,21 @@ class SparkEngine:
         known = {n.lower(): t.primary_key for n, t in {**TABLES, **INTERNAL}.items()}
         return {**{k: v for k, v in known.items() if v}, **self.keys}
 
+    def enforced_keys(self) -> dict[str, tuple[str, ...]]:
+        """Table name (lower case) -> primary key DuckDB enforces (declared in its DDL: not
+        for tables whose writer guarantees the key, ``enforce_key=False``), plus
+        :attr:`keys`: a plain ``INSERT`` that would give two rows one key, or a NULL key,
+        fails as on DuckDB."""
+        from .ingest.tables import INTERNAL
+        from .schema import TABLES
+
+        known = {
+            n.lower(): t.primary_key
+            for n, t in {**TABLES, **INTERNAL}.items()
+            if t.primary_key and getattr(t, "enforce_key", True)
+        }
+        return {**known, **self.keys}
+
     def columns(self, table: str) -> list[str]:
         """Column names of table or view ``table``."""
         return self.spark.table(table).columns
@@ -1194,6 +1225,69 @@ class SparkEngine:
     def register_parquet(self, name: str, path: str) -> None:
         """Expose Parquet files (a lake table on HDFS/S3/local disk) as temp view ``name``."""
         self.spark.read.parquet(path).createOrReplaceTempView(name)
+
+
+#: marks the errors :func:`_check_key` and :func:`_first_per_key` raise inside a Spark job
+_KEY_ERROR = "wb-constraint: "
+
+
+def _key_text(keys: Iterable[str]) -> Any:
+    """DuckDB's rendering of a key in a constraint error: ``k1: v1, k2: v2``."""
+    from pyspark.sql import functions as F
+
+    return F.concat_ws(
+        ", ", *[F.concat(F.lit(f"{k}: "), F.coalesce(F.col(f"`{k}`").cast("string"), F.lit("NULL")))
+                for k in keys]
+    )  # fmt: skip
+
+
+def _null_key(keys: Iterable[str], table: str) -> Any:
+    """A condition raising DuckDB's NOT NULL error when a key column of the row is NULL."""
+    from pyspark.sql import functions as F
+
+    check = None
+    for k in keys:
+        hit = F.when(
+            F.col(f"`{k}`").isNull(),
+            F.raise_error(F.lit(f"{_KEY_ERROR}Constraint Error: NOT NULL constraint failed: {table}.{k}")),
+        )  # fmt: skip
+        check = hit if check is None else F.coalesce(check, hit)
+    return check
+
+
+def _first_per_key(rows: DataFrame, keys: tuple[str, ...], table: str) -> DataFrame:
+    """Of the rows sharing a primary key, the first in the query's order (DuckDB's ``INSERT OR
+    REPLACE`` and ``ON CONFLICT DO NOTHING`` take the first and ignore the others); a NULL key
+    fails as DuckDB's NOT NULL constraint does."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    seq, first = "_wb_seq", "_wb_first"
+    cols = rows.columns
+    rows = rows.withColumn(seq, F.monotonically_increasing_id())
+    order = Window.partitionBy(*[F.col(f"`{k}`") for k in keys]).orderBy(seq)
+    rows = rows.withColumn(first, F.row_number().over(order) == 1).filter(F.col(first))
+    rows = rows.withColumn(first, _null_key(keys, table))
+    return rows.filter(F.col(first).isNull()).select(*[f"`{c}`" for c in cols])
+
+
+def _check_key(rows: DataFrame, keys: tuple[str, ...], table: str) -> DataFrame:
+    """``rows``, failing (inside the job that materialises them) as DuckDB's primary key does:
+    two rows with one key, or a NULL key."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    cols, n, bad = rows.columns, "_wb_n", "_wb_bad"
+    rows = rows.withColumn(
+        n, F.count(F.lit(1)).over(Window.partitionBy(*[F.col(f"`{k}`") for k in keys]))
+    )
+    dup = F.when(
+        F.col(n) > 1,
+        F.raise_error(F.concat(F.lit(f'{_KEY_ERROR}Constraint Error: Duplicate key "'), _key_text(keys),
+                               F.lit('" violates primary key constraint.'))),
+    )  # fmt: skip
+    rows = rows.withColumn(bad, F.coalesce(_null_key(keys, table), dup))
+    return rows.filter(F.col(bad).isNull()).select(*[f"`{c}`" for c in cols])
 
 
 def _spark_ready(frame: pd.DataFrame) -> pd.DataFrame:

@@ -1014,7 +1014,7 @@ def run_batch(
     """Load prepared inputs as one batch on an open connection (inside a transaction).
 
     ``con`` may also be an engine whose tables are temp views (a ``SparkEngine``: see
-    :func:`workbench.ingest.rebuild.build_on_engine`); CSV files need DuckDB.
+    :func:`workbench.ingest.rebuild.build_on_engine`), for event and CSV files alike.
 
     Returns:
         The batch: ``inputs`` (with their reports) and ``timings`` per step.

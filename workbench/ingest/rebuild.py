@@ -102,8 +102,10 @@ def replay(
     return loads, files
 
 
-def build_on_engine(engine: Engine, lake: Lake) -> RebuildReport:
-    """Build the Stripe part of the warehouse from the raw lake on ``engine`` (Spark).
+def build_on_engine(
+    engine: Engine, lake: Lake, *, sources: tuple[str, ...] | None = None
+) -> RebuildReport:
+    """Build the warehouse from the raw lake on ``engine`` (Spark).
 
     The lake's receipts are replayed in order, with their load ids and times, through the
     loader's own code (:func:`workbench.ingest.loader.run_batch`: staging and projection
@@ -114,15 +116,16 @@ def build_on_engine(engine: Engine, lake: Lake) -> RebuildReport:
     current-state tables, ``events``, ``quarantine`` and ``loads`` are temp tables of the
     engine (write them out to keep them).
 
-    Only the event files (sources ``stripe`` and ``webhook``) are replayed: CSV files are
-    parsed by DuckDB only, so the tables they feed (usage, CRM signals, support tickets, FX
-    rates, CSV subscription history) stay empty here.
+    Every file is replayed: Stripe events and webhooks, and CSV exports (mapped by
+    :mod:`workbench.csv_mapping` with pandas on the driver, as on DuckDB; their rows, rejects
+    and counts go to the engine through :mod:`~workbench.ingest.csv_files`). ``sources``
+    replays only the files of these sources (e.g. ``JSON_SOURCES``); loads with no such file
+    are skipped.
 
     Returns:
         How many loads, files and events were replayed.
     """
     from workbench.ingest import stripe_events
-    from workbench.ingest.loader import JSON_SOURCES
     from workbench.ingest.tables import INTERNAL
     from workbench.schema import TABLES
 
@@ -131,7 +134,7 @@ def build_on_engine(engine: Engine, lake: Lake) -> RebuildReport:
         cols = ", ".join(f"{c.name} {c.type}" for c in table.columns)
         engine.execute(f"CREATE OR REPLACE TEMP TABLE {table.name} ({cols})")
     stripe_events.install_macros(engine)
-    loads, files = replay(engine, lake, sources=JSON_SOURCES)
+    loads, files = replay(engine, lake, sources=sources)
     events = engine.execute("SELECT count(*) FROM events").fetchone()[0]
     report = RebuildReport(
         loads=loads, files=files, events=int(events), seconds=time.perf_counter() - started
