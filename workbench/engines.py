@@ -831,8 +831,8 @@ class SparkResult:
         #: materialised inputs only this query reads: freed once its rows are fetched
         self._owns = list(owns)
 
-    def df(self) -> pd.DataFrame:
-        """All rows as pandas (dates as ``datetime.date``, timestamps naive UTC)."""
+    def _rows(self) -> pd.DataFrame:
+        """All rows as Spark's ``toPandas`` gives them (dates as ``datetime.date``)."""
         if self._frame is None:
             return pd.DataFrame()
         if self._pdf is None:
@@ -843,6 +843,19 @@ class SparkResult:
                     _release(frame)
                 self._owns = []
         return self._pdf
+
+    def df(self) -> pd.DataFrame:
+        """All rows as pandas, typed as DuckDB's ``df()`` types them: dates as
+        ``datetime64[us]`` (Spark gives ``datetime.date`` objects), timestamps naive UTC."""
+        pdf = self._rows()
+        if self._frame is None:
+            return pdf
+        from pyspark.sql.types import DateType
+
+        dates = [f.name for f in self._frame.schema.fields if isinstance(f.dataType, DateType)]
+        if not dates or len(set(pdf.columns)) != len(pdf.columns):
+            return pdf
+        return pdf.assign(**{c: pd.to_datetime(pdf[c]).astype("datetime64[us]") for c in dates})
 
     def to_arrow_table(self) -> pa.Table:
         """All rows as an Arrow table (timestamps in UTC), like DuckDB's."""
@@ -865,8 +878,9 @@ class SparkResult:
 
     def fetchall(self) -> list[tuple[Any, ...]]:
         """All rows as tuples of Python values (NaN/NaT as None; integers stay integers
-        in a column with NULLs, which pandas would hold as floats)."""
-        pdf = self.df()
+        in a column with NULLs, which pandas would hold as floats; dates as
+        ``datetime.date``, as DuckDB gives them)."""
+        pdf = self._rows()
         if self._frame is not None:
             from pyspark.sql.types import IntegralType
 

@@ -80,14 +80,6 @@ def _days_sql(start: date | str, end: date | str) -> str:
     )
 
 
-def _days_as_timestamps(frame: pd.DataFrame) -> pd.DataFrame:
-    """``day`` as DuckDB hands it to pandas (``datetime64[us]``), whatever the engine
-    (Spark's dates arrive as ``datetime.date`` objects)."""
-    if frame["day"].dtype == object:
-        frame["day"] = pd.to_datetime(frame["day"]).astype("datetime64[us]")
-    return frame
-
-
 def _cleanup(con: Connection, p: str) -> None:
     for name in ("ids", "sids", "ver", "seg", "chg", "dv"):
         con.execute(f"DROP TABLE IF EXISTS {p}_{name}")
@@ -185,7 +177,7 @@ JOIN rates rr ON rr.day = s.day AND rr.currency = '{rep}'
 WHERE s.mrr_native <> 0 OR s.paying_accounts <> 0
 ORDER BY s.day{", " + ", ".join("s." + c for c in by) if by else ""}, s.currency
 """
-        out = _days_as_timestamps(con.execute(sql).df())
+        out = con.execute(sql).df()
     finally:
         _cleanup(con, p)
     if out["mrr"].isna().any():
@@ -233,7 +225,6 @@ FROM iv JOIN {p}_ids i ON i.akey = iv.akey
 JOIN days ON days.day >= iv.day AND days.day < coalesce(iv.next_day, DATE '9999-01-01')
 ORDER BY i.account_id, days.day
 """).df()
-        out = _days_as_timestamps(out)
     finally:
         con.unregister(f"{p}_want")
         _cleanup(con, p)

@@ -30,14 +30,6 @@ def _fmt(value: object) -> str:
     return str(value)
 
 
-def _months_as_timestamps(frame: pd.DataFrame) -> pd.DataFrame:
-    """``month`` as DuckDB hands it to pandas (``datetime64[us]``), whatever the engine
-    (Spark's dates arrive as ``datetime.date`` objects)."""
-    if frame["month"].dtype == object:
-        frame["month"] = pd.to_datetime(frame["month"]).astype("datetime64[us]")
-    return frame
-
-
 def policy_steps(a: Policy, b: Policy) -> list[tuple[tuple[str, ...], Policy]]:
     """The chain of valid policies from ``a`` to ``b``, switching one rule (or the
     smallest group of rules that must change together) per step.
@@ -97,9 +89,9 @@ def diff_policies(
     pa, pb = get_policy(a), get_policy(b)
     steps = policy_steps(pa, pb)
     kw = dict(reporting_currency=reporting_currency, start=start, end=end)
-    frames = [_months_as_timestamps(account_month_mrr(con, policy=pa, **kw))]
+    frames = [account_month_mrr(con, policy=pa, **kw)]
     for _, pol in steps:
-        frames.append(_months_as_timestamps(account_month_mrr(con, policy=pol, **kw)))
+        frames.append(account_month_mrr(con, policy=pol, **kw))
     # final step must equal b exactly (only the name differs)
     key = ["month", "account_id"]
     joined = None
