@@ -19,6 +19,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "runner": ("workbench.runner", None),
     "load_settings": ("workbench.config", "load_settings"),
     "Warehouse": ("workbench.store", "Warehouse"),
+    "open_warehouse": ("workbench.lakehouse", "open_warehouse"),
     "publish_snapshot": ("workbench.store", "publish_snapshot"),
     "read_snapshot": ("workbench.store", "read_snapshot"),
     "run_pipeline": ("workbench.runner", "run_pipeline"),

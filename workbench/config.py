@@ -56,6 +56,8 @@ class Settings:
     mlflow_tracking_uri: str = "sqlite:///data/mlflow/mlflow.db"
     engine: str = "duckdb"  # duckdb | spark
     spark_master: str = "local[2]"
+    # where the Spark warehouse's Parquet tables live: a folder or a URL (s3a://, hdfs://)
+    spark_warehouse: str = "data/spark-warehouse"
     policy_file: Path = Path("workbench/policies/default.yaml")
     reporting_currency: str = "usd"
     lock_timeout_s: float = 600.0  # how long a second writer waits for the lock
@@ -162,6 +164,11 @@ def load_settings(root: Path | None = None, *, overrides: dict[str, Any] | None 
     ):
         if key not in values:
             values[key] = f"sqlite:///{data_dir / rel}"
+    if "spark_warehouse" not in values:
+        values["spark_warehouse"] = str(data_dir / "spark-warehouse")
+    elif "://" not in str(values["spark_warehouse"]):
+        path = Path(str(values["spark_warehouse"]))
+        values["spark_warehouse"] = str((path if path.is_absolute() else root / path).resolve())
     values["data_dir"] = data_dir
 
     for key in _PATH_FIELDS:

@@ -130,8 +130,8 @@ if TYPE_CHECKING:  # pragma: no cover
 REVENUE_TABLES = ("subscription_history", "prices", "accounts", "fx_rates")
 
 _CREATE = re.compile(
-    r"^\s*CREATE\s+(?:OR\s+REPLACE\s+)?TEMP(?:ORARY)?\s+(?:TABLE|VIEW)\s+([A-Za-z_][A-Za-z0-9_]*)"
-    r"\s+AS\s+(.*)$",
+    r"^\s*CREATE\s+(OR\s+REPLACE\s+)?(TEMP(?:ORARY)?\s+)?(?:TABLE|VIEW)\s+(IF\s+NOT\s+EXISTS\s+)?"
+    r"([A-Za-z_][A-Za-z0-9_]*)\s+AS\s+(.*)$",
     re.IGNORECASE | re.DOTALL,
 )
 _DROP = re.compile(
@@ -146,8 +146,8 @@ _MACRO = re.compile(
 _DESCRIBE = re.compile(r"^\s*DESCRIBE\s+([A-Za-z_][A-Za-z0-9_]*)\s*;?\s*$", re.IGNORECASE)
 _SET_UTC = re.compile(r"^\s*SET\s+TimeZone\s*=\s*'UTC'\s*;?\s*$", re.IGNORECASE)
 _DML = re.compile(
-    r"^\s*(?:INSERT\s|DELETE\s|UPDATE\s|CREATE\s+(?:OR\s+REPLACE\s+)?TEMP(?:ORARY)?\s+TABLE\s+"
-    r"[A-Za-z_][A-Za-z0-9_]*\s*\()",
+    r"^\s*(?:INSERT\s|DELETE\s|UPDATE\s|CREATE\s+(?:OR\s+REPLACE\s+)?(?:TEMP(?:ORARY)?\s+)?TABLE\s+"
+    r"(?:IF\s+NOT\s+EXISTS\s+)?[A-Za-z_][A-Za-z0-9_]*\s*\()",
     re.IGNORECASE,
 )
 
@@ -879,16 +879,21 @@ class SparkResult:
     def fetchall(self) -> list[tuple[Any, ...]]:
         """All rows as tuples of Python values (NaN/NaT as None; integers stay integers
         in a column with NULLs, which pandas would hold as floats; dates as
-        ``datetime.date``, as DuckDB gives them)."""
+        ``datetime.date`` and timestamps as UTC-aware ``datetime``, as DuckDB gives them
+        for ``DATE`` and ``TIMESTAMPTZ``)."""
         pdf = self._rows()
         if self._frame is not None:
-            from pyspark.sql.types import IntegralType
+            from pyspark.sql.types import IntegralType, TimestampType
 
-            ints = [
-                f.name for f in self._frame.schema.fields if isinstance(f.dataType, IntegralType)
-            ]
-            if ints and len(set(pdf.columns)) == len(pdf.columns):
+            fields = self._frame.schema.fields
+            ints = [f.name for f in fields if isinstance(f.dataType, IntegralType)]
+            stamps = [f.name for f in fields if isinstance(f.dataType, TimestampType)]
+            if (ints or stamps) and len(set(pdf.columns)) == len(pdf.columns):
                 pdf = pdf.astype({c: "Int64" for c in ints if pdf[c].dtype.kind == "f"})
+                # Spark's TIMESTAMP is an instant (DuckDB's TIMESTAMPTZ): aware, in UTC
+                pdf = pdf.assign(
+                    **{c: pd.to_datetime(pdf[c]).dt.tz_localize("UTC") for c in stamps}
+                )
         rows = pdf.astype(object).where(pdf.notna(), None).itertuples(index=False, name=None)
         return [tuple(_py(v) for v in row) for row in rows]
 
@@ -901,6 +906,21 @@ class SparkResult:
         """All rows as one numpy array per column."""
         pdf = self.df()
         return {c: pdf[c].to_numpy() for c in pdf.columns}
+
+
+def _declared_key(create: Any) -> tuple[str, ...]:
+    """The PRIMARY KEY a ``CREATE TABLE (...)`` declares (table or column constraint)."""
+    from sqlglot import exp
+
+    for e in create.this.expressions:
+        if isinstance(e, exp.PrimaryKey):
+            return tuple(c.name for c in e.expressions)
+    return tuple(
+        e.this.name
+        for e in create.this.expressions
+        if isinstance(e, exp.ColumnDef)
+        and any(isinstance(c.args.get("kind"), exp.PrimaryKeyColumnConstraint) for c in e.constraints)
+    )
 
 
 def _release(frame: DataFrame) -> None:
@@ -928,6 +948,11 @@ class SparkEngine:
     def __init__(self, spark: SparkSession) -> None:
         self.spark = spark
         self._materialised: dict[str, DataFrame] = {}
+        #: tables (lower case) replaced, created or dropped since :meth:`reset_changes`, and
+        #: those that are temporary (``CREATE TEMP``, registered frames)
+        self.changed: set[str] = set()
+        self.dropped: set[str] = set()
+        self.temporary: set[str] = set()
         #: extra primary keys for ``INSERT OR REPLACE`` (table name in lower case -> key)
         self.keys: dict[str, tuple[str, ...]] = {}
         #: ``CREATE TEMP MACRO``s run on this engine, inlined into later statements
@@ -957,15 +982,21 @@ class SparkEngine:
             )
         drop = _DROP.match(sql)
         if drop:
-            self.drop(drop.group(1))
+            self.drop_table(drop.group(1))
             return SparkResult(None)
         if _DML.match(sql):
             self._dml(sql)
             return SparkResult(None)
         create = _CREATE.match(sql)
         if create:
-            name, query = create.group(1), create.group(2)
+            replace, temp, if_not_exists, name, query = create.groups()
+            if self._exists(name):
+                if if_not_exists:
+                    return SparkResult(None)
+                if not replace and name.lower() not in self.temporary:
+                    raise EngineError(f"table {name} already exists")
             self._replace(name, *self._plan(query))
+            self._mark(name, temporary=bool(temp))
             return SparkResult(None)
         frame, inputs = self._plan(sql)
         return SparkResult(frame, owns=inputs)
@@ -1011,12 +1042,23 @@ class SparkEngine:
             self._update(stmt)
             return
         if isinstance(stmt, exp.Create):
+            name = stmt.this.this.name
+            key = _declared_key(stmt)
+            if key and name.lower() not in self.primary_keys():
+                self.keys[name.lower()] = key  # for INSERT OR REPLACE, as DuckDB knows it
+            if stmt.args.get("exists") and self._exists(name):
+                return  # CREATE TABLE IF NOT EXISTS
+            temporary = any(
+                isinstance(p, exp.TemporaryProperty)
+                for p in (stmt.args.get("properties") or exp.Properties()).expressions
+            )
             cols = [c for c in stmt.this.expressions if isinstance(c, exp.ColumnDef)]
             query = "SELECT " + ", ".join(
                 f"CAST(NULL AS {c.args['kind'].sql('duckdb')}) AS {c.this.sql('duckdb')}"
                 for c in cols
             )
-            self._replace(stmt.this.this.name, self.spark.sql(to_spark_sql(query)).limit(0))
+            self._replace(name, self.spark.sql(to_spark_sql(query)).limit(0))
+            self._mark(name, temporary=temporary)
             return
         target = stmt.this
         names = None
@@ -1159,6 +1201,29 @@ class SparkEngine:
         self.drop(name)
         frame.createOrReplaceTempView(name)
         self._materialised[name] = frame
+        self.changed.add(name.lower())
+
+    def _mark(self, name: str, *, temporary: bool) -> None:
+        """Record whether table ``name`` is temporary (not one of :attr:`persistent`)."""
+        if temporary:
+            self.temporary.add(name.lower())
+        else:
+            self.temporary.discard(name.lower())
+
+    def _exists(self, name: str) -> bool:
+        return bool(self.spark.catalog.tableExists(name))
+
+    @property
+    def persistent(self) -> set[str]:
+        """Tables (lower case) created or changed since :meth:`reset_changes` that are not
+        temporary (``CREATE TEMP``, :meth:`register`): what a warehouse keeps (see
+        :class:`workbench.lakehouse.SparkWarehouse`)."""
+        return self.changed - self.temporary
+
+    def reset_changes(self) -> None:
+        """Forget which tables changed (the current ones are the baseline)."""
+        self.changed.clear()
+        self.dropped.clear()
 
     def primary_keys(self) -> dict[str, tuple[str, ...]]:
         """Table name (lower case) -> primary key, for ``INSERT OR REPLACE``: the canonical
@@ -1195,6 +1260,14 @@ class SparkEngine:
             frame.unpersist()
         self.spark.catalog.dropTempView(name)
 
+    def drop_table(self, name: str) -> None:
+        """``DROP TABLE``: drop ``name`` and remember it (a warehouse forgets it too)."""
+        self.drop(name)
+        if name.lower() not in self.temporary:
+            self.dropped.add(name.lower())
+        self.changed.discard(name.lower())
+        self.temporary.discard(name.lower())
+
     def register(self, name: str, frame: pd.DataFrame | pa.Table | DataFrame) -> None:
         """Expose a pandas frame, an Arrow table or a Spark frame as temp view ``name``."""
         import pyarrow as pa
@@ -1208,6 +1281,7 @@ class SparkEngine:
                 return
             frame = self.spark.createDataFrame(_spark_ready(frame))
         frame.createOrReplaceTempView(name)
+        self._mark(name, temporary=True)
 
     def unregister(self, name: str) -> None:
         """Remove temp view ``name`` (same as :meth:`drop`)."""
@@ -1231,6 +1305,7 @@ class SparkEngine:
         schema = from_arrow_schema(table.schema)
         frame = self.spark.createDataFrame(_spark_ready(table.to_pandas()), schema=schema)
         frame.createOrReplaceTempView(name)
+        self._mark(name, temporary=True)
 
     def fetch_df(self, sql: str) -> pd.DataFrame:
         """Rows of a DuckDB-dialect query as pandas."""
@@ -1239,6 +1314,7 @@ class SparkEngine:
     def register_parquet(self, name: str, path: str) -> None:
         """Expose Parquet files (a lake table on HDFS/S3/local disk) as temp view ``name``."""
         self.spark.read.parquet(path).createOrReplaceTempView(name)
+        self._mark(name, temporary=True)
 
 
 #: marks the errors :func:`_check_key` and :func:`_first_per_key` raise inside a Spark job
@@ -1383,6 +1459,16 @@ def get_engine(
     if con is None:
         con = duckdb.connect(str(settings.warehouse_path))
     return DuckDBEngine(con)
+
+
+def table_names(con: duckdb.DuckDBPyConnection | Engine) -> set[str]:
+    """The tables (and views) of a DuckDB connection, or an engine's, in lower case."""
+    if isinstance(con, SparkEngine):
+        return {t.name.lower() for t in con.spark.catalog.listTables() if t.isTemporary}
+    if isinstance(con, DuckDBEngine):
+        con = con.con
+    rows = con.execute("SELECT table_name FROM duckdb_tables()").fetchall()
+    return {r[0].lower() for r in rows}
 
 
 def as_engine(con: duckdb.DuckDBPyConnection | Engine) -> Engine:

@@ -11,7 +11,8 @@ from collections.abc import Mapping
 import pandas as pd
 
 from workbench.config import Settings, load_settings
-from workbench.store import SnapshotMissing, Warehouse, publish_snapshot, read_snapshot
+from workbench.lakehouse import open_warehouse
+from workbench.store import SnapshotMissing, publish_snapshot, read_snapshot
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
@@ -36,7 +37,7 @@ def store_frame(
         raise ValueError(f"not a table name: {table!r}")
     settings = settings or load_settings()
     view = f"_wb_frame_{uuid.uuid4().hex[:10]}"
-    with Warehouse(settings).write(step=f"store {table}") as con:
+    with open_warehouse(settings).write(step=f"store {table}") as con:
         con.register(view, frame)
         try:
             if replace_where is None:

@@ -11,7 +11,7 @@ from datetime import datetime
 import pandas as pd
 
 from workbench.config import Settings, load_settings
-from workbench.store import Warehouse
+from workbench.lakehouse import open_warehouse
 
 
 def arrivals(events: pd.DataFrame) -> pd.DataFrame:
@@ -134,7 +134,7 @@ def ingest_health(
         ``quarantine_sample`` (the 50 most recent quarantined rows).
     """
     settings = settings or load_settings()
-    with Warehouse(settings).read(step="ingest-health") as con:
+    with open_warehouse(settings).read(step="ingest-health") as con:
         events = con.execute("SELECT source, type, disposition, created FROM events").df()
         quarantine = con.execute("SELECT * FROM quarantine").df()
         loads = con.execute("SELECT * FROM loads").df()

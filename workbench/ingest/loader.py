@@ -50,7 +50,6 @@ from workbench.ingest.records import Records, read_records, redact_cards
 from workbench.ingest.tables import INTERNAL, VERSION_OF, create_internal
 from workbench.redact import redact_pan
 from workbench.schema import TABLES
-from workbench.store import Warehouse
 
 log = logging.getLogger(__name__)
 
@@ -947,8 +946,11 @@ def _prefetched(items: Iterator[_Input], depth: int = 2) -> Iterator[_Input]:
         thread.join(timeout=30)
 
 
-def _open(settings: Settings) -> tuple[Warehouse, Lake]:
-    return Warehouse(settings), Lake(Path(settings.data_dir) / "lake")
+def _open(settings: Settings) -> tuple[Any, Lake]:
+    """The warehouse the settings choose (DuckDB, or Parquet tables on Spark) and the lake."""
+    from workbench.lakehouse import open_warehouse
+
+    return open_warehouse(settings), Lake(Path(settings.data_dir) / "lake")
 
 
 def prepare_connection(con: duckdb.DuckDBPyConnection) -> None:
@@ -964,28 +966,28 @@ def sync_receipts(con: duckdb.DuckDBPyConnection, lake: Lake) -> int:
         How many receipts were written.
     """
     have = lake.receipt_ids()
-    loads = con.execute(
-        "SELECT load_id, min(started_at) AS started, min(finished_at) AS finished, "
-        "list(struct_pack(source, source_file, file_sha256, "
-        "redactions, original_path, mapping) ORDER BY finished_at, source_file) AS files FROM loads "
-        "GROUP BY load_id"
-    ).fetchall()
+    rows = con.execute(
+        "SELECT load_id, started_at, finished_at, source, source_file, file_sha256, redactions, "
+        "original_path, mapping FROM loads ORDER BY load_id, finished_at, source_file"
+    ).fetchall()  # flat rows, grouped here: the same on every engine
+    by_load: dict[str, list[tuple]] = {}
+    for row in rows:
+        if row[0] not in have:
+            by_load.setdefault(row[0], []).append(row)
     written = 0
-    for load_id, started, finished, files in loads:
-        if load_id in have:
-            continue
+    for load_id, files in by_load.items():
         receipt = LoadReceipt(
             load_id=load_id,
-            received_at=started.astimezone(UTC).isoformat(timespec="microseconds"),
-            finished_at=finished.astimezone(UTC).isoformat(timespec="microseconds"),
+            received_at=min(f[1] for f in files).astimezone(UTC).isoformat(timespec="microseconds"),
+            finished_at=min(f[2] for f in files).astimezone(UTC).isoformat(timespec="microseconds"),
             files=[
                 FileReceipt(
-                    source=f["source"],
-                    lake_path=f["source_file"],
-                    sha256=f["file_sha256"],
-                    original_path=f["original_path"] or "",
-                    redactions=f["redactions"] or 0,
-                    mapping=f["mapping"],
+                    source=f[3],
+                    lake_path=f[4],
+                    sha256=f[5],
+                    original_path=f[7] or "",
+                    redactions=f[6] or 0,
+                    mapping=f[8],
                 )
                 for f in files
             ],
@@ -1129,7 +1131,9 @@ def ingest(
                 timings["read"] += time.perf_counter() - t0
                 yield inp
 
-        con.execute("BEGIN TRANSACTION")
+        on_duckdb = isinstance(con, duckdb.DuckDBPyConnection)
+        if on_duckdb:  # a Spark warehouse commits the block's changed tables as one unit
+            con.execute("BEGIN TRANSACTION")
         try:
             batch = run_batch(
                 con,
@@ -1145,10 +1149,14 @@ def ingest(
                 future.result()
             timings["lake"] += time.perf_counter() - t0
             t0 = time.perf_counter()
-            con.execute("COMMIT")
+            if on_duckdb:
+                con.execute("COMMIT")
+            else:
+                wh.commit(con, step="ingest")
             timings["commit"] += time.perf_counter() - t0
         except BaseException:
-            con.execute("ROLLBACK")
+            if on_duckdb:
+                con.execute("ROLLBACK")
             raise
         reports = [i.report for i in batch.inputs]
         lake.write_receipt(_receipt(load_id, received_at, batch.finished_at, batch.inputs))

@@ -34,7 +34,8 @@ from workbench.ingest.records import redact_cards
 from workbench.ingest.tables import INTERNAL
 from workbench.redact import contains_pan
 from workbench.schema import TABLES
-from workbench.store import Warehouse
+from workbench.engines import table_names
+from workbench.lakehouse import open_warehouse
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +115,8 @@ def verify(settings: Settings | None = None, *, check_lake: bool = True) -> Veri
     settings = settings or load_settings()
     lake = Lake(Path(settings.data_dir) / "lake")
     report = VerifyReport()
-    with Warehouse(settings).read(step="verify") as con:
-        present = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
+    with open_warehouse(settings).read(step="verify") as con:
+        present = table_names(con)
         if not present:
             # the file exists but no transaction ever committed (a load stopped before its
             # first commit): an empty store is consistent, and the next ingest starts it
