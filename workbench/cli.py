@@ -311,14 +311,14 @@ def revenue_group(
     """MRR under a named policy; `revenue diff` reconciles two policies."""
     if ctx.invoked_subcommand is not None:
         return
+    from workbench.lakehouse import open_warehouse
     from workbench.revenue import account_month_mrr
     from workbench.revenue.export import export
     from workbench.revenue.metrics import kpi_tiles
-    from workbench.store import Warehouse
 
     settings = _settings(ctx)
     currency = reporting_currency or settings.reporting_currency
-    with Warehouse(settings).read(step="revenue") as con:
+    with open_warehouse(settings).read(step="revenue") as con:
         if out:
             for name, path in export(
                 con, policy=policy, out=out, reporting_currency=currency
@@ -343,13 +343,13 @@ def revenue_group(
 @click.pass_context
 def revenue_diff_cmd(ctx: click.Context, policies: tuple[str, ...], out: str | None) -> None:
     """Explain, per account-month, why two policies disagree and by how much."""
+    from workbench.lakehouse import open_warehouse
     from workbench.revenue.diff import diff_policies, diff_summary
-    from workbench.store import Warehouse
 
     if len(policies) != 2:
         raise click.UsageError("give exactly two policies: --policy a --policy b")
     settings = _settings(ctx)
-    with Warehouse(settings).read(step="revenue-diff") as con:
+    with open_warehouse(settings).read(step="revenue-diff") as con:
         diff = diff_policies(
             con, policies[0], policies[1], reporting_currency=settings.reporting_currency
         )

@@ -163,9 +163,9 @@ class RealtimeHandler:
         return None, None, None
 
     def _warehouse(self):  # noqa: ANN202
-        from workbench.store import Warehouse
+        from workbench.lakehouse import open_warehouse
 
-        return Warehouse(self.settings).read(step="realtime")
+        return open_warehouse(self.settings).read(step="realtime")
 
     def _load_fx(self) -> dict[str, float]:
         try:

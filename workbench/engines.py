@@ -13,7 +13,8 @@ precise AST rewrites so Spark computes the same integers:
 * ``timezone('UTC', ts)`` becomes ``ts``: the Spark session runs in UTC, so a Spark
   ``TIMESTAMP`` already reads as DuckDB's ``timezone('UTC', timestamptz)``; plain
   ``TIMESTAMP`` casts stay session-local (UTC) timestamps instead of ``TIMESTAMP_NTZ``.
-* ``to_months(n)``, ``to_years(n)``, ``to_days(n)`` become ``make_interval(...)``.
+* ``to_months(n)``, ``to_years(n)``, ``to_weeks(n)``, ``to_days(n)``, ``to_hours(n)`` become
+  ``make_interval(...)``.
 * ``CROSS JOIN LATERAL (SELECT CAST(unnest(generate_series(a, b, step)) AS DATE) AS c) m``
   becomes ``LATERAL VIEW explode(sequence(CAST(a AS DATE), CAST(b AS DATE), step)) m AS c``.
 
@@ -292,6 +293,10 @@ def _rewrite_node(node: Any) -> Any:
             return exp.Anonymous(this="make_interval", expressions=[*_zeros(1), args[0].copy()])
         if fname == "to_years" and len(args) == 1:
             return exp.Anonymous(this="make_interval", expressions=[args[0].copy()])
+        if fname == "to_weeks" and len(args) == 1:
+            return exp.Anonymous(this="make_interval", expressions=[*_zeros(2), args[0].copy()])
+        if fname == "to_hours" and len(args) == 1:
+            return exp.Anonymous(this="make_interval", expressions=[*_zeros(4), args[0].copy()])
         if fname == "epoch_us" and len(args) == 1:
             return exp.Anonymous(this="unix_micros", expressions=[args[0].copy()])
         if fname == "hash" and len(args) == 1:
@@ -810,16 +815,25 @@ def spark_json_transform(x: str, spec: Any) -> str:
 # --------------------------------------------------------------------------- Spark
 
 
-def _bind(sql: str, params: list[Any]) -> str:
-    """``sql`` with its ``?`` placeholders replaced by ``params`` as SQL literals."""
+def _bind(sql: str, params: list[Any] | dict[str, Any]) -> str:
+    """``sql`` with its placeholders replaced by ``params`` as SQL literals: ``?`` by a list's
+    values in order, ``$name`` by a dict's (as DuckDB binds them)."""
     import sqlglot
     from sqlglot import exp
 
-    values = iter(params)
-    tree = sqlglot.parse_one(sql, read="duckdb").transform(
-        lambda n: exp.convert(next(values)) if isinstance(n, exp.Placeholder) else n
-    )
-    return tree.sql("duckdb")
+    values = iter(params) if isinstance(params, list | tuple) else None
+
+    def literal(node: Any) -> Any:
+        if not isinstance(node, exp.Placeholder):
+            return node
+        if values is not None:
+            return exp.convert(next(values))
+        name = node.args.get("this")
+        if name is None or name not in params:
+            raise EngineError(f"no value for parameter ${name} in {sorted(params)}")
+        return exp.convert(params[name])
+
+    return sqlglot.parse_one(sql, read="duckdb").transform(literal).sql("duckdb")
 
 
 class SparkResult:
@@ -830,6 +844,16 @@ class SparkResult:
         self._pdf: pd.DataFrame | None = None
         #: materialised inputs only this query reads: freed once its rows are fetched
         self._owns = list(owns)
+
+    @property
+    def description(self) -> list[tuple[Any, ...]] | None:
+        """DB-API column descriptions (name, type name, then five Nones), as DuckDB's."""
+        if self._frame is None:
+            return None
+        return [
+            (f.name, f.dataType.simpleString(), None, None, None, None, None)
+            for f in self._frame.schema.fields
+        ]
 
     def _rows(self) -> pd.DataFrame:
         """All rows as Spark's ``toPandas`` gives them (dates as ``datetime.date``)."""
@@ -856,6 +880,14 @@ class SparkResult:
         if not dates or len(set(pdf.columns)) != len(pdf.columns):
             return pdf
         return pdf.assign(**{c: pd.to_datetime(pdf[c]).astype("datetime64[us]") for c in dates})
+
+    def fetchdf(self) -> pd.DataFrame:
+        """Same as :meth:`df` (DuckDB's other name for it)."""
+        return self.df()
+
+    def arrow(self) -> pa.Table:
+        """Same as :meth:`to_arrow_table` (DuckDB's other name for it)."""
+        return self.to_arrow_table()
 
     def to_arrow_table(self) -> pa.Table:
         """All rows as an Arrow table (timestamps in UTC), like DuckDB's."""
@@ -961,9 +993,10 @@ class SparkEngine:
         # not the whole enclosing object
         spark.conf.set("spark.sql.json.enablePartialResults", "true")
 
-    def execute(self, sql: str, params: list[Any] | None = None) -> Result:
+    def execute(self, sql: str, params: list[Any] | dict[str, Any] | None = None) -> Result:
         """Run one DuckDB-dialect statement on Spark (CREATE TEMP TABLE materialises);
-        ``?`` placeholders are bound to ``params`` as SQL literals."""
+        ``?`` (a list) or ``$name`` (a dict) placeholders are bound to ``params`` as SQL
+        literals."""
         if params:
             sql = _bind(sql, params)
         macro = _MACRO.match(sql)
@@ -1462,13 +1495,41 @@ def get_engine(
 
 
 def table_names(con: duckdb.DuckDBPyConnection | Engine) -> set[str]:
-    """The tables (and views) of a DuckDB connection, or an engine's, in lower case."""
+    """The tables and views of a DuckDB connection, or an engine's temp views, in lower case."""
     if isinstance(con, SparkEngine):
         return {t.name.lower() for t in con.spark.catalog.listTables() if t.isTemporary}
     if isinstance(con, DuckDBEngine):
         con = con.con
-    rows = con.execute("SELECT table_name FROM duckdb_tables()").fetchall()
+    rows = con.execute("SELECT table_name FROM information_schema.tables").fetchall()
     return {r[0].lower() for r in rows}
+
+
+def column_types(con: duckdb.DuckDBPyConnection | Engine) -> dict[str, dict[str, str]]:
+    """Table name -> column name -> type name (the engine's own type names)."""
+    out: dict[str, dict[str, str]] = {}
+    if isinstance(con, SparkEngine):
+        for table in table_names(con):
+            fields = con.spark.table(table).schema.fields
+            out[table] = {f.name: f.dataType.simpleString() for f in fields}
+        return out
+    if isinstance(con, DuckDBEngine):
+        con = con.con
+    rows = con.execute(
+        "SELECT table_name, column_name, data_type FROM information_schema.columns"
+    ).fetchall()
+    for table, column, dtype in rows:
+        out.setdefault(table, {})[column] = dtype
+    return out
+
+
+def stored_type(con: duckdb.DuckDBPyConnection | Engine, duckdb_type: str) -> str:
+    """The type a column declared ``duckdb_type`` has on this engine: itself on DuckDB, the
+    Spark type the transpiled declaration gives on Spark (``HUGEINT`` -> ``decimal(38,0)``,
+    ``TIMESTAMPTZ`` -> ``timestamp``, ...)."""
+    if not isinstance(con, SparkEngine):
+        return duckdb_type
+    query = to_spark_sql(f"SELECT CAST(NULL AS {duckdb_type}) AS c")
+    return con.spark.sql(query).schema.fields[0].dataType.simpleString()
 
 
 def as_engine(con: duckdb.DuckDBPyConnection | Engine) -> Engine:

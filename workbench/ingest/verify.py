@@ -28,14 +28,14 @@ from pathlib import Path
 import pandas as pd
 
 from workbench.config import Settings, load_settings
+from workbench.engines import table_names
 from workbench.ingest import contracts
 from workbench.ingest.lake import Lake, sha256_file
 from workbench.ingest.records import redact_cards
 from workbench.ingest.tables import INTERNAL
+from workbench.lakehouse import open_warehouse
 from workbench.redact import contains_pan
 from workbench.schema import TABLES
-from workbench.engines import table_names
-from workbench.lakehouse import open_warehouse
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ table), ``charts`` (Altair).
 Typical use (a notebook)::
 
     from workbench.models import train_churn, evaluate_against_oracle, promote
-    with Warehouse(settings).read() as con:
+    with open_warehouse(settings).read() as con:      # DuckDB, or Spark (engine = "spark")
         result = train_churn(con, horizons=(30, 90, 180), settings=settings)
         evaluate_against_oracle(result, con=con, truth_dir=settings.data_dir / "truth")
     result.summary()

@@ -297,10 +297,9 @@ def read_scores(
     as_of=None,
 ) -> pd.DataFrame:
     """Stored scores, newest first, optionally filtered (empty when none were written yet)."""
-    exists = con.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = 'scores'"
-    ).fetchone()[0]
-    if not exists:
+    from workbench.engines import table_names
+
+    if "scores" not in table_names(con):
         return pd.DataFrame(columns=SCORE_COLUMNS)
     where, params = [], []
     if model_name is not None:

@@ -33,11 +33,9 @@ log = logging.getLogger(__name__)
 
 
 def _has_table(con: duckdb.DuckDBPyConnection, table: str) -> bool:
-    return bool(
-        con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]
-        ).fetchall()[0][0]
-    )
+    from workbench.engines import table_names
+
+    return table.lower() in table_names(con)
 
 
 def _utc(value) -> pd.Timestamp:  # noqa: ANN001

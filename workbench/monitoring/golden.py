@@ -29,11 +29,9 @@ SHIFT_COLUMNS = ["run_id", "scored_at", "model_version", "accounts", "mean_score
 
 
 def _has_table(con: duckdb.DuckDBPyConnection, table: str) -> bool:
-    return bool(
-        con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]
-        ).fetchall()[0][0]
-    )
+    from workbench.engines import table_names
+
+    return table.lower() in table_names(con)
 
 
 def stable_accounts(con: duckdb.DuckDBPyConnection, *, stable_months: int = 6) -> pd.DataFrame:
@@ -97,9 +95,9 @@ def ensure_golden(
     Returns:
         ``account_id, mrr, chosen_at, seed``.
     """
-    from workbench.store import Warehouse
+    from workbench.lakehouse import open_warehouse
 
-    with Warehouse(settings).read(step="golden") as con:
+    with open_warehouse(settings).read(step="golden") as con:
         if _has_table(con, GOLDEN_TABLE):
             stored = con.execute(f"SELECT * FROM {GOLDEN_TABLE} ORDER BY account_id").df()
             if len(stored):
@@ -125,10 +123,10 @@ def score_golden(
     Returns:
         ``run_id, account_id, model_name, model_version, as_of, score, scored_at``.
     """
+    from workbench.lakehouse import open_warehouse
     from workbench.models.scoring import score_accounts
-    from workbench.store import Warehouse
 
-    with Warehouse(settings).read(step="golden-score") as con:
+    with open_warehouse(settings).read(step="golden-score") as con:
         scores = score_accounts(con, as_of, models=(model,), alias=alias, settings=settings,
                                 accounts=golden["account_id"].tolist(), write=False)  # fmt: skip
     out = scores[["entity_id", "model_name", "model_version", "as_of", "score", "scored_at"]]
@@ -142,9 +140,9 @@ def score_golden(
 
 def golden_history(settings: Settings, *, model: str) -> pd.DataFrame:
     """Every stored golden scoring of ``model``, oldest run first."""
-    from workbench.store import Warehouse
+    from workbench.lakehouse import open_warehouse
 
-    with Warehouse(settings).read(step="golden") as con:
+    with open_warehouse(settings).read(step="golden") as con:
         if not _has_table(con, SCORES_TABLE):
             return pd.DataFrame(columns=["run_id", "account_id", "model_name", "model_version",
                                          "as_of", "score", "scored_at"])  # fmt: skip

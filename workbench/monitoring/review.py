@@ -205,17 +205,17 @@ def run_monitoring(
     Returns:
         A :class:`MonitoringResult`.
     """
+    from workbench.lakehouse import open_warehouse
     from workbench.monitoring import calibration as cal
     from workbench.monitoring.drift import drift_report
     from workbench.policy import load_policy
-    from workbench.store import Warehouse
 
     rules = rules if rules is not None else al.load_rules(settings=settings)
     out_dir = Path(out_dir or Path(settings.reports_dir) / run_id / "monitoring")
     res = MonitoringResult(run_id=run_id, model=model)
     steps = tqdm(total=6, desc="monitoring", disable=not progress)
 
-    with Warehouse(settings).read(step="monitor") as con:
+    with open_warehouse(settings).read(step="monitor") as con:
         horizon = business.data_horizon(con)
         if horizon is None:
             raise ValueError("the warehouse has no events: run the pipeline (00-03) first")
@@ -352,8 +352,8 @@ METRICS_TABLE = "monitoring_metrics"
 def metrics_history(settings: Settings, result: MonitoringResult) -> pd.DataFrame:
     """Store this run's metrics in the warehouse (``monitoring_metrics``, one set of rows per
     run) and return every run's, oldest first."""
+    from workbench.lakehouse import open_warehouse
     from workbench.publishing import store_frame
-    from workbench.store import Warehouse
 
     rows = result.summary().assign(run_id=result.run_id, model=result.model,
                                    version=str(result.version),
@@ -362,7 +362,7 @@ def metrics_history(settings: Settings, result: MonitoringResult) -> pd.DataFram
         store_frame(
             rows, table=METRICS_TABLE, settings=settings, replace_where={"run_id": result.run_id}
         )
-    with Warehouse(settings).read(step="monitor-history") as con:
+    with open_warehouse(settings).read(step="monitor-history") as con:
         if not business._has_table(con, METRICS_TABLE):
             return rows
         return con.execute(f"SELECT * FROM {METRICS_TABLE} ORDER BY measured_at, metric").df()

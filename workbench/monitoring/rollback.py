@@ -306,23 +306,22 @@ def schema_problems(
     Returns:
         :data:`SCHEMA_COLUMNS` (``problem``: ``missing column`` or ``type changed``).
     """
+    from workbench.engines import column_types, stored_type
     from workbench.schema import TABLES
 
-    actual = con.execute(
-        "SELECT table_name, column_name, data_type FROM information_schema.columns"
-    ).fetchall()
-    have: dict[str, dict[str, str]] = {}
-    for table, column, dtype in actual:
-        have.setdefault(table, {})[column] = dtype
+    have = column_types(con)  # on Spark: Spark's type names, compared with what each
+    expected: dict[str, str] = {}  # declared type becomes there
     rows = []
     for name, table in TABLES.items():
         if name not in have:
             continue
         for col in table.columns:
             got = have[name].get(col.name)
+            if col.type not in expected:
+                expected[col.type] = stored_type(con, col.type)
             if got is None:
                 rows.append((name, col.name, col.type, None, "missing column"))
-            elif _norm(got) != _norm(col.type):
+            elif _norm(got) != _norm(expected[col.type]):
                 rows.append((name, col.name, col.type, got, "type changed"))
     if settings is not None:
         rows.extend(_feature_file_problems(settings))
