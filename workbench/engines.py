@@ -1494,10 +1494,17 @@ def get_engine(
     return DuckDBEngine(con)
 
 
+def temp_views(spark: SparkSession) -> list[str]:
+    """The temp views of a Spark session, in lower case (``SHOW TABLES``: the catalog's
+    ``listTables`` fails on some sessions in PySpark 3.5)."""
+    rows = spark.sql("SHOW TABLES").collect()
+    return [r["tableName"].lower() for r in rows if r["isTemporary"]]
+
+
 def table_names(con: duckdb.DuckDBPyConnection | Engine) -> set[str]:
     """The tables and views of a DuckDB connection, or an engine's temp views, in lower case."""
     if isinstance(con, SparkEngine):
-        return {t.name.lower() for t in con.spark.catalog.listTables() if t.isTemporary}
+        return set(temp_views(con.spark))
     if isinstance(con, DuckDBEngine):
         con = con.con
     rows = con.execute("SELECT table_name FROM information_schema.tables").fetchall()

@@ -13,8 +13,9 @@ module:
 
 What this module adds on top:
 
-* an ``Ensemble`` column (median, mean or trimmed mean of member models) and a ``Forecast`` column
-  (the ensemble, or the model each series did best with in the backtest);
+* an ``Ensemble`` column (median, mean or trimmed mean of member models, or a blend of a
+  global LightGBM model with them, :mod:`workbench.forecast_global`) and a ``Forecast``
+  column (the ensemble, or the model each series did best with in the backtest);
 * prediction intervals and quantiles calibrated on the backtest residuals (split
   conformal, residuals scaled per series and pooled across the panel per horizon
   step), so that an 80 % interval covers about 80 % of outcomes;
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -68,6 +70,18 @@ M3_ENSEMBLE: dict[str, Any] = {
         "MFLES",
         "SeasonalExponentialSmoothingOptimized",
     ),
+}
+
+# The same statistical ensemble blended with the global LightGBM model
+# (workbench.forecast_global): 0.4 x GlobalLightGBM + 0.6 x the trimmed mean, the weight
+# chosen on the same M3 backtest (blend_weight=None chooses it on your own backtest).
+# Opt-in: the global model is trained once per backtest window and once more.
+M3_BLEND: dict[str, Any] = {
+    "models": (*M3_ENSEMBLE["models"], "GlobalLightGBM"),
+    "ensemble": "blend",
+    "ensemble_members": M3_ENSEMBLE["ensemble_members"],
+    "blend_base": "trimmed",
+    "blend_weight": 0.4,
 }
 
 Reconciler = Literal["bottom_up", "ols", "wls_struct", "mint_shrink"]
@@ -799,8 +813,11 @@ class RevenueForecaster:
     the history. ``predict`` then returns the first ``h`` (or fewer) months.
 
     Args:
-        models: statsforecast model names (see :func:`make_model`) or model instances.
-            ``SeasonalNaive`` is added as the baseline if missing.
+        models: statsforecast model names (see :func:`make_model`) or model instances, and
+            optionally ``"GlobalLightGBM"`` (or a configured
+            :class:`workbench.forecast_global.GlobalLightGBM`): one model trained across all
+            series, refitted per backtest window on the data up to each cutoff; monthly
+            data only. ``SeasonalNaive`` is added as the baseline if missing.
         season_length: Seasonal period (12 for months).
         freq: pandas frequency of ``ds`` (``MS``: month starts).
         h: Longest horizon to forecast and calibrate (months).
@@ -809,8 +826,14 @@ class RevenueForecaster:
         n_windows: Backtest windows (cutoffs).
         step_size: Months between cutoffs; default ``h`` (non-overlapping windows).
         ensemble: ``median``, ``mean`` or ``trimmed`` (mean without the lowest and the
-            highest member) of ``ensemble_members``.
-        ensemble_members: Models in the ensemble; default every model but SeasonalNaive.
+            highest member) of ``ensemble_members``; or ``blend``: ``w x GlobalLightGBM +
+            (1 - w) x`` the ``blend_base`` combination of ``ensemble_members``.
+        ensemble_members: Models in the ensemble; default every model but SeasonalNaive
+            (and, for ``blend``, but the global model).
+        blend_base: How ``blend`` combines the statistical members.
+        blend_weight: The global model's share ``w`` in ``blend``; None chooses it on the
+            backtest from :data:`workbench.forecast_global.BLEND_GRID` (0, 0.1, ..., 1) by
+            the lowest sMAPE/SNaive + MASE/SNaive (means over series).
         choose: ``ensemble`` (``Forecast`` is the ensemble) or ``best`` (per series, the
             model or ensemble with the lowest backtest ``selection_metric``).
         selection_metric: Metric for ``choose="best"``.
@@ -833,6 +856,9 @@ class RevenueForecaster:
             ``choose="ensemble"``).
         calibration_: Conformal widths per model, step and level (:func:`conformal_widths`).
         forecast_: The full-horizon forecast that ``predict`` slices.
+        blend_weight_: The blend weight used (``ensemble="blend"`` only).
+        blend_scores_: Backtest scores per weight when it was chosen there (else None).
+        global_s_: Seconds spent training and predicting the global model (if any).
     """
 
     def __init__(
@@ -846,8 +872,10 @@ class RevenueForecaster:
         quantiles: Sequence[float] = (0.05, 0.5, 0.95),
         n_windows: int = 3,
         step_size: int | None = None,
-        ensemble: Literal["median", "mean", "trimmed"] = "median",
+        ensemble: Literal["median", "mean", "trimmed", "blend"] = "median",
         ensemble_members: Sequence[str] | None = None,
+        blend_base: Literal["median", "mean", "trimmed"] = "trimmed",
+        blend_weight: float | None = None,
         choose: Literal["ensemble", "best"] = "ensemble",
         selection_metric: str = "mase",
         reconciler: Reconciler = "mint_shrink",
@@ -864,6 +892,8 @@ class RevenueForecaster:
         self.step_size = step_size
         self.ensemble = ensemble
         self.ensemble_members = None if ensemble_members is None else tuple(ensemble_members)
+        self.blend_base = blend_base
+        self.blend_weight = blend_weight
         self.choose = choose
         self.selection_metric = selection_metric
         self.reconciler = reconciler
@@ -878,20 +908,68 @@ class RevenueForecaster:
             models.append(BASELINE)
         return models
 
+    def _global(self) -> Any:
+        """The configured global model (unfitted, this engine's ``h``), or None."""
+        from workbench.forecast_global import global_model, is_global
+
+        found = [m for m in self.models if is_global(m)]
+        if len(found) > 1:
+            raise ValueError("at most one global model")
+        if not found:
+            return None
+        return global_model(found[0], h=self.h, season_length=self.season_length)
+
+    def _stat_models(self) -> list[Any]:
+        from workbench.forecast_global import is_global
+
+        return [m for m in self._base_models() if not is_global(m)]
+
     def _members(self, names: Sequence[str]) -> list[str]:
+        glob = self._global()
+        skip = {BASELINE} | (
+            {glob.alias} if glob is not None and self.ensemble == "blend" else set()
+        )
         if self.ensemble_members is not None:
             unknown = set(self.ensemble_members) - set(names)
             if unknown:
                 raise ValueError(f"ensemble members {sorted(unknown)} are not among the models")
             return list(self.ensemble_members)
-        members = [n for n in names if n != BASELINE]
-        return members or list(names)
+        members = [n for n in names if n not in skip]
+        return members or [n for n in names if n not in skip - {BASELINE}]
+
+    def _combine(self, df: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
+        """Add the ``Ensemble`` column (``blend`` uses ``blend_weight_``)."""
+        if self.ensemble != "blend":
+            return combine(df, members=self._members(names), how=self.ensemble)
+        from workbench.forecast_global import blend
+
+        return blend(
+            df,
+            global_col=self._global().alias,
+            members=self._members(names),
+            how=self.blend_base,
+            weight=self.blend_weight_,
+        )
 
     def _check(self) -> None:
         if self.choose not in ("ensemble", "best"):
             raise ValueError("choose must be 'ensemble' or 'best'")
-        if self.ensemble not in ("median", "mean", "trimmed"):
-            raise ValueError("ensemble must be 'median', 'mean' or 'trimmed'")
+        if self.ensemble not in ("median", "mean", "trimmed", "blend"):
+            raise ValueError("ensemble must be 'median', 'mean', 'trimmed' or 'blend'")
+        glob = self._global()
+        if self.ensemble == "blend":
+            if glob is None:
+                raise ValueError("ensemble='blend' needs the global model among the models")
+            if self.blend_base not in ("median", "mean", "trimmed"):
+                raise ValueError("blend_base must be 'median', 'mean' or 'trimmed'")
+            if self.ensemble_members is not None and glob.alias in self.ensemble_members:
+                raise ValueError("with ensemble='blend' the global model is not an ensemble member")
+            if self.blend_weight is not None and not 0 <= self.blend_weight <= 1:
+                raise ValueError(
+                    "blend_weight must lie in [0, 1] (or None: chosen on the backtest)"
+                )
+        if glob is not None and self.freq != "MS":
+            raise ValueError("the global model needs monthly data (freq='MS')")
         if self.n_windows < 1:
             raise ValueError("n_windows must be at least 1 (the backtest calibrates the intervals)")
         if any(not 0 < q < 1 for q in self.quantiles):
@@ -929,7 +1007,7 @@ class RevenueForecaster:
         hierarchy: Hierarchy | None,
     ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
         sf = _statsforecast(
-            self._base_models(),
+            self._stat_models(),
             season_length=self.season_length,
             freq=self.freq,
             n_jobs=self.n_jobs,
@@ -943,14 +1021,46 @@ class RevenueForecaster:
             fitted=need_fitted,
         )
         cv = cv.reset_index() if ID not in cv.columns else cv
-        names = [c for c in cv.columns if c not in (ID, DS, CUTOFF, Y)]
-        cv = combine(cv, members=self._members(names), how=self.ensemble)
         fitted = None
         if need_fitted:
             fitted = sf.cross_validation_fitted_values()
             fitted = fitted.reset_index() if ID not in fitted.columns else fitted
-            fitted = combine(fitted, members=self._members(names), how=self.ensemble)
+        glob = self._global()
+        if glob is not None:
+            # The global model is refitted per window on every series cut at its cutoff.
+            from workbench.forecast_global import global_backtest
+
+            start = time.perf_counter()
+            g_cv, g_fitted = global_backtest(frame, cv, glob, fitted=need_fitted)
+            self.global_s_ = time.perf_counter() - start
+            keys = [ID, DS, CUTOFF]
+            cv = cv.merge(g_cv, on=keys, how="left", validate="one_to_one")
+            if need_fitted:
+                fitted = fitted.merge(g_fitted.drop(columns=Y), on=keys, how="left")
+        names = [c for c in cv.columns if c not in (ID, DS, CUTOFF, Y)]
+        if self.ensemble == "blend":
+            self._choose_blend_weight(cv, frame, names)
+        cv = self._combine(cv, names)
+        if need_fitted:
+            fitted = self._combine(fitted, names)
         return cv, fitted
+
+    def _choose_blend_weight(self, cv: pd.DataFrame, frame: pd.DataFrame, names: list[str]) -> None:
+        self.blend_weight_, self.blend_scores_ = self.blend_weight, None
+        if self.blend_weight is None:
+            from workbench.forecast_global import choose_blend_weight
+
+            self.blend_weight_, self.blend_scores_ = choose_blend_weight(
+                cv,
+                train=frame,
+                global_col=self._global().alias,
+                members=self._members(names),
+                how=self.blend_base,
+                season_length=self.season_length,
+            )
+            logger.info(
+                "blend weight of the global model chosen on the backtest: %g", self.blend_weight_
+            )
 
     def fit(self, df: pd.DataFrame, *, hierarchy: Hierarchy | None = None) -> RevenueForecaster:
         """Backtest, select, calibrate and forecast ``h`` months ahead.
@@ -1049,7 +1159,7 @@ class RevenueForecaster:
 
         # Final forecast from the whole history.
         sf = _statsforecast(
-            self._base_models(),
+            self._stat_models(),
             season_length=self.season_length,
             freq=self.freq,
             n_jobs=self.n_jobs,
@@ -1057,16 +1167,22 @@ class RevenueForecaster:
         need_fitted = hierarchy is not None and self.reconciler == "mint_shrink"
         fc = sf.forecast(h=self.h, df=frame, fitted=need_fitted)
         fc = fc.reset_index() if ID not in fc.columns else fc
-        members = self._members(base)
-        fc = apply_selection(combine(fc, members=members, how=self.ensemble), self.selection_)
+        glob = self._global()
+        if glob is not None:
+            start = time.perf_counter()
+            glob.fit(frame)
+            fc = fc.merge(glob.predict(), on=[ID, DS], how="left", validate="one_to_one")
+            self.global_s_ += time.perf_counter() - start
+        fc = apply_selection(self._combine(fc, base), self.selection_)
         if hierarchy is not None:
             insample = None
             if need_fitted:
                 fv = sf.forecast_fitted_values()
                 fv = fv.reset_index() if ID not in fv.columns else fv
-                insample = apply_selection(
-                    combine(fv, members=members, how=self.ensemble), self.selection_
-                )
+                if glob is not None:
+                    g_fv = glob.fitted_values().drop(columns=Y)
+                    fv = fv.merge(g_fv, on=[ID, DS], how="left", validate="one_to_one")
+                insample = apply_selection(self._combine(fv, base), self.selection_)
             fc = reconcile(
                 fc, hierarchy=hierarchy, models=columns, method=self.reconciler, insample=insample
             )
@@ -1174,6 +1290,7 @@ __all__: Sequence[str] = [
     "ENSEMBLE",
     "FORECAST",
     "Hierarchy",
+    "M3_BLEND",
     "M3_ENSEMBLE",
     "RevenueForecaster",
     "add_intervals",

@@ -30,10 +30,10 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from workbench.config import Settings, load_settings
-from workbench.engines import SparkEngine, spark_session
+from workbench.engines import SparkEngine, spark_session, temp_views
 from workbench.store import WriterLock
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -53,10 +53,25 @@ class SparkWarehouse:
         >>> wh = SparkWarehouse(load_settings())        # engine = "spark"
         >>> with wh.write(step="revenue") as engine:
         ...     build_account_months(engine, policy="stripe", into="mrr_account_month")
+
+    Attributes:
+        session_conf: Spark SQL settings every warehouse session of this process gets
+            (before those given to the constructor).
     """
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    session_conf: ClassVar[dict[str, str]] = {}
+
+    def __init__(
+        self, settings: Settings | None = None, *, conf: dict[str, str] | None = None
+    ) -> None:
+        """Args:
+        settings: ``spark_warehouse`` (the root), ``spark_master``, ``data_dir`` (the lock).
+        conf: Spark SQL settings for this warehouse's session (e.g.
+            ``{"spark.sql.shuffle.partitions": "64"}``); cluster-wide ones go where Spark
+            reads them (``spark-defaults.conf``).
+        """
         self.settings = settings or load_settings()
+        self.conf = {**self.session_conf, **(conf or {})}
         self.root = str(self.settings.spark_warehouse).rstrip("/")
         self.lock = WriterLock(
             Path(self.settings.data_dir) / "warehouse" / "spark",
@@ -68,8 +83,12 @@ class SparkWarehouse:
 
     @property
     def spark(self) -> SparkSession:
+        """A session of its own (own temp views and SQL settings, the process's one
+        SparkContext), so opening the warehouse leaves other sessions' views alone."""
         if self._spark is None:
-            self._spark = spark_session(self.settings.spark_master)
+            self._spark = spark_session(self.settings.spark_master).newSession()
+            for key, value in self.conf.items():
+                self._spark.conf.set(key, value)
         return self._spark
 
     def _fs(self) -> tuple[Any, Any]:
@@ -154,15 +173,14 @@ class SparkWarehouse:
 
     # ------------------------------------------------------------------ opening
 
-    def _open(self) -> SparkEngine:
-        """An engine whose temp views are exactly the current tables (views a previous
-        block left in this session are dropped first)."""
+    def _open(self, *, empty: bool = False) -> SparkEngine:
+        """An engine whose temp views are exactly the current tables (none with ``empty``;
+        views a previous block left in this session are dropped first)."""
         spark = self.spark
-        for table in spark.catalog.listTables():
-            if table.isTemporary:
-                spark.catalog.dropTempView(table.name)
+        for view in temp_views(spark):
+            spark.catalog.dropTempView(view)
         engine = SparkEngine(spark)
-        for name, path in self.tables().items():
+        for name, path in ({} if empty else self.tables()).items():
             spark.read.parquet(path).createOrReplaceTempView(name)
         engine.reset_changes()
         return engine
@@ -170,9 +188,8 @@ class SparkWarehouse:
     def _close(self, engine: SparkEngine) -> None:
         for name in list(engine._materialised):
             engine.drop(name)
-        for table in engine.spark.catalog.listTables():
-            if table.isTemporary:
-                engine.spark.catalog.dropTempView(table.name)
+        for view in temp_views(engine.spark):
+            engine.spark.catalog.dropTempView(view)
 
     @contextlib.contextmanager
     def read(self, *, step: str = "read") -> Iterator[SparkEngine]:
@@ -211,14 +228,23 @@ class SparkWarehouse:
             finally:
                 self._close(engine)
 
-    def commit(self, engine: SparkEngine, *, step: str = "write") -> list[str]:
-        """Write the tables ``engine`` created or changed as new versions and add a
-        manifest naming them (with the unchanged ones). Returns the tables written."""
-        changed = sorted(engine.persistent)
-        if not changed and not engine.dropped:
+    def commit(
+        self,
+        engine: SparkEngine,
+        *,
+        step: str = "write",
+        tables: list[str] | None = None,
+        replace: bool = False,
+    ) -> list[str]:
+        """Write the tables ``engine`` created or changed (or ``tables``) as new versions
+        and add a manifest naming them, with the unchanged ones (none with ``replace``: the
+        new manifest names only what is written now). Returns the tables written."""
+        changed = sorted(engine.persistent if tables is None else {t.lower() for t in tables})
+        if not changed and not engine.dropped and not replace:
             return []
         current = self.manifest()
-        tables = {k: v for k, v in current["tables"].items() if k not in engine.dropped}
+        tables_now = {} if replace else current["tables"]
+        tables = {k: v for k, v in tables_now.items() if k not in engine.dropped}
         version = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
         for name in changed:
             path = f"{self.root}/{name}/{version}"
@@ -236,6 +262,41 @@ class SparkWarehouse:
         self._prune()
         log.info("committed %d table(s) to %s: %s", len(changed), self.root, ", ".join(changed))
         return changed
+
+    def rebuild(self) -> Any:
+        """Recreate the warehouse from the raw lake on Spark (``workbench rebuild`` with
+        ``engine = "spark"``): every receipt replayed by
+        :func:`~workbench.ingest.rebuild.build_on_engine`, the erasure log copied, then one
+        manifest naming exactly the rebuilt tables (as the DuckDB rebuild makes a new file:
+        result tables such as ``scores`` are not carried over). Until that manifest is
+        added, readers see the old tables; a failed rebuild leaves them.
+
+        Returns:
+            A :class:`~workbench.ingest.rebuild.RebuildReport`.
+        """
+        from workbench.ingest.lake import Lake
+        from workbench.ingest.loader import prepare_connection, sync_receipts
+        from workbench.ingest.rebuild import build_on_engine, load_erasures
+        from workbench.ingest.tables import INTERNAL
+        from workbench.schema import TABLES
+
+        lake = Lake(Path(self.settings.data_dir) / "lake")
+        with self.lock.hold(step="rebuild"):
+            if self.exists():  # receipts of loads committed just before a stop come first
+                engine = self._open()
+                try:
+                    prepare_connection(engine)
+                    sync_receipts(engine, lake)
+                finally:
+                    self._close(engine)
+            engine = self._open(empty=True)
+            try:
+                report = build_on_engine(engine, lake)
+                load_erasures(engine, lake)
+                self.commit(engine, step="rebuild", tables=[*TABLES, *INTERNAL], replace=True)
+            finally:
+                self._close(engine)
+        return report
 
 
 def open_warehouse(settings: Settings | None = None) -> Any:

@@ -143,7 +143,7 @@ def build_on_engine(
     return report
 
 
-def load_erasures(con: duckdb.DuckDBPyConnection, lake: Lake) -> None:
+def load_erasures(con: duckdb.DuckDBPyConnection | Engine, lake: Lake) -> None:
     """Copy the lake's erasure log into the ``erasures`` table."""
     con.execute("DELETE FROM erasures")
     for e in lake.erasures():
@@ -210,6 +210,10 @@ def rebuild(settings: Settings | None = None) -> RebuildReport:
         WarehouseBusy: Another process is writing the warehouse.
     """
     settings = settings or load_settings()
+    if settings.engine == "spark":
+        from workbench.lakehouse import SparkWarehouse
+
+        return SparkWarehouse(settings).rebuild()
     wh = Warehouse(settings)
     lake = Lake(Path(settings.data_dir) / "lake")
     with wh.lock.hold(step="rebuild"):
