@@ -187,11 +187,10 @@ DEFAULT_VARIANTS: tuple[LightGBMVariant, ...] = (
 class _Series:
     """One series' arrays as the row builder needs them."""
 
-    uid: Any
     y: np.ndarray  # values (deseasonalized when the variant asks)
     phase: np.ndarray  # seasonal position of each month (0..season_length-1)
     future: np.ndarray  # seasonal indices of the next h months (ones if not adjusted)
-    fitted_idx: np.ndarray  # seasonal index of every month of the history
+    past: np.ndarray  # seasonal index of every month of the history (ones if not adjusted)
 
 
 class GlobalLightGBM:
@@ -226,7 +225,7 @@ class GlobalLightGBM:
     ids_ : list
         Series fitted, in output order.
     n_rows_ : int
-        Training rows (summed over variants that keep different rows).
+        Training rows, summed over the variants.
     boosters_ : list of lightgbm.Booster
         One per variant.
 
@@ -311,7 +310,6 @@ class GlobalLightGBM:
         ends = np.r_[bounds[1:], len(frame)]
         values = frame[Y].to_numpy(dtype="float64")
         months = frame[DS].dt.year.to_numpy() * 12 + frame[DS].dt.month.to_numpy() - 1
-        uids = frame[ID].to_numpy()
         for start, end in zip(bounds, ends, strict=True):
             y = values[start:end]
             n = len(y)
@@ -319,11 +317,10 @@ class GlobalLightGBM:
             past = idx[np.arange(n) % m]
             out.append(
                 _Series(
-                    uid=uids[start],
                     y=y / past,
                     phase=months[start:end] % m,
                     future=idx[np.arange(n, n + self.h) % m],
-                    fitted_idx=past,
+                    past=past,
                 )
             )
         return out
@@ -437,7 +434,7 @@ class GlobalLightGBM:
             rows.append(x)
             levels.append(level)
             futures.append(s.future)
-            raw = s.y * s.fitted_idx
+            raw = s.y * s.past
             fallback.append(raw[n - m + (k - 1) % m])
         pred = booster.predict(np.concatenate(rows), num_threads=self.num_threads)
         if variant.target == "log":
@@ -510,7 +507,7 @@ class GlobalLightGBM:
                         pred = np.exp(pred)
                     with np.errstate(all="ignore"):
                         col[o + 1] = np.where(level > 0, pred * level, np.nan)
-                values.append(col * s.fitted_idx)
+                values.append(col * s.past)
             per_variant.append(np.concatenate(values))
         out = self._frame[[ID, DS, Y]].copy()
         out[self.alias] = np.mean(per_variant, axis=0)

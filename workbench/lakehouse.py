@@ -200,11 +200,8 @@ class SparkWarehouse:
                     f"No Spark warehouse at {self.root} yet. Run `workbench ingest` "
                     "(or `make demo`) with engine = 'spark' first."
                 )
-            engine = self._open()
-            try:
+            with self.read_locked() as engine:
                 yield engine
-            finally:
-                self._close(engine)
 
     @contextlib.contextmanager
     def write(self, *, step: str = "write", transaction: bool = True) -> Iterator[SparkEngine]:
@@ -263,9 +260,25 @@ class SparkWarehouse:
         log.info("committed %d table(s) to %s: %s", len(changed), self.root, ", ".join(changed))
         return changed
 
+    @contextlib.contextmanager
+    def read_locked(self) -> Iterator[SparkEngine]:
+        """Open the current tables for a caller that already holds :attr:`lock`."""
+        engine = self._open()
+        try:
+            yield engine
+        finally:
+            self._close(engine)
+
     def rebuild(self) -> Any:
         """Recreate the warehouse from the raw lake on Spark (``workbench rebuild`` with
-        ``engine = "spark"``): every receipt replayed by
+        ``engine = "spark"``), under the lock: see :meth:`rebuild_locked`."""
+        from workbench.ingest.lake import Lake
+
+        with self.lock.hold(step="rebuild"):
+            return self.rebuild_locked(Lake(Path(self.settings.data_dir) / "lake"))
+
+    def rebuild_locked(self, lake: Any) -> Any:
+        """Rebuild while the caller holds the lock: every receipt of ``lake`` replayed by
         :func:`~workbench.ingest.rebuild.build_on_engine`, the erasure log copied, then one
         manifest naming exactly the rebuilt tables (as the DuckDB rebuild makes a new file:
         result tables such as ``scores`` are not carried over). Until that manifest is
@@ -274,28 +287,22 @@ class SparkWarehouse:
         Returns:
             A :class:`~workbench.ingest.rebuild.RebuildReport`.
         """
-        from workbench.ingest.lake import Lake
         from workbench.ingest.loader import prepare_connection, sync_receipts
         from workbench.ingest.rebuild import build_on_engine, load_erasures
         from workbench.ingest.tables import INTERNAL
         from workbench.schema import TABLES
 
-        lake = Lake(Path(self.settings.data_dir) / "lake")
-        with self.lock.hold(step="rebuild"):
-            if self.exists():  # receipts of loads committed just before a stop come first
-                engine = self._open()
-                try:
-                    prepare_connection(engine)
-                    sync_receipts(engine, lake)
-                finally:
-                    self._close(engine)
-            engine = self._open(empty=True)
-            try:
-                report = build_on_engine(engine, lake)
-                load_erasures(engine, lake)
-                self.commit(engine, step="rebuild", tables=[*TABLES, *INTERNAL], replace=True)
-            finally:
-                self._close(engine)
+        if self.exists():  # receipts of loads committed just before a stop come first
+            with self.read_locked() as engine:
+                prepare_connection(engine)
+                sync_receipts(engine, lake)
+        engine = self._open(empty=True)
+        try:
+            report = build_on_engine(engine, lake)
+            load_erasures(engine, lake)
+            self.commit(engine, step="rebuild", tables=[*TABLES, *INTERNAL], replace=True)
+        finally:
+            self._close(engine)
         return report
 
 

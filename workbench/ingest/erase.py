@@ -36,7 +36,7 @@ import duckdb
 from workbench.config import Settings, load_settings
 from workbench.ingest.lake import Lake
 from workbench.ingest.rebuild import RebuildReport, rebuild_locked
-from workbench.store import Warehouse
+from workbench.lakehouse import open_warehouse
 
 log = logging.getLogger(__name__)
 
@@ -188,17 +188,24 @@ def _scrub_csv(data: bytes, scrubber: _Scrubber) -> bytes:
     return "\n".join(lines).encode("utf-8", errors="surrogateescape")
 
 
-def _known_values(settings: Settings, customer_id: str) -> set[str]:
-    wh = Warehouse(settings)
-    if not wh.path.exists():
-        return set()
-    con = duckdb.connect(str(wh.path), read_only=True)
-    try:
-        rows = con.execute(
-            "SELECT name, email FROM accounts WHERE account_id = ?", [customer_id]
-        ).fetchall()
-    finally:
-        con.close()
+def _known_values(wh: Any, customer_id: str) -> set[str]:
+    """The customer's names and e-mails in the warehouse (the caller holds its lock)."""
+    from workbench.lakehouse import SparkWarehouse
+
+    query = "SELECT name, email FROM accounts WHERE account_id = ?"
+    if isinstance(wh, SparkWarehouse):
+        if not wh.exists():
+            return set()
+        with wh.read_locked() as engine:
+            rows = engine.execute(query, [customer_id]).fetchall()
+    else:
+        if not wh.path.exists():
+            return set()
+        con = duckdb.connect(str(wh.path), read_only=True)
+        try:
+            rows = con.execute(query, [customer_id]).fetchall()
+        finally:
+            con.close()
     return {v for row in rows for v in row if v}
 
 
@@ -224,11 +231,11 @@ def erase_customer(
         raise ValueError("an erasure must record who asked for it and why")
     settings = settings or load_settings()
     started = time.perf_counter()
-    wh = Warehouse(settings)
+    wh = open_warehouse(settings)  # DuckDB, or the Spark warehouse (engine = "spark")
     lake = Lake(Path(settings.data_dir) / "lake")
     erasure_id = f"er_{datetime.now(UTC):%Y%m%dT%H%M%S}_{uuid.uuid4().hex[:8]}"
     with wh.lock.hold(step="erase"):
-        known = _known_values(settings, customer_id)
+        known = _known_values(wh, customer_id)
         # Two passes: the first learns every name/e-mail the customer ever had from the
         # customer objects, the second also replaces those values in free text elsewhere.
         objects = lake.objects()
@@ -273,7 +280,9 @@ def erase_customer(
                 "values_erased": values,
             }
         )
-        rebuilt = rebuild_locked(settings, lake)
+        rebuilt = (
+            rebuild_locked(settings, lake) if settings.engine != "spark" else wh.rebuild_locked(lake)
+        )
     report = ErasureReport(
         erasure_id=erasure_id,
         customer_id=customer_id,
