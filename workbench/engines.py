@@ -951,7 +951,9 @@ def _declared_key(create: Any) -> tuple[str, ...]:
         e.this.name
         for e in create.this.expressions
         if isinstance(e, exp.ColumnDef)
-        and any(isinstance(c.args.get("kind"), exp.PrimaryKeyColumnConstraint) for c in e.constraints)
+        and any(
+            isinstance(c.args.get("kind"), exp.PrimaryKeyColumnConstraint) for c in e.constraints
+        )
     )
 
 

@@ -281,7 +281,9 @@ def erase_customer(
             }
         )
         rebuilt = (
-            rebuild_locked(settings, lake) if settings.engine != "spark" else wh.rebuild_locked(lake)
+            rebuild_locked(settings, lake)
+            if settings.engine != "spark"
+            else wh.rebuild_locked(lake)
         )
     report = ErasureReport(
         erasure_id=erasure_id,
