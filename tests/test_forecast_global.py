@@ -10,6 +10,7 @@ from workbench.forecast import (
     FORECAST,
     M3_BLEND,
     M3_ENSEMBLE,
+    M3_GLOBAL,
     RevenueForecaster,
     build_hierarchy,
     coherence_error,
@@ -284,7 +285,14 @@ def test_engine_options_are_checked(panel: pd.DataFrame) -> None:
         RevenueForecaster(models=(G,), freq="D").fit(panel)
 
 
-def test_m3_blend_preset_is_the_statistical_preset_plus_the_global_model() -> None:
+def test_m3_presets_with_the_global_model() -> None:
+    # M3_GLOBAL: a trimmed mean whose members include the global model.
+    assert M3_GLOBAL["ensemble"] == "trimmed" and G in M3_GLOBAL["ensemble_members"]
+    assert set(M3_GLOBAL["ensemble_members"]) <= set(M3_GLOBAL["models"])
+    engine = RevenueForecaster(**M3_GLOBAL, h=18, n_windows=2, step_size=6)
+    engine._check()
+    assert engine._members(list(M3_GLOBAL["models"])) == list(M3_GLOBAL["ensemble_members"])
+    # M3_BLEND: the statistical preset blended with the global model at a grid weight.
     assert M3_BLEND["models"] == (*M3_ENSEMBLE["models"], G)
     assert M3_BLEND["ensemble_members"] == M3_ENSEMBLE["ensemble_members"]
     assert M3_BLEND["ensemble"] == "blend" and M3_BLEND["blend_base"] == M3_ENSEMBLE["ensemble"]
