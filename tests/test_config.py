@@ -57,3 +57,17 @@ def test_bad_config_says_what_is_wrong(tmp_path: Path, monkeypatch: pytest.Monke
     (tmp_path / "workbench.toml").write_text('[workbench]\nlock_timeout_s = "soon"\n')
     with pytest.raises(ConfigError, match="lock_timeout_s"):
         load_settings(tmp_path)
+
+
+def test_spark_warehouse_follows_data_dir_or_keeps_a_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key in ("WORKBENCH_DATA_DIR", "WORKBENCH_CONFIG", "WORKBENCH_HOME",
+                "WORKBENCH_SPARK_WAREHOUSE"):  # fmt: skip
+        monkeypatch.delenv(key, raising=False)
+    moved = load_settings(tmp_path, overrides={"data_dir": "elsewhere"})
+    assert moved.spark_warehouse == str(tmp_path / "elsewhere" / "spark-warehouse")
+    relative = load_settings(tmp_path, overrides={"spark_warehouse": "lakehouse"})
+    assert relative.spark_warehouse == str(tmp_path / "lakehouse")
+    monkeypatch.setenv("WORKBENCH_SPARK_WAREHOUSE", "s3a://billing/workbench")
+    assert load_settings(tmp_path).spark_warehouse == "s3a://billing/workbench"
