@@ -177,16 +177,10 @@ def test_engine_backtest_refits_per_cutoff_without_leakage(panel: pd.DataFrame) 
 
 def test_blend_weight_is_chosen_on_the_backtest(panel: pd.DataFrame) -> None:
     members = ["AutoTheta"]
-    fc = RevenueForecaster(
-        models=("AutoTheta", "SeasonalNaive", SMALL),
-        ensemble="blend",
-        ensemble_members=members,
-        blend_base="mean",
-        h=6,
-        n_windows=2,
-        step_size=6,
-        n_jobs=1,
-    ).fit(panel)
+    blend = {"models": ("AutoTheta", "SeasonalNaive", SMALL), "ensemble": "blend",
+             "ensemble_members": members, "blend_base": "mean", "h": 6, "n_windows": 2,
+             "step_size": 6, "n_jobs": 1}  # fmt: skip
+    fc = RevenueForecaster(**blend).fit(panel)
     scores = fc.blend_scores_
     assert list(scores.index) == list(BLEND_GRID)
     assert fc.blend_weight_ == scores["score"].idxmin()
@@ -206,17 +200,7 @@ def test_blend_weight_is_chosen_on_the_backtest(panel: pd.DataFrame) -> None:
     assert (out["Forecast-p50"] == out[FORECAST]).all()
     assert fc.calibration_["model"].isin([G, "Ensemble"]).any()
     # A fixed weight is used as given.
-    fixed = RevenueForecaster(
-        models=("AutoTheta", "SeasonalNaive", SMALL),
-        ensemble="blend",
-        ensemble_members=members,
-        blend_base="mean",
-        blend_weight=0.25,
-        h=6,
-        n_windows=2,
-        step_size=6,
-        n_jobs=1,
-    ).fit(panel)
+    fixed = RevenueForecaster(**blend, blend_weight=0.25).fit(panel)
     assert fixed.blend_weight_ == 0.25 and fixed.blend_scores_ is None
     np.testing.assert_allclose(
         fixed.cv_["Ensemble"],

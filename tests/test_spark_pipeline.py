@@ -11,7 +11,6 @@ Skipped with a message when pyspark, sqlglot or Java is missing.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import duckdb
@@ -48,18 +47,12 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
         "WORKBENCH_ENGINE": "spark",
         "SPARK_CONF_DIR": str(conf),
     }
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with pytest.MonkeyPatch.context() as patch:  # the kernels inherit the environment
+        for key, value in env.items():
+            patch.setenv(key, value)
         settings = load_settings(REPO)
         manifest = run_pipeline(STEPS, parameters=TINY, settings=settings, progress=False)
         yield settings, manifest
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def test_steps_ran_on_spark(pipeline) -> None:  # noqa: ANN001
