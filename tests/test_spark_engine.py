@@ -159,6 +159,27 @@ def test_mrr_account_months_equal(
     print(f"spark {policy}: {time.perf_counter() - t:.1f}s for {d.rows} account-months")
 
 
+@pytest.mark.parametrize("kind", ["parquet", "csv"])
+def test_revenue_export_equal(
+    company: duckdb.DuckDBPyConnection,
+    spark: SparkEngine,
+    tmp_path,
+    kind: str,  # noqa: ANN001
+) -> None:
+    """``workbench revenue --out`` on Spark (rows written here with Arrow) writes the same
+    account-months and bridge as on DuckDB (``COPY``)."""
+    from workbench.revenue.export import export
+
+    read = pd.read_parquet if kind == "parquet" else pd.read_csv
+    out = {}
+    for name, con in (("duckdb", company), ("spark", spark)):
+        out[name] = export(con, policy="stripe", out=tmp_path / name, fmt=kind, end=END)
+    for part, keys in (("account_month", ["account_id", "month"]), ("bridge", ["month"])):
+        duck, spk = read(out["duckdb"][part]), read(out["spark"][part])
+        assert_same(duck.astype(object), spk.astype(object), keys)
+    assert not list(tmp_path.rglob(".*.tmp"))
+
+
 def test_bridge_and_cohorts_equal(company: duckdb.DuckDBPyConnection, spark: SparkEngine) -> None:
     """The monthly bridge (warehouse SQL) per region, and cohort retention from the table."""
     if not company.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'am_stripe'"

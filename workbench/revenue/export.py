@@ -1,8 +1,8 @@
 """Write the account-month MRR table and the monthly bridge for other tools.
 
 ``workbench revenue --policy NAME --out PATH`` calls :func:`export`. Files are
-written by DuckDB (``COPY``) to a temporary name and renamed into place, so a reader
-never sees half a file.
+written by DuckDB (``COPY``; on Spark the rows are collected and written with Arrow) to a
+temporary name and renamed into place, so a reader never sees half a file.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import duckdb
 
+from ..engines import Engine
 from .engine import build_account_months
 from .metrics import _bridge_sql
 from .policies import Policy
@@ -34,19 +35,29 @@ def _targets(out: Path, fmt: str | None) -> tuple[Path, Path, str]:
     return out / f"mrr_account_month.{ext}", out / f"mrr_bridge.{ext}", kind
 
 
-def _copy(con: duckdb.DuckDBPyConnection, query: str, path: Path, kind: str) -> None:
+def _copy(con: duckdb.DuckDBPyConnection | Engine, query: str, path: Path, kind: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    opts = "FORMAT csv, HEADER true" if kind == "csv" else "FORMAT parquet, COMPRESSION zstd"
-    escaped = str(tmp).replace("'", "''")
-    con.execute(f"COPY ({query}) TO '{escaped}' ({opts})")
+    if isinstance(con, duckdb.DuckDBPyConnection):
+        opts = "FORMAT csv, HEADER true" if kind == "csv" else "FORMAT parquet, COMPRESSION zstd"
+        escaped = str(tmp).replace("'", "''")
+        con.execute(f"COPY ({query}) TO '{escaped}' ({opts})")
+    else:  # another engine (Spark): the rows come to this machine and Arrow writes them
+        import pyarrow.csv as pa_csv
+        import pyarrow.parquet as pq
+
+        table = con.execute(query).to_arrow_table()
+        if kind == "csv":
+            pa_csv.write_csv(table, tmp)
+        else:
+            pq.write_table(table, tmp, compression="zstd")
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 
 def export(
-    con: duckdb.DuckDBPyConnection,
+    con: duckdb.DuckDBPyConnection | Engine,
     *,
     policy: str | Policy,
     out: str | Path,
@@ -60,7 +71,8 @@ def export(
     """Compute one policy and write its account-month table and monthly bridge.
 
     Args:
-        con: warehouse connection holding the canonical tables.
+        con: warehouse connection holding the canonical tables, or an engine (on Spark the
+            account-months and the bridge are computed there and written here with Arrow).
         policy: policy name, ``name@version`` or :class:`Policy`.
         out: a file ending in ``.csv``/``.parquet`` (the bridge goes beside it as
             ``<stem>_bridge<suffix>``) or a folder (``mrr_account_month.<ext>`` and
