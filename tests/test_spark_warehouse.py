@@ -83,6 +83,10 @@ def test_failed_block_and_stopped_commit_leave_the_previous_version(
 ) -> None:
     with warehouse.write() as engine:
         engine.execute("CREATE TABLE results AS SELECT 1 AS a")
+    foreign = [Path(warehouse.root) / "results" / "notes", Path(warehouse.root) / "other" / "x"]
+    for folder in foreign:  # someone else's files under the root: never pruned
+        folder.mkdir(parents=True)
+        (folder / "keep.txt").write_text("mine")
     with pytest.raises(ValueError, match="boom"), warehouse.write() as engine:
         engine.execute("INSERT INTO results VALUES (2)")
         raise ValueError("boom")
@@ -96,12 +100,13 @@ def test_failed_block_and_stopped_commit_leave_the_previous_version(
         engine.execute("INSERT INTO results VALUES (3)")
     monkeypatch.undo()
     assert _rows_of(warehouse, "SELECT a FROM results") == [(1,)]
-    versions = list((Path(warehouse.root) / "results").iterdir())
+    versions = [p for p in (Path(warehouse.root) / "results").iterdir() if p.name != "notes"]
     assert len(versions) == 2  # the committed one and the orphan
     with warehouse.write() as engine:
         engine.execute("INSERT INTO results VALUES (4)")
     assert sorted(_rows_of(warehouse, "SELECT a FROM results")) == [(1,), (4,)]
-    kept = {p.name for p in (Path(warehouse.root) / "results").iterdir()}
+    assert all((folder / "keep.txt").read_text() == "mine" for folder in foreign)
+    kept = {p.name for p in (Path(warehouse.root) / "results").iterdir()} - {"notes"}
     named = {Path(m).name for m in (warehouse.tables()["results"],)}
     assert named <= kept and len(kept) == 2  # orphan pruned; the previous version kept
     assert warehouse.manifest()["seq"] == 2  # the failed and the stopped block added none

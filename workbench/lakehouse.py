@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -42,6 +43,8 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 MANIFEST_DIR = "_manifest"
+#: the name of a table version folder (what :meth:`SparkWarehouse._prune` may delete)
+_VERSION = re.compile(r"^\d{8}T\d{6}-[0-9a-f]{8}$")
 #: manifests kept after a commit (older table versions are deleted)
 KEEP_MANIFESTS = 2
 
@@ -155,7 +158,9 @@ class SparkWarehouse:
 
     def _prune(self) -> None:
         """Delete manifests beyond the newest :data:`KEEP_MANIFESTS` and table versions that
-        none of the kept ones names (including folders of failed commits)."""
+        none of the kept ones names (including folders of failed commits). Only folders
+        named like the versions this class writes are touched: anything else under the
+        root is left alone."""
         fs, _ = self._fs()
         names = self._manifests()
         keep = names[-KEEP_MANIFESTS:]
@@ -167,8 +172,9 @@ class SparkWarehouse:
             if not status.isDirectory() or table == MANIFEST_DIR:
                 continue
             for version in fs.listStatus(status.getPath()):
-                path = f"{self.root}/{table}/{version.getPath().getName()}"
-                if path not in wanted:
+                name = version.getPath().getName()
+                path = f"{self.root}/{table}/{name}"
+                if version.isDirectory() and _VERSION.match(name) and path not in wanted:
                     fs.delete(version.getPath(), True)
 
     # ------------------------------------------------------------------ opening
@@ -243,6 +249,7 @@ class SparkWarehouse:
         tables_now = {} if replace else current["tables"]
         tables = {k: v for k, v in tables_now.items() if k not in engine.dropped}
         version = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
+        assert _VERSION.match(version)
         for name in changed:
             path = f"{self.root}/{name}/{version}"
             engine.spark.table(name).write.parquet(path)
