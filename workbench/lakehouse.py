@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from workbench.config import Settings, load_settings
-from workbench.engines import SparkEngine, spark_session, temp_views
+from workbench.engines import SparkEngine, spark_session, table_names, temp_views
 from workbench.store import WriterLock
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -101,8 +101,7 @@ class SparkWarehouse:
         return jvm.org.apache.hadoop.fs.Path(self.root).getFileSystem(conf), jvm
 
     def _path(self, *parts: str) -> Any:
-        _, jvm = self._fs()
-        return jvm.org.apache.hadoop.fs.Path("/".join((self.root, *parts)))
+        return self.spark._jvm.org.apache.hadoop.fs.Path("/".join((self.root, *parts)))
 
     def _manifests(self) -> list[str]:
         """Manifest file names, oldest first."""
@@ -224,8 +223,10 @@ class SparkWarehouse:
         with self.lock.hold(step=step):
             engine = self._open()
             try:
+                present = table_names(engine)
                 for table in TABLES.values():
-                    engine.execute(table.ddl())  # IF NOT EXISTS: only the missing ones
+                    if table.name.lower() not in present:
+                        engine.execute(table.ddl())
                 yield engine
                 self.commit(engine, step=step)
             finally:
@@ -249,7 +250,6 @@ class SparkWarehouse:
         tables_now = {} if replace else current["tables"]
         tables = {k: v for k, v in tables_now.items() if k not in engine.dropped}
         version = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
-        assert _VERSION.match(version)
         for name in changed:
             path = f"{self.root}/{name}/{version}"
             engine.spark.table(name).write.parquet(path)
