@@ -19,6 +19,7 @@ from workbench.features.offline import (
     recovery_spine,
     snapshot_spine,
 )
+from workbench.features.synthetic import INVOICE_VERSIONS
 from workbench.schema import create_all
 
 _ids = itertools.count()
@@ -452,6 +453,54 @@ def test_recovery_spine_and_labels(con) -> None:
     assert lab.loc["in_recent", "recovered_7d"] == 0
     assert pd.isna(lab.loc["in_recent", "recovered_14d"])
     assert lab.loc["in_retry", "paid_at_effective"] == ts("2024-01-04 00:10")
+
+
+def test_a_failure_is_scored_when_the_invoice_reports_it(con) -> None:
+    """With ingestion's invoice history, a failed attempt's spine time is the invoice's report
+    of it (the version recorded within ten minutes after it), and the invoice feature
+    ``invoice_hours_to_next_attempt`` reads the retry that report announced."""
+    insert(con, "invoices", [invoice("a", "in1", "2024-01-01"), invoice("a", "in2", "2024-01-01")])
+    insert(
+        con,
+        "payment_attempts",
+        [
+            attempt("a", "in1", "2024-01-01 00:10"),
+            attempt("a", "in1", "2024-01-04 00:10"),
+            attempt("a", "in2", "2024-01-01 00:10"),  # reported only an hour later: too late
+        ],
+    )
+    con.execute(INVOICE_VERSIONS.ddl())
+    insert(
+        con,
+        "invoice_versions",
+        [
+            {"event_id": e, "version_at": ts(at), "invoice_id": i, "account_id": "a",
+             "currency": "usd", "next_payment_attempt": nxt}
+            for e, at, i, nxt in (
+                ("e0", "2024-01-01 00:00", "in1", None),  # created
+                ("e1", "2024-01-01 00:10:01", "in1", ts("2024-01-04 00:10")),
+                ("e2", "2024-01-04 00:10:02", "in1", ts("2024-01-11 06:10")),
+                ("e3", "2024-01-01 01:10", "in2", ts("2024-01-04 00:10")),
+            )
+        ],
+    )  # fmt: skip
+    sp = recovery_spine(con, each_attempt=True)
+    assert sp[["invoice_id", "as_of"]].values.tolist() == [
+        ["in2", ts("2024-01-01 00:10")],
+        ["in1", ts("2024-01-01 00:10:01")],
+        ["in1", ts("2024-01-04 00:10:02")],
+    ]
+    got = build_features(con, sp, features=["invoice_hours_to_next_attempt"])
+    hours = got["invoice_hours_to_next_attempt"].tolist()
+    assert math.isnan(hours[0])  # in2's report comes after its spine time
+    assert hours[1] == pytest.approx(72 - 1 / 3600)
+    assert hours[2] == pytest.approx(7 * 24 + 6 - 2 / 3600)
+    # without the invoice history the attempt's own time is used and the feature is missing
+    con.execute("DROP TABLE invoice_versions")
+    sp = recovery_spine(con, each_attempt=True)
+    assert sp["as_of"].tolist() == [ts("2024-01-01 00:10")] * 2 + [ts("2024-01-04 00:10")]
+    got = build_features(con, sp, features=["invoice_hours_to_next_attempt"])
+    assert got["invoice_hours_to_next_attempt"].isna().all()
 
 
 def test_snapshot_spine_and_grid(churn_con) -> None:

@@ -62,8 +62,14 @@ class Oracle:
                 "usage",
                 "crm_signals",
                 "support_tickets",
+                "invoice_versions",
             )
         }
+        iv = tb["invoice_versions"].copy()
+        iv["ts"] = _us(iv["version_at"])
+        iv["nxt"] = _us(iv["next_payment_attempt"])
+        iv["row_key"] = iv["event_id"] + ":" + iv["invoice_id"]
+        self.iv = iv[["invoice_id", "ts", "nxt", "row_key"]]
         inv = tb["invoices"].copy()
         inv["created_us"] = _us(inv["created"])
         pa_ = tb["payment_attempts"].copy()
@@ -426,6 +432,10 @@ class Oracle:
             return (t - first) / HOUR if not math.isnan(first) and first <= t else np.nan
         if name == "invoice_hours_since_last_failure":
             return np.nan if lastf is None else (t - lastf.ts) / HOUR
+        if name == "invoice_hours_to_next_attempt":
+            v = self._by_key(self.iv, "invoice_id", i)
+            v = self.last(v[v.ts <= t], "row_key")
+            return np.nan if v is None or v.nxt == INF else (v.nxt - t) / HOUR
         if name == "invoice_failure_day_of_month":
             return np.nan if lastf is None else lastf.dom
         if name == "invoice_failure_days_to_payday":

@@ -32,6 +32,7 @@ from workbench.features import churn_training_set, recovery_training_set  # noqa
 from workbench.features.definitions import SOURCES, get_features  # noqa: E402
 from workbench.features.labels import churn_labels, recovery_labels  # noqa: E402
 from workbench.features.offline import (  # noqa: E402
+    OPTIONAL_TABLES,
     build_features,
     churn_spine,
     data_horizon,
@@ -229,6 +230,25 @@ def test_recovery_spine_features_equal(
     live = [c for c in names if duck[c].notna().any() and (duck[c].astype(str) != "0").any()]
     assert len(live) >= 0.7 * len(names), sorted(set(names) - set(live))
     print(f"recovery features: {len(spine)} rows x {len(names)} in {time.perf_counter() - t:.1f}s")
+
+
+def test_recovery_spine_without_invoice_history_equal(
+    warehouse: tuple[duckdb.DuckDBPyConnection, SparkEngine],
+) -> None:
+    """The empty stand-in for a missing ``invoice_versions`` runs on Spark too: failures are
+    scored at the attempt's own time and the announced retry is missing."""
+    con, engine = warehouse
+    rel = {"invoice_versions": OPTIONAL_TABLES["invoice_versions"]}
+    spine = recovery_spine(con, each_attempt=True, relations=rel)
+    assert_frames_equal(spine, recovery_spine(engine, each_attempt=True, relations=rel), "spine")
+    names = ["invoice_hours_to_next_attempt", "invoice_hours_since_last_failure"]
+    duck = build_features(con, spine, features=names, relations=rel)
+    assert_frames_equal(duck, build_features(engine, spine, features=names, relations=rel), "f")
+    assert duck["invoice_hours_to_next_attempt"].isna().all()
+    assert (duck["invoice_hours_since_last_failure"] == 0).all()
+    # with the history, the failures move to the invoice's report a few seconds later
+    reported = recovery_spine(con, each_attempt=True)
+    assert len(reported) == len(spine) and (reported["as_of"] > spine["as_of"]).mean() > 0.9
 
 
 def test_training_sets_equal(warehouse: tuple[duckdb.DuckDBPyConnection, SparkEngine]) -> None:

@@ -182,6 +182,25 @@ WHERE created IS NOT NULL""",
             ),
         ),
         Source(
+            "invoice_announcements",
+            "events",
+            ("account_id", "invoice_id"),
+            ("invoice_versions",),
+            """
+SELECT event_id || ':' || invoice_id AS row_key, invoice_id, account_id,
+       epoch_us(version_at) AS ts_us,
+       epoch_us(next_payment_attempt) AS next_attempt_us
+FROM {invoice_versions}
+WHERE version_at IS NOT NULL""",
+            "Invoice versions at the time they were recorded, with the next automatic "
+            "payment attempt each one announced (Stripe's next_payment_attempt: set when an "
+            "attempt fails and a retry is scheduled, empty once none is).",
+            pushdown=(
+                ("account_id", "invoice_versions", "account_id IN {keys}"),
+                ("invoice_id", "invoice_versions", "invoice_id IN {keys}"),
+            ),
+        ),
+        Source(
             "invoice_payments",
             "events",
             ("account_id", "invoice_id"),
@@ -1321,6 +1340,20 @@ def _invoice() -> list[Feature]:
             "float64",
             "Hours since the invoice's last failed attempt.",
             filter=FAILED,
+            unit="hours",
+            **kw,
+        ),
+        _f(
+            "invoice_hours_to_next_attempt",
+            INV,
+            "invoice",
+            "invoice_announcements",
+            "until_latest",
+            "float64",
+            "Hours until the next automatic retry the invoice has announced (its "
+            "next_payment_attempt, set when an attempt fails); missing when no retry is "
+            "scheduled or the source has no invoice versions (CSV).",
+            value="next_attempt_us",
             unit="hours",
             **kw,
         ),

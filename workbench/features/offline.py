@@ -487,6 +487,8 @@ def build_features(
         feats = get_features(features)
     name = f"_wb_spine_{uuid.uuid4().hex[:12]}"
     engine = as_engine(con)
+    used = {t for f in feats if f.source for t in SOURCES[f.source].tables}
+    relations = with_optional_tables(engine, relations, used)
     engine.register(name, _spine_arrow(spine, present))
     try:
         sql, out_cols = compile_features_sql(
@@ -563,6 +565,36 @@ def churn_spine(
     )
 
 
+#: How long after a failed attempt the invoice version reporting it may be recorded.
+ANNOUNCE_WINDOW_S = 600
+
+#: Tables a warehouse may lack (ingestion's invoice history is written from Stripe events
+#: only; a warehouse assembled elsewhere may have none): read as empty when absent.
+OPTIONAL_TABLES: dict[str, str] = {
+    "invoice_versions": (
+        "(SELECT CAST(NULL AS VARCHAR) AS event_id, CAST(NULL AS TIMESTAMPTZ) AS version_at, "
+        "CAST(NULL AS VARCHAR) AS invoice_id, CAST(NULL AS VARCHAR) AS account_id, "
+        "CAST(NULL AS TIMESTAMPTZ) AS next_payment_attempt WHERE 1 = 0)"
+    ),
+}
+
+
+def with_optional_tables(
+    engine: Engine, relations: Mapping[str, str] | None, used: Iterable[str]
+) -> dict[str, str]:
+    """``relations`` with an empty stand-in for each of :data:`OPTIONAL_TABLES` in ``used``
+    that the warehouse does not have (an override of it, e.g. :func:`known_at`'s, would
+    read the missing table: the stand-in replaces it too)."""
+    from workbench.engines import table_names
+
+    out = dict(relations or {})
+    wanted = [t for t in OPTIONAL_TABLES if t in set(used)]
+    if wanted:
+        have = table_names(engine)
+        out |= {t: OPTIONAL_TABLES[t] for t in wanted if t not in have}
+    return out
+
+
 def recovery_spine(
     con: duckdb.DuckDBPyConnection | Engine,
     *,
@@ -573,8 +605,12 @@ def recovery_spine(
 ) -> pd.DataFrame:
     """Failed invoices at the time of their first failure (or at every failed attempt).
 
-    A row exists only while the invoice is still open at that time (not paid, voided or
-    marked uncollectible at or before it).
+    The time of a failure is when the invoice reported it: the first invoice version
+    recorded within :data:`ANNOUNCE_WINDOW_S` after the failed attempt (Stripe's
+    ``invoice.payment_failed``, the event the real-time dunning scores on; it carries the
+    next retry time, ``invoice_hours_to_next_attempt``), or the attempt's own time when
+    the warehouse has no such version (CSV sources). A row exists only while the invoice is
+    still open at that time (not paid, voided or marked uncollectible at or before it).
 
     Args:
         con: Warehouse connection or engine.
@@ -587,17 +623,30 @@ def recovery_spine(
         Columns ``invoice_id``, ``account_id``, ``subscription_id``, ``as_of``, sorted by
         ``as_of`` then ``invoice_id``.
     """
+    relations = with_optional_tables(as_engine(con), relations, {"invoice_versions"})
     src = SOURCES["dunning_attempts" if each_attempt else "dunning_invoices"].render(relations)
-    inv = (relations or {}).get("invoices", "invoices")
-    where = ["(d.valid_to_us IS NULL OR d.valid_to_us > d.ts_us)"]
+    inv = relations.get("invoices", "invoices")
+    versions = relations.get("invoice_versions", "invoice_versions")
+    # a failure is scored when the invoice reports it: its first version recorded within
+    # ANNOUNCE_WINDOW_S of the failed attempt (Stripe's invoice.payment_failed, which
+    # carries the next retry time) or, without invoice versions, the attempt itself
+    announce = (
+        f"SELECT d.invoice_id, d.account_id, d.ts_us, d.valid_to_us, "
+        f"coalesce(min(epoch_us(v.version_at)), d.ts_us) AS at_us "
+        f"FROM ({src}) d LEFT JOIN {versions} v ON v.invoice_id = d.invoice_id "
+        f"AND epoch_us(v.version_at) >= d.ts_us "
+        f"AND epoch_us(v.version_at) <= d.ts_us + {ANNOUNCE_WINDOW_S * 1_000_000} "
+        f"GROUP BY d.invoice_id, d.account_id, d.ts_us, d.valid_to_us"
+    )
+    where = ["(d.valid_to_us IS NULL OR d.valid_to_us > d.at_us)"]
     if start is not None:
-        where.append(f"d.ts_us >= {int(to_us(to_utc([start]))[0])}")
+        where.append(f"d.at_us >= {int(to_us(to_utc([start]))[0])}")
     if end is not None:
-        where.append(f"d.ts_us <= {int(to_us(to_utc([end]))[0])}")
+        where.append(f"d.at_us <= {int(to_us(to_utc([end]))[0])}")
     sql = (
-        f"SELECT DISTINCT d.invoice_id, d.account_id, i.subscription_id, d.ts_us "
-        f"FROM ({src}) d LEFT JOIN {inv} i ON i.invoice_id = d.invoice_id "
-        f"WHERE {' AND '.join(where)} ORDER BY d.ts_us, d.invoice_id"
+        f"SELECT DISTINCT d.invoice_id, d.account_id, i.subscription_id, d.at_us AS ts_us "
+        f"FROM ({announce}) d LEFT JOIN {inv} i ON i.invoice_id = d.invoice_id "
+        f"WHERE {' AND '.join(where)} ORDER BY ts_us, d.invoice_id"
     )
     df = as_engine(con).execute(sql).df()
     return pd.DataFrame(
@@ -691,6 +740,7 @@ def known_at(t, *, tables: Iterable[str] | None = None) -> dict[str, str]:
             "NULL AS attempt_count, NULL AS next_payment_attempt, NULL AS updated_at) "
             f"FROM invoices WHERE created <= {lit})"
         ),
+        "invoice_versions": f"(SELECT * FROM invoice_versions WHERE version_at <= {lit})",
         "subscription_history": (
             f"(SELECT * REPLACE ({masked('valid_to')}) FROM subscription_history "
             f"WHERE valid_from <= {lit})"

@@ -22,7 +22,11 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from workbench.ingest.tables import INTERNAL
 from workbench.schema import create_all
+
+#: Ingestion's invoice history, which announces each failed invoice's next attempt.
+INVOICE_VERSIONS = INTERNAL["invoice_versions"]
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +174,7 @@ def random_warehouse(
     """
     rng = np.random.default_rng(seed)
     create_all(con)
+    con.execute(INVOICE_VERSIONS.ddl())
     t_start, t_end = _epoch_us(start), _epoch_us(end)
     n = n_accounts
     acc_ids = np.array([f"cus_{seed % 1000:03d}{i:07d}" for i in range(n)], dtype=object)
@@ -404,7 +409,16 @@ def random_warehouse(
         resolution_us,
     )
     a_status = np.where(anum < fails[arep], "failed", "succeeded").astype(object)
+    # each failure is reported by an invoice version a few seconds later that announces the
+    # next attempt (none after the last), as Stripe's invoice.payment_failed does
+    has_next = np.append(arep[1:] == arep[:-1], False)
+    v_sel = (a_status == "failed") & (a_t + 5_000_000 <= t_end)
+    v_rng = np.random.default_rng([seed, 1])  # its own stream: the rest stays as it was
+    v_t = _round(a_t + v_rng.integers(1, 6, size=len(a_t)) * 1_000_000, resolution_us)[v_sel]
+    v_next = np.append(a_t[1:], 0)[v_sel]
+    v_has_next = has_next[v_sel]
     a_keep = a_t <= t_end
+    arep_all, anum_all = arep, anum
     arep, anum, a_t, a_status = arep[a_keep], anum[a_keep], a_t[a_keep], a_status[a_keep]
     na = len(arep)
     decl = DECLINES[rng.choice(len(DECLINES), size=na, p=_DECLINE_P)]
@@ -449,6 +463,20 @@ def random_warehouse(
     status = np.where(
         paid_ok, "paid", np.where(voided, "void", np.where(uncollectible, "uncollectible", "open"))
     ).astype(object)
+    versions = pd.DataFrame(
+        {
+            "event_id": np.array(
+                [f"evt_{seed % 1000:03d}{i:08d}" for i in range(len(v_t))], dtype=object
+            ),
+            "version_at": _ts(v_t),
+            "invoice_id": inv_ids[arep_all[v_sel]],
+            "account_id": acc_ids[inv_acc][arep_all[v_sel]],
+            "currency": accounts["currency"].to_numpy()[inv_acc][arep_all[v_sel]],
+            "status": "open",
+            "attempt_count": (anum_all[v_sel] + 1).astype(np.int32),
+            "next_payment_attempt": _ts_or_null(v_next, v_has_next),
+        }
+    )
     invoices = pd.DataFrame(
         {
             "invoice_id": inv_ids,
@@ -605,6 +633,7 @@ def random_warehouse(
         ("subscription_history", h),
         ("invoices", invoices),
         ("payment_attempts", attempts),
+        ("invoice_versions", versions),
         ("refunds", refunds),
         ("disputes", disputes),
         ("usage", usage),
