@@ -78,6 +78,10 @@ def recovery_frame(n: int = 1500, *, seed: int = 0, months: int = 18) -> pd.Data
                 "usage_per_seat_30d": usage,
                 "plan_tier": "prod_team",
                 "sub_status": "past_due",
+                # the next retry the invoice announced at this failure (none after the last)
+                "invoice_hours_to_next_attempt": (when[k - 1] - t).total_seconds() / 3600
+                if k <= len(when)
+                else np.nan,
             }
             for h in (7, 14, 30):
                 miss = 1.0
@@ -220,10 +224,7 @@ def test_train_recovery_per_retry_end_to_end(frame, tmp_path) -> None:
         contrib = explain.contributions(model, rows)
         assert list(contrib.columns) == [*model.features, explain.BIAS]
         s = rows["invoice_hours_since_first_failure"].to_numpy() / 24
-        nxt = np.array([
-            model._offsets(f"0:{k + 1}", s[i : i + 1], 1)[0, 0] if k < 5 else np.nan
-            for i, k in enumerate(rows["invoice_attempt_number"])
-        ])  # fmt: skip
+        nxt = s + rows["invoice_hours_to_next_attempt"].to_numpy() / 24  # announced
         first_s = rows["as_of"].astype("int64").to_numpy() / 1e6 - s * DAY
         ok = np.isfinite(nxt)
         p_next = model.retry_probability(
@@ -267,3 +268,26 @@ def test_a_per_retry_model_is_tracked_registered_loaded_and_scores(frame, tmp_pa
     )
     np.testing.assert_allclose(scores["score"].to_numpy(), run.model.predict(rows))
     assert scores["reason_1"].notna().all()
+
+
+def test_the_announced_next_retry_decides_whether_it_falls_in_the_window(frame) -> None:
+    res = training.train_recovery(
+        None, dataset=frame, framing="per_retry", test_months=3, valid_months=3,
+        track=False, register=False,
+    )  # fmt: skip
+    run = res.runs["recovery_7d"]
+    rows = frame.loc[run.test.index]
+    truth = rows["p_true_7d"].to_numpy()
+    known = run.model.predict_raw(rows)
+    unknown = run.model.predict_raw(rows.assign(invoice_hours_to_next_attempt=np.nan))
+    # the third attempt's 7-day window ends near the day-14 retry: only the announcement
+    # tells whether it is inside
+    third = rows["invoice_attempt_number"].to_numpy() == 3
+    r_known = np.corrcoef(known[third], truth[third])[0, 1]
+    r_unknown = np.corrcoef(unknown[third], truth[third])[0, 1]
+    assert r_known > 0.95 and r_known > r_unknown + 0.1
+    # a retry announced past the window adds nothing (and no later retry can be inside)
+    row = rows[third].iloc[[0]]
+    late = run.model.predict_raw(row.assign(invoice_hours_to_next_attempt=7 * 24 + 1.0))
+    early = run.model.predict_raw(row.assign(invoice_hours_to_next_attempt=7 * 24 - 1.0))
+    assert late[0] == 0.0 and early[0] > 0.05

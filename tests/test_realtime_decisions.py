@@ -26,6 +26,7 @@ from workbench.dunning_realtime import (
     RealtimeHandler,
     RowScorer,
     days_to_payday,
+    hours_until,
 )
 from workbench.features import serving
 from workbench.ingest import ingest
@@ -58,6 +59,7 @@ def synthetic_recovery(n: int = 1500, seed: int = 0) -> pd.DataFrame:
         "invoice_attempt_number": rng.integers(1, 5, n), "invoice_hours_since_first_failure": rng.uniform(0, 500, n),
         "invoice_failure_day_of_month": rng.integers(1, 29, n).astype(float),
         "invoice_failure_days_to_payday": rng.integers(0, 13, n).astype(float),
+        "invoice_hours_to_next_attempt": rng.uniform(24, 200, n),
         "invoice_amount_due": rng.uniform(1_000, 90_000, n), "invoice_currency": "usd",
         "failed_invoices_total": rng.integers(0, 4, n), "health_score": health,
         "usage_per_seat_7d": rng.uniform(0, 50, n), "usage_per_seat_30d": rng.uniform(0, 50, n),
@@ -124,7 +126,8 @@ def failed_invoice_event(data: Path, horizon: pd.Timestamp, *, eid: str, amount:
     ev = copy.deepcopy(landed_events(data, "invoice.payment_failed")[-1])
     t = int(horizon.timestamp()) + 60
     inv = ev["data"]["object"]
-    inv.update(id=f"in_rt_{eid}", attempt_count=attempt, currency="usd")
+    inv.update(id=f"in_rt_{eid}", attempt_count=attempt, currency="usd",
+               next_payment_attempt=t + 3 * 86_400)  # fmt: skip
     if amount is not None:
         inv.update(amount_due=amount, amount_remaining=amount, total=amount)
     ev.update(id=f"evt_rt_{eid}", created=t)
@@ -140,6 +143,12 @@ def test_days_to_payday() -> None:
     assert days_to_payday(pd.Timestamp("2024-03-15", tz="UTC")) == 0
     assert days_to_payday(pd.Timestamp("2024-03-10", tz="UTC")) == 5
     assert days_to_payday(pd.Timestamp("2024-02-20", tz="UTC")) == 8  # Feb 28th (leap year)
+
+
+def test_the_announced_next_retry_reaches_the_model_as_hours() -> None:
+    now = pd.Timestamp("2024-03-10 12:00", tz="UTC")
+    assert hours_until(int(now.timestamp()) + 36 * 3600, now) == 36.0
+    assert math.isnan(hours_until(None, now))
 
 
 def test_signed_payment_failed_is_decided_and_stored_with_versions(company) -> None:

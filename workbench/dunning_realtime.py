@@ -64,6 +64,14 @@ def _obj(event: dict[str, Any]) -> dict[str, Any]:
     return (event.get("data") or {}).get("object") or {}
 
 
+def hours_until(epoch_s: Any, now: pd.Timestamp) -> float:
+    """Hours from ``now`` to a Stripe timestamp (unix seconds; NaN when there is none), as
+    the feature ``invoice_hours_to_next_attempt`` measures the announced next retry."""
+    if epoch_s is None or pd.isna(epoch_s):
+        return math.nan
+    return (float(epoch_s) - now.timestamp()) / 3600.0
+
+
 def days_to_payday(ts: pd.Timestamp) -> float:
     """Days from ``ts``'s UTC day to the next common payday (1st-2nd, 15th-16th, last two
     days of the month; 0 on one), as the feature ``invoice_failure_days_to_payday``."""
@@ -273,6 +281,7 @@ class RealtimeHandler:
             "recovery_probability": float("nan"),
             "uplift": float("nan"),
             "model_versions": "",
+            "next_payment_attempt": obj.get("next_payment_attempt"),
         }
         return invoice, now, first
 
@@ -311,6 +320,9 @@ class RealtimeHandler:
                 "invoice_failure_days_to_payday": days_to_payday(now),
                 "invoice_amount_due": float(invoice["amount_due"]),
                 "invoice_currency": invoice["currency"],
+                "invoice_hours_to_next_attempt": hours_until(
+                    invoice.get("next_payment_attempt"), now
+                ),
             }
         )
         t = time.perf_counter()

@@ -226,6 +226,7 @@ PHRASES: dict[str, Callable[[str, Any], str]] = {
     "invoice_hours_since_first_failure": lambda n, v: f"first failure {_plural(v / 24, 'day')} ago",
     "invoice_hours_since_last_failure": lambda n, v: f"last failure {_plural(v, 'hour')} ago",
     "invoice_failure_day_of_month": lambda n, v: f"failed on day {_num(v)} of the month",
+    "invoice_hours_to_next_attempt": lambda n, v: f"next retry in {_plural(v / 24, 'day')}",
     "sub_mrr": lambda n, v: f"subscription MRR {_money(v)}",
     "sub_status": lambda n, v: f"subscription {str(v).replace('_', ' ')}",
     "sub_tenure_days": lambda n, v: f"subscription {_plural(v / 30.44, 'month')} old",

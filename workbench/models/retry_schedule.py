@@ -20,7 +20,10 @@ This framing learns what one retry does and adds up the schedule:
   retries, jitters them by hours);
 * ``P(recovered within h | failed attempt k at t) = 1 - prod_{j > k} E[1 - p_j(o_j) 1(o_j <=
   s + h)]`` with ``s`` the days since the first failure at ``t`` and ``o_j`` the offset
-  of retry ``j`` drawn from its schedule given that it has not happened by ``s``.
+  of retry ``j`` drawn from its schedule given that it has not happened by ``s``; the
+  next retry's offset is not drawn when the invoice announced it
+  (``invoice_hours_to_next_attempt``, Stripe's ``next_payment_attempt``): whether it
+  falls inside the window is then known.
 
 Everything used is known at the failure: the inputs are registry features at ``as_of``
 and the history rows are retries made before the fitting cut-off (their outcome is known
@@ -55,7 +58,11 @@ INPUTS: tuple[str, ...] = (
     "usage_per_seat_30d",
     "plan_tier",
     "sub_status",
+    "invoice_hours_to_next_attempt",
 )
+#: Inputs a frame may lack: without the announced next retry, its time is drawn from the
+#: learned schedule like the later ones'.
+OPTIONAL_INPUTS: frozenset[str] = frozenset({"invoice_hours_to_next_attempt"})
 #: Categorical inputs: one indicator per level seen at least ``min_level_rows`` times.
 CATEGORICAL: dict[str, str] = {
     "decline": "invoice_last_decline_code",
@@ -138,6 +145,15 @@ def retry_history(frame: pd.DataFrame, *, before: Any) -> pd.DataFrame:
     out["retry_days"] = (when[keep] - first_s) / DAY_S
     out["succeeded"] = ok[keep].astype(np.int8)
     return out
+
+
+def _announced(frame: pd.DataFrame) -> np.ndarray:
+    """Hours from each row's ``as_of`` to the next retry its invoice announced (NaN when
+    none was, the column is absent or the time has passed)."""
+    if "invoice_hours_to_next_attempt" not in frame:
+        return np.full(len(frame), np.nan)
+    h = pd.to_numeric(frame["invoice_hours_to_next_attempt"], errors="coerce").to_numpy(np.float64)
+    return np.where(h >= 0, h, np.nan)
 
 
 def _levels(values: pd.Series, min_rows: int) -> tuple[str, ...]:
@@ -279,6 +295,7 @@ class RetryScheduleModel:
         s = np.where(np.isfinite(s), s, 0.0)
         k = frame["invoice_attempt_number"].to_numpy(np.float64)
         k = np.where(np.isfinite(k), k, 1.0)
+        announced = _announced(frame)
         path = self._path(frame)
         first_s = _epoch_s(frame["as_of"]) - s * DAY_S
         decline = _as_level(frame["invoice_last_decline_code"], self.levels["decline"])
@@ -291,6 +308,9 @@ class RetryScheduleModel:
             if not len(rows):
                 continue
             off = self._offsets(key, s[rows], draws)  # rows x draws
+            # the next retry's time is known: the invoice announced it at the failure
+            known = (k[rows] == j - 1) & np.isfinite(announced[rows])
+            off[known] = (s[rows][known] + announced[rows][known] / 24.0)[:, None]
             when = first_s[rows, None] + off * DAY_S
             logit = np.repeat(static[rows, None], draws, axis=1)
             dec = np.repeat(decline[rows, None], draws, axis=1)
@@ -317,8 +337,10 @@ class RetryScheduleModel:
         The model is linear in log-odds, so each term's contribution is its coefficient
         times the term's distance from its training mean (the exact SHAP value of a linear
         model with independent inputs); terms are summed per input feature (timing terms
-        go to ``invoice_attempt_number`` and ``invoice_hours_since_first_failure``, taken at
-        the next retry's median offset). ``bias`` is the log-odds at the training means.
+        go to ``invoice_attempt_number`` and to ``invoice_hours_to_next_attempt`` when the
+        invoice announced the next retry's time, else to ``invoice_hours_since_first_failure``
+        with the next retry at its median offset). ``bias`` is the log-odds at the training
+        means.
         """
         from workbench.models.explain import BIAS
 
@@ -344,16 +366,19 @@ class RetryScheduleModel:
             if len(rows):
                 nxt[rows] = self._offsets(key, s[rows], 1)[:, 0]
         nxt = np.where(np.isfinite(nxt), nxt, s + 1.0)
+        announced = _announced(frame)
+        known = np.isfinite(announced)
+        nxt = np.where(known, s + announced / 24.0, nxt)
         first_s = _epoch_s(frame["as_of"]) - s * DAY_S
         decline = _as_level(frame["invoice_last_decline_code"], self.levels["decline"])
         t = self._timing_columns(decline, k + 1, nxt, first_s + nxt * DAY_S)
         for name, v in t.items():
-            feat = (
-                "invoice_attempt_number"
-                if name == "retry_number"
-                else ("invoice_hours_since_first_failure")
-            )
-            out[feat] += self.coef.get(name, 0.0) * (v - self.term_means.get(name, 0.0))
+            c = self.coef.get(name, 0.0) * (v - self.term_means.get(name, 0.0))
+            if name == "retry_number":
+                out["invoice_attempt_number"] += c
+            else:  # the retry's timing: announced by the invoice, or from the schedule
+                out["invoice_hours_to_next_attempt"] += np.where(known, c, 0.0)
+                out["invoice_hours_since_first_failure"] += np.where(known, 0.0, c)
         bias = self.intercept + sum(self.coef.get(k, 0.0) * m for k, m in self.term_means.items())
         out[BIAS] = bias
         return out

@@ -97,6 +97,7 @@ RECOVERY_FEATURES: tuple[str, ...] = (
     "invoice_hours_since_first_failure",
     "invoice_failure_day_of_month",
     "invoice_failure_days_to_payday",
+    "invoice_hours_to_next_attempt",
     "invoice_amount_due",
     "invoice_currency",
     "failed_invoices_total",
@@ -1132,9 +1133,12 @@ def train_recovery(
             raise ValueError("the per_retry framing has fixed inputs; do not pass features")
         if not each_attempt:
             raise ValueError("the per_retry framing learns from every failed attempt")
-        missing = [c for c in (*retry_schedule.INPUTS, "paid_at_effective") if c not in data]
+        needed = [c for c in retry_schedule.INPUTS if c not in retry_schedule.OPTIONAL_INPUTS]
+        missing = [c for c in (*needed, "paid_at_effective") if c not in data]
         if missing:
             raise ValueError(f"the per_retry framing needs the columns {missing}")
+        # an optional input the frame lacks is unknown on every row
+        data = data.assign(**{c: np.nan for c in retry_schedule.OPTIONAL_INPUTS if c not in data})
         feats = list(retry_schedule.INPUTS)
         p = dict(params or {})
         calibration = calibration or "none"
