@@ -153,6 +153,31 @@ def test_experiment_and_true_uplift(world) -> None:
     assert tau.iloc[1] == pytest.approx((1 - 0.95**3) - (1 - 0.96**3))
 
 
+def test_uplift_oracle_on_the_subscription_ending_counts_billing(world) -> None:
+    """The effect on ``churn_90d`` (the subscription ends within 90 days): a decision ends a
+    subscription at once (25% monthly, 10% yearly) or at its period end."""
+    con, truth = world
+    exp = oracle.experiment_from_truth(truth)  # A eligible on Mar 1, C on Apr 1
+    tau = oracle.uplift_oracle(exp, truth_dir=truth, con=con, horizon_days=90)
+    # A (monthly, anchor on the 15th; T = May 30): March and April decisions end by T; a May
+    # decision only if immediate and before the 30th, or before the May 15 period end
+    w_may = 0.25 * 29 / 31 + 0.75 * 14 / 31
+
+    def p_a(h: float) -> float:
+        return h + (1 - h) * h + (1 - h) ** 2 * h * w_may
+
+    assert tau.iloc[0] == pytest.approx(p_a(0.1) - p_a(0.1 * (1 - 0.5)))
+    # C (yearly, period ends in December; T = Jun 30): only immediate cancellations count
+
+    def p_c(h: float) -> float:
+        return 0.1 * (h + (1 - h) * h + (1 - h) ** 2 * h * 29 / 30)
+
+    assert tau.iloc[1] == pytest.approx(p_c(0.05) - p_c(0.05 * (1 - 0.2)))
+    # far below the effect on deciding to cancel, which ignores billing
+    decision = oracle.uplift_oracle(exp, truth_dir=truth, months=3)
+    assert tau.iloc[1] < 0.2 * decision.iloc[1]
+
+
 def test_missing_truth_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="simulated"):
         oracle.read_truth(tmp_path, "churn_hazard")

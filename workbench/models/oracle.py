@@ -32,17 +32,22 @@ comes after ``t`` (future involuntary churn) and reactivations are not modelled.
 scheduled retries after ``t`` and no later than ``t + h``. At the first failure this
 equals the simulator's ``p_recovered_<h>d``, which is used there directly. It uses the
 *drawn* retry times (each retry is jittered by up to 18 hours), so whether a retry near
-the window's end falls inside it is known to it and to no model; the ``*_at_t`` variant
-averages over that jitter for the retries not yet made (see :func:`_recovery_at_t`).
+the window's end falls inside it is known to it and, beyond the next retry (which the
+invoice announces), to no model; the ``*_at_t`` variant averages over that jitter for the
+later retries not yet made (see :func:`_recovery_at_t`).
 
 **Comparisons** report the AUC gap with a 95% bootstrap interval (resampling accounts,
 paired) and the ECE that the true probabilities themselves show on the same rows by
 chance (``ece_floor``): with a few hundred rows an ECE goal of 0.02 can sit below it.
 
 **Offer uplift** (retention offer at eligibility): the true reduction of the probability
-of churning within ``k`` months, ``(1 - (1 - h (1 - tau))^k) - (1 - (1 - h)^k)`` with
-negative sign convention flipped (positive = the offer helps), from the hazard at
-eligibility ``h`` and the account's true relative effect ``tau`` (``offers.parquet``).
+that the subscription ends within the uplift horizon (positive = the offer helps), from the
+hazard at eligibility ``h`` (held constant), the account's true relative effect ``tau``
+(``offers.parquet``, applied for ``OFFER_MONTHS``) and the billing anchor: a decision ends
+the subscription at once or at its period end, as for churn. The earlier form, the
+reduction of the probability of *deciding* within ``k`` months,
+``(1 - (1 - h)^k) - (1 - (1 - h (1 - tau))^k)``, ignores billing (on yearly plans most
+decisions end nothing within 90 days) and is reported beside it (``decision_*``).
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from workbench.features.offline import to_us
+from workbench.features.offline import ANNOUNCE_WINDOW_S, to_us
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +228,6 @@ def churn_oracle(
     step = np.where(state["interval"].to_numpy(object) == "year", 12, 1)
     cpe = state["cpe_us"].to_numpy(np.float64)
     pending = state["pending"].to_numpy(bool)
-    p_imm = np.where(step == 12, IMMEDIATE_SHARE["year"], IMMEDIATE_SHARE["month"])
 
     K = int(np.ceil(max(horizons) / 28)) + 1
     starts = (
@@ -262,8 +266,6 @@ def churn_oracle(
     h_t0 = np.nan_to_num(h_t, nan=0.0)
 
     inv = _open_invoice_failure(sp, read_truth(truth_dir, "recovery"))
-    m0, m1 = starts[:, :-1], starts[:, 1:]
-    length = (m1 - m0).astype(np.float64)
     out = pd.DataFrame(index=spine.index)
     for h in horizons:
         T = t_us + h * DAY_US
@@ -276,15 +278,7 @@ def churn_oracle(
             p2[s.index.to_numpy(np.int64)] = 1.0 - np.exp(s.to_numpy())
         else:
             p2 = np.zeros(n)
-        anchor = _last_anchor(cpe, step, T.astype(np.float64))
-        p_by_T = np.clip((T[:, None] - m0) / length, 0, 1)
-        p_by_A = np.where(
-            np.isfinite(anchor)[:, None],
-            np.clip((np.nan_to_num(anchor)[:, None] - m0) / length, 0, 1),
-            0.0,
-        )
-        w = (p_imm[:, None] * p_by_T + (1 - p_imm[:, None]) * p_by_A) * (m0 < T[:, None])
-        w[pending] = 0.0
+        w = _decision_weights(starts, T, cpe=cpe, step=step, pending=pending)
         p3 = _decided_by(path, w)
         p3_t = _decided_by(np.repeat(h_t0[:, None], K, axis=1), w)
         res = 1 - (1 - p1) * (1 - p2) * (1 - p3)
@@ -293,6 +287,34 @@ def churn_oracle(
         out[f"oracle_churn_{h}d"] = np.where(undefined, np.nan, res)
         out[f"oracle_churn_{h}d_at_t"] = np.where(undefined, np.nan, res_t)
     return out
+
+
+def _decision_weights(
+    starts: np.ndarray,
+    T: np.ndarray,
+    *,
+    cpe: np.ndarray,
+    step: np.ndarray,
+    pending: np.ndarray,
+) -> np.ndarray:
+    """Per row and month ``[starts[:, k], starts[:, k + 1])``: the chance that a decision to
+    cancel made in that month (uniformly in it) ends the subscription by ``T``: at once
+    with probability :data:`IMMEDIATE_SHARE`, else at the end of the billing period
+    (anchored on ``cpe``, the current period end, every ``step`` months). Zero where a
+    cancellation is already pending (nothing left to decide)."""
+    m0, m1 = starts[:, :-1], starts[:, 1:]
+    length = (m1 - m0).astype(np.float64)
+    p_imm = np.where(step == 12, IMMEDIATE_SHARE["year"], IMMEDIATE_SHARE["month"])
+    anchor = _last_anchor(cpe, step, T.astype(np.float64))
+    p_by_T = np.clip((T[:, None] - m0) / length, 0, 1)
+    p_by_A = np.where(
+        np.isfinite(anchor)[:, None],
+        np.clip((np.nan_to_num(anchor)[:, None] - m0) / length, 0, 1),
+        0.0,
+    )
+    w = (p_imm[:, None] * p_by_T + (1 - p_imm[:, None]) * p_by_A) * (m0 < T[:, None])
+    w[pending] = 0.0
+    return w
 
 
 def _decided_by(hazard: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -316,7 +338,8 @@ def recovery_oracle(
     """True probability that each failed invoice is paid within each horizon of ``as_of``.
 
     Args:
-        spine: ``invoice_id`` and ``as_of`` (the time of a failed attempt). Rows whose
+        spine: ``invoice_id`` and ``as_of`` (the time of a failed attempt, or of the invoice's
+            report of it, as :func:`~workbench.features.offline.recovery_spine` gives). Rows whose
             invoice the truth does not know (e.g. a first invoice that failed while the
             subscription was incomplete) get NaN.
 
@@ -335,7 +358,9 @@ def recovery_oracle(
     ids = spine["invoice_id"].astype(str).to_numpy(object)
     t_us = to_us(spine["as_of"])
     first_at = first["at_us"].reindex(ids).to_numpy(np.float64)
-    is_first = np.isfinite(first_at) & (np.abs(first_at - t_us) < 1_000_000)  # within a second
+    # the failure itself or the invoice's report of it (at most ANNOUNCE_WINDOW_S later)
+    after = t_us - np.nan_to_num(first_at, nan=-np.inf)
+    is_first = np.isfinite(first_at) & (after > -1_000_000) & (after <= ANNOUNCE_WINDOW_S * 1e6)
     out = pd.DataFrame(index=spine.index)
     out["oracle_first_failure"] = is_first
     for h in horizons:
@@ -404,11 +429,13 @@ def _recovery_at_t(
 
     The simulator fixes every retry time at the first failure (``RETRY_DAYS`` after it,
     each shifted uniformly by up to 18 hours either way) and the odds of each retry depend
-    on that time (days since the failure, paydays). Whether the day-7 retry falls inside a
-    7-day window is a coin flip no one can know at the failure, so :func:`recovery_oracle`
-    (which uses the drawn times) is optimistic. Here each retry after ``t`` is redrawn
-    (conditioned on coming after ``t``); the rest of its log-odds (decline code, amount,
-    history, health) is the true one, recovered from the truth's ``p_success``.
+    on that time (days since the failure, paydays). Only the next retry's time is
+    announced at a failure (the invoice's ``next_payment_attempt``); whether the day-7
+    retry falls inside a 7-day window from the first failure is a coin flip no one can
+    know then, so :func:`recovery_oracle` (which uses the drawn times) is optimistic. Here
+    each retry after ``t`` but the next one is redrawn (conditioned on coming after
+    ``t``); the rest of its log-odds (decline code, amount, history, health) is the true
+    one, recovered from the truth's ``p_success``.
     """
     from workbench.simulator import behaviour as bh
 
@@ -441,11 +468,14 @@ def _recovery_at_t(
         centre = first_s + np.array([bh.RETRY_DAYS[j - 2] * 86_400 for j in k])
         for i in rows:
             t_s = int(t_us[i]) // 1_000_000
-            future = actual_s > t_s  # not made yet at t: its time is unknown
+            future = actual_s > t_s  # not made yet at t
+            # its time is unknown, except the next retry's: the invoice announced it
+            unknown = future.copy()
+            unknown[np.argmax(future)] = False
             lo = np.maximum(centre - jitter, t_s + 1)
             hi = np.maximum(centre + jitter, lo)
             u = rng.random((JITTER_DRAWS, len(k)))
-            when = np.where(future, lo + u * (hi - lo), actual_s)
+            when = np.where(unknown, lo + u * (hi - lo), actual_s)
             logit = np.column_stack(
                 [
                     _retry_logit_terms(decline, int(kk), when[:, j], first_s)
@@ -483,16 +513,56 @@ def experiment_from_truth(truth_dir: Path | str) -> pd.DataFrame:
     ).sort_values(["as_of", "account_id"], ignore_index=True)
 
 
-def uplift_oracle(experiment: pd.DataFrame, *, truth_dir: Path | str, months: int = 6) -> pd.Series:
-    """True reduction in the probability of churning within ``months`` months thanks to
-    the offer, per experiment row (NaN for accounts the truth does not know)."""
+def uplift_oracle(
+    experiment: pd.DataFrame,
+    *,
+    truth_dir: Path | str,
+    months: int = 6,
+    con: duckdb.DuckDBPyConnection | None = None,
+    horizon_days: int | None = None,
+) -> pd.Series:
+    """True reduction thanks to the offer, per experiment row (NaN for accounts the truth
+    does not know), with the hazard at eligibility ``h`` held constant.
+
+    Without ``con``: of the probability of *deciding* to cancel within ``months`` months,
+    ``(1 - (1 - h)^k) - (1 - (1 - h (1 - tau))^k)``. With ``con`` (the warehouse, for each
+    account's billing anchor) and ``horizon_days``: of the probability that the
+    subscription *ends* within ``horizon_days`` (the outcome the uplift models learn,
+    ``churn_<h>d``): a decision ends it at once or at the end of the billing period (as in
+    :func:`churn_oracle`), so on yearly billing most decisions made now end nothing within
+    90 days; the offer lowers the hazard for ``OFFER_MONTHS`` months.
+    """
     offers = read_truth(truth_dir, "offers").set_index("account_id")
     ids = experiment["account_id"].astype(str)
     h = offers["hazard_at_eligibility"].reindex(ids).to_numpy(np.float64)
     tau = offers["effect_relative"].reindex(ids).to_numpy(np.float64)
-    p0 = 1 - (1 - h) ** months
-    p1 = 1 - (1 - h * (1 - tau)) ** months
-    return pd.Series(p0 - p1, index=experiment.index, name="oracle_uplift")
+    if con is None or horizon_days is None:
+        p0 = 1 - (1 - h) ** months
+        p1 = 1 - (1 - h * (1 - tau)) ** months
+        return pd.Series(p0 - p1, index=experiment.index, name="oracle_uplift")
+    from workbench.simulator.behaviour import OFFER_MONTHS
+
+    t_us = to_us(experiment["as_of"])
+    state = _billing_state(con, experiment[["account_id", "as_of"]].reset_index(drop=True))
+    step = np.where(state["interval"].to_numpy(object) == "year", 12, 1)
+    K = int(np.ceil(horizon_days / 28)) + 1
+    starts = np.column_stack([_add_months_us(t_us, k) for k in range(K + 1)])
+    w = _decision_weights(
+        starts,
+        t_us + horizon_days * DAY_US,
+        cpe=state["cpe_us"].to_numpy(np.float64),
+        step=step,
+        pending=state["pending"].to_numpy(bool),
+    )
+    base = np.repeat(np.nan_to_num(h)[:, None], K, axis=1)
+    offered = base.copy()
+    offered[:, :OFFER_MONTHS] *= (1 - np.nan_to_num(tau))[:, None]
+    out = _decided_by(base, w) - _decided_by(offered, w)
+    return pd.Series(
+        np.where(np.isfinite(h) & np.isfinite(tau), out, np.nan),
+        index=experiment.index,
+        name="oracle_uplift",
+    )
 
 
 # --------------------------------------------------------------------------- comparisons
@@ -534,6 +604,10 @@ def evaluate_against_oracle(
         sc = result.scored
         h = result.model.horizon_days
         sc["oracle_uplift"] = uplift_oracle(
+            sc, truth_dir=truth_dir, con=con, horizon_days=h
+        ).to_numpy()
+        # the earlier oracle: the effect on deciding to cancel, billing ignored
+        sc["oracle_uplift_decision"] = uplift_oracle(
             sc, truth_dir=truth_dir, months=max(1, round(h / 30))
         ).to_numpy()
         ok = sc["oracle_uplift"].notna()
@@ -551,6 +625,11 @@ def evaluate_against_oracle(
             if len(s) > 2
             else float("nan"),
             "true_ate": float(s["oracle_uplift"].mean()),
+            "decision_oracle_qini": up.qini_coefficient(y, t, s["oracle_uplift_decision"]),
+            "decision_expected_qini_ratio": up.expected_qini(
+                s["oracle_uplift_decision"], s["uplift"]
+            )
+            / up.expected_qini(s["oracle_uplift_decision"], s["oracle_uplift_decision"]),
         }
         cmp["qini_ratio"] = (
             cmp["model_qini"] / cmp["oracle_qini"] if cmp["oracle_qini"] else float("nan")
