@@ -220,4 +220,9 @@ def test_05_06_models_registered_and_scores_traceable(pipeline) -> None:
     )  # every score names its model version and feature set
     churn_text = _outputs_text(settings, manifest, "05_churn")
     assert "oracle_auc" in churn_text  # measured against the simulator's truth
+    # the retention-offer uplift model, from the experiment, registered beside them
+    from workbench.models.registry import alias_version
+
+    assert alias_version("retention_uplift", "challenger", settings=settings)
+    assert "expected_qini_ratio" in churn_text and "Qini curve: retention_uplift" in churn_text
     assert "oracle_auc" in _outputs_text(settings, manifest, "06_recovery")

@@ -208,18 +208,8 @@ def _write_artifacts(run, folder: Path, *, sample: int, seed: int) -> None:  # n
             charts.shap_summary_chart(contrib, rows, title=f"SHAP summary: {run.name}"),
             folder / "shap_summary",
         )
-        from workbench.models.uplift import qini_curve
-
-        curve = qini_curve(
-            run.scored[run.target], run.scored["treatment"], run.scored["uplift"]
-        ).assign(model="model")
-        if "oracle_uplift" in run.scored.columns:
-            o = qini_curve(
-                run.scored[run.target], run.scored["treatment"], run.scored["oracle_uplift"]
-            )
-            curve = pd.concat([curve, o.assign(model="oracle")], ignore_index=True)
         charts.save_chart(
-            charts.qini_chart(curve, title=f"Qini curve: {run.name}"), folder / "qini"
+            charts.qini_chart(run.qini_curves(), title=f"Qini curve: {run.name}"), folder / "qini"
         )
         run.scored.to_parquet(folder / "cross_fitted.parquet")
         return

@@ -680,6 +680,21 @@ class UpliftResult:
     def target(self) -> str:
         return f"churn_{self.model.horizon_days}d"
 
+    def qini_curves(self) -> pd.DataFrame:
+        """The cross-fitted Qini curve (``model``) and, once compared with the truth, the
+        curve of targeting by the true effects (``oracle``), for
+        :func:`workbench.models.charts.qini_chart`."""
+        y, t = self.scored[self.target], self.scored["treatment"]
+        curves = [qini_curve(y, t, self.scored["uplift"]).assign(model="model")]
+        if "oracle_uplift" in self.scored.columns:
+            ok = self.scored["oracle_uplift"].notna()
+            curves.append(
+                qini_curve(y[ok], t[ok], self.scored.loc[ok, "oracle_uplift"]).assign(
+                    model="oracle"
+                )
+            )
+        return pd.concat(curves, ignore_index=True)
+
 
 UPLIFT_CARD = {
     "intended_use": (
