@@ -19,7 +19,7 @@ from workbench.features.offline import (
     recovery_spine,
     snapshot_spine,
 )
-from workbench.features.synthetic import INVOICE_VERSIONS
+from workbench.ingest.tables import INTERNAL
 from workbench.schema import create_all
 
 _ids = itertools.count()
@@ -469,7 +469,7 @@ def test_a_failure_is_scored_when_the_invoice_reports_it(con) -> None:
             attempt("a", "in2", "2024-01-01 00:10"),  # reported only an hour later: too late
         ],
     )
-    con.execute(INVOICE_VERSIONS.ddl())
+    con.execute(INTERNAL["invoice_versions"].ddl())
     insert(
         con,
         "invoice_versions",

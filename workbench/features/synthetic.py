@@ -22,11 +22,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from workbench.ingest.tables import INTERNAL
 from workbench.schema import create_all
-
-#: Ingestion's invoice history, which announces each failed invoice's next attempt.
-INVOICE_VERSIONS = INTERNAL["invoice_versions"]
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +170,10 @@ def random_warehouse(
     """
     rng = np.random.default_rng(seed)
     create_all(con)
-    con.execute(INVOICE_VERSIONS.ddl())
+    # ingestion's invoice history, which announces each failed invoice's next attempt
+    from workbench.ingest.tables import INTERNAL  # here: the ingest package loads pandera
+
+    con.execute(INTERNAL["invoice_versions"].ddl())
     t_start, t_end = _epoch_us(start), _epoch_us(end)
     n = n_accounts
     acc_ids = np.array([f"cus_{seed % 1000:03d}{i:07d}" for i in range(n)], dtype=object)
