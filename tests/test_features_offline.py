@@ -459,7 +459,12 @@ def test_a_failure_is_scored_when_the_invoice_reports_it(con) -> None:
     """With ingestion's invoice history, a failed attempt's spine time is the invoice's report
     of it (the version recorded within ten minutes after it), and the invoice feature
     ``invoice_hours_to_next_attempt`` reads the retry that report announced."""
-    insert(con, "invoices", [invoice("a", "in1", "2024-01-01"), invoice("a", "in2", "2024-01-01")])
+    insert(
+        con,
+        "invoices",
+        [invoice("a", f"in{k}", "2024-01-01") for k in (1, 2)]
+        + [invoice("a", "in3", "2024-01-01", paid_at=ts("2024-01-05 00:12"))],
+    )
     insert(
         con,
         "payment_attempts",
@@ -467,6 +472,7 @@ def test_a_failure_is_scored_when_the_invoice_reports_it(con) -> None:
             attempt("a", "in1", "2024-01-01 00:10"),
             attempt("a", "in1", "2024-01-04 00:10"),
             attempt("a", "in2", "2024-01-01 00:10"),  # reported only an hour later: too late
+            attempt("a", "in3", "2024-01-05 00:10"),  # paid two minutes later: not a report
         ],
     )
     con.execute(INTERNAL["invoice_versions"].ddl())
@@ -475,12 +481,13 @@ def test_a_failure_is_scored_when_the_invoice_reports_it(con) -> None:
         "invoice_versions",
         [
             {"event_id": e, "version_at": ts(at), "invoice_id": i, "account_id": "a",
-             "currency": "usd", "next_payment_attempt": nxt}
-            for e, at, i, nxt in (
-                ("e0", "2024-01-01 00:00", "in1", None),  # created
-                ("e1", "2024-01-01 00:10:01", "in1", ts("2024-01-04 00:10")),
-                ("e2", "2024-01-04 00:10:02", "in1", ts("2024-01-11 06:10")),
-                ("e3", "2024-01-01 01:10", "in2", ts("2024-01-04 00:10")),
+             "currency": "usd", "next_payment_attempt": nxt, "status": st}
+            for e, at, i, nxt, st in (
+                ("e0", "2024-01-01 00:00", "in1", None, "open"),  # created
+                ("e1", "2024-01-01 00:10:01", "in1", ts("2024-01-04 00:10"), "open"),
+                ("e2", "2024-01-04 00:10:02", "in1", ts("2024-01-11 06:10"), "open"),
+                ("e3", "2024-01-01 01:10", "in2", ts("2024-01-04 00:10"), "open"),
+                ("e4", "2024-01-05 00:12", "in3", None, "paid"),
             )
         ],
     )  # fmt: skip
@@ -489,6 +496,7 @@ def test_a_failure_is_scored_when_the_invoice_reports_it(con) -> None:
         ["in2", ts("2024-01-01 00:10")],
         ["in1", ts("2024-01-01 00:10:01")],
         ["in1", ts("2024-01-04 00:10:02")],
+        ["in3", ts("2024-01-05 00:10")],
     ]
     got = build_features(con, sp, features=["invoice_hours_to_next_attempt"])
     hours = got["invoice_hours_to_next_attempt"].tolist()
@@ -498,7 +506,10 @@ def test_a_failure_is_scored_when_the_invoice_reports_it(con) -> None:
     # without the invoice history the attempt's own time is used and the feature is missing
     con.execute("DROP TABLE invoice_versions")
     sp = recovery_spine(con, each_attempt=True)
-    assert sp["as_of"].tolist() == [ts("2024-01-01 00:10")] * 2 + [ts("2024-01-04 00:10")]
+    assert sp["as_of"].tolist() == [ts("2024-01-01 00:10")] * 2 + [
+        ts("2024-01-04 00:10"),
+        ts("2024-01-05 00:10"),
+    ]
     got = build_features(con, sp, features=["invoice_hours_to_next_attempt"])
     assert got["invoice_hours_to_next_attempt"].isna().all()
 

@@ -574,7 +574,8 @@ OPTIONAL_TABLES: dict[str, str] = {
     "invoice_versions": (
         "(SELECT CAST(NULL AS VARCHAR) AS event_id, CAST(NULL AS TIMESTAMPTZ) AS version_at, "
         "CAST(NULL AS VARCHAR) AS invoice_id, CAST(NULL AS VARCHAR) AS account_id, "
-        "CAST(NULL AS TIMESTAMPTZ) AS next_payment_attempt WHERE 1 = 0)"
+        "CAST(NULL AS TIMESTAMPTZ) AS next_payment_attempt, CAST(NULL AS VARCHAR) AS status "
+        "WHERE 1 = 0)"
     ),
 }
 
@@ -606,7 +607,8 @@ def recovery_spine(
     """Failed invoices at the time of their first failure (or at every failed attempt).
 
     The time of a failure is when the invoice reported it: the first invoice version
-    recorded within :data:`ANNOUNCE_WINDOW_S` after the failed attempt (Stripe's
+    recorded within :data:`ANNOUNCE_WINDOW_S` after the failed attempt that leaves the
+    invoice open (Stripe's
     ``invoice.payment_failed``, the event the real-time dunning scores on; it carries the
     next retry time, ``invoice_hours_to_next_attempt``), or the attempt's own time when
     the warehouse has no such version (CSV sources). A row exists only while the invoice is
@@ -628,12 +630,14 @@ def recovery_spine(
     inv = relations.get("invoices", "invoices")
     versions = relations.get("invoice_versions", "invoice_versions")
     # a failure is scored when the invoice reports it: its first version recorded within
-    # ANNOUNCE_WINDOW_S of the failed attempt (Stripe's invoice.payment_failed, which
-    # carries the next retry time) or, without invoice versions, the attempt itself
+    # ANNOUNCE_WINDOW_S of the failed attempt that leaves it open (Stripe's
+    # invoice.payment_failed, which carries the next retry time; a payment right after is
+    # not a report of the failure) or, without invoice versions, the attempt itself
     announce = (
         f"SELECT d.invoice_id, d.account_id, d.ts_us, d.valid_to_us, "
         f"coalesce(min(epoch_us(v.version_at)), d.ts_us) AS at_us "
         f"FROM ({src}) d LEFT JOIN {versions} v ON v.invoice_id = d.invoice_id "
+        f"AND coalesce(v.status, 'open') = 'open' "
         f"AND epoch_us(v.version_at) >= d.ts_us "
         f"AND epoch_us(v.version_at) <= d.ts_us + {ANNOUNCE_WINDOW_S * 1_000_000} "
         f"GROUP BY d.invoice_id, d.account_id, d.ts_us, d.valid_to_us"
