@@ -626,18 +626,12 @@ def evaluate_against_oracle(
             else float("nan"),
             "true_ate": float(s["oracle_uplift"].mean()),
             "decision_oracle_qini": up.qini_coefficient(y, t, s["oracle_uplift_decision"]),
-            "decision_expected_qini_ratio": up.expected_qini(
-                s["oracle_uplift_decision"], s["uplift"]
-            )
-            / up.expected_qini(s["oracle_uplift_decision"], s["oracle_uplift_decision"]),
         }
-        cmp["qini_ratio"] = (
-            cmp["model_qini"] / cmp["oracle_qini"] if cmp["oracle_qini"] else float("nan")
-        )
-        cmp["expected_qini_ratio"] = (
-            cmp["model_expected_qini"] / cmp["oracle_expected_qini"]
-            if cmp["oracle_expected_qini"]
-            else float("nan")
+        cmp["qini_ratio"] = _ratio(cmp["model_qini"], cmp["oracle_qini"])
+        cmp["expected_qini_ratio"] = _ratio(cmp["model_expected_qini"], cmp["oracle_expected_qini"])
+        d = s["oracle_uplift_decision"]
+        cmp["decision_expected_qini_ratio"] = _ratio(
+            up.expected_qini(d, s["uplift"]), up.expected_qini(d, d)
         )
         cmp["qini_ratio_low"], cmp["qini_ratio_high"] = _qini_ratio_interval(
             y.to_numpy(), t.to_numpy(), s["uplift"].to_numpy(), s["oracle_uplift"].to_numpy()
@@ -687,6 +681,11 @@ def evaluate_against_oracle(
         run.card["oracle"] = {"subset": next(iter(subsets)), **headline}
         _log(run, {f"oracle_{k}": v for k, v in headline.items()}, settings, log_to_mlflow)
     return pd.DataFrame(rows)
+
+
+def _ratio(a: float, b: float) -> float:
+    """``a / b``, NaN when ``b`` is 0 (no effect to rank by)."""
+    return a / b if b else float("nan")
 
 
 def _qini_ratio_interval(
