@@ -63,6 +63,7 @@ import pandas as pd
 import pyarrow as pa
 
 from workbench.features.offline import ANNOUNCE_WINDOW_S, to_us
+from workbench.models.cancellation import ended_by, ending_weights, month_starts
 
 log = logging.getLogger(__name__)
 
@@ -128,34 +129,6 @@ def _billing_state(con: duckdb.DuckDBPyConnection, spine: pd.DataFrame) -> pd.Da
     out.loc[rows, "interval"] = df["interval"].to_numpy(object)
     out.loc[rows, "cpe_us"] = df["cpe"].to_numpy(np.float64)
     out.loc[rows, "pending"] = df["cape"].fillna(False).to_numpy(bool)
-    return out
-
-
-def _add_months_us(us: np.ndarray, months: int) -> np.ndarray:
-    """Epoch microseconds shifted by calendar months (day clipped to the month's end)."""
-    ts = pd.Series(pd.to_datetime(np.asarray(us, dtype=np.int64), unit="us", utc=True)).astype(
-        "datetime64[us, UTC]"
-    )
-    if months:
-        ts = ts + pd.DateOffset(months=months)
-    return ts.dt.tz_localize(None).to_numpy().astype("datetime64[us]").astype(np.int64)
-
-
-def _last_anchor(cpe_us: np.ndarray, step_months: np.ndarray, T_us: np.ndarray) -> np.ndarray:
-    """The last billing period boundary at or before ``T``: the largest ``cpe + j`` billing
-    intervals that is ``<= T`` (NaN when the current period ends after ``T``)."""
-    out = np.full(len(T_us), np.nan)
-    known = np.isfinite(cpe_us)
-    cpe_i = np.where(known, cpe_us, 0).astype(np.int64)
-    for j in range(0, 13):
-        for step in (1, 12):
-            sel = known & (step_months == step)
-            if not sel.any() or (step == 12 and j > 1):
-                continue
-            anchor = _add_months_us(cpe_i[sel], j * step).astype(np.float64)
-            good = anchor <= T_us[sel]
-            idx = np.flatnonzero(sel)[good]
-            out[idx] = np.fmax(out[idx], anchor[good])
     return out
 
 
@@ -230,11 +203,7 @@ def churn_oracle(
     pending = state["pending"].to_numpy(bool)
 
     K = int(np.ceil(max(horizons) / 28)) + 1
-    starts = (
-        np.column_stack([_add_months_us(t_us, k) for k in range(K + 1)])
-        if n
-        else np.zeros((0, K + 1), np.int64)
-    )
+    starts = month_starts(t_us, max(horizons)) if n else np.zeros((0, K + 1), np.int64)
     path = np.full((n, K), np.nan)
     lookup = hz.set_index(["account_id", "m_us"])["hazard"]
     lookup = lookup[~lookup.index.duplicated()]
@@ -278,52 +247,17 @@ def churn_oracle(
             p2[s.index.to_numpy(np.int64)] = 1.0 - np.exp(s.to_numpy())
         else:
             p2 = np.zeros(n)
-        w = _decision_weights(starts, T, cpe=cpe, step=step, pending=pending)
-        p3 = _decided_by(path, w)
-        p3_t = _decided_by(np.repeat(h_t0[:, None], K, axis=1), w)
+        w = ending_weights(
+            starts, T, cpe=cpe, step=step, pending=pending, immediate=IMMEDIATE_SHARE
+        )
+        p3 = ended_by(path, w)
+        p3_t = ended_by(np.repeat(h_t0[:, None], K, axis=1), w)
         res = 1 - (1 - p1) * (1 - p2) * (1 - p3)
         res_t = 1 - (1 - p1) * (1 - p2) * (1 - p3_t)
         undefined = ~known & ~pending & (p2 == 0)
         out[f"oracle_churn_{h}d"] = np.where(undefined, np.nan, res)
         out[f"oracle_churn_{h}d_at_t"] = np.where(undefined, np.nan, res_t)
     return out
-
-
-def _decision_weights(
-    starts: np.ndarray,
-    T: np.ndarray,
-    *,
-    cpe: np.ndarray,
-    step: np.ndarray,
-    pending: np.ndarray,
-) -> np.ndarray:
-    """Per row and month ``[starts[:, k], starts[:, k + 1])``: the chance that a decision to
-    cancel made in that month (uniformly in it) ends the subscription by ``T``: at once
-    with probability :data:`IMMEDIATE_SHARE`, else at the end of the billing period
-    (anchored on ``cpe``, the current period end, every ``step`` months). Zero where a
-    cancellation is already pending (nothing left to decide)."""
-    m0, m1 = starts[:, :-1], starts[:, 1:]
-    length = (m1 - m0).astype(np.float64)
-    p_imm = np.where(step == 12, IMMEDIATE_SHARE["year"], IMMEDIATE_SHARE["month"])
-    anchor = _last_anchor(cpe, step, T.astype(np.float64))
-    p_by_T = np.clip((T[:, None] - m0) / length, 0, 1)
-    p_by_A = np.where(
-        np.isfinite(anchor)[:, None],
-        np.clip((np.nan_to_num(anchor)[:, None] - m0) / length, 0, 1),
-        0.0,
-    )
-    w = (p_imm[:, None] * p_by_T + (1 - p_imm[:, None]) * p_by_A) * (m0 < T[:, None])
-    w[pending] = 0.0
-    return w
-
-
-def _decided_by(hazard: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Per row: sum over months of survival-to-month x hazard x chance the decision ends
-    the subscription in time."""
-    surv = np.concatenate(
-        [np.ones((hazard.shape[0], 1)), np.cumprod(1.0 - hazard, axis=1)[:, :-1]], axis=1
-    )
-    return np.sum(surv * hazard * w, axis=1)
 
 
 # --------------------------------------------------------------------------- recovery
@@ -545,19 +479,20 @@ def uplift_oracle(
     t_us = to_us(experiment["as_of"])
     state = _billing_state(con, experiment[["account_id", "as_of"]].reset_index(drop=True))
     step = np.where(state["interval"].to_numpy(object) == "year", 12, 1)
-    K = int(np.ceil(horizon_days / 28)) + 1
-    starts = np.column_stack([_add_months_us(t_us, k) for k in range(K + 1)])
-    w = _decision_weights(
+    starts = month_starts(t_us, horizon_days)
+    K = starts.shape[1] - 1
+    w = ending_weights(
         starts,
         t_us + horizon_days * DAY_US,
         cpe=state["cpe_us"].to_numpy(np.float64),
         step=step,
         pending=state["pending"].to_numpy(bool),
+        immediate=IMMEDIATE_SHARE,
     )
     base = np.repeat(np.nan_to_num(h)[:, None], K, axis=1)
     offered = base.copy()
     offered[:, :OFFER_MONTHS] *= (1 - np.nan_to_num(tau))[:, None]
-    out = _decided_by(base, w) - _decided_by(offered, w)
+    out = ended_by(base, w) - ended_by(offered, w)
     return pd.Series(
         np.where(np.isfinite(h) & np.isfinite(tau), out, np.nan),
         index=experiment.index,
