@@ -10,8 +10,8 @@ evaluates on the test period:
   :mod:`workbench.models.retry_schedule`; the direct LightGBM framing is trained beside it
   and reported as ``direct_*``) against the simulator's true probabilities on every failed
   attempt;
-* the retention-offer uplift (the default S-learner on a voluntary-churn risk; the
-  previous X-learner on an all-churn risk is reported as ``x_learner_all_churn_*``)
+* the retention-offer uplift (the default decision-hazard learner ``d``; the previous
+  default, the S-learner on a voluntary-churn risk, is reported as ``s_learner_voluntary_*``)
   against the true effects: Qini coefficient of the model's cross-fitted scores and of the
   true effects on the same experiment rows, and the expected Qini (true effects as
   outcomes, free of outcome noise); the goal needs both ratios >= 0.9.
@@ -228,10 +228,10 @@ def main(argv: list[str] | None = None) -> None:
 
         exp = oracle.experiment_from_truth(truth)
         updata = uplift.uplift_dataset(con, exp)
-        # the previous default beside it: X-learner on a risk model of all churn
+        # the previous default beside it: the S-learner on a voluntary-churn risk model
         xl = uplift.train_uplift(
-            con, exp, churn_frame=churn_data, dataset=updata, learner="x", risk_label="all",
-            track=False, register=False,
+            con, exp, churn_frame=churn_data, dataset=updata, learner="s",
+            risk_label="voluntary", track=False, register=False,
         )  # fmt: skip
         xcmp = oracle.evaluate_against_oracle(
             xl, con=con, truth_dir=truth, settings=settings, log_to_mlflow=False
@@ -250,10 +250,10 @@ def main(argv: list[str] | None = None) -> None:
         extra |= {
             "learner": up.model.learner,
             "risk_label": up.card["risk_model"]["label"] if up.card.get("risk_model") else None,
-            "x_learner_all_churn_qini_ratio": round(float(xcmp["qini_ratio"]), 4),
-            "x_learner_all_churn_qini_ratio_low": round(float(xcmp["qini_ratio_low"]), 4),
-            "x_learner_all_churn_qini_ratio_high": round(float(xcmp["qini_ratio_high"]), 4),
-            "x_learner_all_churn_expected_qini_ratio": round(float(xcmp["expected_qini_ratio"]), 4),
+            "s_learner_voluntary_qini_ratio": round(float(xcmp["qini_ratio"]), 4),
+            "s_learner_voluntary_qini_ratio_low": round(float(xcmp["qini_ratio_low"]), 4),
+            "s_learner_voluntary_qini_ratio_high": round(float(xcmp["qini_ratio_high"]), 4),
+            "s_learner_voluntary_expected_qini_ratio": round(float(xcmp["expected_qini_ratio"]), 4),
         }
         results.append(
             Result(

@@ -107,3 +107,44 @@ def test_experiment_and_uplift_oracle_from_the_truth(company) -> None:
         frame = uplift.uplift_dataset(con, exp, horizon_days=90)
     assert len(frame) == len(exp) and frame["treatment"].tolist() == exp["treatment"].tolist()
     assert frame["churn_90d"].notna().sum() > 0
+
+
+def test_cancellation_requests_match_the_simulators_decisions(company) -> None:
+    from workbench.models import cancellation
+
+    settings, truth = company
+    hz = oracle.read_truth(truth, "churn_hazard")
+    frame = hz[["account_id", "month"]].rename(columns={"month": "as_of"})
+    with Warehouse(settings).read(step="test") as con:
+        got = cancellation.decision_labels(con, frame)
+        shares = cancellation.immediate_shares(con)
+    kind = hz["churn_type"].fillna("none").to_numpy()
+    # a decision to cancel made in the month (the truth's voluntary churn) is seen in the
+    # warehouse as a request in (month start, next month start]; exits after dunning are not
+    assert (kind == "voluntary").sum() > 20
+    assert got[kind == "voluntary"].mean() > 0.95
+    assert not got[kind == "involuntary"].any()
+    assert got[kind == "none"].mean() < 0.01
+    # the simulator ends 25% of monthly and 10% of yearly decisions at once
+    assert 0.1 < shares["month"] < 0.45 and 0 <= shares["year"] < shares["month"]
+
+
+def test_uplift_decision_learner_trains_on_the_warehouse_and_scores_with_reasons(company) -> None:
+    settings, truth = company
+    exp = oracle.experiment_from_truth(truth)
+    with Warehouse(settings).read(step="test") as con:
+        res = uplift.train_uplift(con, exp, folds=3, track=False, register=False)
+        frame = uplift.uplift_dataset(con, exp.head(5), horizon_days=90)
+    model = res.model
+    assert model.learner == "d" and model.risk.target == uplift.DECISION
+    assert res.card["risk_model"]["label"] == "monthly decision to cancel"
+    assert res.scored["uplift"].notna().all() and res.scored[uplift.HAZARD].between(0, 1).all()
+    assert 0 < model.linear["tau_common"] < 1 and model.linear["penalty"] in uplift.D_PENALTIES
+    info = {"name": "retention_uplift", "version": "1", "run_id": "r", "feature_set_version": "fs"}
+    scores = scoring.score_frame(
+        model, frame, info=info, entity_type="account", entity_col="account_id"
+    )
+    assert len(scores) == 5 and scores["score"].notna().all()
+    assert scores["reason_1"].notna().all()
+    # the reasons speak of the inputs: the decision hazard or billing or the attributes
+    assert scores["reason_features"].str.len().gt(0).all()

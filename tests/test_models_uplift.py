@@ -106,10 +106,13 @@ def test_train_uplift_without_a_warehouse_and_its_card() -> None:
     from workbench.models.cards import render_card
 
     data = experiment(1200, seed=4).assign(as_of=pd.Timestamp("2024-03-01", tz="UTC"))
+    with pytest.raises(ValueError, match="learner 'd' learns from the warehouse"):
+        uplift.train_uplift(None, data, dataset=data, track=False, register=False)
     res = uplift.train_uplift(
         None,
         data[["account_id", "as_of", "treatment"]],
         dataset=data,
+        learner="s",
         risk=False,
         folds=3,
         rounds=60,
@@ -199,3 +202,113 @@ def test_voluntary_risk_label_leaves_out_exits_after_failed_payments() -> None:
     both = churn.assign(failed_payments_30d=2, health_score=70.0).head(200)
     assert everything.predict(both).mean() > 0.4  # failed payments drive all churn here
     assert only_voluntary.predict(both).mean() < 0.1  # but not the decision to cancel
+
+
+# --------------------------------------------------------------------------- learner d
+
+SHARES = {"month": 0.25, "year": 0.1}
+
+
+def billing_experiment(n: int = 4000, seed: int = 0) -> pd.DataFrame:
+    """A randomized offer acting on a monthly decision hazard, with billing mechanics: a
+    decision ends the subscription at once (25% monthly, 10% yearly) or at the period end;
+    the offer cuts the hazard by a share set by channel and size; 3% leave for other
+    reasons whatever the offer."""
+    from workbench.models.cancellation import billing_weights, ended_by
+
+    frame = experiment(n, seed)
+    rng = np.random.default_rng(seed + 100)
+    yearly = rng.random(n) < 0.3
+    t0 = pd.Timestamp("2024-03-01", tz="UTC")
+    frame = frame.assign(
+        as_of=t0,
+        billing_interval_months=np.where(yearly, 12.0, 1.0),
+        days_to_period_end=np.where(yearly, rng.uniform(0, 365, n), rng.uniform(0, 30, n)),
+        cancel_at_period_end=0,
+    )
+    health = (frame["health_score"].to_numpy() - 50) / 15
+    hazard = 1 / (1 + np.exp(-(-2.6 - 0.9 * health)))
+    tau = (
+        0.1 + 0.5 * (frame["channel"] == "self-serve") + 0.3 * (frame["size"] == "small")
+    ).to_numpy()
+    W = billing_weights(frame, horizon_days=90, immediate=SHARES)
+    base = hazard[:, None] * np.ones(W.shape[1])
+    p0 = 1 - 0.97 * (1 - ended_by(base, W))
+    p1 = 1 - 0.97 * (1 - ended_by(base * (1 - tau)[:, None], W))
+    treated = frame["treatment"].to_numpy() == 1
+    frame["churn_90d"] = (rng.random(n) < np.where(treated, p1, p0)).astype(np.int8)
+    frame["true_uplift"] = p0 - p1
+    frame["true_hazard"] = hazard
+    return frame
+
+
+class KnownHazard:
+    """Stands in for a decision model: the experiment's true monthly hazard, slightly noisy."""
+
+    def predict(self, frame: pd.DataFrame) -> np.ndarray:
+        noise = np.random.default_rng(7).normal(0, 0.15, len(frame))
+        return frame["true_hazard"].to_numpy() * np.exp(noise)
+
+
+EFFECTS = ["channel", "size", "region", "industry"]
+
+
+def test_learner_d_recovers_who_responds_and_when_it_counts() -> None:
+    train, test = billing_experiment(4000, seed=0), billing_experiment(3000, seed=1)
+    model = uplift.fit_uplift(
+        train, outcome="churn_90d", features=EFFECTS, learner="d", risk=KnownHazard(),
+        params={"immediate": SHARES},
+    )  # fmt: skip
+    lin = model.linear
+    assert set(lin["cv_log_loss"]) == {f"{p:g}" for p in uplift.D_PENALTIES}
+    assert lin["penalty"] == min(uplift.D_PENALTIES, key=lambda p: lin["cv_log_loss"][f"{p:g}"])
+    assert lin["other_exit"] == pytest.approx(0.03, abs=0.02)
+    assert lin["hazard_scale"] == pytest.approx(1.0, abs=0.25)
+    parts = model.predict_components(test)
+    np.testing.assert_allclose(parts["uplift"], parts["p_control"] - parts["p_treated"])
+    pred = parts["uplift"].to_numpy()
+    ratio = uplift.expected_qini(test["true_uplift"], pred) / uplift.expected_qini(
+        test["true_uplift"], test["true_uplift"]
+    )
+    assert ratio > 0.9
+    assert pred.mean() == pytest.approx(test["true_uplift"].mean(), abs=0.01)
+    # yearly plans renewing after the horizon: a decision now rarely ends them in time
+    late = (test["billing_interval_months"] == 12) & (test["days_to_period_end"] > 120)
+    assert pred[late].mean() < pred[~late].mean() / 2
+    by = parts.assign(channel=test["channel"]).groupby("channel")["uplift"].mean()
+    assert by["self-serve"] > 2 * by["sales"]
+
+
+def test_learner_d_round_trips_explains_and_asks_for_its_inputs(tmp_path) -> None:
+    data = billing_experiment(2000, seed=5)
+    churn = data.assign(
+        as_of=pd.Timestamp("2023-01-01", tz="UTC")
+        + pd.to_timedelta(np.arange(len(data)) % 300, unit="D")
+    )
+    decided = np.random.default_rng(3).random(len(churn)) < churn["true_hazard"]
+    risk = uplift.fit_risk_model(
+        churn.assign(decided=decided.astype(np.int8)).drop(columns=["churn_90d"]),
+        target="decided",
+    )
+    model = uplift.fit_uplift(
+        data, outcome="churn_90d", features=EFFECTS, learner="d", risk=risk,
+        params={"immediate": SHARES, "penalty": 10.0},
+    )  # fmt: skip
+    assert model.linear["cv_log_loss"] == {} and model.params["penalty"] == 10.0
+    assert uplift.HAZARD in model.features and "days_to_period_end" in model.features
+    model.save(tmp_path / "d")
+    again = uplift.UpliftModel.load(tmp_path / "d")
+    np.testing.assert_allclose(again.predict(data), model.predict(data), atol=1e-12)
+    contrib = model.contributions(data.head(40))
+    assert list(contrib.columns) == [*model.features, "bias"]
+    np.testing.assert_allclose(
+        contrib.sum(axis=1).to_numpy(), model.predict(data.head(40)), atol=1e-12
+    )
+    assert contrib[uplift.HAZARD].abs().mean() > 0
+    with pytest.raises(ValueError, match="needs risk="):
+        uplift.fit_uplift(data, outcome="churn_90d", features=EFFECTS, learner="d", risk=risk)
+    oof = uplift.cross_fit(
+        data, outcome="churn_90d", features=EFFECTS, learner="d", risk=risk, folds=3,
+        params={"immediate": SHARES, "penalty": 10.0},
+    )  # fmt: skip
+    assert oof.index.equals(data.index) and oof["uplift"].notna().all()

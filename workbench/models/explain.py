@@ -236,6 +236,8 @@ PHRASES: dict[str, Callable[[str, Any], str]] = {
         "subscription set to cancel", "subscription not set to cancel"
     ),
     "churn_risk": lambda n, v: f"churn risk {_pct(v)}",
+    "cancel_hazard": lambda n, v: f"{_pct(v)} chance of deciding to cancel this month",
+    "days_to_period_end": lambda n, v: f"billing period ends in {_plural(v, 'day')}",
     "region": lambda n, v: f"region {v}",
     "channel": lambda n, v: f"{v} customer",
     "industry": lambda n, v: f"{v} industry",
