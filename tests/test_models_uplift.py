@@ -39,6 +39,22 @@ def experiment(n: int = 4000, seed: int = 0) -> pd.DataFrame:
 FEATURES = ["health_score", "tenure_days", "channel", "size", "region", "industry"]
 
 
+def assert_round_trips_and_adds_up(
+    model: uplift.UpliftModel, data: pd.DataFrame, path
+) -> pd.DataFrame:  # noqa: ANN001
+    """Saved and loaded, ``model`` predicts the same; its contributions on 40 rows have one
+    column per input plus ``bias`` and add up to the uplift. Returns them."""
+    model.save(path)
+    again = uplift.UpliftModel.load(path)
+    np.testing.assert_allclose(again.predict(data), model.predict(data), atol=1e-12)
+    contrib = model.contributions(data.head(40))
+    assert list(contrib.columns) == [*model.features, "bias"]
+    np.testing.assert_allclose(
+        contrib.sum(axis=1).to_numpy(), model.predict(data.head(40)), atol=1e-12
+    )
+    return contrib
+
+
 def test_qini_curve_matches_a_hand_computation() -> None:
     # ranked by score: rows 0..5; treatment and churn given
     y = np.array([0, 1, 0, 1, 1, 0])
@@ -140,14 +156,7 @@ def test_s_learner_round_trips_and_its_contributions_add_up(tmp_path) -> None:
     # self-serve and small accounts respond most in this experiment: the model sees it
     by = parts.assign(channel=data["channel"]).groupby("channel")["uplift"].mean()
     assert by["self-serve"] > by["sales"] + 0.05
-    model.save(tmp_path / "s")
-    again = uplift.UpliftModel.load(tmp_path / "s")
-    np.testing.assert_allclose(again.predict(data), model.predict(data), atol=1e-12)
-    contrib = model.contributions(data.head(40))
-    assert list(contrib.columns) == [*model.features, "bias"]
-    np.testing.assert_allclose(
-        contrib.sum(axis=1).to_numpy(), model.predict(data.head(40)), atol=1e-12
-    )
+    assert_round_trips_and_adds_up(model, data, tmp_path / "s")
     # effect modification penalised without limit: the relative effect is common to all
     flat = uplift.fit_uplift(
         data, outcome="churn_90d", features=FEATURES, learner="s",
@@ -296,14 +305,7 @@ def test_learner_d_round_trips_explains_and_asks_for_its_inputs(tmp_path) -> Non
     )  # fmt: skip
     assert model.linear["cv_log_loss"] == {} and model.params["penalty"] == 10.0
     assert uplift.HAZARD in model.features and "days_to_period_end" in model.features
-    model.save(tmp_path / "d")
-    again = uplift.UpliftModel.load(tmp_path / "d")
-    np.testing.assert_allclose(again.predict(data), model.predict(data), atol=1e-12)
-    contrib = model.contributions(data.head(40))
-    assert list(contrib.columns) == [*model.features, "bias"]
-    np.testing.assert_allclose(
-        contrib.sum(axis=1).to_numpy(), model.predict(data.head(40)), atol=1e-12
-    )
+    contrib = assert_round_trips_and_adds_up(model, data, tmp_path / "d")
     assert contrib[uplift.HAZARD].abs().mean() > 0
     with pytest.raises(ValueError, match="needs risk="):
         uplift.fit_uplift(data, outcome="churn_90d", features=EFFECTS, learner="d", risk=risk)

@@ -191,6 +191,41 @@ def immediate_shares(con: duckdb.DuckDBPyConnection) -> dict[str, float]:
     return out
 
 
+def rows_with_event(
+    con: duckdb.DuckDBPyConnection,
+    frame: pd.DataFrame,
+    events_sql: str,
+    *,
+    end_us: np.ndarray,
+) -> np.ndarray:
+    """Per row (``account_id``, ``as_of``): does ``events_sql`` (a query with columns
+    ``account_id`` and ``event_at``) have an event of the account in ``(as_of, end]``
+    (``end_us``: per row, epoch microseconds)?"""
+    name = "_wb_event_window"
+    probe = pa.table(
+        {
+            "_row": pa.array(np.arange(len(frame), dtype=np.int64)),
+            "account_id": pa.array(frame["account_id"].astype(str).to_numpy(), type=pa.string()),
+            "t_us": pa.array(to_us(frame["as_of"])),
+            "end_us": pa.array(np.asarray(end_us, dtype=np.int64)),
+        }
+    )
+    con.register(name, probe)
+    try:
+        hit = con.execute(
+            f"""
+            WITH e AS ({events_sql})
+            SELECT DISTINCT p._row FROM {name} p JOIN e ON e.account_id = p.account_id
+            WHERE epoch_us(e.event_at) > p.t_us AND epoch_us(e.event_at) <= p.end_us
+            """
+        ).fetchnumpy()["_row"]
+    finally:
+        con.unregister(name)
+    out = np.zeros(len(frame), dtype=bool)
+    out[np.asarray(hit, dtype=np.int64)] = True
+    return out
+
+
 def decision_labels(
     con: duckdb.DuckDBPyConnection, frame: pd.DataFrame, *, months: int = 1
 ) -> np.ndarray:
@@ -201,27 +236,6 @@ def decision_labels(
     invoice are still labelled (False unless a request is seen): pass rows whose window
     is observed.
     """
-    name = "_wb_decisions"
-    t_us = to_us(frame["as_of"])
-    probe = pa.table(
-        {
-            "_row": pa.array(np.arange(len(frame), dtype=np.int64)),
-            "account_id": pa.array(frame["account_id"].astype(str).to_numpy(), type=pa.string()),
-            "t_us": pa.array(t_us),
-            "end_us": pa.array(add_months_us(t_us, months)),
-        }
-    )
-    con.register(name, probe)
-    try:
-        hit = con.execute(
-            f"""
-            WITH v AS ({_VOLUNTARY})
-            SELECT DISTINCT p._row FROM {name} p JOIN v ON v.account_id = p.account_id
-            WHERE epoch_us(v.canceled_at) > p.t_us AND epoch_us(v.canceled_at) <= p.end_us
-            """
-        ).fetchnumpy()["_row"]
-    finally:
-        con.unregister(name)
-    out = np.zeros(len(frame), dtype=bool)
-    out[np.asarray(hit, dtype=np.int64)] = True
-    return out
+    events = f"SELECT v.account_id, v.canceled_at AS event_at FROM ({_VOLUNTARY}) v"
+    end_us = add_months_us(to_us(frame["as_of"]), months)
+    return rows_with_event(con, frame, events, end_us=end_us)

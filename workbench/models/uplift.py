@@ -652,29 +652,14 @@ def failed_payment_exits(
     uncollectible in ``(as_of, as_of + horizon]`` (dunning gave up: the account leaves
     involuntarily)? Used to keep such exits out of a voluntary-churn label.
     """
-    import pyarrow as pa
+    from workbench.models.cancellation import DAY_US, rows_with_event
 
-    name = "_wb_exits"
-    probe = pa.table(
-        {
-            "_row": pa.array(np.arange(len(frame), dtype=np.int64)),
-            "account_id": pa.array(frame["account_id"].astype(str).to_numpy(), type=pa.string()),
-            "t_us": pa.array(offline.to_us(frame["as_of"])),
-        }
+    events = (
+        "SELECT account_id, marked_uncollectible_at AS event_at FROM invoices "
+        "WHERE marked_uncollectible_at IS NOT NULL"
     )
-    con.register(name, probe)
-    try:
-        hit = con.execute(
-            f"SELECT DISTINCT p._row FROM {name} p JOIN invoices i ON i.account_id = p.account_id "
-            "WHERE i.marked_uncollectible_at IS NOT NULL "
-            "AND epoch_us(i.marked_uncollectible_at) > p.t_us "
-            f"AND epoch_us(i.marked_uncollectible_at) <= p.t_us + {int(horizon_days)} * 86400000000"
-        ).fetchnumpy()["_row"]
-    finally:
-        con.unregister(name)
-    out = np.zeros(len(frame), dtype=bool)
-    out[np.asarray(hit, dtype=np.int64)] = True
-    return out
+    end_us = offline.to_us(frame["as_of"]) + int(horizon_days) * DAY_US
+    return rows_with_event(con, frame, events, end_us=end_us)
 
 
 def fit_risk_model(
