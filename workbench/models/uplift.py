@@ -620,11 +620,11 @@ def _fit_d_learner(
         tau_common=float(expit(theta[1])),
         hazard_scale=float(np.exp(theta[0])),
         other_exit=float(expit(theta[2])),
+        # the values each input is held at for its contribution (medians, modes)
         ablate={
-            **{c: float(np.nanmedian(frame[c].to_numpy(dtype=np.float64))) for c in (HAZARD,)},
             **{
                 c: float(np.nanmedian(pd.to_numeric(frame[c], errors="coerce")))
-                for c in BILLING_INPUTS
+                for c in (HAZARD, *BILLING_INPUTS)
             },
             **medians,
             **{
