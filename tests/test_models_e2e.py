@@ -130,16 +130,20 @@ def test_cancellation_requests_match_the_simulators_decisions(company) -> None:
 
 
 def test_uplift_decision_learner_trains_on_the_warehouse_and_scores_with_reasons(company) -> None:
+    from workbench.models import cancellation
+
     settings, truth = company
     exp = oracle.experiment_from_truth(truth)
     with Warehouse(settings).read(step="test") as con:
         res = uplift.train_uplift(con, exp, folds=3, track=False, register=False)
+        shares = cancellation.immediate_shares(con)
         frame = uplift.uplift_dataset(con, exp.head(5), horizon_days=90)
     model = res.model
     assert model.learner == "d" and model.risk.target == uplift.DECISION
     assert res.card["risk_model"]["label"] == "monthly decision to cancel"
     assert res.scored["uplift"].notna().all() and res.scored[uplift.HAZARD].between(0, 1).all()
-    assert 0 < model.linear["tau_common"] < 1 and model.linear["penalty"] in uplift.D_PENALTIES
+    # the billing mechanics come from the warehouse's own cancellations
+    assert model.linear["immediate"] == shares and model.linear["penalty"] in uplift.D_PENALTIES
     info = {"name": "retention_uplift", "version": "1", "run_id": "r", "feature_set_version": "fs"}
     scores = scoring.score_frame(
         model, frame, info=info, entity_type="account", entity_col="account_id"

@@ -202,8 +202,8 @@ def churn_oracle(
     cpe = state["cpe_us"].to_numpy(np.float64)
     pending = state["pending"].to_numpy(bool)
 
-    K = int(np.ceil(max(horizons) / 28)) + 1
-    starts = month_starts(t_us, max(horizons)) if n else np.zeros((0, K + 1), np.int64)
+    starts = month_starts(t_us, max(horizons))
+    K = starts.shape[1] - 1
     path = np.full((n, K), np.nan)
     lookup = hz.set_index(["account_id", "m_us"])["hazard"]
     lookup = lookup[~lookup.index.duplicated()]

@@ -583,21 +583,20 @@ def _fit_d_learner(
         else 0.0
         for c in numeric
     }
+    k = len(numeric) + sum(len(v) for v in levels.values())
     linear: dict[str, Any] = {
         "effect_numeric": numeric,
         "effect_levels": levels,
         "medians": medians,
-        "mu": [],
-        "sd": [],
+        "mu": [0.0] * k,
+        "sd": [1.0] * k,
         "immediate": dict(immediate),
         "horizon_days": int(horizon_days),
     }
-    k = len(numeric) + sum(len(v) for v in levels.values())
-    linear["mu"], linear["sd"] = [0.0] * k, [1.0] * k
-    raw = _d_effects(linear, frame)
-    sd = raw.std(axis=0)
-    linear["mu"], linear["sd"] = raw.mean(axis=0).tolist(), np.where(sd > 0, sd, 1.0).tolist()
-    A = _d_effects(linear, frame)
+    raw = _d_effects(linear, frame)  # unstandardised while mu = 0 and sd = 1
+    mu, sd = raw.mean(axis=0), np.where(raw.std(axis=0) > 0, raw.std(axis=0), 1.0)
+    linear["mu"], linear["sd"] = mu.tolist(), sd.tolist()
+    A = (raw - mu) / sd
     hazard = frame[HAZARD].to_numpy(dtype=np.float64)
     W = billing_weights(frame, horizon_days=horizon_days, immediate=immediate)
     cv: dict[str, float] = {}
