@@ -108,6 +108,19 @@ def test_ending_weights_by_hand() -> None:
     assert cn.ended_by(h, w)[0] == pytest.approx(expected)
 
 
+def test_ended_by_constant_is_ended_by_with_its_exact_slope() -> None:
+    rng = np.random.default_rng(0)
+    w = rng.uniform(0, 1, (50, 4))
+    h = rng.uniform(0, 0.9, 50)
+    value, slope = cn.ended_by_constant(h, w)
+    np.testing.assert_allclose(value, cn.ended_by(np.repeat(h[:, None], 4, axis=1), w))
+    step = 1e-6
+    numeric = (cn.ended_by_constant(h + step, w)[0] - cn.ended_by_constant(h - step, w)[0]) / (
+        2 * step
+    )
+    np.testing.assert_allclose(slope, numeric, rtol=1e-6, atol=1e-9)
+
+
 def test_billing_weights_from_features_match_the_explicit_state() -> None:
     frame = pd.DataFrame(
         {

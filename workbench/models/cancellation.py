@@ -115,6 +115,17 @@ def ended_by(hazard: np.ndarray, w: np.ndarray) -> np.ndarray:
     return np.sum(surv * hazard * w, axis=1)
 
 
+def ended_by_constant(hazard: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`ended_by` for one hazard per row, the same every month, and its derivative
+    in that hazard: ``sum_k w_k h (1 - h)^k`` and ``sum_k w_k (1 - h)^(k-1) (1 - (k + 1) h)``.
+    """
+    h = np.asarray(hazard, dtype=np.float64)[:, None]
+    k = np.arange(w.shape[1], dtype=np.float64)[None, :]
+    surv = (1.0 - h) ** k
+    slope = np.where(k > 0, (1.0 - h) ** np.maximum(k - 1, 0) * (1.0 - (k + 1) * h), 1.0)
+    return np.sum(w * h * surv, axis=1), np.sum(w * slope, axis=1)
+
+
 def billing_weights(
     frame: pd.DataFrame, *, horizon_days: int, immediate: Mapping[str, float]
 ) -> np.ndarray:

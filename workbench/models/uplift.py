@@ -505,6 +505,24 @@ def _d_effects(linear: Mapping[str, Any], frame: pd.DataFrame) -> np.ndarray:
     return (A - np.asarray(linear["mu"])) / np.asarray(linear["sd"])
 
 
+def _d_parts(theta: np.ndarray, hazard: np.ndarray, W: np.ndarray, A: np.ndarray) -> dict:
+    """The ``d`` learner's pieces per row: the relative effect ``tau``, the scaled hazard
+    ``b`` (and whether the scale was clipped), the other exits' probability and the chance
+    a decision ends the subscription by the horizon without (``d0``) and with (``d1``) the
+    offer, with their slopes in the hazard (``s0``, ``s1``)."""
+    from scipy.special import expit
+
+    from workbench.models.cancellation import ended_by_constant
+
+    tau = expit(theta[1] + A @ theta[3:])
+    scaled = np.exp(theta[0]) * hazard
+    b = np.clip(scaled, 0.0, 0.999)
+    d0, s0 = ended_by_constant(b, W)
+    d1, s1 = ended_by_constant(b * (1.0 - tau), W)
+    return {"tau": tau, "b": b, "free": (scaled > 0) & (scaled < 0.999), "other": expit(theta[2]),
+            "d0": d0, "s0": s0, "d1": d1, "s1": s1}  # fmt: skip
+
+
 def _d_probs(
     theta: np.ndarray, hazard: np.ndarray, W: np.ndarray, A: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -516,35 +534,52 @@ def _d_probs(
     the subscription by the horizon with the billing weights ``W``; other exits (after
     failed payments) happen with a probability the offer does not change.
     """
-    from scipy.special import expit
-
-    from workbench.models.cancellation import ended_by
-
-    tau = expit(theta[1] + A @ theta[3:])
-    base = np.clip(np.exp(theta[0]) * hazard, 0.0, 0.999)[:, None] * np.ones(W.shape[1])
-    d0 = ended_by(base, W)
-    d1 = ended_by(base * (1.0 - tau)[:, None], W)
-    other = expit(theta[2])
-    return 1 - (1 - other) * (1 - d0), 1 - (1 - other) * (1 - d1), (1 - other) * (d0 - d1)
+    q = _d_parts(theta, hazard, W, A)
+    kept = 1 - q["other"]
+    return 1 - kept * (1 - q["d0"]), 1 - kept * (1 - q["d1"]), kept * (q["d0"] - q["d1"])
 
 
 def _d_log_loss(theta: np.ndarray, hazard, W, A, t, y) -> float:  # noqa: ANN001
-    p0, p1, _ = _d_probs(theta, hazard, W, A)
-    p = np.clip(np.where(t == 1, p1, p0), 1e-9, 1 - 1e-9)
-    return float(-np.sum(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    return _d_loss_grad(theta, hazard, W, A, t, y)[0]
+
+
+def _d_loss_grad(theta: np.ndarray, hazard, W, A, t, y) -> tuple[float, np.ndarray]:  # noqa: ANN001
+    """The log loss of :func:`_d_probs` on the observed arm and its exact gradient."""
+    q = _d_parts(theta, hazard, W, A)
+    treated = t == 1
+    o, b, tau = q["other"], q["b"], q["tau"]
+    d = np.where(treated, q["d1"], q["d0"])
+    p_raw = 1 - (1 - o) * (1 - d)
+    p = np.clip(p_raw, 1e-9, 1 - 1e-9)
+    loss = float(-np.sum(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    # d loss / d p (zero where p was clipped), then the chain through each parameter
+    dl = np.where(p == p_raw, (p - y) / (p * (1 - p)), 0.0)
+    slope = np.where(treated, q["s1"] * (1 - tau), q["s0"])  # d d / d b
+    dd_scale = slope * b * q["free"]
+    dd_tau = np.where(treated, -q["s1"] * b * tau * (1 - tau), 0.0)  # d d / d logit(tau)
+    g = dl * (1 - o)
+    grad = np.concatenate(
+        [
+            [np.sum(g * dd_scale), np.sum(g * dd_tau), np.sum(dl * (1 - d) * o * (1 - o))],
+            A.T @ (g * dd_tau),
+        ]
+    )
+    return loss, grad
 
 
 def _d_theta(hazard, W, A, t, y, penalty: float) -> np.ndarray:  # noqa: ANN001
     from scipy.optimize import minimize
 
-    def objective(theta: np.ndarray) -> float:
-        return _d_log_loss(theta, hazard, W, A, t, y) + penalty * float(np.sum(theta[3:] ** 2))
+    def objective(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        loss, grad = _d_loss_grad(theta, hazard, W, A, t, y)
+        grad[3:] += 2 * penalty * theta[3:]
+        return loss + penalty * float(np.sum(theta[3:] ** 2)), grad
 
     start = np.concatenate([[0.0, 0.0, -3.0], np.zeros(A.shape[1])])
     # the scale within e^-5..e^3, the common effect and the other exits within logits of
     # -12..12 (a tiny experiment can otherwise drive them to infinity)
     bounds = [(-5.0, 3.0), (-12.0, 12.0), (-12.0, 12.0)] + [(None, None)] * A.shape[1]
-    return minimize(objective, start, method="L-BFGS-B", bounds=bounds).x
+    return minimize(objective, start, method="L-BFGS-B", jac=True, bounds=bounds).x
 
 
 def _fit_d_learner(
