@@ -314,6 +314,48 @@ def test_learner_d_likelihood_gradient_is_exact() -> None:
         np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-5)
 
 
+def test_decision_pool_adds_the_control_arm_from_eligibility_on() -> None:
+    t = pd.Timestamp("2024-05-01", tz="UTC")
+    months = [t - pd.DateOffset(months=1), t, t + pd.DateOffset(months=1)]
+    frame = pd.DataFrame(
+        {
+            "account_id": [a for a in ("out", "ctl", "trt") for _ in months],
+            "as_of": months * 3,
+        }
+    )
+    experiment = pd.DataFrame({"account_id": ["ctl", "trt"], "as_of": [t, t], "treatment": [0, 1]})
+    keep = uplift.decision_pool(frame, experiment)
+    # outside the experiment: every month; control: from eligibility on (not the month it
+    # survived to reach eligibility); treated: never
+    assert keep.tolist() == [True, True, True, False, True, True, False, False, False]
+
+
+def test_out_of_fold_hazards_never_see_their_own_accounts_outcomes() -> None:
+    data = billing_experiment(3000, seed=4)
+    pool = data.assign(
+        as_of=pd.Timestamp("2023-01-01", tz="UTC")
+        + pd.to_timedelta(np.arange(len(data)) % 300, unit="D"),
+        account_id=[f"cus_{i % 1000}" for i in range(len(data))],  # three rows per account
+    )
+    rng = np.random.default_rng(3)
+    pool[uplift.DECISION] = (rng.random(len(pool)) < pool["true_hazard"]).astype("Int8")
+    accounts = [f"cus_{i}" for i in range(300)]
+    rows = pool.drop_duplicates("account_id").head(300)
+    base = uplift.out_of_fold_hazards(pool, accounts, rows, folds=3)
+    assert np.isfinite(base).all()
+    assert base.std() > 0 and np.corrcoef(base, rows["true_hazard"])[0, 1] > 0.5
+    # one scored account's own labels inverted: its hazard comes from a model that never
+    # saw them, so it stays exactly the same
+    first = rows["account_id"].iloc[0]
+    flipped = pool.copy()
+    own = flipped["account_id"] == first
+    flipped.loc[own, uplift.DECISION] = 1 - flipped.loc[own, uplift.DECISION]
+    again = uplift.out_of_fold_hazards(flipped, accounts, rows, folds=3)
+    assert again[0] == base[0]
+    # the same change reaches the hazards of the accounts in the other folds
+    assert not np.allclose(again, base)
+
+
 def test_learner_d_round_trips_explains_and_asks_for_its_inputs(tmp_path) -> None:
     data = billing_experiment(2000, seed=5)
     churn = data.assign(

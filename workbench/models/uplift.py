@@ -11,8 +11,9 @@ effects"); T and X on LightGBM, S a penalised logistic regression, and ``d`` (th
 * **Decision-hazard learner** (``d``): a retention discount acts on the *decision* to
   cancel, and a decision ends the subscription at once or only at the end of the billing
   period (:mod:`workbench.models.cancellation`). A LightGBM model of the monthly decision
-  to cancel (:func:`fit_decision_model`, fitted on the warehouse's cancellation requests of
-  the accounts outside the experiment) gives each account's hazard ``h``; the billing
+  to cancel (:func:`decision_hazards`, fitted on the warehouse's cancellation requests of
+  the accounts outside the experiment and of the control arm from eligibility on; the
+  experiment's own rows scored out-of-fold) gives each account's hazard ``h``; the billing
   features give the chance ``w_k`` that a decision in month ``k`` ends the subscription
   within the horizon (with the shares of immediate cancellations measured on the
   warehouse). Churn without the offer is ``1 - (1 - q)(1 - sum_k S_k c h w_k)``, with the
@@ -760,6 +761,39 @@ DECISION_PARAMS: dict[str, Any] = {
 }
 
 
+def decision_frame(con: duckdb.DuckDBPyConnection, churn_frame: pd.DataFrame) -> pd.DataFrame:
+    """``churn_frame`` with the decision model's label :data:`DECISION` in place of its
+    ``churn_<h>d`` labels: a voluntary cancellation request in the month after ``as_of``
+    (:func:`workbench.models.cancellation.decision_labels`), missing where that month has
+    not passed by the frame's last ``as_of``."""
+    from workbench.models.cancellation import decision_labels
+
+    labels = [c for c in churn_frame.columns if c.startswith("churn_") and c.endswith("d")]
+    as_of = pd.to_datetime(churn_frame["as_of"], utc=True)
+    observed = (as_of + pd.DateOffset(months=1)) <= as_of.max()
+    decided = pd.Series(decision_labels(con, churn_frame), index=churn_frame.index)
+    return churn_frame.drop(columns=labels).assign(
+        **{DECISION: decided.astype("Int8").where(observed)}
+    )
+
+
+def _fit_decision(
+    frame: pd.DataFrame,
+    *,
+    exclude_accounts: Sequence[str] = (),
+    seed: int = 0,
+    params: Mapping[str, Any] | None = None,
+) -> training.BinaryModel:
+    return fit_risk_model(
+        frame,
+        target=DECISION,
+        exclude_accounts=exclude_accounts,
+        seed=seed,
+        params={**DECISION_PARAMS, **dict(params or {})},
+        refit=True,
+    )
+
+
 def fit_decision_model(
     con: duckdb.DuckDBPyConnection,
     churn_frame: pd.DataFrame,
@@ -769,30 +803,97 @@ def fit_decision_model(
     params: Mapping[str, Any] | None = None,
 ) -> training.BinaryModel:
     """A model of the monthly decision to cancel (learner ``d``'s :data:`HAZARD`), fitted
-    like :func:`fit_risk_model` on accounts outside the experiment.
+    like :func:`fit_risk_model` on the rows of ``churn_frame`` outside ``exclude_accounts``.
 
-    The label (:func:`workbench.models.cancellation.decision_labels`) is a voluntary
-    cancellation request in the month after ``as_of``; rows whose month has not passed by
-    the frame's last ``as_of`` are left out. Parameters: :data:`DECISION_PARAMS` under
-    ``params``; the booster is refitted on every row after early stopping.
+    The label is :func:`decision_frame`'s (rows whose month has not passed are left out).
+    Parameters: :data:`DECISION_PARAMS` under ``params``; the booster is refitted on every
+    row after early stopping.
     """
-    from workbench.models.cancellation import decision_labels
-
-    labels = [c for c in churn_frame.columns if c.startswith("churn_") and c.endswith("d")]
-    as_of = pd.to_datetime(churn_frame["as_of"], utc=True)
-    observed = (as_of + pd.DateOffset(months=1)) <= as_of.max()
-    decided = pd.Series(decision_labels(con, churn_frame), index=churn_frame.index)
-    frame = churn_frame.drop(columns=labels).assign(
-        **{DECISION: decided.astype("Int8").where(observed)}
-    )
-    return fit_risk_model(
-        frame,
-        target=DECISION,
+    return _fit_decision(
+        decision_frame(con, churn_frame),
         exclude_accounts=exclude_accounts,
         seed=seed,
-        params={**DECISION_PARAMS, **dict(params or {})},
-        refit=True,
+        params=params,
     )
+
+
+def decision_pool(churn_frame: pd.DataFrame, experiment: pd.DataFrame) -> np.ndarray:
+    """Which rows of ``churn_frame`` the decision model may learn from, given the
+    experiment (``account_id``, ``as_of`` = eligibility, ``treatment``): every row of the
+    accounts outside it, and the control arm's rows from eligibility on (randomized, never
+    offered anything). Treated accounts' rows are left out, and so is every experiment
+    account's history before eligibility (it survived to eligibility by construction)."""
+    exp = experiment.drop_duplicates("account_id").set_index("account_id")
+    account = churn_frame["account_id"]
+    eligible = pd.to_datetime(account.map(exp["as_of"]), utc=True)
+    control = account.map(exp["treatment"]).eq(0) & (
+        pd.to_datetime(churn_frame["as_of"], utc=True) >= eligible
+    )
+    return (~account.isin(exp.index) | control).to_numpy()
+
+
+def out_of_fold_hazards(
+    pool: pd.DataFrame,
+    accounts: Sequence[str],
+    rows: pd.DataFrame,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    params: Mapping[str, Any] | None = None,
+) -> np.ndarray:
+    """``rows``' decision hazards, each from a model fitted on ``pool`` (a
+    :func:`decision_frame`) without its account's fold: ``accounts`` are split into
+    ``folds`` seeded groups; rows of other accounts are scored by the model of every row."""
+    ids = sorted({str(a) for a in accounts})
+    group = dict(zip(ids, np.random.default_rng(seed).permutation(len(ids)) % folds, strict=True))
+    fold = rows["account_id"].astype(str).map(group).to_numpy(dtype=np.float64)
+    hazard = np.full(len(rows), np.nan)
+    for k in [*range(folds), None]:
+        sel = np.isnan(fold) if k is None else fold == k
+        if sel.any():
+            held_out = [] if k is None else [a for a, g in group.items() if g == k]
+            part = _fit_decision(pool, exclude_accounts=held_out, seed=seed, params=params)
+            hazard[sel] = part.predict(rows[sel])
+    return hazard
+
+
+def decision_hazards(
+    con: duckdb.DuckDBPyConnection,
+    churn_frame: pd.DataFrame,
+    experiment: pd.DataFrame,
+    rows: pd.DataFrame,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    params: Mapping[str, Any] | None = None,
+) -> tuple[training.BinaryModel, np.ndarray]:
+    """The decision model for learner ``d`` and out-of-fold hazards for the experiment.
+
+    Every account that meets the experiment's eligibility rule joins the experiment, so
+    the accounts outside it never show the state its accounts are in: the model also
+    learns from the control arm's months from eligibility on (:func:`decision_pool`). A
+    control account's own outcome must not shape the hazard it is evaluated with, so
+    ``rows``' hazards are out-of-fold by account (:func:`out_of_fold_hazards`).
+
+    Args:
+        churn_frame: Monthly modelling rows (:func:`workbench.models.training.churn_dataset`).
+        experiment: ``account_id``, ``as_of`` (eligibility) and ``treatment``.
+        rows: The experiment rows to score (``account_id`` and the features).
+
+    Returns:
+        The model fitted on the whole pool (it scores new accounts) and ``rows``'
+        out-of-fold hazards.
+    """
+    keep = decision_pool(churn_frame, experiment)
+    pool = decision_frame(con, churn_frame[keep])
+    model = _fit_decision(pool, seed=seed, params=params)
+    hazard = out_of_fold_hazards(
+        pool, experiment["account_id"], rows, folds=folds, seed=seed, params=params
+    )
+    in_experiment = churn_frame["account_id"].isin(set(experiment["account_id"])).to_numpy()
+    model.meta["control_rows"] = int((keep & in_experiment).sum())
+    model.meta["hazard_folds"] = int(folds)
+    return model, hazard
 
 
 def fit_uplift(
@@ -917,7 +1018,8 @@ def _fit_d(
     if not outcome.startswith("churn_"):
         raise ValueError(f"learner 'd' models churn_<h>d outcomes, not {outcome!r}")
     horizon = int(outcome.split("_")[1].rstrip("d"))
-    frame = frame.assign(**{HAZARD: risk.predict(frame)})
+    if HAZARD not in frame.columns:  # else out-of-fold hazards (decision_hazards)
+        frame = frame.assign(**{HAZARD: risk.predict(frame)})
     names = [*features, HAZARD, *(c for c in BILLING_INPUTS if c not in features)]
     spec = spec or FeatureSpec.infer(frame, names)
     y = frame[outcome].to_numpy(dtype=np.float64)
@@ -971,7 +1073,11 @@ def cross_fit(
     from sklearn.model_selection import StratifiedKFold
 
     if learner == "d":
-        base = frame.assign(**{HAZARD: risk.predict(frame)}) if risk is not None else frame
+        base = (
+            frame.assign(**{HAZARD: risk.predict(frame)})
+            if risk is not None and HAZARD not in frame.columns
+            else frame
+        )
         names = [*features, HAZARD, *(c for c in BILLING_INPUTS if c not in features)]
     else:
         base = frame.assign(**{RISK: risk.predict(frame)}) if risk is not None else frame
@@ -1055,7 +1161,8 @@ UPLIFT_CARD = {
 UPLIFT_LIMITATIONS = [
     "The offer's effect is modelled from the account attributes and the baseline risk "
     "(by default the monthly probability of deciding to cancel, from a model fitted on the "
-    "accounts outside the experiment, and when such a decision would end the subscription "
+    "accounts outside the experiment and the control arm after eligibility, and when such "
+    "a decision would end the subscription "
     "given its billing period): effects driven by other signals are not captured.",
     "With a few hundred experiment rows, who responds more than their baseline risk "
     "suggests is barely identifiable: the attributes' effect modification is penalised "
@@ -1110,10 +1217,11 @@ def train_uplift(
         folds: Cross-fitting folds for the evaluation.
         dataset: A frame from :func:`uplift_dataset` to reuse.
         risk: ``True``: fit a churn model on the accounts outside the experiment
-            (:func:`fit_risk_model`; learner ``d``: a decision model,
-            :func:`fit_decision_model`) and give its probability to the learners as
-            ``churn_risk`` (``cancel_hazard``); a fitted model to use instead; ``False``:
-            none (not for ``d``).
+            (:func:`fit_risk_model`) and give its probability to the learners as
+            ``churn_risk``; learner ``d``: a decision model (:func:`decision_hazards`: also
+            on the control arm from eligibility on, the experiment's hazards out-of-fold by
+            account) as ``cancel_hazard``; a fitted model to use instead (its predictions
+            for every row); ``False``: none (not for ``d``).
         churn_frame: The churn dataset for that risk model (default: built with
             :func:`workbench.models.training.churn_dataset` for ``horizon_days``).
         risk_label: What the risk model of ``s``, ``t`` and ``x`` learns: ``voluntary``
@@ -1148,13 +1256,12 @@ def train_uplift(
 
         if churn_frame is None:
             churn_frame = training.churn_dataset(con, horizons=(horizon_days,))
-        risk_model = (
-            risk
-            if isinstance(risk, training.BinaryModel)
-            else fit_decision_model(
-                con, churn_frame, exclude_accounts=experiment["account_id"], seed=seed
+        if isinstance(risk, training.BinaryModel):
+            risk_model = risk
+        else:
+            risk_model, rows[HAZARD] = decision_hazards(
+                con, churn_frame, experiment, rows, seed=seed
             )
-        )
         params = {"immediate": immediate_shares(con), **dict(params or {})}
     elif risk is True:
         if churn_frame is None:
@@ -1229,8 +1336,8 @@ def train_uplift(
     metrics["ate_observed"] = metrics["churn_rate_control"] - metrics["churn_rate_treated"]
     contrib = model.contributions(rows)
     importance = explain.global_importance(contrib)
-    if risk_model is not None:
-        scored[model.risk_column] = risk_model.predict(rows)
+    if risk_model is not None:  # the inputs the evaluation used (out-of-fold hazards for d)
+        scored[model.risk_column] = model.with_inputs(rows)[model.risk_column].to_numpy()
     card = {
         "name": model.name,
         "task": "uplift",
@@ -1263,7 +1370,15 @@ def train_uplift(
             "target": risk_model.target,
             "label": "monthly decision to cancel" if learner == "d" else f"{risk_label} churn",
             "features": len(risk_model.features),
-            "trained_on": "churn spine rows of accounts outside the experiment",
+            "trained_on": (
+                "churn spine rows of accounts outside the experiment"
+                + (
+                    " and of the control arm from eligibility on (experiment rows scored "
+                    "out-of-fold by account)"
+                    if "control_rows" in risk_model.meta
+                    else ""
+                )
+            ),
             **risk_model.meta,
         },
     }
