@@ -1,13 +1,14 @@
 """The one MLflow adapter: tracking, registration, aliases, promotion and model cards.
 
-Every MLflow call in the workbench lives here. The tracking store is
+Every MLflow call in the workbench lives here (and in the wrapper it logs as code). The tracking store is
 ``settings.mlflow_tracking_uri`` (default: an embedded SQLite database under
 ``<data_dir>/mlflow/``) and artifacts go to ``<data_dir>/mlflow/artifacts/<experiment>``.
 
 * :func:`log_training_run` records one trained model: parameters, metrics, the feature-set
   version, the calibration (reliability) plot, the SHAP summary, lift or Qini charts, the
   card data and the model itself (an MLflow ``pyfunc`` model wrapping our plain-file
-  bundle, so ``mlflow.pyfunc.load_model("models:/churn_90d@champion")`` works too).
+  bundle, so ``mlflow.pyfunc.load_model("models:/churn_90d@champion")`` works too; the
+  wrapper, :mod:`workbench.models.mlflow_pyfunc`, is logged as code, not pickled).
 * :func:`register_run` registers it (``churn_30d``, ``churn_90d``, ``churn_180d``,
   ``recovery_<h>d``, ``retention_uplift``) and points the ``challenger`` alias at it.
 * :func:`promote` moves ``champion`` to a version and records who did it and why. It is
@@ -130,21 +131,6 @@ def _load_bundle(path: Path):  # noqa: ANN202 - BinaryModel | UpliftModel
     from workbench.models.training import BinaryModel
 
     return BinaryModel.load(path)
-
-
-def _pyfunc_class():  # noqa: ANN202
-    import mlflow.pyfunc
-
-    class WorkbenchModel(mlflow.pyfunc.PythonModel):
-        """Scores a frame of feature columns: calibrated probability or predicted uplift."""
-
-        def load_context(self, context) -> None:  # noqa: ANN001
-            self.model = _load_bundle(Path(context.artifacts["bundle"]))
-
-        def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
-            return self.model.predict(model_input)
-
-    return WorkbenchModel
 
 
 # --------------------------------------------------------------------------- tracking
@@ -286,7 +272,7 @@ def log_training_run(
             run.model.save(tmp / "bundle")
             mlflow.pyfunc.save_model(
                 str(tmp / "model"),
-                python_model=_pyfunc_class()(),
+                python_model=str(Path(__file__).with_name("mlflow_pyfunc.py")),
                 artifacts={"bundle": str(tmp / "bundle")},
                 pip_requirements=["lightgbm>=4", "pandas>=2", "numpy>=1.26", "scikit-learn>=1.4"],
             )
