@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,25 @@ def test_00_simulate_writes_landing_and_truth(pipeline) -> None:
     assert (data / "truth" / "churn_hazard.parquet").exists()
     text = _outputs_text(settings, manifest, "00_simulate")
     assert str(TINY["accounts"]) in text
+
+
+def test_reports_carry_no_progress_text_or_library_advice(pipeline) -> None:
+    """Progress bars render as widgets in the executed notebooks (a text bar stored one
+    stderr line per update: hundreds in 00_simulate's report), and MLflow's advice on how
+    we log models stays out of 05/06."""
+    settings, manifest = pipeline
+    for step in manifest.steps:
+        nb = nbformat.read(
+            Path(settings.reports_dir) / manifest.run_id / f"{step.step}.ipynb", as_version=4
+        )
+        stderr = "".join(
+            "".join(o.get("text", ""))
+            for c in nb.cells
+            for o in c.get("outputs", [])
+            if o.get("output_type") == "stream" and o.get("name") == "stderr"
+        )
+        assert not re.search(r"\d+%\|", stderr), (step.step, stderr[:300])
+        assert "type hints" not in stderr and "CloudPickle" not in stderr, step.step
 
 
 def _warehouse(settings) -> duckdb.DuckDBPyConnection:

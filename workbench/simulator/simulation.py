@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing as mp
-import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -23,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from workbench.simulator import behaviour as bh
 from workbench.simulator import output, truth
@@ -305,7 +304,7 @@ def simulate(
     counts: dict[str, int] = {"events": len(catalog.events)}
     event_files = [str(catalog_path)]
     chunks = _chunks(accounts, chunk_size)
-    bar = tqdm(total=accounts, unit="acct", desc="simulate", file=sys.stderr, disable=not progress)
+    bar = tqdm(total=accounts, unit="acct", desc="simulate", disable=not progress)
     try:
         for res in _results(chunks, workers, ctx, stripe_dir, bar.update):
             event_files.append(res["path"])
