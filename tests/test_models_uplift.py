@@ -354,6 +354,12 @@ def test_out_of_fold_hazards_never_see_their_own_accounts_outcomes() -> None:
     assert again[0] == base[0]
     # the same change reaches the hazards of the accounts in the other folds
     assert not np.allclose(again, base)
+    # the folds' models are fitted side by side: each equals the same fit made alone
+    fold, groups = uplift._account_folds(accounts, rows, folds=3, seed=0)
+    alone = uplift._fit_decision(pool, exclude_accounts=groups[1])
+    np.testing.assert_array_equal(base[fold == 1], alone.predict(rows[fold == 1]))
+    with pytest.raises(ValueError, match="must belong"):
+        uplift.out_of_fold_hazards(pool, accounts[:10], rows, folds=3)
 
 
 def test_learner_d_round_trips_explains_and_asks_for_its_inputs(tmp_path) -> None:

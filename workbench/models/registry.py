@@ -227,6 +227,27 @@ def _feature_rows(run, rows: pd.DataFrame) -> pd.DataFrame:  # noqa: ANN001
     return run.test_features.loc[rows.index] if run.test_features is not None else rows
 
 
+class _NoSignatureNotice(logging.Filter):
+    """Drops MLflow's notice that a ``pd.DataFrame`` type hint gives no model signature."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to infer model signature: Type hint")
+
+
+@contextlib.contextmanager
+def _quiet_signature_inference():  # noqa: ANN202
+    """The pyfunc wrapper takes whatever feature frame its bundle takes (the bundle checks
+    its own inputs), so MLflow cannot infer a signature from its ``pd.DataFrame`` hint
+    and says so on every save: in the notebooks that is noise, so it is dropped here."""
+    logger = logging.getLogger("mlflow.pyfunc")
+    notice = _NoSignatureNotice()
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
+
+
 def log_training_run(
     run, *, settings: Settings | None = None, seed: int = 0, sample: int = 2000
 ) -> str:  # noqa: ANN001
@@ -270,12 +291,15 @@ def log_training_run(
             tmp = Path(tmp)
             _write_artifacts(run, tmp / "report", sample=sample, seed=seed)
             run.model.save(tmp / "bundle")
-            mlflow.pyfunc.save_model(
-                str(tmp / "model"),
-                python_model=str(Path(__file__).with_name("mlflow_pyfunc.py")),
-                artifacts={"bundle": str(tmp / "bundle")},
-                pip_requirements=["lightgbm>=4", "pandas>=2", "numpy>=1.26", "scikit-learn>=1.4"],
-            )
+            with _quiet_signature_inference():
+                mlflow.pyfunc.save_model(
+                    str(tmp / "model"),
+                    python_model=str(Path(__file__).with_name("mlflow_pyfunc.py")),
+                    artifacts={"bundle": str(tmp / "bundle")},
+                    pip_requirements=[
+                        "lightgbm>=4", "pandas>=2", "numpy>=1.26", "scikit-learn>=1.4"
+                    ],
+                )  # fmt: skip
             c.log_artifacts(run_id, str(tmp / "report"), "report")
             c.log_artifacts(run_id, str(tmp / "model"), "model")
         c.set_terminated(run_id, "FINISHED")

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -832,6 +833,49 @@ def decision_pool(churn_frame: pd.DataFrame, experiment: pd.DataFrame) -> np.nda
     return (~account.isin(exp.index) | control).to_numpy()
 
 
+def _fit_decisions(
+    pool: pd.DataFrame,
+    exclusions: Sequence[Sequence[str]],
+    *,
+    seed: int,
+    params: Mapping[str, Any] | None,
+) -> list[training.BinaryModel]:
+    """One decision model per entry of ``exclusions`` (accounts left out), fitted side by
+    side on the machine's cores (LightGBM trains outside the GIL; each fit is
+    single-threaded and deterministic, so the models equal sequential fits)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def fit(held_out: Sequence[str]) -> training.BinaryModel:
+        return _fit_decision(pool, exclude_accounts=held_out, seed=seed, params=params)
+
+    workers = max(1, min(len(exclusions), os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as ex:
+        return list(ex.map(fit, exclusions))
+
+
+def _account_folds(
+    accounts: Sequence[str], rows: pd.DataFrame, *, folds: int, seed: int
+) -> tuple[np.ndarray, list[list[str]]]:
+    """``accounts`` in ``folds`` seeded groups: each row's group and each group's accounts."""
+    ids = sorted({str(a) for a in accounts})
+    group = dict(zip(ids, np.random.default_rng(seed).permutation(len(ids)) % folds, strict=True))
+    fold = rows["account_id"].astype(str).map(group).to_numpy(dtype=np.float64)
+    if np.isnan(fold).any():
+        raise ValueError("every row to score must belong to one of the accounts")
+    return fold.astype(np.int64), [[a for a, g in group.items() if g == k] for k in range(folds)]
+
+
+def _score_folds(
+    models: Sequence[training.BinaryModel], rows: pd.DataFrame, fold: np.ndarray
+) -> np.ndarray:
+    hazard = np.full(len(rows), np.nan)
+    for k, model in enumerate(models):
+        sel = fold == k
+        if sel.any():
+            hazard[sel] = model.predict(rows[sel])
+    return hazard
+
+
 def out_of_fold_hazards(
     pool: pd.DataFrame,
     accounts: Sequence[str],
@@ -842,19 +886,10 @@ def out_of_fold_hazards(
     params: Mapping[str, Any] | None = None,
 ) -> np.ndarray:
     """``rows``' decision hazards, each from a model fitted on ``pool`` (a
-    :func:`decision_frame`) without its account's fold: ``accounts`` are split into
-    ``folds`` seeded groups; rows of other accounts are scored by the model of every row."""
-    ids = sorted({str(a) for a in accounts})
-    group = dict(zip(ids, np.random.default_rng(seed).permutation(len(ids)) % folds, strict=True))
-    fold = rows["account_id"].astype(str).map(group).to_numpy(dtype=np.float64)
-    hazard = np.full(len(rows), np.nan)
-    for k in [*range(folds), None]:
-        sel = np.isnan(fold) if k is None else fold == k
-        if sel.any():
-            held_out = [] if k is None else [a for a, g in group.items() if g == k]
-            part = _fit_decision(pool, exclude_accounts=held_out, seed=seed, params=params)
-            hazard[sel] = part.predict(rows[sel])
-    return hazard
+    :func:`decision_frame`) without its account's fold: ``accounts`` (which every row
+    belongs to) are split into ``folds`` seeded groups."""
+    fold, groups = _account_folds(accounts, rows, folds=folds, seed=seed)
+    return _score_folds(_fit_decisions(pool, groups, seed=seed, params=params), rows, fold)
 
 
 def decision_hazards(
@@ -886,10 +921,9 @@ def decision_hazards(
     """
     keep = decision_pool(churn_frame, experiment)
     pool = decision_frame(con, churn_frame[keep])
-    model = _fit_decision(pool, seed=seed, params=params)
-    hazard = out_of_fold_hazards(
-        pool, experiment["account_id"], rows, folds=folds, seed=seed, params=params
-    )
+    fold, groups = _account_folds(experiment["account_id"], rows, folds=folds, seed=seed)
+    model, *parts = _fit_decisions(pool, [[], *groups], seed=seed, params=params)
+    hazard = _score_folds(parts, rows, fold)
     in_experiment = churn_frame["account_id"].isin(set(experiment["account_id"])).to_numpy()
     model.meta["control_rows"] = int((keep & in_experiment).sum())
     model.meta["hazard_folds"] = int(folds)
