@@ -1,7 +1,7 @@
 """The one MLflow adapter: tracking, registration, aliases, promotion and model cards.
 
-Every MLflow call in the workbench lives here (and in the wrapper it logs as code). The tracking store is
-``settings.mlflow_tracking_uri`` (default: an embedded SQLite database under
+Every MLflow call in the workbench lives here (and in the wrapper it logs as code). The
+tracking store is ``settings.mlflow_tracking_uri`` (default: an embedded SQLite database under
 ``<data_dir>/mlflow/``) and artifacts go to ``<data_dir>/mlflow/artifacts/<experiment>``.
 
 * :func:`log_training_run` records one trained model: parameters, metrics, the feature-set

@@ -841,14 +841,17 @@ def _fit_decisions(
     params: Mapping[str, Any] | None,
 ) -> list[training.BinaryModel]:
     """One decision model per entry of ``exclusions`` (accounts left out), fitted side by
-    side on the machine's cores (LightGBM trains outside the GIL; each fit is
-    single-threaded and deterministic, so the models equal sequential fits)."""
+    side on the machine's cores (LightGBM trains outside the GIL; side by side, each fit
+    uses one thread, and LightGBM's ``deterministic`` mode makes the models equal to
+    sequential fits)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    def fit(held_out: Sequence[str]) -> training.BinaryModel:
-        return _fit_decision(pool, exclude_accounts=held_out, seed=seed, params=params)
-
     workers = max(1, min(len(exclusions), os.cpu_count() or 1))
+    one_each = {**({"num_threads": 1} if workers > 1 else {}), **dict(params or {})}
+
+    def fit(held_out: Sequence[str]) -> training.BinaryModel:
+        return _fit_decision(pool, exclude_accounts=held_out, seed=seed, params=one_each)
+
     with ThreadPoolExecutor(max_workers=workers) as ex:
         return list(ex.map(fit, exclusions))
 
