@@ -341,7 +341,7 @@ def test_out_of_fold_hazards_never_see_their_own_accounts_outcomes() -> None:
     pool[uplift.DECISION] = (rng.random(len(pool)) < pool["true_hazard"]).astype("Int8")
     accounts = [f"cus_{i}" for i in range(300)]
     rows = pool.drop_duplicates("account_id").head(300)
-    base = uplift.out_of_fold_hazards(pool, accounts, rows, folds=3)
+    base, full = uplift.out_of_fold_hazards(pool, accounts, rows, folds=3)
     assert np.isfinite(base).all()
     assert base.std() > 0 and np.corrcoef(base, rows["true_hazard"])[0, 1] > 0.5
     # one scored account's own labels inverted: its hazard comes from a model that never
@@ -350,7 +350,7 @@ def test_out_of_fold_hazards_never_see_their_own_accounts_outcomes() -> None:
     flipped = pool.copy()
     own = flipped["account_id"] == first
     flipped.loc[own, uplift.DECISION] = 1 - flipped.loc[own, uplift.DECISION]
-    again = uplift.out_of_fold_hazards(flipped, accounts, rows, folds=3)
+    again, _ = uplift.out_of_fold_hazards(flipped, accounts, rows, folds=3)
     assert again[0] == base[0]
     # the same change reaches the hazards of the accounts in the other folds
     assert not np.allclose(again, base)
@@ -358,6 +358,8 @@ def test_out_of_fold_hazards_never_see_their_own_accounts_outcomes() -> None:
     fold, groups = uplift._account_folds(accounts, rows, folds=3, seed=0)
     alone = uplift._fit_decision(pool, exclude_accounts=groups[1])
     np.testing.assert_array_equal(base[fold == 1], alone.predict(rows[fold == 1]))
+    # and the model for new accounts saw every row of the pool
+    assert full.meta["refit_rows"] == len(pool)
     with pytest.raises(ValueError, match="must belong"):
         uplift.out_of_fold_hazards(pool, accounts[:10], rows, folds=3)
 

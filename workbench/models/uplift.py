@@ -795,29 +795,6 @@ def _fit_decision(
     )
 
 
-def fit_decision_model(
-    con: duckdb.DuckDBPyConnection,
-    churn_frame: pd.DataFrame,
-    *,
-    exclude_accounts: Sequence[str] = (),
-    seed: int = 0,
-    params: Mapping[str, Any] | None = None,
-) -> training.BinaryModel:
-    """A model of the monthly decision to cancel (learner ``d``'s :data:`HAZARD`), fitted
-    like :func:`fit_risk_model` on the rows of ``churn_frame`` outside ``exclude_accounts``.
-
-    The label is :func:`decision_frame`'s (rows whose month has not passed are left out).
-    Parameters: :data:`DECISION_PARAMS` under ``params``; the booster is refitted on every
-    row after early stopping.
-    """
-    return _fit_decision(
-        decision_frame(con, churn_frame),
-        exclude_accounts=exclude_accounts,
-        seed=seed,
-        params=params,
-    )
-
-
 def decision_pool(churn_frame: pd.DataFrame, experiment: pd.DataFrame) -> np.ndarray:
     """Which rows of ``churn_frame`` the decision model may learn from, given the
     experiment (``account_id``, ``as_of`` = eligibility, ``treatment``): every row of the
@@ -887,12 +864,14 @@ def out_of_fold_hazards(
     folds: int = 5,
     seed: int = 0,
     params: Mapping[str, Any] | None = None,
-) -> np.ndarray:
+) -> tuple[np.ndarray, training.BinaryModel]:
     """``rows``' decision hazards, each from a model fitted on ``pool`` (a
-    :func:`decision_frame`) without its account's fold: ``accounts`` (which every row
-    belongs to) are split into ``folds`` seeded groups."""
+    :func:`decision_frame`) without its account's fold (``accounts``, which every row
+    belongs to, in ``folds`` seeded groups), and the model fitted on the whole pool (for
+    new accounts; fitted alongside the folds' models)."""
     fold, groups = _account_folds(accounts, rows, folds=folds, seed=seed)
-    return _score_folds(_fit_decisions(pool, groups, seed=seed, params=params), rows, fold)
+    full, *parts = _fit_decisions(pool, [[], *groups], seed=seed, params=params)
+    return _score_folds(parts, rows, fold), full
 
 
 def decision_hazards(
@@ -924,9 +903,9 @@ def decision_hazards(
     """
     keep = decision_pool(churn_frame, experiment)
     pool = decision_frame(con, churn_frame[keep])
-    fold, groups = _account_folds(experiment["account_id"], rows, folds=folds, seed=seed)
-    model, *parts = _fit_decisions(pool, [[], *groups], seed=seed, params=params)
-    hazard = _score_folds(parts, rows, fold)
+    hazard, model = out_of_fold_hazards(
+        pool, experiment["account_id"], rows, folds=folds, seed=seed, params=params
+    )
     in_experiment = churn_frame["account_id"].isin(set(experiment["account_id"])).to_numpy()
     model.meta["control_rows"] = int((keep & in_experiment).sum())
     model.meta["hazard_folds"] = int(folds)
