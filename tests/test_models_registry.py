@@ -87,8 +87,8 @@ def trained(settings):
 
 def test_training_run_is_tracked_and_registered_as_challenger(trained, settings) -> None:
     run, _, mlflow_advice = trained
-    # the wrapper is logged as code with a typed predict: MLflow neither pickles an object
-    # nor asks for type hints (both warnings reached the notebooks before)
+    # the wrapper is logged as code with a typed predict: MLflow neither pickles an object,
+    # nor asks for type hints, nor says it has no signature (all three reached the notebooks)
     assert mlflow_advice == []
     assert run.version == "1" and run.run_id
     models = registry.list_models(settings=settings)

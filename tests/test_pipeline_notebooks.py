@@ -46,9 +46,14 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory):
                 os.environ[k] = v
 
 
+def _executed(settings, manifest, stem: str) -> nbformat.NotebookNode:
+    return nbformat.read(
+        Path(settings.reports_dir) / manifest.run_id / f"{stem}.ipynb", as_version=4
+    )
+
+
 def _outputs_text(settings, manifest, stem: str) -> str:
-    nb = nbformat.read(Path(settings.reports_dir) / manifest.run_id / f"{stem}.ipynb", as_version=4)
-    return json.dumps([c.get("outputs", []) for c in nb.cells])
+    return json.dumps([c.get("outputs", []) for c in _executed(settings, manifest, stem).cells])
 
 
 def test_every_step_ran(pipeline) -> None:
@@ -75,9 +80,7 @@ def test_reports_carry_no_progress_text_or_library_advice(pipeline) -> None:
     we log models stays out of 05/06."""
     settings, manifest = pipeline
     for step in manifest.steps:
-        nb = nbformat.read(
-            Path(settings.reports_dir) / manifest.run_id / f"{step.step}.ipynb", as_version=4
-        )
+        nb = _executed(settings, manifest, step.step)
         stderr = "".join(
             "".join(o.get("text", ""))
             for c in nb.cells
