@@ -56,13 +56,31 @@ def render(results_dir: Path = HERE / "results") -> str:
                 f"{_fmt(r['baseline_s'])} | {_fmt(r['ratio'])} | {r['goal'] or '–'} | "
                 f"{_fmt(r['met'])} | {_fmt(r['agree'])} |"
             )
-        extras = [r for r in rows if r.get("extra")]
-        for r in extras:
-            details = ", ".join(f"{k}: {_fmt(v)}" for k, v in r["extra"].items())
-            lines.append(f"\n- {r['workload']}: {details}")
+        lines += _details([r for r in rows if r.get("extra")])
         lines.append("")
     lines += _scaling(results_dir / f"{SCALING}.json")
     return "\n".join(lines) + "\n"
+
+
+def _details(rows: list[dict]) -> list[str]:
+    """Each row's extra details; what every row shares is written once, before them."""
+    shared: dict = {}
+    if len(rows) > 1:
+        first = rows[0]["extra"]
+        shared = {k: v for k, v in first.items() if all(r["extra"].get(k, ...) == v for r in rows)}
+    lines = []
+    if shared:
+        lines.append(
+            "\n- in every row's details: " + ", ".join(f"{k}: {_fmt(v)}" for k, v in shared.items())
+        )
+    repeated = len({r["workload"] for r in rows}) < len(rows)
+    for r in rows:
+        own = {k: v for k, v in r["extra"].items() if k not in shared}
+        if own:
+            name = f"{r['workload']} vs {r['baseline']}" if repeated else r["workload"]
+            details = ", ".join(f"{k}: {_fmt(v)}" for k, v in own.items())
+            lines.append(f"\n- {name}: {details}")
+    return lines
 
 
 def _scaling(path: Path) -> list[str]:
