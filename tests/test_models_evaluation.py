@@ -169,3 +169,69 @@ def test_ece_noise_floor_of_true_probabilities() -> None:
     # ...and far less on 70,000
     big = rng.uniform(0.05, 0.6, 70_000)
     assert ev.ece_noise_floor(big, n_sim=50)[0] < mean / 5
+
+
+def test_calibration_error_vs_truth_sees_through_outcome_noise() -> None:
+    rng = np.random.default_rng(9)
+    n = 700
+    model = rng.uniform(0.05, 0.6, n)
+    groups = np.repeat(np.arange(n // 2), 2)
+    # calibrated: the truth scatters around the prediction with mean zero in every bin
+    truth = np.clip(model + rng.normal(0, 0.05, n), 0, 1)
+    # miscalibrated by 0.03 everywhere
+    shifted = np.clip(model + 0.03, 0, 1)
+    calibrated = ev.calibration_error_vs_truth(truth, model)
+    off = ev.calibration_error_vs_truth(shifted, model)
+    assert calibrated < 0.01
+    assert off == pytest.approx(0.03, abs=0.002)
+    assert ev.calibration_error_vs_truth(model, model) == 0.0
+    # the outcome ECE of the calibrated model cannot tell the two apart on 700 rows...
+    outcome_eces = [
+        ev.expected_calibration_error((rng.uniform(0, 1, n) < truth).astype(int), model)
+        for _ in range(100)
+    ]
+    assert np.median(outcome_eces) > off
+    # ...while on many rows the outcome ECE converges to the error against the truth
+    big = rng.uniform(0.05, 0.6, 400_000)
+    y_big = (rng.uniform(0, 1, big.size) < big + 0.03).astype(int)
+    assert ev.expected_calibration_error(y_big, big) == pytest.approx(
+        ev.calibration_error_vs_truth(big + 0.03, big), abs=0.003
+    )
+    # the comparison reports it with a paired bootstrap interval by cluster
+    y = (rng.uniform(0, 1, n) < shifted).astype(int)
+    cmp = ev.oracle_comparison(y, model, shifted, groups=groups, n_boot=200)
+    assert cmp["model_ece_vs_truth"] == pytest.approx(off)
+    assert 0.02 < cmp["model_ece_vs_truth_low"] <= off <= cmp["model_ece_vs_truth_high"]
+    cmp = ev.oracle_comparison(y, model, truth, groups=groups, n_boot=200)
+    assert cmp["model_ece_vs_truth_high"] < 0.02
+    with pytest.raises(ValueError, match="length"):
+        ev.calibration_error_vs_truth(truth[:5], model)
+
+
+def test_oracle_self_check_tells_the_generating_probability_from_an_incomplete_one() -> None:
+    rng = np.random.default_rng(10)
+    truth = rng.uniform(0.02, 0.3, 20_000)
+    other_exits = 0.04  # something the "oracle" leaves out, as the churn oracle does
+    y = (rng.uniform(0, 1, truth.size) < truth + other_exits).astype(int)
+    complete = ev.oracle_self_check(y, truth + other_exits)
+    incomplete = ev.oracle_self_check(y, truth)
+    assert complete["calibrated"] == 1.0 and complete["oracle_ece"] <= complete["ece_floor_p95"]
+    assert incomplete["calibrated"] == 0.0
+    assert incomplete["mean_outcome"] - incomplete["mean_oracle"] == pytest.approx(0.04, abs=0.01)
+    assert abs(complete["mean_z"]) < 3 < incomplete["mean_z"]
+    # the mean outcome against the mean oracle, in standard errors
+    few = ev.oracle_self_check(y[:2_000], truth[:2_000] + 0.01)
+    se = np.sqrt(np.sum((truth[:2_000] + 0.01) * (0.99 - truth[:2_000]))) / 2_000
+    assert few["mean_z"] == pytest.approx((few["mean_outcome"] - few["mean_oracle"]) / se)
+    assert few["mean_z"] > 2 and few["calibrated"] == 0.0
+    assert complete["rows"] == 20_000
+    assert ev.oracle_self_check([], [])["calibrated"] == 0.0
+    # rows of one group share their outcome: one row per group is checked
+    groups = np.repeat(np.arange(5_000), 4)
+    shared = ev.oracle_self_check(
+        y[:5_000].repeat(4), truth[:5_000].repeat(4) + 0.04, groups=groups
+    )
+    assert shared["rows"] == 5_000
+    assert shared["oracle_ece"] == pytest.approx(
+        ev.oracle_self_check(y[:5_000], truth[:5_000] + 0.04)["oracle_ece"]
+    )

@@ -15,7 +15,7 @@ better but is noisier (each bin's observed rate carries sampling error).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -237,6 +237,35 @@ def _fast_auc(y: np.ndarray, p: np.ndarray) -> float:
     return float((ranks[y == 1].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
+def _group_members(groups: np.ndarray | None, n: int) -> list[np.ndarray]:
+    """Row indices of each cluster (each row its own cluster without ``groups``)."""
+    g = np.arange(n) if groups is None else groups
+    codes, _ = pd.factorize(g)
+    return pd.Series(np.arange(n)).groupby(codes).apply(np.asarray).to_list()
+
+
+def _bootstrap_interval(
+    members: list[np.ndarray],
+    stat: Callable[[np.ndarray], float],
+    *,
+    n_boot: int,
+    level: float,
+    seed: int,
+) -> tuple[float, float]:
+    """Percentile interval of ``stat(rows)`` over resamples of whole clusters."""
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(members), len(members))
+        values.append(stat(np.concatenate([members[i] for i in pick])))
+    values = np.asarray(values)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return float("nan"), float("nan")
+    a = (1 - level) / 2
+    return float(np.quantile(values, a)), float(np.quantile(values, 1 - a))
+
+
 def auc_gap_interval(
     y: Iterable,
     p_model: Iterable,
@@ -264,19 +293,90 @@ def auc_gap_interval(
     if ok.sum() < 20 or not 0 < yy[ok].sum() < ok.sum():
         return float("nan"), float("nan")
     yy, pm, po = yy[ok].astype(np.int8), pm[ok], po[ok]
-    g = np.arange(len(yy)) if groups is None else np.asarray(list(groups), dtype=object)[ok]
-    codes, _ = pd.factorize(g)
-    members = pd.Series(np.arange(len(yy))).groupby(codes).apply(np.asarray).to_list()
-    rng = np.random.default_rng(seed)
-    gaps = []
-    for _ in range(n_boot):
-        pick = rng.integers(0, len(members), len(members))
-        idx = np.concatenate([members[i] for i in pick])
-        gaps.append(_fast_auc(yy[idx], po[idx]) - _fast_auc(yy[idx], pm[idx]))
-    gaps = np.asarray(gaps)
-    gaps = gaps[np.isfinite(gaps)]
-    a = (1 - level) / 2
-    return float(np.quantile(gaps, a)), float(np.quantile(gaps, 1 - a))
+    g = None if groups is None else np.asarray(list(groups), dtype=object)[ok]
+    return _bootstrap_interval(
+        _group_members(g, len(yy)),
+        lambda idx: _fast_auc(yy[idx], po[idx]) - _fast_auc(yy[idx], pm[idx]),
+        n_boot=n_boot,
+        level=level,
+        seed=seed,
+    )
+
+
+def calibration_error_vs_truth(p_true: Iterable, p_model: Iterable, *, bins: int = 10) -> float:
+    """The ECE of ``p_model`` with the true probability in place of the outcome.
+
+    Same bins as :func:`expected_calibration_error` (ten equal-width bins of the model's
+    predictions), but each bin's mean prediction is compared with the mean **true**
+    probability of its rows instead of their observed rate. When outcomes are drawn as
+    ``Bernoulli(p_true)`` the two estimate the same calibration error (the expected outcome
+    given the prediction is the expected true probability given it), but this one carries
+    no outcome noise: on a few hundred rows, where even the truth's own ECE is several
+    points by chance (:func:`ece_noise_floor`), it can still tell 0.01 from 0.03.
+    Only a simulator, which knows ``p_true``, can compute it.
+    """
+    pt = np.asarray(p_true, dtype=float)
+    pm = np.asarray(p_model, dtype=float)
+    if len(pt) != len(pm):
+        raise ValueError(f"p_true and p_model differ in length ({len(pt)} vs {len(pm)})")
+    ok = np.isfinite(pt) & np.isfinite(pm)
+    pt, pm = pt[ok], pm[ok]
+    if not len(pt):
+        return float("nan")
+    if (pm < 0).any() or (pm > 1).any() or (pt < 0).any() or (pt > 1).any():
+        raise ValueError("p_true and p_model must be probabilities in [0, 1]")
+    ids = _bin_ids(pm, bins=bins, strategy="uniform")
+    gap = np.bincount(ids, weights=pt - pm, minlength=bins)
+    return float(np.abs(gap).sum() / len(pt))
+
+
+def oracle_self_check(
+    y: Iterable, p_oracle: Iterable, *, groups: Iterable | None = None, n_sim: int = 300
+) -> dict[str, float]:
+    """Are the "true" probabilities the outcomes' own? The premise of
+    :func:`calibration_error_vs_truth`.
+
+    An ECE against the truth measures calibration only if the outcomes are drawn from it.
+    A simulator's oracle can leave something out (the churn oracle, for instance, models
+    the decision to cancel, not cards that stop paying), and then the model is compared
+    with the wrong thing. Checked on as many rows as there are (train, validation and test
+    together): the oracle's own ECE against the outcomes must lie within what chance gives
+    (:func:`ece_noise_floor`'s 95th percentile on the same rows), and the mean outcome must
+    lie within two standard errors of the mean oracle (a left-out exit or payment channel
+    shifts every probability a little, which the binned ECE is slow to see). That floor draws every
+    row's outcome independently, so with ``groups`` (e.g. the invoice, whose attempts share
+    one outcome) only the first row of each group is used.
+
+    Returns:
+        ``rows``, ``mean_outcome``, ``mean_oracle``, ``mean_z`` (their difference in
+        standard errors), ``oracle_ece``, ``ece_floor_p95`` and ``calibrated`` (1.0 when the
+        oracle's ECE is within its chance p95 and ``|mean_z| <= 2``, else 0.0).
+    """
+    yy = pd.to_numeric(pd.Series(np.asarray(y, dtype=object)), errors="coerce").to_numpy(float)
+    po = np.asarray(p_oracle, dtype=float)
+    if groups is not None:  # the first complete row of each group
+        rows = np.flatnonzero(np.isfinite(yy) & np.isfinite(po))
+        g = pd.Series(np.asarray(list(groups), dtype=object)[rows])
+        rows = rows[~g.duplicated().to_numpy()]
+        yy, po = yy[rows], po[rows]
+    y, po = _clean(yy, po)
+    if not len(y):
+        nan = float("nan")
+        keys = ("rows", "mean_outcome", "mean_oracle", "mean_z", "oracle_ece", "ece_floor_p95")
+        return dict.fromkeys(keys, nan) | {"calibrated": 0.0}
+    ece = expected_calibration_error(y, po)
+    p95 = ece_noise_floor(po, n_sim=n_sim)[1]
+    se = np.sqrt(np.sum(po * (1 - po))) / len(y)
+    z = float((y.mean() - po.mean()) / se) if se > 0 else float("nan")
+    return {
+        "rows": float(len(y)),
+        "mean_outcome": float(y.mean()),
+        "mean_oracle": float(po.mean()),
+        "mean_z": z,
+        "oracle_ece": ece,
+        "ece_floor_p95": p95,
+        "calibrated": float(ece <= p95 and abs(z) <= 2),
+    }
 
 
 def ece_noise_floor(
@@ -327,9 +427,11 @@ def oracle_comparison(
     Returns:
         ``rows``, ``model_auc``, ``oracle_auc``, ``auc_gap`` (oracle - model),
         ``model_brier``, ``oracle_brier``, ``model_ece``, ``oracle_ece``,
-        ``ece_floor`` and ``ece_floor_p95`` (the ECE the true probabilities show on these
-        rows by chance alone, see :func:`ece_noise_floor`) and, with ``n_boot``,
-        ``auc_gap_low`` and ``auc_gap_high``.
+        ``model_ece_vs_truth`` (the model's ECE against the true probabilities, see
+        :func:`calibration_error_vs_truth`), ``ece_floor`` and ``ece_floor_p95`` (the ECE
+        the true probabilities show on these rows by chance alone, see
+        :func:`ece_noise_floor`) and, with ``n_boot``, ``auc_gap_low``, ``auc_gap_high``,
+        ``model_ece_vs_truth_low`` and ``model_ece_vs_truth_high`` (95% intervals).
     """
     yy = pd.to_numeric(pd.Series(np.asarray(y, dtype=object)), errors="coerce").to_numpy(float)
     pm = np.asarray(p_model, dtype=float)
@@ -345,6 +447,7 @@ def oracle_comparison(
         "oracle_brier": brier_score(yy, po),
         "model_ece": expected_calibration_error(yy, pm) if len(yy) else float("nan"),
         "oracle_ece": expected_calibration_error(yy, po) if len(yy) else float("nan"),
+        "model_ece_vs_truth": calibration_error_vs_truth(po, pm),
     }
     out["auc_gap"] = out["oracle_auc"] - out["model_auc"]
     out["ece_floor"], out["ece_floor_p95"] = ece_noise_floor(po)
@@ -352,6 +455,14 @@ def oracle_comparison(
         out["auc_gap_low"], out["auc_gap_high"] = auc_gap_interval(
             yy, pm, po, groups=gg, n_boot=n_boot
         )
+        if len(yy):
+            out["model_ece_vs_truth_low"], out["model_ece_vs_truth_high"] = _bootstrap_interval(
+                _group_members(gg, len(yy)),
+                lambda idx: calibration_error_vs_truth(po[idx], pm[idx]),
+                n_boot=n_boot,
+                level=0.95,
+                seed=0,
+            )
     return out
 
 

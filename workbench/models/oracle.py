@@ -39,6 +39,11 @@ later retries not yet made (see :func:`_recovery_at_t`).
 **Comparisons** report the AUC gap with a 95% bootstrap interval (resampling accounts,
 paired) and the ECE that the true probabilities themselves show on the same rows by
 chance (``ece_floor``): with a few hundred rows an ECE goal of 0.02 can sit below it.
+They also report the model's ECE against the true probabilities
+(``model_ece_vs_truth``, :func:`workbench.models.evaluation.calibration_error_vs_truth`),
+which has no outcome noise but is only meaningful where the oracle is the probability the
+outcomes were drawn from: recovery, yes (each retry's outcome is drawn from the very
+probability the oracle multiplies); churn, no (the oracle leaves out involuntary churn).
 
 **Offer uplift** (retention offer at eligibility): the true reduction of the probability
 that the subscription ends within the uplift horizon (positive = the offer helps), from the
