@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from workbench.models import uplift
+from workbench.models.linear import log_odds_mean
 
 
 def experiment(n: int = 4000, seed: int = 0) -> pd.DataFrame:
@@ -390,3 +391,21 @@ def test_learner_d_round_trips_explains_and_asks_for_its_inputs(tmp_path) -> Non
         params={"immediate": SHARES, "penalty": 10.0},
     )  # fmt: skip
     assert oof.index.equals(data.index) and oof["uplift"].notna().all()
+    # the decision model learner d trains by default: trees and a logistic regression,
+    # averaged on the log-odds scale; it is saved with the uplift model and scores the same
+    pool = churn.assign(
+        **{uplift.DECISION: decided.astype("Int8")},
+        account_id=[f"cus_{i % 500}" for i in range(len(churn))],
+    ).drop(columns=["churn_90d"])
+    combined = uplift._fit_decision(pool)
+    parts = [combined.trees.predict(data), combined.linear.predict(data)]
+    np.testing.assert_allclose(combined.predict(data), log_odds_mean(parts))
+    assert np.corrcoef(combined.predict(data), data["true_hazard"])[0, 1] > 0.5
+    model = uplift.fit_uplift(
+        data, outcome="churn_90d", features=EFFECTS, learner="d", risk=combined,
+        params={"immediate": SHARES, "penalty": 10.0},
+    )  # fmt: skip
+    assert_round_trips_and_adds_up(model, data, tmp_path / "d_combined")
+    again = uplift.UpliftModel.load(tmp_path / "d_combined")
+    assert isinstance(again.risk, uplift.DecisionHazardModel)
+    assert again.risk.linear == combined.linear
