@@ -141,6 +141,8 @@ def test_uplift_decision_learner_trains_on_the_warehouse_and_scores_with_reasons
     model = res.model
     assert model.learner == "d" and model.risk.target == uplift.DECISION
     assert res.card["risk_model"]["label"] == "monthly decision to cancel"
+    assert isinstance(model.risk, uplift.DecisionHazardModel)
+    assert res.card["risk_model"]["model"] == "LightGBM and logistic regression, log-odds mean"
     assert res.scored["uplift"].notna().all() and res.scored[uplift.HAZARD].between(0, 1).all()
     # the billing mechanics come from the warehouse's own cancellations
     assert model.linear["immediate"] == shares and model.linear["penalty"] in uplift.D_PENALTIES

@@ -343,9 +343,9 @@ def oracle_self_check(
     together): the oracle's own ECE against the outcomes must lie within what chance gives
     (:func:`ece_noise_floor`'s 95th percentile on the same rows), and the mean outcome must
     lie within two standard errors of the mean oracle (a left-out exit or payment channel
-    shifts every probability a little, which the binned ECE is slow to see). That floor draws every
-    row's outcome independently, so with ``groups`` (e.g. the invoice, whose attempts share
-    one outcome) only the first row of each group is used.
+    shifts every probability a little, which the binned ECE is slow to see). Both assume
+    independent rows, so with ``groups`` (e.g. the invoice, whose attempts share one
+    outcome) only the first row of each group is used.
 
     Returns:
         ``rows``, ``mean_outcome``, ``mean_oracle``, ``mean_z`` (their difference in
