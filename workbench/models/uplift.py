@@ -700,6 +700,22 @@ def failed_payment_exits(
     return rows_with_event(con, frame, events, end_us=end_us)
 
 
+def _labelled_rows(
+    frame: pd.DataFrame,
+    target: str,
+    exclude_accounts: Sequence[str],
+    *,
+    involuntary: np.ndarray | None = None,
+) -> pd.DataFrame:
+    """The rows of ``frame`` with a label, outside ``exclude_accounts``, the label as 0/1
+    (0 where ``involuntary``)."""
+    keep = frame[target].notna() & ~frame["account_id"].isin(set(exclude_accounts))
+    label = frame[target]
+    if involuntary is not None:
+        label = label.where(~np.asarray(involuntary, dtype=bool), 0)
+    return frame[keep].assign(**{target: label[keep].astype(np.int8)})
+
+
 def fit_risk_model(
     churn_frame: pd.DataFrame,
     *,
@@ -728,11 +744,7 @@ def fit_risk_model(
         A calibrated :class:`~workbench.models.training.BinaryModel` (the last 20% of
         ``as_of`` months are used for early stopping and calibration).
     """
-    keep = churn_frame[target].notna() & ~churn_frame["account_id"].isin(set(exclude_accounts))
-    label = churn_frame[target]
-    if involuntary is not None:
-        label = label.where(~np.asarray(involuntary, dtype=bool), 0)
-    rows = churn_frame[keep].assign(**{target: label[keep].astype(np.int8)})
+    rows = _labelled_rows(churn_frame, target, exclude_accounts, involuntary=involuntary)
     months = np.sort(rows["as_of"].unique())
     cut = months[int(len(months) * 0.8)]
     feats = training.model_features(rows)
@@ -845,8 +857,7 @@ def _fit_decision(
         params={**DECISION_PARAMS, **dict(params or {})},
         refit=True,
     )
-    rows = frame[frame[DECISION].notna() & ~frame["account_id"].isin(set(exclude_accounts))]
-    rows = rows.assign(**{DECISION: rows[DECISION].astype(np.int8)})
+    rows = _labelled_rows(frame, DECISION, exclude_accounts)
     return DecisionHazardModel(
         trees=trees, linear=LogisticModel.fit(rows, target=DECISION, spec=trees.spec)
     )
