@@ -91,7 +91,7 @@ class LogisticModel:
         parts = []
         if self.spec.numeric:
             raw = X[list(self.spec.numeric)].to_numpy(dtype=np.float64)
-            raw = training._signed_log(raw)
+            raw = training.signed_log(raw)
             missing = np.isnan(raw)
             filled = np.where(missing, np.asarray(self.medians), raw)
             num = np.hstack([filled, missing[:, list(self.indicators)].astype(np.float64)])

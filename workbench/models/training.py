@@ -653,7 +653,10 @@ def fit_binary_model(
     )
 
 
-def _signed_log(x: np.ndarray) -> np.ndarray:
+def signed_log(x: np.ndarray) -> np.ndarray:
+    """``sign(x) * log(1 + |x|)``: the logistic baseline's transform of every numeric
+    feature (:func:`fit_logistic_baseline`; :class:`workbench.models.linear.LogisticModel`
+    applies the same one when it scores)."""
     return np.sign(x) * np.log1p(np.abs(x))
 
 
@@ -672,7 +675,7 @@ def fit_logistic_baseline(train: pd.DataFrame, *, target: str, spec: FeatureSpec
 
     numeric = Pipeline(
         [
-            ("log", FunctionTransformer(_signed_log, feature_names_out="one-to-one")),
+            ("log", FunctionTransformer(signed_log, feature_names_out="one-to-one")),
             (
                 "impute",
                 SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True),
