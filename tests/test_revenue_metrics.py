@@ -128,6 +128,11 @@ def test_dashboard_helpers(am: pd.DataFrame) -> None:
     assert tiles["mrr"] == 8_000 and tiles["mrr_change"] == 7_000 and tiles["paying_accounts"] == 2
     assert tiles["reporting_currency"] == "usd"
     assert kpi_tiles(am)["month"].isoformat() == "2024-04-01"
+    # a bridge the caller already has is used as given (not recomputed)
+    bridge = monthly_bridge(am)
+    assert kpi_tiles(am, month="2024-03-01", bridge=bridge) == tiles
+    doubled = bridge.assign(closing_mrr=bridge["closing_mrr"] * 2)
+    assert kpi_tiles(am, month="2024-03-01", bridge=doubled)["mrr"] == 16_000
     movers = top_movers(am, month="2024-03-01", n=5)
     assert movers["account_id"].tolist() == ["c", "a"] and movers["change"].tolist() == [
         4_000,

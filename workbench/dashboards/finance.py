@@ -76,7 +76,7 @@ def finance_view(
         return FinanceView(filtered, empty, {}, empty, empty)
     bridge = metrics.monthly_bridge(filtered)
     last = filtered["month"].max()
-    tiles = metrics.kpi_tiles(filtered, month=last)
+    tiles = metrics.kpi_tiles(filtered, month=last, bridge=bridge)
     cohorts = metrics.cohort_retention(filtered, kind="revenue", max_age=12)
     movers = metrics.top_movers(filtered, month=last, n=10)
     return FinanceView(filtered, bridge, tiles, cohorts, movers)

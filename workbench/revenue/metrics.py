@@ -361,9 +361,15 @@ def filter_account_months(
 
 
 def kpi_tiles(
-    account_months: pd.DataFrame, *, month: date | str | None = None
+    account_months: pd.DataFrame,
+    *,
+    month: date | str | None = None,
+    bridge: pd.DataFrame | None = None,
 ) -> dict[str, object]:
     """The headline numbers for one month (default: the latest) of a filtered frame.
+
+    ``bridge``: :func:`monthly_bridge` of ``account_months``, when the caller has it
+    already (else it is computed here).
 
     Returns:
         A dict: ``month, mrr, arr, mrr_change, mrr_change_pct, paying_accounts, arpa,
@@ -371,7 +377,7 @@ def kpi_tiles(
         logo_churn_rate, gross_revenue_retention, net_revenue_retention, quick_ratio,
         reporting_currency`` (money in minor units, ``None`` where undefined).
     """
-    k = kpis(monthly_bridge(account_months))
+    k = kpis(monthly_bridge(account_months) if bridge is None else bridge)
     if k.empty:
         return {"month": None, "mrr": 0, "arr": 0, "paying_accounts": 0}
     k["month"] = pd.to_datetime(k["month"])
