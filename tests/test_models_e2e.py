@@ -154,3 +154,15 @@ def test_uplift_decision_learner_trains_on_the_warehouse_and_scores_with_reasons
     assert scores["reason_1"].notna().all()
     # the reasons speak of the inputs: the decision hazard or billing or the attributes
     assert scores["reason_features"].str.len().gt(0).all()
+    # where the model falls short of the oracle, one part swapped for the truth at a time
+    with Warehouse(settings).read(step="test") as con:
+        gap = oracle.uplift_gap(res, con=con, truth_dir=truth)
+        cmp = oracle.evaluate_against_oracle(res, con=con, truth_dir=truth, log_to_mlflow=False)
+    ratios = gap.set_index(["hazard", "effect"])["expected_qini_ratio"]
+    assert len(ratios) == 6 and gap.attrs["rows"] == int(cmp["rows"].iloc[0])
+    # ranking by the true effect gives at most the oracle's gain, and all of it with the
+    # true parts (the billing weights differ a little from the truth's)
+    assert (ratios <= 1 + 1e-9).all() and ratios[("true", "true")] > 0.97
+    own = ratios[("model", "fitted (cross-fitted scores)")]
+    assert own == pytest.approx(cmp["expected_qini_ratio"].iloc[0], abs=1e-12)
+    assert -1 <= gap.attrs["hazard_spearman"] <= 1 and 0 < gap.attrs["effect_mean_fitted"] < 1

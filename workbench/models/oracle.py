@@ -623,6 +623,78 @@ def evaluate_against_oracle(
     return pd.DataFrame(rows)
 
 
+def uplift_gap(
+    result,  # noqa: ANN001 - UpliftResult of learner d
+    *,
+    con: duckdb.DuckDBPyConnection,
+    truth_dir: Path | str,
+) -> pd.DataFrame:
+    """Where learner ``d`` falls short of the oracle: the expected-Qini ratio of rankings
+    that put the truth in place of one of its two parts at a time.
+
+    Each ranking is the churn reduction within the horizon of a decision hazard ``h`` and
+    a relative effect ``tau`` through the model's billing weights (the shares measured on
+    the warehouse): the true ``h`` (the simulator's hazard at eligibility) or the model's
+    (its out-of-fold hazard times its fitted scale), and the true ``tau``, the model's
+    fitted ``tau`` (the model fitted on all rows) or the mean true ``tau``. Diagnostics
+    only: they read the truth, so nothing may be chosen by them.
+
+    Returns:
+        One row per ranking (``hazard``, ``effect``, ``expected_qini_ratio``), the last
+        the model's own cross-fitted scores; ``attrs`` holds ``rows``,
+        ``hazard_spearman`` (model vs true hazard), ``effect_correlation`` (fitted vs
+        true ``tau``), ``effect_mean_fitted`` and ``effect_mean_true``.
+    """
+    from scipy.stats import spearmanr
+
+    from workbench.models import uplift as up
+    from workbench.models.cancellation import billing_weights, ended_by_constant
+
+    model = result.model
+    if model.learner != "d" or up.HAZARD not in result.scored.columns:
+        raise ValueError("uplift_gap reads learner d's hazard and effect: train with learner='d'")
+    scored = result.scored
+    truth = uplift_oracle(scored, truth_dir=truth_dir, con=con, horizon_days=model.horizon_days)
+    offers = read_truth(truth_dir, "offers").set_index("account_id")
+    ids = scored["account_id"].astype(str)
+    h_true = offers["hazard_at_eligibility"].reindex(ids).to_numpy(np.float64)
+    tau_true = offers["effect_relative"].reindex(ids).to_numpy(np.float64)
+    ok = truth.notna().to_numpy() & np.isfinite(h_true) & np.isfinite(tau_true)
+    rows = result.dataset.loc[scored.index[ok]]
+    h_true, tau_true, target = h_true[ok], tau_true[ok], truth.to_numpy()[ok]
+    hazard = scored[up.HAZARD].to_numpy(np.float64)[ok]
+    lin = model.linear
+    W = billing_weights(rows, horizon_days=model.horizon_days, immediate=lin["immediate"])
+    parts = up._d_parts(np.asarray(lin["theta"]), hazard, W, up._d_effects(lin, rows))
+    h_model, tau_fit = parts["b"], parts["tau"]
+    tau_mean = np.full(len(rows), tau_true.mean())
+    best = up.expected_qini(target, target)
+
+    def ratio(score: np.ndarray) -> float:
+        return _ratio(up.expected_qini(target, score), best)
+
+    def reduction(h: np.ndarray, tau: np.ndarray) -> np.ndarray:
+        return ended_by_constant(h, W)[0] - ended_by_constant(h * (1 - tau), W)[0]
+
+    table = [
+        ("true", "true", ratio(reduction(h_true, tau_true))),
+        ("true", "fitted", ratio(reduction(h_true, tau_fit))),
+        ("true", "mean true", ratio(reduction(h_true, tau_mean))),
+        ("model", "true", ratio(reduction(h_model, tau_true))),
+        ("model", "mean true", ratio(reduction(h_model, tau_mean))),
+        ("model", "fitted (cross-fitted scores)", ratio(scored["uplift"].to_numpy()[ok])),
+    ]
+    out = pd.DataFrame(table, columns=["hazard", "effect", "expected_qini_ratio"])
+    out.attrs = {
+        "rows": int(ok.sum()),
+        "hazard_spearman": float(spearmanr(hazard, h_true).statistic),
+        "effect_correlation": float(np.corrcoef(tau_fit, tau_true)[0, 1]),
+        "effect_mean_fitted": float(tau_fit.mean()),
+        "effect_mean_true": float(tau_true.mean()),
+    }
+    return out
+
+
 def _ratio(a: float, b: float) -> float:
     """``a / b``, NaN when ``b`` is 0 (no effect to rank by)."""
     return a / b if b else float("nan")
