@@ -660,13 +660,12 @@ def uplift_gap(
     h_true = offers["hazard_at_eligibility"].reindex(ids).to_numpy(np.float64)
     tau_true = offers["effect_relative"].reindex(ids).to_numpy(np.float64)
     ok = truth.notna().to_numpy() & np.isfinite(h_true) & np.isfinite(tau_true)
-    rows = result.dataset.loc[scored.index[ok]]
-    h_true, tau_true, target = h_true[ok], tau_true[ok], truth.to_numpy()[ok]
     hazard = scored[up.HAZARD].to_numpy(np.float64)[ok]
-    lin = model.linear
-    W = billing_weights(rows, horizon_days=model.horizon_days, immediate=lin["immediate"])
-    parts = up._d_parts(np.asarray(lin["theta"]), hazard, W, up._d_effects(lin, rows))
-    h_model, tau_fit = parts["b"], parts["tau"]
+    rows = result.dataset.loc[scored.index[ok]].assign(**{up.HAZARD: hazard})
+    h_true, tau_true, target = h_true[ok], tau_true[ok], truth.to_numpy()[ok]
+    W = billing_weights(rows, horizon_days=model.horizon_days, immediate=model.linear["immediate"])
+    parts = up.decision_parts(model, rows)
+    h_model, tau_fit = parts["hazard"].to_numpy(), parts["tau"].to_numpy()
     tau_mean = np.full(len(rows), tau_true.mean())
     best = up.expected_qini(target, target)
 

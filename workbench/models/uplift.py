@@ -674,6 +674,22 @@ def _fit_d_learner(
     return linear
 
 
+def decision_parts(model: UpliftModel, frame: pd.DataFrame) -> pd.DataFrame:
+    """Learner ``d``'s two parts per row of ``frame`` (which carries :data:`HAZARD`, e.g.
+    the out-of-fold hazards of :attr:`UpliftResult.scored` joined to the features):
+    ``hazard``, the decision hazard times the fitted scale (clipped below 1), and
+    ``tau``, the fitted relative effect of the offer."""
+    from workbench.models.cancellation import billing_weights
+
+    if model.learner != "d":
+        raise ValueError(f"decision_parts needs learner 'd', not {model.learner!r}")
+    lin = model.linear
+    W = billing_weights(frame, horizon_days=lin["horizon_days"], immediate=lin["immediate"])
+    hazard = frame[HAZARD].to_numpy(dtype=np.float64)
+    parts = _d_parts(np.asarray(lin["theta"]), hazard, W, _d_effects(lin, frame))
+    return pd.DataFrame({"hazard": parts["b"], "tau": parts["tau"]}, index=frame.index)
+
+
 def _d_components(linear: Mapping[str, Any], frame: pd.DataFrame) -> pd.DataFrame:
     from workbench.models.cancellation import billing_weights
 
