@@ -35,6 +35,7 @@ SMALL = GlobalLightGBM(
     ),
     num_leaves=15,
     min_data_in_leaf=20,
+    n_seeds=1,
 )
 
 
@@ -111,6 +112,19 @@ def test_predict_shapes_ids_dates_and_determinism(panel: pd.DataFrame) -> None:
     np.testing.assert_array_equal(again[G].to_numpy(), out[G].to_numpy())
     other_seed = SMALL.clone(h=6, seed=7).fit(panel).predict()
     assert not np.array_equal(other_seed[G].to_numpy(), out[G].to_numpy())
+
+
+def test_seed_averaging_is_the_mean_of_single_seed_models(panel: pd.DataFrame) -> None:
+    both = SMALL.clone(h=6, n_seeds=2).fit(panel)
+    assert len(both.boosters_) == 2 * len(SMALL.variants)
+    singles = [SMALL.clone(h=6, seed=s).fit(panel).predict()[G].to_numpy() for s in (0, 1)]
+    np.testing.assert_allclose(both.predict()[G].to_numpy(), np.mean(singles, axis=0), rtol=1e-12)
+    fitted = [SMALL.clone(h=6, seed=s).fit(panel).fitted_values()[G] for s in (0, 1)]
+    np.testing.assert_allclose(
+        both.fitted_values()[G].to_numpy(), ((fitted[0] + fitted[1]) / 2).to_numpy(), rtol=1e-12
+    )
+    with pytest.raises(ValueError, match="n_seeds"):
+        SMALL.clone(n_seeds=0).fit(panel)
 
 
 def test_beats_seasonal_naive_on_a_seasonal_panel() -> None:
