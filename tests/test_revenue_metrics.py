@@ -104,6 +104,36 @@ def test_kpis(am: pd.DataFrame) -> None:
     assert feb["quick_ratio"] == 0.0
 
 
+def test_retention_counts_only_accounts_paying_at_the_start_of_the_month() -> None:
+    # "o" pays 1,000 all January; "n" starts at 5,000 on Jan 5 and ends on Jan 20; "u" starts
+    # at 100 on Jan 3 and upgrades to 300 on Jan 25. Under the stripe policy n and u show
+    # new MRR, churn and expansion in January, but neither was paying when it began.
+    con = duckdb.connect()
+    create_all(con)
+    rows = [
+        dict(subscription_id="so", account_id="o", unit_amount=100_000, valid_from="2023-12-01"),
+        dict(subscription_id="sn", account_id="n", unit_amount=500_000, valid_from="2024-01-05", valid_to="2024-01-20"),
+        dict(subscription_id="sn", account_id="n", unit_amount=500_000, status="canceled", valid_from="2024-01-20",
+             ended_at="2024-01-20", canceled_at="2024-01-20"),
+        dict(subscription_id="su", account_id="u", unit_amount=10_000, valid_from="2024-01-03", valid_to="2024-01-25"),
+        dict(subscription_id="su", account_id="u", unit_amount=30_000, valid_from="2024-01-25"),
+    ]  # fmt: skip
+    insert_history(con, history_frame(rows))
+    am = account_month_mrr(con, policy="stripe", end="2024-01-01")
+    bridge = monthly_bridge(am).set_index("month")
+    jan = bridge.loc[pd.Timestamp("2024-01-01")]
+    # the bridge still carries every movement ...
+    assert jan["churn_mrr"] == -500_000 and jan["expansion_mrr"] == 20_000
+    assert jan["churned_logos"] == 1
+    # ... and, apart, those of the opening customers (none here)
+    assert (
+        jan[["existing_churn_mrr", "existing_expansion_mrr", "existing_churned_logos"]].eq(0).all()
+    )
+    k = kpis(bridge.reset_index()).set_index("month").loc[pd.Timestamp("2024-01-01")]
+    assert k["gross_revenue_retention"] == 1.0 and k["net_revenue_retention"] == 1.0
+    assert k["logo_churn_rate"] == 0.0
+
+
 def test_segments_and_cohorts(am: pd.DataFrame) -> None:
     seg = mrr_by_segment(am, by="plan").set_index(["month", "segment"])
     assert seg.loc[(pd.Timestamp("2024-03-01"), "Pro"), "mrr"] == 8_000

@@ -46,6 +46,9 @@ SEGMENTS = (
     "country",
     "cohort_month",
 )
+#: Movements also summed over only the accounts paying at the start of the month
+#: (``existing_*`` bridge columns): retention is about the opening customers.
+EXISTING_MOVEMENTS = ("expansion_mrr", "contraction_mrr", "churn_mrr")
 BRIDGE_COLUMNS = (
     "opening_mrr",
     *MOVEMENT_COLUMNS,
@@ -73,6 +76,24 @@ def _bridge_sql(src: str, by: Sequence[str]) -> str:
     moves = ",\n    ".join(f"sum({m}) AS {m}" for m in MOVEMENT_COLUMNS)
     moves_out = ",\n  ".join(f"coalesce(c.{m}, 0) AS {m}" for m in MOVEMENT_COLUMNS)
     prev_block = f",\n    {prev}" if by else ""
+    existing = ",\n    ".join(
+        [
+            *(
+                f"sum(CASE WHEN opening_mrr > 0 THEN {m} ELSE 0 END) AS existing_{m}"
+                for m in EXISTING_MOVEMENTS
+            ),
+            "count(*) FILTER (WHERE opening_mrr > 0 AND churned_logo) AS existing_churned_logos",
+        ]
+    )
+    existing_out = ",\n  ".join(
+        [
+            *(
+                f"CAST(coalesce(o.existing_{m}, 0) AS BIGINT) AS existing_{m}"
+                for m in EXISTING_MOVEMENTS
+            ),
+            "coalesce(o.existing_churned_logos, 0) AS existing_churned_logos",
+        ]
+    )
     window = "WINDOW w AS (PARTITION BY account_id ORDER BY month)" if by else ""
     return f"""
 WITH a AS (
@@ -86,7 +107,8 @@ o AS (
   SELECT month{", " + prev_segs if by else ""},
     sum(opening_mrr) AS opening_mrr,
     count(*) FILTER (WHERE opening_mrr > 0) AS paying_open,
-    -sum(CASE WHEN seg_changed THEN opening_mrr ELSE 0 END) AS transfer_out_mrr
+    -sum(CASE WHEN seg_changed THEN opening_mrr ELSE 0 END) AS transfer_out_mrr,
+    {existing}
   FROM b GROUP BY {group_open}
 ),
 c AS (
@@ -108,7 +130,8 @@ SELECT {sel_key},
   CAST(coalesce(c.closing_mrr, 0) AS BIGINT) AS closing_mrr,
   coalesce(o.paying_open, 0) AS paying_open, coalesce(c.paying_close, 0) AS paying_close,
   coalesce(c.new_logos, 0) AS new_logos, coalesce(c.churned_logos, 0) AS churned_logos,
-  coalesce(c.reactivated_logos, 0) AS reactivated_logos
+  coalesce(c.reactivated_logos, 0) AS reactivated_logos,
+  {existing_out}
 FROM c FULL OUTER JOIN o ON {on}
 ORDER BY {", ".join(key)}
 """
@@ -135,7 +158,10 @@ def monthly_bridge(
     Returns:
         ``month, *by, opening_mrr, new_mrr, expansion_mrr, contraction_mrr, churn_mrr,
         reactivation_mrr, fx_mrr, transfer_in_mrr, transfer_out_mrr, closing_mrr,
-        paying_open, paying_close, new_logos, churned_logos, reactivated_logos``.
+        paying_open, paying_close, new_logos, churned_logos, reactivated_logos``, and
+        ``existing_expansion_mrr, existing_contraction_mrr, existing_churn_mrr,
+        existing_churned_logos``: the same movements of only the accounts paying at the
+        start of the month (grouped by their segment then), which retention is made of.
     """
     by = list(by)
     if isinstance(account_months, str):
@@ -164,7 +190,10 @@ def kpis(bridge: pd.DataFrame, *, by: Sequence[str] = ()) -> pd.DataFrame:
         logo_churn_rate, gross_revenue_retention, net_revenue_retention, quick_ratio,
         net_revenue_churn_rate``. ARPA is minor units rounded half-even; rates are
         monthly fractions (``net_revenue_churn_rate`` in percent, Baremetrics' form).
-        Retention and quick ratio exclude FX and transfers (constant currency).
+        Retention and quick ratio exclude FX and transfers (constant currency). Gross
+        and net revenue retention and the logo churn rate count only the accounts paying
+        at the start of the month: one that starts and leaves (or grows) within the month
+        is in new MRR and churn, not in retention.
     """
     b = bridge.copy()
     out = b[["month", *by]].copy()
@@ -178,12 +207,11 @@ def kpis(bridge: pd.DataFrame, *, by: Sequence[str] = ()) -> pd.DataFrame:
         out[col] = b[col]
     out["new_logos"] = b["new_logos"]
     out["churned_logos"] = b["churned_logos"]
-    out["logo_churn_rate"] = _ratio(b["churned_logos"], b["paying_open"])
+    out["logo_churn_rate"] = _ratio(b["existing_churned_logos"], b["paying_open"])
+    kept = b["opening_mrr"] + b["existing_contraction_mrr"] + b["existing_churn_mrr"]
+    out["gross_revenue_retention"] = _ratio(kept, b["opening_mrr"])
+    out["net_revenue_retention"] = _ratio(kept + b["existing_expansion_mrr"], b["opening_mrr"])
     lost = b["contraction_mrr"] + b["churn_mrr"]
-    out["gross_revenue_retention"] = _ratio(b["opening_mrr"] + lost, b["opening_mrr"])
-    out["net_revenue_retention"] = _ratio(
-        b["opening_mrr"] + lost + b["expansion_mrr"], b["opening_mrr"]
-    )
     gained = b["new_mrr"] + b["expansion_mrr"] + b["reactivation_mrr"]
     out["quick_ratio"] = _ratio(gained, -lost)
     out["net_revenue_churn_rate"] = 100 * _ratio(
