@@ -392,6 +392,35 @@ def test_multi_currency_account() -> None:
     assert am.loc[pd.Timestamp("2024-03-01"), "fx_mrr"] == -1_500
 
 
+@pytest.mark.parametrize(
+    ("usd_amount", "expansion", "contraction"), [(10_500, 0, -1_500), (13_000, 1_000, 0)]
+)
+def test_currency_switch_at_one_instant_is_classified_in_one_unit(
+    usd_amount: int, expansion: int, contraction: int
+) -> None:
+    # EUR 100 (USD 120 at February's rate) is replaced on Feb 10 by a USD subscription: a
+    # move to USD 105 is a contraction, to USD 130 an expansion, whatever the native
+    # numbers (100 EUR vs 105 USD) say.
+    rows = [
+        dict(subscription_id="e", account_id="x", unit_amount=10_000, currency="eur",
+             valid_from="2024-01-05", valid_to="2024-02-10"),
+        dict(subscription_id="e", account_id="x", unit_amount=10_000, currency="eur", status="canceled",
+             valid_from="2024-02-10", ended_at="2024-02-10"),
+        dict(subscription_id="u", account_id="x", unit_amount=usd_amount, currency="usd",
+             valid_from="2024-02-10"),
+    ]  # fmt: skip
+    feb = (
+        account_month_mrr(warehouse(rows, fx=FX_RATES), policy="stripe", end="2024-02-01")
+        .set_index("month")
+        .loc[pd.Timestamp("2024-02-01")]
+    )
+    assert feb["opening_mrr"] == 11_000 and feb["mrr"] == usd_amount
+    assert feb["expansion_mrr"] == expansion and feb["contraction_mrr"] == contraction
+    assert feb["fx_mrr"] == 1_000  # the EUR opening revalued 1.10 -> 1.20 before it left
+    assert feb["churn_mrr"] == 0 and feb["new_mrr"] == 0
+    assert feb["movement"] == ("expansion" if expansion else "contraction")
+
+
 # ---------------------------------------------------------------- rules
 
 

@@ -663,10 +663,31 @@ CROSS JOIN LATERAL (
                 "ELSE 'reactivation' END"
             )
             churn_branch = "CASE WHEN after_a > 0 THEN 'contraction' ELSE 'churn' END"
+        # A change that swaps one currency for another at the same instant (a customer
+        # moving from EUR to USD billing) is an expansion or a contraction by its value in
+        # one unit: its parts are compared in USD at the month's rate (the rate date of the
+        # policy); without a rate, or in one currency, the native amounts are compared.
+        exp_c = _exponent_case("c.currency")
         ev = f"""
 CREATE TEMP TABLE {p}_ev AS
-WITH a AS (
-  SELECT akey, ts, sum(dv) AS dv, sum(da) AS da FROM {p}_chg GROUP BY akey, ts
+WITH xm AS (
+  SELECT DISTINCT currency, CAST(date_trunc('month', ts) AS DATE) AS month FROM {p}_chg
+),
+xr AS (
+  SELECT m.currency, m.month,
+    CASE WHEN m.currency = 'usd' THEN 1.0
+         ELSE CAST(arg_max(f.rate_to_usd, f.date) AS DOUBLE) END AS r
+  FROM xm m LEFT JOIN fx_rates f
+    ON lower(f.currency) = m.currency AND f.date <= {_rate_date_sql(pol, "m.month")}
+  GROUP BY m.currency, m.month
+),
+a AS (
+  SELECT c.akey, c.ts, sum(c.dv) AS dv, sum(c.da) AS da,
+    count(DISTINCT c.currency) AS n_cur,
+    sum(CAST(c.dv AS DOUBLE) * x.r / ({exp_c})) AS dv_usd
+  FROM {p}_chg c LEFT JOIN xr x
+    ON x.currency = c.currency AND x.month = CAST(date_trunc('month', c.ts) AS DATE)
+  GROUP BY c.akey, c.ts
 ),
 a2 AS (
   SELECT *, sum(dv) OVER w AS after_v, sum(da) OVER w AS after_a
@@ -682,8 +703,9 @@ cls AS (
   SELECT akey, ts,
     CASE WHEN before_v = 0 AND after_v > 0 THEN {new_branch}
          WHEN before_v > 0 AND after_v = 0 THEN {churn_branch}
-         WHEN dv > 0 THEN 'expansion' WHEN dv < 0 THEN 'contraction' END AS cat
-  FROM a3
+         WHEN dv_cmp > 0 THEN 'expansion' WHEN dv_cmp < 0 THEN 'contraction' END AS cat
+  FROM (SELECT *, CASE WHEN n_cur > 1 AND dv_usd IS NOT NULL THEN dv_usd ELSE dv END AS dv_cmp
+        FROM a3) a4
 )
 SELECT c.akey, c.currency, CAST(date_trunc('month', c.ts) AS DATE) AS month,
   coalesce(sum(c.dv) FILTER (WHERE k.cat = 'new'), 0) AS new_g,
@@ -703,14 +725,29 @@ GROUP BY c.akey, c.currency, CAST(date_trunc('month', c.ts) AS DATE)
     return stages, return_acm
 
 
+def _rate_date_sql(pol: Policy, month: str) -> str:
+    """The policy's rate date for the month column ``month``, as SQL."""
+    if pol.fx_rate_date == "month_end":
+        return f"CAST({month} + INTERVAL 1 MONTH - INTERVAL 1 DAY AS DATE)"
+    return f"DATE '{date.fromisoformat(pol.fx_rate_date).isoformat()}'"
+
+
+def _exponent_case(currency: str) -> str:
+    """SQL: 10 ** (the currency's minor-unit exponent) for the currency column."""
+    return (
+        f"CASE WHEN {currency} IN ("
+        + ", ".join(f"'{c}'" for c in ZERO_DECIMAL)
+        + f") THEN 1 WHEN {currency} IN ("
+        + ", ".join(f"'{c}'" for c in THREE_DECIMAL)
+        + ") THEN 1000 ELSE 100 END"
+    )
+
+
 def _build_rates(
     con: Connection, *, p: str, pol: Policy, rep: str, first_m: date, end_m: date
 ) -> None:
     """(month, currency) -> integer rate (rate_to_usd * 1e9) at the policy's rate date."""
-    if pol.fx_rate_date == "month_end":
-        rate_date = "CAST(m.month + INTERVAL 1 MONTH - INTERVAL 1 DAY AS DATE)"
-    else:
-        rate_date = f"DATE '{date.fromisoformat(pol.fx_rate_date).isoformat()}'"
+    rate_date = _rate_date_sql(pol, "m.month")
     con.execute(f"""
 CREATE TEMP TABLE {p}_rates AS
 WITH cur AS (
@@ -768,13 +805,7 @@ def _final_sql(
 ) -> str:
     e_rep = 10 ** currency_exponent(rep)
     LIMIT = 2_000_000_000_000_000_000  # noqa: N806 - |x * a| stays below it: 2n + d fits BIGINT
-    exp_case = (
-        "CASE WHEN a.currency IN ("
-        + ", ".join(f"'{c}'" for c in ZERO_DECIMAL)
-        + ") THEN 1 WHEN a.currency IN ("
-        + ", ".join(f"'{c}'" for c in THREE_DECIMAL)
-        + ") THEN 1000 ELSE 100 END"
-    )
+    exp_case = _exponent_case("a.currency")
     event = pol.movement_timing == "event"
     cats = ("new", "expansion", "contraction", "churn", "reactivation")
 
