@@ -475,3 +475,46 @@ def test_run_dunning_uses_configured_policy_and_pause_switches(isolated_env: Pat
     run2 = run_dunning(settings_, inv2, as_of=AS_OF + pd.Timedelta(days=2))
     assert run2.decisions["automation_level"].tolist() == ["insight"]
     assert run2.summary.executed == 0 and run2.summary.insight_only == 1
+
+
+@pytest.mark.parametrize(
+    ("currency", "amount", "rate", "reporting", "expected"),
+    [
+        ("jpy", 2_000_000, "0.0067", "usd", 1_340_000),  # zero-decimal: 13,400 USD
+        ("kwd", 100_000, "3.26", "usd", 32_600),  # three decimals: 100.000 KWD = 326 USD
+        ("jpy", 1_000, "0.0067", "kwd", 2_055),  # 6.70 USD = 2.055 KWD (3.26 USD each)
+        ("usd", 5_000, "1", "usd", 5_000),
+    ],
+)
+def test_failed_invoice_amounts_convert_between_minor_units(
+    currency: str, amount: int, rate: str, reporting: str, expected: int
+) -> None:
+    import duckdb
+
+    from workbench.failed_invoices import open_failed_invoices
+    from workbench.schema import create_all
+
+    con = duckdb.connect()
+    create_all(con)
+    con.execute(
+        "INSERT INTO invoices (invoice_id, account_id, currency, created, amount_due) "
+        "VALUES ('in_1', 'acct', ?, TIMESTAMPTZ '2024-02-01 00:00:00+00', ?)",
+        [currency, amount],
+    )
+    con.execute(
+        "INSERT INTO payment_attempts (attempt_id, invoice_id, created, amount, currency, status, "
+        "decline_code) VALUES ('ch_1', 'in_1', TIMESTAMPTZ '2024-02-20 00:00:00+00', ?, ?, "
+        "'failed', 'insufficient_funds')",
+        [amount, currency],
+    )
+    con.execute(
+        "INSERT INTO fx_rates VALUES (DATE '2024-02-01', ?, ?), (DATE '2024-02-01', 'kwd', 3.26)",
+        [currency, rate] if currency != "kwd" else ["usd", "1"],
+    )
+    row = open_failed_invoices(con, as_of=AS_OF, reporting_currency=reporting).iloc[0]
+    assert row["amount_due"] == amount and row["amount_due_reporting"] == expected
+    if expected > POLICY.approval.amount_above_minor and reporting == "usd":
+        # the converted amount is what puts a yen invoice in front of a person
+        scored = open_failed_invoices(con, as_of=AS_OF, reporting_currency=reporting)
+        scored["recovery_probability"] = 0.9
+        assert bool(decide(scored, as_of=AS_OF, policy=POLICY).iloc[0]["requires_approval"])

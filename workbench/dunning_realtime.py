@@ -48,6 +48,7 @@ from workbench import audit
 from workbench.approvals import ENGINE, ApprovalStore, open_store, paused_action_types
 from workbench.config import Settings
 from workbench.dunning import apply_decision, decide_invoice
+from workbench.failed_invoices import to_reporting_minor
 from workbench.policy import load_policy
 
 log = logging.getLogger(__name__)
@@ -263,8 +264,8 @@ class RealtimeHandler:
         if currency == rep:
             amount_rep: int | None = amount
         elif currency in self.fx and (rep == "usd" or rep in self.fx):
-            amount_rep = int(
-                round(amount * self.fx[currency] / (1.0 if rep == "usd" else self.fx[rep]))
+            amount_rep = to_reporting_minor(
+                amount, currency, self.fx[currency], rep, 1.0 if rep == "usd" else self.fx[rep]
             )
         else:
             amount_rep = None

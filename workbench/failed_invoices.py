@@ -14,6 +14,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from workbench.revenue.engine import currency_exponent
+
 INPUT_COLUMNS = [
     "invoice_id",
     "account_id",
@@ -27,6 +29,25 @@ INPUT_COLUMNS = [
     "uplift",
     "model_versions",
 ]
+
+
+def to_reporting_minor(
+    amount: int, currency: str, rate_to_usd: float, reporting: str, reporting_rate_to_usd: float
+) -> int | None:
+    """An amount in ``currency``'s minor units, in ``reporting``'s minor units.
+
+    ``fx_rates.rate_to_usd`` is per whole unit (1 JPY = 0.0067 USD), so the minor units'
+    exponents (JPY 0, USD 2, KWD 3) enter the conversion: 2,000,000 JPY at 0.0067 is
+    1,340,000 US cents. None when a rate is missing.
+    """
+    if rate_to_usd is None or reporting_rate_to_usd is None:
+        return None
+    if pd.isna(rate_to_usd) or pd.isna(reporting_rate_to_usd) or pd.isna(amount):
+        return None
+    shift = currency_exponent(reporting) - currency_exponent(currency)
+    return int(
+        round(float(amount) * float(rate_to_usd) * 10.0**shift / float(reporting_rate_to_usd))
+    )
 
 
 def open_failed_invoices(
@@ -81,11 +102,17 @@ def open_failed_invoices(
     ).df()
     same = frame["currency"].str.lower() == reporting_currency.lower()
     usd_rate = np.where(reporting_currency.lower() == "usd", 1.0, frame["reporting_rate"])
-    converted = np.round(
-        frame["amount_due"] * frame["rate"].where(frame["currency"] != "usd", 1.0) / usd_rate
-    )
+    rates = frame["rate"].where(frame["currency"] != "usd", 1.0)
     frame["amount_due_reporting"] = pd.array(
-        np.where(same, frame["amount_due"], converted), dtype="Int64"
+        [
+            int(amount)
+            if is_same
+            else to_reporting_minor(amount, currency, rate, reporting_currency, rep_rate)
+            for amount, currency, rate, rep_rate, is_same in zip(
+                frame["amount_due"], frame["currency"], rates, usd_rate, same, strict=True
+            )
+        ],
+        dtype="Int64",
     )
     frame["recovery_probability"] = np.nan
     frame["uplift"] = np.nan
