@@ -234,8 +234,11 @@ policies = st.builds(
     st.integers(0, 200_000),
     st.fixed_dictionaries(
         {
-            t: st.sampled_from(LEVELS)
-            for t in ("retry_payment", "retention_offer", "escalate_collections", "write_off")
+            **{
+                t: st.sampled_from(LEVELS)
+                for t in ("retry_payment", "retention_offer", "escalate_collections")
+            },
+            "write_off": st.sampled_from(("insight", "assisted")),  # never automatic
         }
     ),  # fmt: skip
     st.booleans(),

@@ -143,3 +143,20 @@ def test_policy_diff_lists_changed_keys() -> None:
         ("automation.levels.refund", "assisted", "insight"),
         ("retries.max_auto_retries", 8, 2),
     ]
+
+
+@pytest.mark.parametrize("action", ["write_off", "model_promotion", "policy_change"])
+@pytest.mark.parametrize("level", ["automated_with_override", "autonomous"])
+def test_high_risk_actions_can_never_be_made_automatic(action: str, level: str) -> None:
+    from workbench.policy import Automation
+
+    with pytest.raises(PolicyError) as info:
+        parse_policy({"automation": {"levels": {action: level}}}, source="p.yaml")
+    assert any(
+        p.startswith(f"automation.levels.{action}:") and "human approval" in p
+        for p in info.value.problems
+    )
+    # nor by building the policy in code
+    with pytest.raises(ValueError, match="assisted or insight"):
+        Automation(levels={action: level})
+    assert parse_policy({"automation": {"levels": {action: "insight"}}}).level(action) == "insight"

@@ -54,6 +54,9 @@ ACTION_TYPES: tuple[str, ...] = (
 LEVELS: tuple[str, ...] = ("insight", "assisted", "automated_with_override", "autonomous")
 AUTOMATIC_LEVELS: frozenset[str] = frozenset({"automated_with_override", "autonomous"})
 
+#: High-risk action types that always wait for a person: no policy may make them automatic.
+HUMAN_ONLY_ACTION_TYPES: tuple[str, ...] = ("write_off", "model_promotion", "policy_change")
+
 #: Reason codes a write-off entry must carry.
 WRITE_OFF_REASON_CODES: tuple[str, ...] = ("credit_loss", "price_concession")
 
@@ -177,6 +180,16 @@ class Automation:
 
     override_window_hours: float = 24.0
     levels: Mapping[str, str] = field(default_factory=_default_levels)
+
+    def __post_init__(self) -> None:
+        automatic = [
+            a for a in HUMAN_ONLY_ACTION_TYPES if self.levels.get(a, "assisted") in AUTOMATIC_LEVELS
+        ]
+        if automatic:
+            raise ValueError(
+                f"{', '.join(automatic)} always need a human approval (high-risk); "
+                "set their automation level to assisted or insight"
+            )
 
 
 @dataclass(frozen=True)
@@ -429,6 +442,12 @@ def _parse_automation(raw: Any, problems: _Problems) -> Automation | None:
             problems.add(key, f"unknown action type{hint}")
         elif level not in LEVELS:
             problems.add(key, f"level must be one of {', '.join(LEVELS)}, got {level!r}")
+        elif action in HUMAN_ONLY_ACTION_TYPES and level in AUTOMATIC_LEVELS:
+            problems.add(
+                key,
+                f"{action} always needs a human approval (high-risk); use assisted or insight, "
+                f"got {level!r}",
+            )
         else:
             levels[action] = level
     if window is None:
