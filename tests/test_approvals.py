@@ -236,6 +236,29 @@ def test_latest_state_provider_sees_recorded_changes(store) -> None:
     assert ap.approve(store, first, who=BOB, current_state=provider, now=NOW).code == "executed"
 
 
+def test_a_superseded_or_stale_proposal_can_be_queued_again_a_rejected_one_cannot(store) -> None:
+    # superseded: the invoice moved on, then came back to the state of the first proposal
+    first = request_write_off(store).item_id
+    moved = {**STATE, "attempt_count": 5}
+    ap.record_states(store, who=ap.ENGINE, scope="write_off", states={"in_1": moved}, now=NOW)
+    assert ap.get_item(store, first).status == "superseded"
+    ap.record_states(store, who=ap.ENGINE, scope="write_off", states={"in_1": STATE}, now=NOW)
+    again = request_write_off(store)
+    assert again.code == "queued" and again.item_id != first
+    assert request_write_off(store).code == "duplicate"  # while it is pending, one item
+    # stale: found changed at approval, then the same proposal is needed again
+    changed = ap.approve(store, again.item_id, who=BOB, current_state=lambda i: moved, now=NOW)
+    assert changed.code == "stale"
+    third = request_write_off(store)
+    assert third.code == "queued" and third.item_id not in (first, again.item_id)
+    # a person's rejection stands: the same proposal is not queued again
+    assert ap.reject(store, third.item_id, who=BOB, comment="paid by wire", now=NOW).code == "rejected"
+    assert request_write_off(store).code == "duplicate"
+    statuses = sorted(i.status for i in ap.list_items(store))
+    assert statuses == ["rejected", "stale", "superseded"]
+    assert audit.verify(store).ok
+
+
 def _slow_same_state(item: ap.ActionItem) -> dict:
     time.sleep(0.05)  # every thread passes the pre-checks before any of them updates
     return STATE

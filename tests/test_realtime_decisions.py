@@ -299,8 +299,9 @@ policies = st.builds(
     }),
     st.integers(0, 6), st.floats(0, 96), st.floats(0, 1), st.integers(0, 2_000_000),
     st.integers(0, 200_000), st.sampled_from([0.0, 0.3, 0.5]),
-    st.fixed_dictionaries({t: st.sampled_from(LEVELS) for t in
-                           ("retry_payment", "retention_offer", "escalate_collections", "write_off")}),
+    st.fixed_dictionaries({**{t: st.sampled_from(LEVELS) for t in
+                              ("retry_payment", "retention_offer", "escalate_collections")},
+                           "write_off": st.sampled_from(("insight", "assisted"))}),  # never automatic
     st.booleans(),
 )  # fmt: skip
 

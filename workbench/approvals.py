@@ -824,7 +824,8 @@ def record_states(
                 else "new policy"
             )
             n = tx.execute(
-                "UPDATE actions SET status = 'superseded', updated_at = :at WHERE item_id = :id AND status = 'pending'",
+                "UPDATE actions SET status = 'superseded', updated_at = :at, "
+                f"idempotency_key = {_RELEASED_KEY} WHERE item_id = :id AND status = 'pending'",
                 {"at": at, "id": row["item_id"]},
             )
             if n:
@@ -937,6 +938,12 @@ def _deny(store: ApprovalStore, who: Identity, item_id: str | None, attempted: s
     with store.transaction() as tx:
         audit.append(tx, actor=who.user, event="action.denied", item_id=item_id, at=now,
                      details={"attempted": attempted, "role": who.role.label, "reason": reason, **(extra or {})})  # fmt: skip
+
+
+#: A superseded or stale item gives up its idempotency key (it keeps it, suffixed with its
+#: own id), so the same proposal can be queued again when it is needed again (a policy
+#: restored, a state that flips back). Rejected, executed and failed items keep theirs.
+_RELEASED_KEY = "idempotency_key || ':released:' || item_id"
 
 
 def idempotency_key(
@@ -1190,7 +1197,8 @@ def approve(
     if current_hash != item.state_hash:
         with store.transaction() as tx:
             n = tx.execute(
-                "UPDATE actions SET status = 'stale', updated_at = :at WHERE item_id = :id AND status = 'pending'",
+                "UPDATE actions SET status = 'stale', updated_at = :at, "
+                f"idempotency_key = {_RELEASED_KEY} WHERE item_id = :id AND status = 'pending'",
                 {"at": at, "id": item_id},
             )
             if n:
