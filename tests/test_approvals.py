@@ -252,7 +252,9 @@ def test_a_superseded_or_stale_proposal_can_be_queued_again_a_rejected_one_canno
     third = request_write_off(store)
     assert third.code == "queued" and third.item_id not in (first, again.item_id)
     # a person's rejection stands: the same proposal is not queued again
-    assert ap.reject(store, third.item_id, who=BOB, comment="paid by wire", now=NOW).code == "rejected"
+    assert (
+        ap.reject(store, third.item_id, who=BOB, comment="paid by wire", now=NOW).code == "rejected"
+    )
     assert request_write_off(store).code == "duplicate"
     statuses = sorted(i.status for i in ap.list_items(store))
     assert statuses == ["rejected", "stale", "superseded"]
