@@ -28,3 +28,18 @@ def test_bytes_keep_undecodable_bytes_and_count() -> None:
     out, n = redact_pan_bytes(raw)
     assert n == 1 and b"5555555555554444" not in out and out.endswith(b'"\xff"}')
     assert redact_pan_bytes(b"nothing here") == (b"nothing here", 0)
+
+
+def test_finds_a_card_inside_a_longer_run_of_digit_groups() -> None:
+    # the groups before or after a card (expiry, a quantity) must not hide it
+    cases = {
+        "4111 1111 1111 1111 05/27": "[REDACTED PAN ****1111] 05/27",
+        "qty 3 4242424242424242": "qty 3 [REDACTED PAN ****4242]",
+        "ref 12-4242-4242-4242-4242-7": "ref 12-[REDACTED PAN ****4242]-7",
+    }
+    for text, expected in cases.items():
+        assert redact_pan(text) == expected and contains_pan(text)
+    out, n = redact_pan_bytes(b"exp 4111 1111 1111 1111 05 and 5555555555554444 9")
+    assert n == 2 and b"1111 1111" not in out and b"5555555555554444" not in out
+    # a glued run is still only taken whole: a 23-digit id is not cut into a "card"
+    assert redact_pan("id 42424242424242421234567") == "id 42424242424242421234567"
