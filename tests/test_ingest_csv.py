@@ -158,3 +158,45 @@ def test_simulator_csvs_with_a_card_number(settings, tmp_path):
         ("T1", "high"),
         ("T2", "low"),
     ]
+
+
+def test_one_key_twice_in_a_file_is_a_duplicate_or_a_conflict(settings, tmp_path):
+    csv = tmp_path / "usage.csv"
+    csv.write_text(
+        "account_id,date,metric,quantity\n"
+        "cus_A,2024-01-01,api_calls,10\n"
+        "cus_A,2024-01-01,api_calls,999\n"  # same key, another value: the later line is refused
+        "cus_B,2024-01-01,api_calls,5\n"
+        "cus_B,2024-01-01,api_calls,5\n"  # the same record sent twice
+    )
+    f = ingest(csv, source="csv", mapping="simulator_usage", settings=settings, progress=False)
+    f = f.files[0]
+    assert (f.received, f.accepted, f.quarantined, f.duplicates) == (4, 2, 1, 1)
+    assert rows(settings, "SELECT account_id, quantity FROM usage ORDER BY 1") == [
+        ("cus_A", 10.0),
+        ("cus_B", 5.0),
+    ]
+    ((line, rule, message),) = rows(settings, "SELECT line, rule, message FROM quarantine")
+    assert (line, rule) == (3, "conflict") and "999.0 here but 10.0 on line 2" in message
+
+
+def test_table_contract_rejects_keep_one_quarantine_row_per_line(settings, tmp_path):
+    csv = tmp_path / "export.csv"
+    csv.write_text(
+        "Customer ID,Day,Calls\ncus_A,2024-01-01,-1\ncus_B,2024-01-01,-2\n"
+        "cus_C,2024-01-01,-3\ncus_D,2024-01-01,4\n"
+    )
+    mapping = tmp_path / "m.yaml"
+    mapping.write_text(
+        "name: my_usage\ntimezone: UTC\ndefaults: {source: x}\ncolumns:\n"
+        "  customer: {headers: [Customer ID], required: true}\n"
+        "  day: {headers: [Day], type: date, required: true}\n"
+        "  calls: {headers: [Calls], type: number, required: true}\n"
+        "tables:\n  usage:\n"
+        "    columns: {account_id: customer, date: day, quantity: calls, metric: {const: api_calls}}\n"
+    )
+    f = ingest(csv, source="csv", mapping=mapping, settings=settings, progress=False).files[0]
+    assert (f.received, f.accepted, f.quarantined) == (4, 1, 3)
+    got = rows(settings, "SELECT line, rule, value_redacted FROM quarantine ORDER BY line")
+    assert got == [(2, "not_negative", "-1"), (3, "not_negative", "-2"), (4, "not_negative", "-3")]
+    assert rows(settings, "SELECT account_id FROM usage") == [("cus_D",)]

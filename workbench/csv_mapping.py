@@ -228,6 +228,11 @@ class MappedFile:
         unused_headers: Headers in the file that the mapping does not read.
         redacted: Card numbers redacted in the file.
         blank_lines: Blank lines skipped.
+        duplicates: Rows dropped as exact repeats of an earlier row of the file (same key,
+            same values, in a table that is not ``distinct``); ``received == accepted +
+            rejected + duplicates``.
+        table_lines: Table name -> the file line of each row of ``tables[name]`` (the first
+            line, for rows that several lines produced), so a later rejection can name it.
     """
 
     tables: dict[str, pd.DataFrame]
@@ -241,6 +246,8 @@ class MappedFile:
     unused_headers: list[str] = field(default_factory=list)
     redacted: int = 0
     blank_lines: int = 0
+    duplicates: int = 0
+    table_lines: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -2007,7 +2014,7 @@ def map_csv(
     except _FileError as exc:
         log.warning("%s: %s", path.name, exc)
         return _empty_result(mapping, error=f"{path.name}: {exc}", received=received, **extra)
-    tables, rejects, accepted = result
+    tables, rejects, accepted, duplicates, table_lines = result
     if raw.malformed:
         width = len(raw.headers)
         malformed = pd.DataFrame(
@@ -2040,6 +2047,8 @@ def map_csv(
         received=received,
         accepted=accepted,
         rejected=rejected,
+        duplicates=duplicates,
+        table_lines=table_lines,
         mapping=mapping.name,
         headers=resolved.found,
         unused_headers=[h for i, h in enumerate(raw.headers) if i not in resolved.used],
@@ -2049,7 +2058,7 @@ def map_csv(
 
 def _map_rows(
     raw: _Raw, mapping: Mapping, resolved: _Resolved, lookup_tables: dict[str, dict[str, str]]
-) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, int]:
+) -> tuple[dict[str, pd.DataFrame], pd.DataFrame, int, int, dict[str, np.ndarray]]:
     n = len(raw.rows)
     width = len(raw.headers)
     frame = (
@@ -2095,29 +2104,36 @@ def _map_rows(
 
     bad = np.zeros(n, dtype=bool)
     bad[errors.rows()] = True
-    # conflicts inside distinct/aggregated tables reject the later rows
-    for name, spec in mapping.tables.items():
-        if not (spec.distinct or spec.aggregate_sum):
+    # rows that share a key but not their values reject the later rows, in every keyed
+    # table (in a plain table two lines with one key are one record sent twice)
+    for name in mapping.tables:
+        if not TABLES[name].primary_key:
             continue
         keep = included[name] & ~bad
         conflict_rows = _conflicts(built[name], TABLES[name], keep, lines, spec, errors)
         bad[conflict_rows] = True
 
     tables: dict[str, pd.DataFrame] = {}
+    table_lines: dict[str, np.ndarray] = {}
     good = ~bad
+    repeated = np.zeros(n, dtype=bool)
     for name, spec in mapping.tables.items():
         table = TABLES[name]
-        df = built[name][good & included[name]].reset_index(drop=True)
-        if spec.distinct:
-            df = df.drop_duplicates(subset=list(table.primary_key), keep="first").reset_index(
-                drop=True
-            )
-        elif spec.aggregate_sum:
+        rows = good & included[name]
+        df = built[name][rows].reset_index(drop=True)
+        df["__line"] = lines[rows]
+        if spec.aggregate_sum:
             df = _aggregate(df, table, spec)
+        elif table.primary_key:
+            again = df.duplicated(subset=list(table.primary_key), keep="first").to_numpy()
+            if not spec.distinct:  # an exact repeat of an earlier line of the file
+                repeated[np.flatnonzero(rows)[again]] = True
+            df = df[~again].reset_index(drop=True)
+        table_lines[name] = df["__line"].to_numpy(dtype=np.int64)
         tables[name] = df[table.column_names]
 
     rejects = _rejects_frame(errors, lines, mapping, resolved, raw.headers)
-    return tables, rejects, int(good.sum())
+    return tables, rejects, int((good & ~repeated).sum()), int(repeated.sum()), table_lines
 
 
 def _conflicts(
@@ -2157,8 +2173,8 @@ def _conflicts(
             key = ", ".join(f"{k}={sub[k].iloc[i]}" for k in keys)
             col = where_col[i]
             messages.append(
-                f"{table.name} {key}: {col} is {sub[col].iloc[i]!r} here but "
-                f"{sub[col].iloc[first[i]]!r} on line {lines[positions[first[i]]]}"
+                f"{table.name} {key}: {col} is {_native(sub[col].iloc[i])!r} here but "
+                f"{_native(sub[col].iloc[first[i]])!r} on line {lines[positions[first[i]]]}"
             )
         mask = np.zeros(len(keep), dtype=bool)
         mask[rows] = True
@@ -2168,6 +2184,11 @@ def _conflicts(
         values[rows] = [str(sub[where_col[i]].iloc[i]) for i in np.flatnonzero(conflict)]
         errors.add(mask, column=f"{table.name}", rule="conflict", message=message, values=values)
     return rows
+
+
+def _native(value: Any) -> Any:
+    """A numpy scalar as the Python value it holds (for messages people read)."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _aggregate(df: pd.DataFrame, table: Table, spec: TableSpec) -> pd.DataFrame:

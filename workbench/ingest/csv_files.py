@@ -137,11 +137,12 @@ def load_csv(batch: _Batch, inp: _Input) -> None:
                 value=r.value,
             )
         )
-    dropped = 0
+    dropped: set[int] = set()  # file lines a table contract rejected
     for table, frame in mapped.tables.items():
         if frame.empty:
             continue
         frame = frame.reset_index(drop=True)
+        lines = mapped.table_lines.get(table)
         fails = contracts.validate(frame, table)
         if len(fails):
             key = TABLES[table].primary_key
@@ -149,11 +150,12 @@ def load_csv(batch: _Batch, inp: _Input) -> None:
                 ident = (
                     ", ".join(f"{k}={frame.at[f.row, k]}" for k in key) if key else f"row {f.row}"
                 )
+                line = None if lines is None else int(lines[f.row])
                 rows.append(
                     _qrow(
                         batch,
                         inp,
-                        line=None,
+                        line=line,
                         table=table,
                         column=f.column_name,
                         rule=f.rule,
@@ -161,12 +163,13 @@ def load_csv(batch: _Batch, inp: _Input) -> None:
                         value=f.value,
                     )
                 )
-            bad = set(fails["row"].tolist())
-            dropped = max(dropped, len(bad))
-            frame = frame.drop(index=list(bad))
+            bad = sorted(set(fails["row"].tolist()))
+            dropped.update(int(lines[r]) if lines is not None else -1 - r for r in bad)
+            frame = frame.drop(index=bad)
         _write_table(batch, inp, table, frame)
-    report.quarantined = mapped.rejected + dropped
-    report.accepted = mapped.received - report.quarantined
+    report.quarantined = mapped.rejected + len(dropped)
+    report.duplicates = mapped.duplicates
+    report.accepted = mapped.received - report.quarantined - report.duplicates
     report.handled = report.accepted
     _insert_quarantine(batch, rows)
 
