@@ -200,3 +200,26 @@ def test_table_contract_rejects_keep_one_quarantine_row_per_line(settings, tmp_p
     got = rows(settings, "SELECT line, rule, value_redacted FROM quarantine ORDER BY line")
     assert got == [(2, "not_negative", "-1"), (3, "not_negative", "-2"), (4, "not_negative", "-3")]
     assert rows(settings, "SELECT account_id FROM usage") == [("cus_D",)]
+
+
+def test_the_same_file_under_another_mapping_says_it_was_not_mapped_again(settings, tmp_path):
+    csv = tmp_path / "export.csv"
+    csv.write_text("Customer ID,Day,Calls\ncus_A,31/01/2024,10\ncus_B,01/02/2024,20\n")
+    base = (
+        "name: my_usage\ntimezone: UTC\ndefaults: {{source: x}}\ncolumns:\n"
+        "  customer: {{headers: [Customer ID], required: true}}\n"
+        '  day: {{headers: [Day], type: date, formats: ["{fmt}"], required: true}}\n'
+        "  calls: {{headers: [Calls], type: number, required: true, min: 0}}\n"
+        "tables:\n  usage:\n"
+        "    columns: {{account_id: customer, date: day, quantity: calls, metric: {{const: api_calls}}}}\n"
+    )
+    wrong, right = tmp_path / "wrong.yaml", tmp_path / "right.yaml"
+    wrong.write_text(base.format(fmt="%m/%d/%Y"))
+    right.write_text(base.format(fmt="%d/%m/%Y"))
+    first = ingest(csv, source="csv", mapping=wrong, settings=settings, progress=False).files[0]
+    assert (first.accepted, first.quarantined, first.message) == (1, 1, None)
+    again = ingest(csv, source="csv", mapping=wrong, settings=settings, progress=False).files[0]
+    assert again.duplicates == 2 and again.message is None  # a plain repeat
+    other = ingest(csv, source="csv", mapping=right, settings=settings, progress=False).files[0]
+    assert other.duplicates == 2 and other.accepted == 0
+    assert "another mapping" in other.message and "not supported yet" in other.message

@@ -248,6 +248,9 @@ def ingest_cmd(
     except IngestError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(str(report))
+    for f in report.files:
+        if f.status == "ok" and f.message:  # e.g. a file already loaded under another mapping
+            click.echo(f"{f.path}: {f.message}", err=True)
     frame = report.frame()
     if "status" in frame and (frame["status"] != "ok").any():
         click.echo(frame[frame["status"] != "ok"].to_string(index=False), err=True)

@@ -116,12 +116,22 @@ def load_csv(batch: _Batch, inp: _Input) -> None:
     if mapped.error:
         _fail(batch, inp, received=mapped.received, message=mapped.error)
         return
-    repeat = con.execute(
-        "SELECT count(*) FROM loads WHERE source_file = ? AND status = 'ok'", [inp.lake.path]
-    ).fetchall()[0][0]
+    earlier = con.execute(
+        "SELECT mapping FROM loads WHERE source_file = ? AND status = 'ok' "
+        "ORDER BY finished_at DESC LIMIT 1",
+        [inp.lake.path],
+    ).fetchall()
     report.received = mapped.received
-    if repeat:
+    if earlier:
         report.duplicates = mapped.received
+        if earlier[0][0] != inp.mapping_lake:
+            # Say so rather than look like a no-op: the rows stay as the first mapping made them.
+            report.message = (
+                f"already loaded with another mapping ({earlier[0][0] or 'auto-detected'}); "
+                "it was not mapped again: loading a file again under a changed mapping is not "
+                "supported yet (docs/runbooks.md, 'upstream schema change')"
+            )
+            log.warning("%s: %s", inp.display, report.message)
         return
     rows = []
     for r in mapped.rejects.itertuples(index=False):
