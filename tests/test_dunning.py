@@ -377,6 +377,32 @@ def test_apply_queues_executes_and_is_idempotent(store) -> None:
     assert audit.verify(store).ok
 
 
+def test_the_override_window_starts_when_the_action_runs_not_at_as_of(store) -> None:
+    # decisions made as of the newest warehouse event, two days before they are applied
+    inv = frame([{"recovery_probability": 0.9}])  # an automated retry
+    applied_at = AS_OF + pd.Timedelta(days=2)
+    out = decide(inv, as_of=AS_OF, policy=POLICY)
+    assert (
+        apply_decisions(store, out, inv, policy=POLICY, as_of=AS_OF, now=applied_at).executed == 1
+    )
+    (item,) = ap.list_items(store)
+    assert item.executed_at == applied_at
+    assert item.rollback_until == applied_at + pd.Timedelta(hours=24)
+    assert pd.Timestamp(item.payload["as_of"]) == AS_OF  # the decision still says what it saw
+    later = applied_at + pd.Timedelta(hours=1)
+    bob = ap.Identity("bob", ap.Role.APPROVER)
+    undo = ap.rollback(store, item.item_id, who=bob, reason="card updated", now=later)
+    assert undo.code == "rolled_back"
+    # by default "now" is the wall clock
+    other = frame([{"recovery_probability": 0.9, "invoice_id": "in_9"}])
+    before = pd.Timestamp.now("UTC")
+    apply_decisions(
+        store, decide(other, as_of=AS_OF, policy=POLICY), other, policy=POLICY, as_of=AS_OF
+    )
+    (nine,) = [i for i in ap.list_items(store) if i.subject_id == "in_9"]
+    assert nine.executed_at >= before.floor("s")
+
+
 def test_a_changed_invoice_supersedes_its_pending_item(store) -> None:
     inv = frame(
         [

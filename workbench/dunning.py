@@ -714,10 +714,16 @@ def _payload(row: Any, policy: Policy, as_of: pd.Timestamp) -> dict[str, Any]:
 
 
 def _shadow_entry(
-    tx: Any, row: Mapping[str, Any], *, policy: Policy, as_of: pd.Timestamp, who: Identity
+    tx: Any,
+    row: Mapping[str, Any],
+    *,
+    policy: Policy,
+    as_of: pd.Timestamp,
+    who: Identity,
+    now: pd.Timestamp,
 ) -> None:
     """The ``decision.shadow`` audit entry of one acting decision (shadow mode)."""
-    audit.append(tx, actor=who.user, event="decision.shadow", item_id=None, at=as_of,
+    audit.append(tx, actor=who.user, event="decision.shadow", item_id=None, at=now,
                  details={"invoice_id": row["invoice_id"], "action": row["action"],
                           "action_type": row["action_type"], "automation_level": row["automation_level"],
                           "requires_approval": bool(row["requires_approval"]),
@@ -733,6 +739,7 @@ def _request(
     policy: Policy,
     as_of: pd.Timestamp,
     who: Identity,
+    now: pd.Timestamp,
 ) -> str | None:
     """Queue or run one acting decision; the outcome code (None: insight only)."""
     if not (row["requires_approval"] or row["executes_automatically"]):
@@ -744,7 +751,7 @@ def _request(
         currency=row["currency"], amount_reporting_minor=None if pd.isna(rep) else int(rep),
         account_id=None if pd.isna(row["account_id"]) else str(row["account_id"]),
         payload=_payload(row, policy, as_of), state_scope=STATE_SCOPE, risk=row["risk"],
-        auto_execute=bool(row["executes_automatically"]), now=as_of,
+        auto_execute=bool(row["executes_automatically"]), now=now,
     )  # fmt: skip
     return outcome.code
 
@@ -772,6 +779,7 @@ def apply_decisions(
     as_of: datetime | pd.Timestamp,
     complete: bool = False,
     who: Identity = ENGINE,
+    now: datetime | pd.Timestamp | None = None,
 ) -> ApplySummary:
     """Write decisions to the approvals store.
 
@@ -785,8 +793,11 @@ def apply_decisions(
         invoices: The frame the decisions were made from (for the recorded states).
         complete: ``invoices`` holds every open failed invoice: pending engine items for
             invoices not in it (paid, voided) are superseded.
+        now: When the items are recorded and run (audit times, executions and the override
+            window start here); the wall clock by default. ``as_of`` is when the decisions
+            were made as of (e.g. the newest warehouse event), which may be days earlier.
     """
-    store, as_of = open_store(store), _as_utc(as_of)
+    store, as_of, now = open_store(store), _as_utc(as_of), _as_utc(now or pd.Timestamp.now("UTC"))
     if len(decisions) and (decisions["policy_version"] != policy.version).any():
         raise ValueError(f"decisions were made under another policy than {policy.version}")
     inv = invoices.reset_index(drop=True).set_index(invoices["invoice_id"].astype(str).to_numpy())
@@ -794,7 +805,7 @@ def apply_decisions(
     if policy.shadow:
         with store.transaction() as tx:
             for _, row in acting.iterrows():
-                _shadow_entry(tx, row, policy=policy, as_of=as_of, who=who)
+                _shadow_entry(tx, row, policy=policy, as_of=as_of, who=who, now=now)
         return ApplySummary(shadowed=len(acting))
 
     states = {
@@ -805,10 +816,12 @@ def apply_decisions(
     }
     superseded = record_states(
         store, who=who, scope=STATE_SCOPE, states=states, close_missing=complete,
-        policy_version=policy.version, now=as_of,
+        policy_version=policy.version, now=now,
     )  # fmt: skip
     codes = [
-        _request(store, row, states[row["invoice_id"]], policy=policy, as_of=as_of, who=who)
+        _request(
+            store, row, states[row["invoice_id"]], policy=policy, as_of=as_of, who=who, now=now
+        )
         for _, row in acting.iterrows()
     ]
     summary = _summary(codes, superseded)
@@ -824,30 +837,32 @@ def apply_decision(
     policy: Policy,
     as_of: datetime | pd.Timestamp,
     who: Identity = ENGINE,
+    now: datetime | pd.Timestamp | None = None,
 ) -> ApplySummary:
     """:func:`apply_decisions` for one decision of :func:`decide_invoice` (no frames).
 
     Args:
         decision: One decision (``decide_invoice`` output, or a row of ``decide``'s).
         invoice: The invoice it was made from (the fields of :func:`invoice_state`).
+        now: As in :func:`apply_decisions` (the wall clock by default).
     """
-    store, as_of = open_store(store), _as_utc(as_of)
+    store, as_of, now = open_store(store), _as_utc(as_of), _as_utc(now or pd.Timestamp.now("UTC"))
     if decision["policy_version"] != policy.version:
         raise ValueError(f"decisions were made under another policy than {policy.version}")
     acting = decision["action_type"] is not None and not pd.isna(decision["action_type"])
     if policy.shadow:
         if acting:
             with store.transaction() as tx:
-                _shadow_entry(tx, decision, policy=policy, as_of=as_of, who=who)
+                _shadow_entry(tx, decision, policy=policy, as_of=as_of, who=who, now=now)
         return ApplySummary(shadowed=int(acting))
     iid = str(decision["invoice_id"])
     states = {iid: invoice_state(invoice, action_type=decision["action_type"])}
     superseded = record_states(
         store, who=who, scope=STATE_SCOPE, states=states, close_missing=False,
-        policy_version=policy.version, now=as_of,
+        policy_version=policy.version, now=now,
     )  # fmt: skip
     codes = (
-        [_request(store, decision, states[iid], policy=policy, as_of=as_of, who=who)]
+        [_request(store, decision, states[iid], policy=policy, as_of=as_of, who=who, now=now)]
         if acting
         else []
     )
