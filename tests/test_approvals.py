@@ -486,3 +486,48 @@ def test_queue_frame_and_filters(store) -> None:
     assert len(f(frame, risk="low")) == 2
     assert len(f(frame, min_age_hours=6)) == 0
     assert bool(frame.set_index("action_type").loc["retry_payment", "can_roll_back"]) is True
+
+
+def test_an_action_interrupted_mid_run_is_closed_as_failed_and_can_be_proposed_again(store) -> None:
+    def killed(item, ctx):
+        raise KeyboardInterrupt  # the process stops while the effect runs (not an Exception)
+
+    ap.register_executor("write_off", killed)
+    item_id = request_write_off(store).item_id
+    with pytest.raises(KeyboardInterrupt):
+        ap.approve(store, item_id, who=BOB, current_state=same_state, now=NOW)
+    assert ap.get_item(store, item_id).status == "approved" and ap.executions_frame(store).empty
+    assert request_write_off(store).code == "duplicate"  # stuck: held by the claimed item
+    # a run a minute later leaves it alone (it may still be running elsewhere) ...
+    early = NOW + pd.Timedelta(minutes=1)
+    assert ap.recover_interrupted(store, who=ap.ENGINE, now=early) == []
+    # ... later it is closed, audited, and the proposal can be queued again
+    late = NOW + pd.Timedelta(minutes=20)
+    assert ap.recover_interrupted(store, who=ap.ENGINE, now=late) == [item_id]
+    assert ap.get_item(store, item_id).status == "failed"
+    last = audit.audit_frame(store, item_id=item_id, limit=1).iloc[0]
+    assert last["event"] == "action.interrupted" and "unknown" in last["details"]
+    assert request_write_off(store).code == "queued"
+    with pytest.raises(PermissionError):
+        ap.recover_interrupted(store, who=VIC, now=late)
+
+
+def test_a_rollback_interrupted_mid_run_is_on_record_and_closed(store) -> None:
+    def killed(item, ctx):
+        raise KeyboardInterrupt
+
+    ap.register_executor("retry_payment", ap.record_only, rollback=killed)
+    out = ap.request_action(
+        store, who=ap.ENGINE, action_type="retry_payment", subject_id="in_2",
+        state={"invoice_id": "in_2"}, policy=POLICY, amount_minor=500, currency="usd",
+        amount_reporting_minor=500, auto_execute=True, now=NOW,
+    )  # fmt: skip
+    assert out.code == "executed"
+    with pytest.raises(KeyboardInterrupt):
+        ap.rollback(store, out.item_id, who=BOB, reason="customer called", now=NOW)
+    events = audit.audit_frame(store, item_id=out.item_id, limit=None)["event"].tolist()
+    assert "action.rollback_started" in events  # who started it is recorded
+    later = NOW + pd.Timedelta(minutes=20)
+    assert ap.recover_interrupted(store, who=ap.ENGINE, now=later) == [out.item_id]
+    assert ap.get_item(store, out.item_id).status == "rollback_failed"
+    assert audit.verify(store).ok

@@ -1316,6 +1316,71 @@ def bulk_approve(
     return out
 
 
+#: How long an item may sit claimed (approved, or rolled back) without its execution
+#: entry before :func:`recover_interrupted` counts its process as gone.
+INTERRUPTED_AFTER = pd.Timedelta(minutes=15)
+
+
+def recover_interrupted(
+    store: StoreLike,
+    *,
+    who: Identity,
+    older_than: pd.Timedelta = INTERRUPTED_AFTER,
+    now: pd.Timestamp | None = None,
+) -> list[str]:
+    """Close items whose process stopped between claiming them and recording the outcome.
+
+    An item is claimed (``approved``, or ``rolled_back`` by a rollback) before its executor
+    runs and gets its execution entry after; a process killed in between leaves it claimed
+    for ever, neither re-approvable nor re-proposable. Items claimed longer than
+    ``older_than`` ago without their execution entry become ``failed`` (or
+    ``rollback_failed``) with an ``action.interrupted`` audit entry. Nothing is re-run: the
+    effect may or may not have happened, so a person checks (the message says where). A
+    closed ``failed`` item gives up its idempotency key, so the engine proposes the action
+    again if it is still needed (an effect that did happen changes the invoice's state).
+
+    Returns:
+        The item ids closed.
+    """
+    store, now = open_store(store), _now(now)
+    if who.role < Role.APPROVER and not who.system:
+        raise PermissionError(f"{who.user} ({who.role.label}) cannot close interrupted items")
+    cutoff = audit.utc_text(now - older_than)
+    at = audit.utc_text(now)
+    closed = []
+    with store.transaction() as tx:
+        rows = tx.fetchall(
+            "SELECT a.item_id, a.status, a.action_type, a.subject_id FROM actions a "
+            "WHERE a.updated_at < :cutoff AND ("
+            "(a.status = 'approved' AND NOT EXISTS (SELECT 1 FROM executions e "
+            "  WHERE e.item_id = a.item_id AND e.kind = 'execute')) OR "
+            "(a.status = 'rolled_back' AND NOT EXISTS (SELECT 1 FROM executions e "
+            "  WHERE e.item_id = a.item_id AND e.kind = 'rollback')))",
+            {"cutoff": cutoff},
+        )
+        for row in rows:
+            new = "failed" if row["status"] == "approved" else "rollback_failed"
+            release = f", idempotency_key = {_RELEASED_KEY}" if new == "failed" else ""
+            n = tx.execute(
+                f"UPDATE actions SET status = :new, updated_at = :at{release} "
+                "WHERE item_id = :id AND status = :old",
+                {"new": new, "at": at, "id": row["item_id"], "old": row["status"]},
+            )
+            if not n:
+                continue
+            step = "ran" if new == "failed" else "was being rolled back"
+            audit.append(tx, actor=who.user, event="action.interrupted", item_id=row["item_id"], at=now,
+                         details={"was": row["status"], "now": new,
+                                  "message": f"the process stopped while {row['action_type']} for "
+                                             f"{row['subject_id']} {step}; whether it took effect is "
+                                             "unknown: check the payment processor or the ledger before "
+                                             "approving it again"})  # fmt: skip
+            closed.append(row["item_id"])
+    if closed:
+        log.warning("closed %d interrupted action(s): %s", len(closed), ", ".join(closed))
+    return closed
+
+
 def rollback(
     store: StoreLike, item_id: str, *, who: Identity, reason: str, now: pd.Timestamp | None = None
 ) -> Outcome:
@@ -1352,6 +1417,9 @@ def rollback(
             "AND rollback_until >= :at",
             {"at": at, "id": item_id},
         )
+        if n == 1:  # who started it is on record even if the process dies while undoing
+            audit.append(tx, actor=who.user, event="action.rollback_started", item_id=item_id,
+                         at=now, details={"reason": reason})  # fmt: skip
     if n != 1:
         return Outcome(
             False,

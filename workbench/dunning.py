@@ -45,6 +45,7 @@ from workbench.approvals import (
     open_store,
     paused_action_types,
     record_states,
+    recover_interrupted,
     request_action,
     state_hash,
 )
@@ -896,6 +897,8 @@ def run_dunning(
     """
     policy = load_policy(settings=settings)
     store = open_store(settings)
+    if apply:  # items a killed run left claimed but unrecorded are closed first
+        recover_interrupted(store, who=ENGINE)
     decisions = decide_with_control(
         invoices, as_of=as_of, policy=policy, paused=paused_action_types(store)
     )
