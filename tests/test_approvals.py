@@ -531,3 +531,24 @@ def test_a_rollback_interrupted_mid_run_is_on_record_and_closed(store) -> None:
     assert ap.recover_interrupted(store, who=ap.ENGINE, now=later) == [out.item_id]
     assert ap.get_item(store, out.item_id).status == "rollback_failed"
     assert audit.verify(store).ok
+
+
+def test_an_interrupted_automatic_action_is_not_run_again_by_itself(store) -> None:
+    def killed(item, ctx):
+        raise KeyboardInterrupt
+
+    ap.register_executor("retry_payment", killed)
+
+    def retry() -> ap.Outcome:
+        return ap.request_action(
+            store, who=ap.ENGINE, action_type="retry_payment", subject_id="in_3",
+            state={"invoice_id": "in_3"}, policy=POLICY, amount_minor=500, currency="usd",
+            amount_reporting_minor=500, auto_execute=True, now=NOW,
+        )  # fmt: skip
+
+    with pytest.raises(KeyboardInterrupt):
+        retry()
+    (item,) = ap.list_items(store)
+    later = NOW + pd.Timedelta(minutes=20)
+    assert ap.recover_interrupted(store, who=ap.ENGINE, now=later) == [item.item_id]
+    assert retry().code == "duplicate"  # the same state does not run it a second time

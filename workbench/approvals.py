@@ -1336,8 +1336,10 @@ def recover_interrupted(
     ``older_than`` ago without their execution entry become ``failed`` (or
     ``rollback_failed``) with an ``action.interrupted`` audit entry. Nothing is re-run: the
     effect may or may not have happened, so a person checks (the message says where). A
-    closed ``failed`` item gives up its idempotency key, so the engine proposes the action
-    again if it is still needed (an effect that did happen changes the invoice's state).
+    closed ``failed`` item that a person had approved gives up its idempotency key, so the
+    engine proposes it again for approval if it is still needed; one the policy ran
+    automatically keeps it (no automatic second run; the invoice's next change brings a new
+    proposal).
 
     Returns:
         The item ids closed.
@@ -1350,7 +1352,7 @@ def recover_interrupted(
     closed = []
     with store.transaction() as tx:
         rows = tx.fetchall(
-            "SELECT a.item_id, a.status, a.action_type, a.subject_id FROM actions a "
+            "SELECT a.item_id, a.status, a.action_type, a.subject_id, a.decided_by FROM actions a "
             "WHERE a.updated_at < :cutoff AND ("
             "(a.status = 'approved' AND NOT EXISTS (SELECT 1 FROM executions e "
             "  WHERE e.item_id = a.item_id AND e.kind = 'execute')) OR "
@@ -1360,7 +1362,12 @@ def recover_interrupted(
         )
         for row in rows:
             new = "failed" if row["status"] == "approved" else "rollback_failed"
-            release = f", idempotency_key = {_RELEASED_KEY}" if new == "failed" else ""
+            # a person's approval may be asked for again; an automatic run is not repeated
+            # by itself (the invoice's next change brings a new proposal)
+            by_person = not str(row["decided_by"] or "").startswith("policy:")
+            release = (
+                f", idempotency_key = {_RELEASED_KEY}" if new == "failed" and by_person else ""
+            )
             n = tx.execute(
                 f"UPDATE actions SET status = :new, updated_at = :at{release} "
                 "WHERE item_id = :id AND status = :old",
