@@ -442,3 +442,42 @@ def test_real_events_decide_like_the_batch_engine(company) -> None:
         assert (d.action, d.reason) == (fast["action"], fast["reason"])
     assert audit.verify(handler.store).ok
     handler.close()
+
+
+def test_a_hard_decline_arriving_after_the_invoice_event_withdraws_the_retry(company) -> None:
+    settings, _, _, _ = company
+    handler = RealtimeHandler(settings, model="none", curve=False)
+    handler.policy = parse_policy({"control": {"share": 0.0}})
+    handler.scorer = lambda values: 0.9  # the model would retry
+    t = int(time.time())
+    invoice_failed = {
+        "id": "evt_inv_late",
+        "type": "invoice.payment_failed",
+        "created": t,
+        "data": {
+            "object": {
+                "object": "invoice",
+                "id": "in_late",
+                "customer": "cus_late",
+                "currency": "usd",
+                "amount_due": 5_000,
+                "attempt_count": 1,
+            }
+        },
+    }
+    charge_failed = {"id": "evt_ch_late", "type": "charge.failed", "created": t,
+                     "data": {"object": {"object": "charge", "id": "ch_late", "invoice": "in_late",
+                                         "failure_code": "card_declined",
+                                         "outcome": {"reason": "stolen_card"}}}}  # fmt: skip
+    first = handler(invoice_failed)  # decided before the decline code is known
+    assert first.action != "wait" and first.stored == "executed"
+    again = handler(charge_failed)  # ... which now forbids retries: decided again
+    assert again is not None and again.action == "wait"
+    (item,) = approvals.list_items(handler.store, subject_id="in_late")
+    assert item.status == "rolled_back"
+    kinds = approvals.executions_frame(handler.store, item_id=item.item_id)["kind"].tolist()
+    assert sorted(kinds) == ["execute", "rollback"]
+    # a soft decline, or the same code again, decides nothing new
+    assert handler({**charge_failed, "id": "evt_ch_late_2"}) is None
+    assert audit.verify(handler.store).ok
+    handler.close()

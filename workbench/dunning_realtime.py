@@ -45,9 +45,17 @@ import numpy as np
 import pandas as pd
 
 from workbench import audit
-from workbench.approvals import ENGINE, ApprovalStore, open_store, paused_action_types
+from workbench.approvals import (
+    ENGINE,
+    ApprovalStore,
+    list_items,
+    open_store,
+    paused_action_types,
+    record_states,
+    rollback,
+)
 from workbench.config import Settings
-from workbench.dunning import apply_decision, decide_invoice
+from workbench.dunning import STATE_SCOPE, apply_decision, decide_invoice, invoice_state
 from workbench.failed_invoices import to_reporting_minor
 from workbench.policy import load_policy
 
@@ -57,6 +65,7 @@ RECOVERY_MODEL = "recovery_14d"
 ALIASES = ("champion", "challenger")
 ANOMALY_EVENTS = frozenset({"invoice.finalized", "invoice.created", "invoice.updated"})
 DECLINE_EVENTS = frozenset({"charge.failed", "payment_intent.payment_failed"})
+_REMEMBERED = 100_000  # invoices whose last payment_failed event is kept for a late decline
 RECENT_INVOICES = 5_000  # invoices kept in memory for the real-time anomaly checks
 PAYDAYS = (1, 2, 15, 16)
 
@@ -123,6 +132,9 @@ class RealtimeHandler:
         self.store = pinned_store(settings)
         self.declines: dict[str, str] = {}
         self.first_failed: dict[str, pd.Timestamp] = {}
+        # the latest invoice.payment_failed per invoice, to decide again when a decline code
+        # arrives after it (Stripe does not promise the order of events)
+        self.decided: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.anomalies = anomalies
         self._lock = threading.Lock()
@@ -220,16 +232,21 @@ class RealtimeHandler:
         """Handle one landed event (the receiver calls this after answering 200)."""
         kind = event.get("type")
         if kind in DECLINE_EVENTS:
-            self.remember_decline(event)
-            return None
+            return self.remember_decline(event)
         if kind == "invoice.payment_failed":
             return self.decide_event(event)
         if kind in ANOMALY_EVENTS and self.anomalies:
             return self.check_invoice_event(event)
         return None
 
-    def remember_decline(self, event: dict[str, Any]) -> None:
-        """Keep the decline code of a failed charge for its invoice."""
+    def remember_decline(self, event: dict[str, Any]) -> RealtimeDecision | None:
+        """Keep the decline code of a failed charge for its invoice.
+
+        When the invoice was already decided without it (its ``invoice.payment_failed``
+        came first) and the code forbids retries, the invoice is decided again: the new
+        decision supersedes what is pending, and an automated retry already run is rolled
+        back (within its override window). Returns that new decision, else None.
+        """
         obj = _obj(event)
         err = obj.get("last_payment_error") or {}
         code = (
@@ -241,9 +258,36 @@ class RealtimeHandler:
         invoice = obj.get("invoice")
         if isinstance(invoice, dict):
             invoice = invoice.get("id")
-        if invoice and code:
-            with self._lock:
-                self.declines[str(invoice)] = str(code)
+        if not (invoice and code):
+            return None
+        with self._lock:
+            changed = self.declines.get(str(invoice)) != str(code)
+            self.declines[str(invoice)] = str(code)
+            earlier = self.decided.get(str(invoice))
+        hard = str(code) in self.policy.retries.no_retry_decline_codes
+        if earlier is None or not changed or not hard:
+            return None
+        decision = self.decide_event(earlier)
+        if decision.action == "wait":  # nothing queued: record the new state, so what is
+            # pending for the old one is superseded
+            record, _, _ = self.invoice_record(earlier)
+            record_states(
+                self.store,
+                who=ENGINE,
+                scope=STATE_SCOPE,
+                states={str(invoice): invoice_state(record, action_type=None)},
+            )
+        self._withdraw_retries(
+            str(invoice), reason=f"hard decline {code} learned after the decision"
+        )
+        return decision
+
+    def _withdraw_retries(self, invoice_id: str, *, reason: str) -> None:
+        """Roll back this invoice's automated retries that are still inside their window."""
+        for item in list_items(self.store, subject_id=invoice_id, statuses=["executed"]):
+            if item.action_type == "retry_payment" and item.can_roll_back(pd.Timestamp.now("UTC")):
+                out = rollback(self.store, item.item_id, who=ENGINE, reason=reason)
+                log.warning("retry %s of %s: %s", item.item_id, invoice_id, out.message)
 
     # -- dunning
 
@@ -364,6 +408,10 @@ class RealtimeHandler:
         """Score, decide and store one ``invoice.payment_failed``."""
         started = time.perf_counter()
         invoice, now, first = self.invoice_record(event)
+        with self._lock:
+            self.decided[str(invoice["invoice_id"])] = event
+            if len(self.decided) > _REMEMBERED:
+                self.decided.popitem(last=False)
         p, versions, timings = self.score(invoice, first, now)
         t = time.perf_counter()
         preferred, p_curve = self._timing(invoice)
