@@ -9,6 +9,7 @@ import pytest
 from workbench.revenue.adapters import history_frame, insert_history
 from workbench.revenue.engine import account_month_mrr
 from workbench.revenue.metrics import (
+    bridge_gap,
     cohort_retention,
     cohort_table,
     filter_account_months,
@@ -129,6 +130,9 @@ def test_retention_counts_only_accounts_paying_at_the_start_of_the_month() -> No
     assert (
         jan[["existing_churn_mrr", "existing_expansion_mrr", "existing_churned_logos"]].eq(0).all()
     )
+    # the existing_* columns are a breakdown, not more movements: the bridge still holds
+    assert bridge_gap(bridge.reset_index()) == 0
+    assert bridge_gap(bridge.reset_index().assign(closing_mrr=lambda b: b["closing_mrr"] + 7)) == 7
     k = kpis(bridge.reset_index()).set_index("month").loc[pd.Timestamp("2024-01-01")]
     assert k["gross_revenue_retention"] == 1.0 and k["net_revenue_retention"] == 1.0
     assert k["logo_churn_rate"] == 0.0

@@ -177,6 +177,14 @@ def monthly_bridge(
     return out
 
 
+def bridge_gap(bridge: pd.DataFrame) -> int:
+    """Largest ``|opening + movements + transfers - closing|`` over a bridge's rows (0 when it holds)."""
+    if bridge.empty:
+        return 0
+    level = bridge[list(BRIDGE_COLUMNS[:-1])].sum(axis=1)
+    return int((level - bridge["closing_mrr"]).abs().max())
+
+
 def _ratio(num: pd.Series, den: pd.Series) -> pd.Series:
     den = den.astype(float)
     return (num.astype(float) / den).where(den != 0)
