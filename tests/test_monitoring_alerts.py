@@ -176,3 +176,27 @@ def test_cli_list_ack_resolve(isolated_env: Path, monkeypatch: pytest.MonkeyPatc
     missing = runner.invoke(main, ["alerts", "ack", "nope"])
     assert missing.exit_code == 1 and "workbench alerts list" in missing.output
     assert al.get_alert(load_settings(), alert.alert_id).status == "acknowledged"
+
+
+def test_cli_monitor_no_act_computes_only(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # --no-act promises no alerts, rollback, pauses or self-healing: what the CLI asks
+    # run_monitoring for (its own tests cover what act= and heal= do)
+    from click.testing import CliRunner
+
+    from workbench.cli import main
+    from workbench.monitoring import review
+
+    asked: dict = {}
+
+    def fake_run(settings, **kwargs):  # noqa: ANN001, ANN003
+        asked.update(kwargs)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(review, "run_monitoring", fake_run)
+    out = CliRunner().invoke(main, ["monitor", "--no-act"])
+    assert out.exit_code == 1 and "stop here" in out.output
+    assert asked["act"] is False and asked["heal"] is False
+    CliRunner().invoke(main, ["monitor"])
+    assert asked["act"] is True and asked["heal"] is True

@@ -194,3 +194,41 @@ def test_runner_refuses_steps_blocked_by_a_schema_change(tmp_path: Path) -> None
     assert not (tmp_path / "reports" / "blocked-run" / "07_dunning.ipynb").exists()
     al.resolve(settings, guard.alert.alert_id, who=Identity("bea", Role.APPROVER), comment="fixed")
     assert rb.blocked_steps(settings) == {}
+
+
+def test_manual_rollbacks_never_return_to_a_version_rolled_back_from(tmp_path: Path) -> None:
+    from workbench import approvals
+    from workbench.approvals import Identity, Role
+
+    settings = load_settings(REPO, overrides={"data_dir": str(tmp_path / "data")})
+    model = "churn_90d"
+    c = registry.client(settings)
+    c.create_registered_model(model)
+    src = tmp_path / "dummy_model"
+    src.mkdir()
+    v1, v2, v3, v4 = (
+        str(c.create_model_version(model, source=src.as_uri()).version) for _ in range(4)
+    )
+    for v in (v1, v2, v3):
+        registry.promote(model, v, who="alice", reason="ok", settings=settings)
+    assert (
+        rb.auto_rollback(settings, model, {"prediction_drift": 1.0}, rules=RULES).to_version == v2
+    )
+    # v2 misbehaves too: a rollback request without --to goes to v1, never back to v3
+    ann, bob = Identity("ann", Role.ANALYST), Identity("bob", Role.APPROVER)
+    req = registry.request_rollback(model, who=ann, reason="v2 misbehaves", settings=settings)
+    assert approvals.get_item(settings, req.item_id).payload["version"] == v1
+    done = approvals.approve(settings, req.item_id, who=bob, current_state=registry.current_state)
+    assert (
+        done.code == "executed"
+        and registry.alias_version(model, "champion", settings=settings) == v1
+    )
+    # the queued rollback is recorded as one, so nothing automatic returns to v2 (or v3)
+    history = registry.champion_history(model, settings=settings)
+    assert history["reason"].iloc[-1].startswith("rollback:")
+    assert registry.rollback_target(model, settings=settings) is None
+    # --to must name an earlier champion, not the champion or a version never promoted
+    with pytest.raises(registry.RegistryError, match="already the champion"):
+        registry.request_rollback(model, who=ann, reason="x", to_version=v1, settings=settings)
+    with pytest.raises(registry.RegistryError, match="never champion"):
+        registry.request_rollback(model, who=ann, reason="x", to_version=v4, settings=settings)

@@ -628,7 +628,9 @@ def automation_resume_cmd(ctx: click.Context, action_type: str, reason: str) -> 
 @click.option(
     "--run-id", default=None, help="Run id to tag alerts and reports with (default: new)."
 )
-@click.option("--no-act", is_flag=True, help="Compute only: no alerts, rollback or pauses.")
+@click.option(
+    "--no-act", is_flag=True, help="Compute only: no alerts, rollback, pauses or self-healing."
+)
 @click.pass_context
 def monitor_cmd(ctx: click.Context, model: str, reference: str, current: str, run_id: str | None,
                 no_act: bool) -> None:  # fmt: skip
@@ -641,7 +643,8 @@ def monitor_cmd(ctx: click.Context, model: str, reference: str, current: str, ru
     settings = _settings(ctx)
     try:
         res = run_monitoring(settings, run_id=run_id or new_run_id(), model=model,
-                             reference=reference, current=current, act=not no_act)  # fmt: skip
+                             reference=reference, current=current, act=not no_act,
+                             heal=not no_act)  # fmt: skip
     except (AlertRulesError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(

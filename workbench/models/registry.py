@@ -603,30 +603,62 @@ def rollback_champion(
     via: str = "direct",
     settings: Settings | None = None,
 ) -> dict[str, Any]:
-    """Move ``champion`` back to ``to_version`` (default: the champion before the current one).
+    """Move ``champion`` back to ``to_version`` (default: :func:`rollback_target`).
 
     Raises:
-        RegistryError: There is no earlier champion to return to.
+        RegistryError: No earlier champion to return to, or ``to_version`` is the champion
+            or never was one.
     """
-    if to_version is None:
-        to_version = _previous_champion(
-            model, alias_version(model, "champion", settings=settings), settings
-        )
+    to_version = _rollback_version(model, to_version, settings)
     return promote(
         model, to_version, who=who, reason=f"rollback: {reason}", via=via, settings=settings
     )
 
 
-def _previous_champion(model: str, current: str | None, settings: Settings | None) -> str:
-    """The champion before ``current`` in the alias history.
+def rollback_target(model: str, *, settings: Settings | None = None) -> str | None:
+    """The newest earlier champion that was never rolled back from (None if there is none).
+
+    Unlike "the champion before the current one", this never flips back to a version that
+    an earlier rollback moved away from (after an automatic rollback from v3 to v2, the
+    champion "before" v2 is v3, the version just found wanting).
+    """
+    history = champion_history(model, settings=settings)
+    current = alias_version(model, "champion", settings=settings)
+    if history.empty or current is None:
+        return None
+    rolled = history["reason"].fillna("").str.startswith("rollback:")
+    bad = set(history.loc[rolled, "previous"].dropna().astype(str)) | {str(current)}
+    for version in reversed(history["version"].astype(str).tolist()):
+        if version not in bad:
+            return version
+    return None
+
+
+def _rollback_version(model: str, to_version: str | int | None, settings: Settings | None) -> str:
+    """The version a rollback goes to: ``to_version`` checked, else :func:`rollback_target`.
 
     Raises:
-        RegistryError: There is none.
+        RegistryError: No earlier champion, or ``to_version`` is the champion or never was one.
     """
-    prev = [h for h in _history(client(settings), model) if h["version"] == current]
-    if not (prev and prev[-1]["previous"]):
-        raise RegistryError(f"{model}: no earlier champion to roll back to")
-    return prev[-1]["previous"]
+    current = alias_version(model, "champion", settings=settings)
+    if current is None:
+        raise RegistryError(f"{model} has no champion to roll back")
+    if to_version is None:
+        target = rollback_target(model, settings=settings)
+        if target is None:
+            raise RegistryError(f"{model}: no earlier champion to roll back to")
+        return target
+    target = str(to_version)
+    if target == str(current):
+        raise RegistryError(f"{model}: version {target} is already the champion")
+    former = set(champion_history(model, settings=settings)["version"].astype(str))
+    if target not in former:
+        raise RegistryError(
+            f"{model}: version {target} was never champion; a rollback returns to an earlier "
+            f"champion (earlier: {', '.join(sorted(former - {str(current)})) or 'none'}); "
+            "to make a new version champion, request a promotion"
+        )
+    return target
 
 
 def _queue_champion_change(
@@ -728,10 +760,7 @@ def request_rollback(
 
     settings = settings or load_settings()
     current = alias_version(model, "champion", settings=settings)
-    if current is None:
-        raise RegistryError(f"{model} has no champion to roll back")
-    if to_version is None:
-        to_version = _previous_champion(model, current, settings)
+    to_version = _rollback_version(model, to_version, settings)
     state = promotion_state(model, to_version, settings=settings)
     payload = {
         "reason": reason,
@@ -783,6 +812,20 @@ def _execute_promotion(item, ctx) -> dict[str, Any]:  # noqa: ANN001
     )
 
 
+def _execute_rollback(item, ctx) -> dict[str, Any]:  # noqa: ANN001
+    """A queued ``model_rollback``: recorded as a rollback (``rollback:`` reason), so later
+    automatic rollbacks never return to the version it moved away from."""
+    p = item.payload
+    return promote(
+        p["model"],
+        p["version"],
+        who=ctx.actor,
+        reason=f"rollback: {p.get('reason', '')}",
+        via=f"approvals:{item.item_id}",
+        settings=_settings_for(p["tracking_uri"]),
+    )
+
+
 def _undo_promotion(item, ctx) -> dict[str, Any]:  # noqa: ANN001
     p = item.payload
     if not p.get("previous_champion"):
@@ -803,7 +846,7 @@ def register_approval_executors() -> None:
     from workbench import approvals
 
     approvals.register_executor("model_promotion", _execute_promotion, rollback=_undo_promotion)
-    approvals.register_executor("model_rollback", _execute_promotion, rollback=_undo_promotion)
+    approvals.register_executor("model_rollback", _execute_rollback, rollback=_undo_promotion)
 
 
 # --------------------------------------------------------------------------- model cards

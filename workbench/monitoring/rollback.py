@@ -119,23 +119,11 @@ def _pause(settings: Settings, actions: tuple[str, ...], reason: str, now) -> li
 
 
 def rollback_target(model: str, *, settings: Settings) -> str | None:
-    """The newest earlier champion that was never rolled back from (None if there is none).
-
-    Unlike "the champion before the current one", this never flips back to a version that
-    an earlier rollback moved away from.
-    """
+    """The newest earlier champion that was never rolled back from (None if there is none);
+    see :func:`workbench.models.registry.rollback_target`."""
     from workbench.models import registry
 
-    history = registry.champion_history(model, settings=settings)
-    current = registry.alias_version(model, "champion", settings=settings)
-    if history.empty or current is None:
-        return None
-    rolled = history["reason"].fillna("").str.startswith("rollback:")
-    bad = set(history.loc[rolled, "previous"].dropna().astype(str)) | {str(current)}
-    for version in reversed(history["version"].astype(str).tolist()):
-        if version not in bad:
-            return version
-    return None
+    return registry.rollback_target(model, settings=settings)
 
 
 def auto_rollback(
