@@ -351,8 +351,10 @@ def test_conformal_widths_order_statistic() -> None:
     # n = 9 scaled residuals 1..9: k = ceil(10 * .8) = 8 -> 8; ceil(10 * .9) = 9 -> 9.
     assert w.loc[(1, 80.0), "width"] == 8.0
     assert w.loc[(1, 90.0), "width"] == 9.0
-    assert not w.loc[(1, 80.0), "pooled"]
-    # 95 % needs k = 10 > 9: falls back to pooling steps; still too few, so the max.
+    # 95 % needs k = 10 > 9: the step falls back to pooling steps for every level (one
+    # method per step keeps intervals nested; here the pool is step 1 itself, so 80 % and
+    # 90 % are unchanged); 95 % is still too few, so the max.
+    assert w.loc[(1, 80.0), "pooled"]
     assert w.loc[(1, 95.0), "width"] == 9.0
     # Step 2 has no residuals of its own: sqrt(2) x the pooled step-1 quantile.
     assert w.loc[(2, 80.0), "width"] == pytest.approx(8.0 * np.sqrt(2))
@@ -479,3 +481,20 @@ def test_segment_series_fills_months_without_accounts_with_zero() -> None:
     eu = out[out["region"] == "EU"]["y"].tolist()
     na = out[out["region"] == "NA"]["y"].tolist()
     assert eu == [10.0, 0.0, 0.0] and na == [2.5, 0.0, 5.0]
+
+
+def test_conformal_widths_stay_nested_when_a_step_is_short_for_the_widest_level() -> None:
+    # step 1 has 6 residuals: enough for 80 % (the 6th of 6) but not for 95 %; the other
+    # steps have many, small ones. Mixing per-step and pooled widths across levels made the
+    # 80 % width (30) wider than the 95 % one (about 6).
+    rng = np.random.default_rng(0)
+    step1 = pd.DataFrame({"step": 1, "scale": 1.0, "M": [1, 2, 3, 4, 5, 30]})
+    rest = pd.DataFrame(
+        {"step": np.repeat([2, 3, 4], 200), "scale": 1.0, "M": rng.uniform(0, 8, 600)}
+    )
+    resid = pd.concat([step1, rest], ignore_index=True)
+    w = conformal_widths(resid, models=["M"], levels=[80, 90, 95], h=4)
+    wide = w.pivot_table(index="step", columns="level", values="width")
+    assert (wide[80.0] <= wide[90.0]).all() and (wide[90.0] <= wide[95.0]).all()
+    # step 1 took the pooled widths for every level (one method per step)
+    assert w.loc[w["step"] == 1, "pooled"].all() and not w.loc[w["step"] == 2, "pooled"].any()

@@ -232,3 +232,28 @@ def test_manual_rollbacks_never_return_to_a_version_rolled_back_from(tmp_path: P
         registry.request_rollback(model, who=ann, reason="x", to_version=v1, settings=settings)
     with pytest.raises(registry.RegistryError, match="never champion"):
         registry.request_rollback(model, who=ann, reason="x", to_version=v4, settings=settings)
+
+
+def test_a_given_current_window_gets_the_six_months_before_it_as_reference(tmp_path: Path) -> None:
+    from workbench.monitoring.review import run_monitoring
+
+    settings = load_settings(REPO, overrides={"data_dir": str(tmp_path / "data")})
+    settings.warehouse_path.parent.mkdir(parents=True, exist_ok=True)
+    con = duckdb.connect(str(settings.warehouse_path))
+    create_all(con)
+    required = [r[0] for r in con.execute(
+        "SELECT column_name FROM duckdb_columns() WHERE table_name = 'events' AND NOT is_nullable"
+    ).fetchall()]  # fmt: skip
+    values = {"event_id": "'evt_1'", "type": "'invoice.created'",
+              "created": "TIMESTAMPTZ '2025-03-15 00:00:00+00'"}  # fmt: skip
+    for c in required:
+        values.setdefault(c, "1" if c == "line" else "'x'")
+    con.execute(f"INSERT INTO events ({', '.join(values)}) VALUES ({', '.join(values.values())})")
+    con.close()
+    res = run_monitoring(
+        settings, run_id="r1", current="2024-09-01,2024-12-01", act=False, heal=False
+    )
+    assert res.windows == {"reference": "2024-03-01,2024-08-01", "current": "2024-09-01,2024-12-01"}
+    with pytest.raises(ValueError, match="must end before"):
+        run_monitoring(settings, run_id="r2", reference="2024-07-01,2024-12-01",
+                       current="2024-09-01,2024-12-01", act=False, heal=False)  # fmt: skip

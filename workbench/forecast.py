@@ -521,11 +521,11 @@ def conformal_widths(
     For each model, horizon step and level this takes the split-conformal quantile of
     the pooled absolute scaled residuals ``|y - yhat| / scale`` of that step (all
     series, all backtest windows): the ``ceil((n + 1) * level)``-th smallest of the
-    ``n`` residuals. Where a step has too few residuals for a level
+    ``n`` residuals. Where a step has too few residuals for the widest level
     (fewer than about ``1 / (1 - level)``), residuals of every step are pooled after
     dividing by ``sqrt(step)`` and the width grows as ``sqrt(step)`` (a random-walk
-    assumption); if even that is too few, the largest residual is used and a warning
-    is logged.
+    assumption), for every level of that step, so the intervals stay nested; if even
+    that is too few, the largest residual is used and a warning is logged.
 
     Args:
         residuals: ``step`` (1-based horizon), ``scale`` and, per model, a column of
@@ -547,11 +547,14 @@ def conformal_widths(
         ok = np.isfinite(scaled)
         by_step = {k: np.sort(scaled[ok & (steps == k)]) for k in range(1, h + 1)}
         all_steps = np.sort((scaled / np.sqrt(steps))[ok])
+        top = max(levels) if len(levels) else 0
         for level in levels:
             for k in range(1, h + 1):
                 values = by_step[k]
                 rank = _conformal_rank(len(values), level)
-                pooled = rank is None
+                # one method per step for every level (the one the widest level allows), so
+                # the intervals stay nested: 80 % inside 90 % inside 95 %
+                pooled = _conformal_rank(len(values), top) is None
                 if not pooled:
                     width = float(values[rank - 1])
                     n = len(values)

@@ -232,7 +232,19 @@ def run_monitoring(
             steps.close()
             return res
         ref_default, cur_default = default_windows(horizon)
-        ref, cur = _window(reference, ref_default), _window(current, cur_default)
+        cur = _window(current, cur_default)
+        if current and not reference:  # the 6 months before the given current window
+            start = cur[0].tz_convert("UTC").tz_localize(None).to_period("M").to_timestamp()
+            ref_default = (
+                (start - pd.DateOffset(months=6)).tz_localize("UTC"),
+                (start - pd.DateOffset(months=1)).tz_localize("UTC"),
+            )
+        ref = _window(reference, ref_default)
+        if ref[1] >= cur[0]:
+            raise ValueError(
+                f"the reference window ({ref[0].date()} to {ref[1].date()}) must end before the "
+                f"current one starts ({cur[0].date()}): pass --reference explicitly"
+            )
         res.windows = {"reference": f"{ref[0].date()},{ref[1].date()}",
                        "current": f"{cur[0].date()},{cur[1].date()}"}  # fmt: skip
 
