@@ -232,3 +232,27 @@ def test_expected_survivors_match_the_simulator_truth(
     assert len(cohort) > 80 and realized[-1] < len(cohort)  # something churned
     z = (realized - expected["bottom_up"].to_numpy()) / sd
     assert np.all(np.abs(z) < 3), (realized, expected["bottom_up"].round(1).tolist())
+
+
+@pytest.mark.parametrize(
+    ("currency", "minor", "major"),
+    [("usd", 50_000, 500.0), ("jpy", 500_000, 500_000.0), ("kwd", 500_000, 500.0)],
+)
+def test_major_units_follow_the_reporting_currency(currency: str, minor: int, major: float) -> None:
+    from workbench import forecast as fc
+
+    am = pd.DataFrame(
+        {
+            "month": pd.to_datetime(["2024-01-01", "2024-01-01", "2024-02-01", "2024-02-01"]),
+            "account_id": ["a", "b", "a", "b"],
+            "mrr": [minor] * 4,
+            "region": ["EU"] * 4,
+            "reporting_currency": currency,
+        }
+    )
+    assert bu.current_mrr(am)["mrr"].tolist() == [major, major]
+    assert bu.total_mrr(am)["y"].tolist() == [2 * major, 2 * major]
+    assert fc.segment_series(am, segments=["region"])["y"].tolist() == [2 * major, 2 * major]
+    assert bu.current_mrr(am, scale=1.0)["mrr"].tolist() == [minor, minor]  # explicit wins
+    # a table that does not say its currency keeps the two-decimal default
+    assert bu.current_mrr(am.drop(columns="reporting_currency"))["mrr"].iloc[0] == minor / 100

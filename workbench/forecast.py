@@ -1342,7 +1342,7 @@ def segment_series(
     *,
     segments: Sequence[str],
     value: str = "mrr",
-    scale: float = 100.0,
+    scale: float | None = None,
 ) -> pd.DataFrame:
     """Monthly bottom-level series from the MRR engine's account-month table.
 
@@ -1354,11 +1354,16 @@ def segment_series(
         account_months: Needs ``month``, ``value`` and the ``segments`` columns.
         segments: Segment columns, outermost first (e.g. ``["region", "channel"]``).
         value: The money column to sum (minor units).
-        scale: Divide by this (100: minor to major units for two-decimal currencies).
+        scale: Divide by this (default: minor per major unit of the table's
+            ``reporting_currency``: 100 for USD, 1 for JPY, 1000 for KWD).
 
     Returns:
         ``ds``, the segment columns and ``y`` (float), ready for :func:`build_hierarchy`.
     """
+    if scale is None:
+        from workbench.forecast_bottom_up import minor_per_major
+
+        scale = minor_per_major(account_months)
     df = account_months.assign(ds=pd.to_datetime(account_months["month"]))
     df[list(segments)] = df[list(segments)].astype("string").fillna("(unknown)")
     summed = df.groupby(["ds", *segments], as_index=False, observed=True)[value].sum()

@@ -175,17 +175,30 @@ def net_expansion_rate(
     return float(change.sum() / opening)
 
 
-def current_mrr(account_months: pd.DataFrame, *, scale: float = 100.0) -> pd.DataFrame:
+def minor_per_major(account_months: pd.DataFrame) -> float:
+    """Minor units per major unit of the table's reporting currency (100 for USD, 1 for
+    JPY, 1000 for KWD); 100 when the table does not say which currency it is in."""
+    from workbench.revenue.engine import currency_exponent
+
+    col = account_months.get("reporting_currency")
+    if col is None or not len(col.dropna()):
+        return 100.0
+    return float(10 ** currency_exponent(str(col.dropna().iloc[0])))
+
+
+def current_mrr(account_months: pd.DataFrame, *, scale: float | None = None) -> pd.DataFrame:
     """MRR of the accounts paying in the latest month, in major units.
 
     Args:
         account_months: The MRR engine's table (``month``, ``account_id``, ``mrr`` in
             minor units of the reporting currency).
-        scale: Divide by this (100: minor to major units, as the top-down forecast does).
+        scale: Divide by this (default: :func:`minor_per_major` of the table's reporting
+            currency, as the top-down forecast does).
 
     Returns:
         ``account_id``, ``mrr`` (float, > 0) with ``attrs["month"]`` the month used.
     """
+    scale = minor_per_major(account_months) if scale is None else scale
     month = pd.to_datetime(account_months["month"])
     last = month.max()
     rows = account_months[(month == last) & (account_months["mrr"] > 0)]
@@ -203,7 +216,7 @@ def account_inputs(
     scores: pd.DataFrame,
     *,
     models: Mapping[int, str] = CHURN_MODELS,
-    scale: float = 100.0,
+    scale: float | None = None,
 ) -> pd.DataFrame:
     """Join current MRR with churn probabilities; unscored paying accounts get the mean.
 
@@ -292,7 +305,7 @@ def forecast_from_accounts(
     *,
     h: int,
     expansion_months: int = 12,
-    scale: float = 100.0,
+    scale: float | None = None,
 ) -> pd.DataFrame:
     """The bottom-up forecast from the MRR engine's table and the churn scores, in one call.
 
@@ -305,7 +318,7 @@ def forecast_from_accounts(
         scores: Churn scores (``score_accounts`` rows of churn_30d/90d/180d).
         h: Months ahead.
         expansion_months: Trailing months for :func:`net_expansion_rate`.
-        scale: Minor to major units.
+        scale: Minor to major units (default: the reporting currency's).
 
     Returns:
         :func:`bottom_up_forecast`'s frame plus ``expansion_rate``; ``attrs`` hold
@@ -320,8 +333,9 @@ def forecast_from_accounts(
     return out
 
 
-def total_mrr(account_months: pd.DataFrame, *, scale: float = 100.0) -> pd.DataFrame:
+def total_mrr(account_months: pd.DataFrame, *, scale: float | None = None) -> pd.DataFrame:
     """Actual total MRR per month (``ds``, ``y`` in major units), for charts."""
+    scale = minor_per_major(account_months) if scale is None else scale
     out = account_months.groupby("month", as_index=False)["mrr"].sum()
     return pd.DataFrame(
         {"ds": pd.to_datetime(out["month"]), "y": out["mrr"].astype("float64") / scale}
