@@ -800,13 +800,13 @@ def current_state(item) -> dict[str, Any] | None:  # noqa: ANN001 - approvals.Ac
         return None
 
 
-def _execute_promotion(item, ctx) -> dict[str, Any]:  # noqa: ANN001
+def _execute_promotion(item, ctx, *, prefix: str = "") -> dict[str, Any]:  # noqa: ANN001
     p = item.payload
     return promote(
         p["model"],
         p["version"],
         who=ctx.actor,
-        reason=p.get("reason", ""),
+        reason=f"{prefix}{p.get('reason', '')}",
         via=f"approvals:{item.item_id}",
         settings=_settings_for(p["tracking_uri"]),
     )
@@ -815,15 +815,7 @@ def _execute_promotion(item, ctx) -> dict[str, Any]:  # noqa: ANN001
 def _execute_rollback(item, ctx) -> dict[str, Any]:  # noqa: ANN001
     """A queued ``model_rollback``: recorded as a rollback (``rollback:`` reason), so later
     automatic rollbacks never return to the version it moved away from."""
-    p = item.payload
-    return promote(
-        p["model"],
-        p["version"],
-        who=ctx.actor,
-        reason=f"rollback: {p.get('reason', '')}",
-        via=f"approvals:{item.item_id}",
-        settings=_settings_for(p["tracking_uri"]),
-    )
+    return _execute_promotion(item, ctx, prefix="rollback: ")
 
 
 def _undo_promotion(item, ctx) -> dict[str, Any]:  # noqa: ANN001
