@@ -197,6 +197,14 @@ def test_a_request_goes_stale_when_the_champion_changed(trained, settings) -> No
         registry.promote("churn_30d", 1, who=" ", settings=settings)
 
 
+def test_a_new_version_cannot_be_registered_as_champion(trained, settings) -> None:
+    run, _, _ = trained
+    before = registry.alias_version("churn_30d", "champion", settings=settings)
+    with pytest.raises(registry.RegistryError, match="request a promotion"):
+        registry.register_run(run, settings=settings, alias="champion")
+    assert registry.alias_version("churn_30d", "champion", settings=settings) == before
+
+
 def test_model_card_has_every_section(trained, settings) -> None:
     card = registry.model_card("churn_30d", "1", settings=settings)
     for heading in (

@@ -353,7 +353,18 @@ def register_run(run, *, settings: Settings | None = None, alias: str = "challen
 
     Returns:
         The new version (as text).
+
+    Raises:
+        RegistryError: ``alias`` is ``champion``: a new version becomes champion only by a
+            promotion (:func:`request_promotion`, approved in the queue), which records who
+            and why in the champion history that rollbacks rely on.
     """
+    if alias == "champion":
+        raise RegistryError(
+            f"a new version of {run.name} cannot be registered as champion: register it as "
+            "challenger, then request a promotion (`workbench models promote ...`), which an "
+            "approver approves in the queue"
+        )
     if run.run_id is None:
         log_training_run(run, settings=settings)
     settings = settings or load_settings()
