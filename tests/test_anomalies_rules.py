@@ -99,6 +99,46 @@ def test_same_amount_next_period_and_proration_and_void_reissue_are_not_duplicat
     assert f.empty, f["explanation"].tolist()
 
 
+def test_two_seat_additions_with_equal_proration_totals_are_not_duplicates() -> None:
+    """2 -> 3 seats and, minutes later, 3 -> 4 seats: each proration invoice credits the old
+    quantity and charges the new one, so both total one seat's remaining time. Equal totals,
+    different lines: two real purchases, not a double bill."""
+    b = clean_books()
+    start, end = months(T0, 2), months(T0, 3)
+    mid = start + 10 * DAY
+
+    def seats(before: int, after: int) -> list[dict]:
+        return [
+            dict(price_id="price_seat", quantity=before, amount=-700 * before,
+                 period_start=mid, period_end=end, proration=True),
+            dict(price_id="price_seat", quantity=after, amount=700 * after,
+                 period_start=mid, period_end=end, proration=True),
+        ]  # fmt: skip
+
+    for k, (before, after) in enumerate([(2, 3), (3, 4)]):
+        b.invoice(
+            f"in_seats_{after}",
+            "cus_0",
+            subscription_id="sub_0",
+            created=mid + k * 5 * 60 * pd.Timedelta(seconds=1),
+            billing_reason="subscription_update",
+            lines=seats(before, after),
+        )
+    assert run_rules(b.con, rules=["duplicate_invoice"], detected_at=NOW).empty
+    # the same change billed twice is still a duplicate
+    b.invoice(
+        "in_seats_4_again",
+        "cus_0",
+        subscription_id="sub_0",
+        created=mid + 2 * HOUR,
+        billing_reason="subscription_update",
+        lines=seats(3, 4),
+    )
+    f = run_rules(b.con, rules=["duplicate_invoice"], detected_at=NOW)
+    assert list(f["object_id"]) == ["in_seats_4_again"]
+    assert "repeats invoice in_seats_4" in f.iloc[0]["explanation"]
+
+
 # ----------------------------------------------------------------- duplicate subscriptions
 def test_duplicate_subscription_on_the_same_price_is_flagged_on_the_later_one() -> None:
     b = clean_books()

@@ -150,12 +150,15 @@ DUPLICATE_INVOICE = Rule(
     name="duplicate_invoice",
     anomaly_type="duplicate_invoice",
     object_type="invoice",
-    title="Duplicate invoice: same account, subscription, amount and service period as an earlier one",
+    title="Duplicate invoice: same account, subscription, amount, lines and service period as an earlier one",
     sql="""
 WITH scope AS (SELECT DISTINCT account_id FROM {target_invoices}),
 line_period AS (
     SELECT l.invoice_id, min(l.period_start) AS ps, max(l.period_end) AS pe,
-           bool_or(coalesce(l.proration, false)) AS proration
+           bool_or(coalesce(l.proration, false)) AS proration,
+           string_agg(concat_ws('|', coalesce(l.price_id, ''), coalesce(CAST(l.quantity AS VARCHAR), ''),
+                                CAST(l.amount AS VARCHAR)), ';'
+                      ORDER BY l.price_id, l.quantity, l.amount) AS line_sig
     FROM {invoice_lines} l
     WHERE l.invoice_id IN (SELECT invoice_id FROM {invoices} WHERE account_id IN (SELECT account_id FROM scope))
     GROUP BY 1
@@ -167,7 +170,7 @@ sig AS (
            coalesce(i.amount_remaining, i.total) AS amount_remaining,
            date_trunc('day', coalesce(lp.ps, i.period_start) AT TIME ZONE 'UTC') AS ps,
            date_trunc('day', coalesce(lp.pe, i.period_end) AT TIME ZONE 'UTC') AS pe,
-           coalesce(lp.proration, false) AS proration
+           coalesce(lp.proration, false) AS proration, lp.line_sig
     FROM {invoices} i LEFT JOIN line_period lp USING (invoice_id)
     WHERE i.account_id IN (SELECT account_id FROM scope)
       AND coalesce(i.status, 'open') NOT IN ('void', 'draft') AND i.total > 0
@@ -180,6 +183,7 @@ pairs AS (
       ON o.account_id = t.account_id AND o.sub_key = t.sub_key AND o.currency = t.currency
      AND o.ps = t.ps AND o.pe = t.pe AND o.proration = t.proration
      AND (o.total = t.total OR o.subtotal = t.subtotal)
+     AND (o.line_sig IS NULL OR t.line_sig IS NULL OR o.line_sig = t.line_sig)
      AND (o.created < t.created OR (o.created = t.created AND o.invoice_id < t.invoice_id))
     WHERE t.invoice_id IN (SELECT invoice_id FROM {target_invoices})
 ),
