@@ -100,6 +100,12 @@ def test_degraded_champion_rolls_back_pauses_and_audits(champion) -> None:
     again = rb.auto_rollback(settings, "churn_30d", {"champion_ece": 0.3}, rules=RULES)
     assert again.status == "already_handled" and again.alerts[0].count == 2
     assert registry.alias_version("churn_30d", "champion", settings=settings) == v1
+    # another rollback rule breaching while that incident is live is raised as its own alert
+    # but is the same incident: no second automatic rollback, nothing new to pause
+    other = rb.auto_rollback(settings, "churn_30d", {"prediction_drift": 1.0}, rules=RULES)
+    assert other.status == "already_handled" and other.alerts[0].new, other.message
+    assert "champion_calibration" in other.message and not other.paused
+    assert registry.alias_version("churn_30d", "champion", settings=settings) == v1
 
 
 def test_no_earlier_champion_still_pauses(champion) -> None:

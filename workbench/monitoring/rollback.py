@@ -4,8 +4,9 @@
   move its ``champion`` alias back to the previous version
   (:func:`workbench.models.registry.rollback_champion`), pause automation of the action
   types that depend on the model (they fall back to ``insight``), raise the alert, and
-  write all of it to the audit log. One automatic rollback per incident: while the alert
-  stays live, later runs only update it (a person decides what happens next).
+  write all of it to the audit log. One automatic rollback per incident: while any of the
+  model's rollback alerts stays live (open or acknowledged), later runs only raise or update
+  alerts, whichever rule breaches (a person decides what happens next).
 - :func:`heal_stale_features`: re-materialize the online store when its newest values lag
   the warehouse (safe: the values are rebuilt from the warehouse by the offline builder).
 - :func:`schema_problems` / :func:`guard_schema`: compare the warehouse with the
@@ -174,11 +175,18 @@ def auto_rollback(
         result.status = "no_champion"
         result.message = f"{model} has no champion: nothing to roll back (alert raised)"
         return result
-    if not any(a.new for a in result.alerts):
+    raised = {a.alert_id for a in result.alerts if a.new}
+    live = al.list_alerts(settings, status="live", limit=None)
+    earlier = live[
+        live["subject"].eq(model) & live["rule"].isin(watch) & ~live["alert_id"].isin(raised)
+    ]
+    if not earlier.empty:
+        # one incident until a person resolves its alert, whichever rule breaches next
         result.status = "already_handled"
         result.message = (
-            f"{model}: alert already live (seen {max(a.count for a in result.alerts)} times); "
-            "no second automatic rollback: acknowledge/resolve it and decide"
+            f"{model}: incident already live ({', '.join(sorted(set(earlier['rule'])))}, "
+            f"seen {int(earlier['count'].max())} times); no second automatic rollback: "
+            "acknowledge/resolve it and decide"
         )
         return result
     reason = "; ".join(a.message for a in result.alerts)
