@@ -212,6 +212,16 @@ def test_voluntary_risk_label_leaves_out_exits_after_failed_payments() -> None:
     both = churn.assign(failed_payments_30d=2, health_score=70.0).head(200)
     assert everything.predict(both).mean() > 0.4  # failed payments drive all churn here
     assert only_voluntary.predict(both).mean() < 0.1  # but not the decision to cancel
+    # embargo: it is fitted only on rows whose 90 days closed before the calibration months
+    months = np.sort(churn["as_of"].unique())
+    cut = months[int(len(months) * 0.8)]
+    closed = churn["as_of"] + pd.Timedelta(days=90) <= cut
+    assert everything.meta["train_rows"] == int(closed.sum()) < int((churn["as_of"] < cut).sum())
+    assert everything.meta["valid_rows"] == int((churn["as_of"] >= cut).sum())
+    with pytest.raises(ValueError, match="more months of history"):
+        uplift.fit_risk_model(churn.assign(as_of=churn["as_of"].min()).head(50), target="churn_90d")
+    with pytest.raises(ValueError, match="not a churn_<h>d label"):
+        uplift.fit_risk_model(churn.rename(columns={"churn_90d": "left"}), target="left")
 
 
 # --------------------------------------------------------------------------- learner d
@@ -375,6 +385,7 @@ def test_learner_d_round_trips_explains_and_asks_for_its_inputs(tmp_path) -> Non
     risk = uplift.fit_risk_model(
         churn.assign(decided=decided.astype(np.int8)).drop(columns=["churn_90d"]),
         target="decided",
+        window=pd.DateOffset(months=1),
     )
     model = uplift.fit_uplift(
         data, outcome="churn_90d", features=EFFECTS, learner="d", risk=risk,

@@ -64,6 +64,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -741,6 +742,7 @@ def fit_risk_model(
     params: Mapping[str, Any] | None = None,
     involuntary: np.ndarray | None = None,
     refit: bool = False,
+    window: pd.DateOffset | None = None,
 ) -> training.BinaryModel:
     """A churn model for the uplift learners' ``churn_risk`` input, fitted on accounts
     outside the experiment (so no experiment outcome is seen through it).
@@ -755,17 +757,30 @@ def fit_risk_model(
         refit: After early stopping and calibration, refit the booster on every row with
             the chosen number of rounds (the latest months then inform the ranking too;
             the calibration stays the one fitted on the held-out months).
+        window: How far past ``as_of`` the label looks (default: :func:`label_window`).
 
     Returns:
-        A calibrated :class:`~workbench.models.training.BinaryModel` (the last 20% of
-        ``as_of`` months are used for early stopping and calibration).
+        A calibrated :class:`~workbench.models.training.BinaryModel`. The last 20% of
+        ``as_of`` months are used for early stopping and calibration; the rows fitted on
+        before them are those whose label window (:func:`label_window`) closed before
+        them (the embargo of :func:`workbench.models.training.time_split`). With
+        ``refit``, the calibration map fitted on the held-out months is applied to the
+        booster refitted on every row: scikit-learn's ``CalibratedClassifierCV(ensemble=
+        False)`` practice (held-out predictions calibrate, the final model uses all data).
     """
     rows = _labelled_rows(churn_frame, target, exclude_accounts, involuntary=involuntary)
     months = np.sort(rows["as_of"].unique())
     cut = months[int(len(months) * 0.8)]
     feats = training.model_features(rows)
+    as_of = pd.to_datetime(rows["as_of"], utc=True)
+    closed = (as_of + (window or label_window(target))) <= pd.Timestamp(cut)
+    if not closed.any():
+        raise ValueError(
+            f"{target}: no row's label window closes before {pd.Timestamp(cut).date()}, "
+            "the start of the calibration months; give the risk model more months of history"
+        )
     model = training.fit_binary_model(
-        rows[rows["as_of"] < cut],
+        rows[closed.to_numpy()],
         rows[rows["as_of"] >= cut],
         target=target,
         features=feats,
@@ -782,6 +797,19 @@ def fit_risk_model(
 
 #: The decision model's label: a voluntary cancellation request within a month.
 DECISION = "cancel_decided_1m"
+
+
+def label_window(target: str) -> pd.DateOffset:
+    """How far past ``as_of`` the label ``target`` looks: ``h`` days for ``churn_<h>d``,
+    one month for :data:`DECISION`."""
+    if target == DECISION:
+        return pd.DateOffset(months=1)
+    m = re.fullmatch(r"churn_(\d+)d", target)
+    if m is None:
+        raise ValueError(f"{target}: not a churn_<h>d label or {DECISION}")
+    return pd.DateOffset(days=int(m.group(1)))
+
+
 #: The decision model's LightGBM parameters: a few hundred requests a year is a rare event,
 #: so small trees on many rows each.
 DECISION_PARAMS: dict[str, Any] = {
