@@ -552,3 +552,27 @@ def test_an_interrupted_automatic_action_is_not_run_again_by_itself(store) -> No
     later = NOW + pd.Timedelta(minutes=20)
     assert ap.recover_interrupted(store, who=ap.ENGINE, now=later) == [item.item_id]
     assert retry().code == "duplicate"  # the same state does not run it a second time
+
+
+def test_a_process_that_imports_only_the_queue_runs_model_actions() -> None:
+    """The approvals dashboard's kernel imports the queue, never the registry: a model
+    promotion approved there must still promote (not be recorded as done), and be checked
+    against the registry as it is now."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from workbench import approvals as ap\n"
+        "assert 'workbench.models.registry' not in sys.modules\n"
+        "ex = ap.executor_for('model_promotion')\n"
+        "print(ex.execute.__module__, ex.execute.__name__, ap.executor_for('model_rollback').execute.__name__)\n"
+        "print(ap._STATE_PROVIDERS['model_registry'].__name__)\n"
+        "print(ap.executor_for('retry_payment').execute.__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[:3] == [
+        "workbench.models.registry _execute_promotion _execute_rollback",
+        "current_state",
+        "record_only",
+    ]

@@ -172,7 +172,10 @@ def test_a_request_goes_stale_when_the_champion_changed(trained, settings) -> No
     registry.promote(
         "churn_30d", v2, who="carol", reason="hotfix", settings=settings
     )  # direct, recorded
-    res = approvals.approve(settings, out.item_id, who=BOB, current_state=registry.current_state)
+    # the approvals dashboard's default state (approvals.CurrentState) asks the registry
+    res = approvals.approve(
+        settings, out.item_id, who=BOB, current_state=approvals.CurrentState(settings)
+    )
     assert res.code == "stale"
     assert registry.alias_version("churn_30d", "champion", settings=settings) == "2"
     back = registry.rollback_champion(

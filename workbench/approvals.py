@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -738,6 +739,14 @@ def execute_write_off(item: ActionItem, ctx: ExecutionContext) -> dict[str, Any]
 
 _EXECUTORS: dict[str, Executor] = {"write_off": Executor(execute_write_off)}
 _EXECUTORS_LOCK = threading.Lock()
+#: The module that registers the executor of an action type (or the state provider of a
+#: state scope) it owns, imported on first use: a process that imports only this module
+#: (the approvals dashboard's kernel) must still run a promotion, not just record it.
+_OWNERS: dict[str, str] = {
+    "model_promotion": "workbench.models.registry",
+    "model_rollback": "workbench.models.registry",
+    "model_registry": "workbench.models.registry",
+}
 
 
 def register_executor(
@@ -750,8 +759,19 @@ def register_executor(
         _EXECUTORS[action_type] = Executor(execute, rollback)
 
 
+def _load_owner(name: str, registered: Mapping[str, Any]) -> None:
+    """Import the module owning ``name`` (see :data:`_OWNERS`) unless it is registered."""
+    if name in _OWNERS and name not in registered:
+        importlib.import_module(_OWNERS[name])
+        if name not in registered:
+            raise RuntimeError(f"{_OWNERS[name]} did not register {name!r}")
+
+
 def executor_for(action_type: str) -> Executor:
-    """The registered executor, or :func:`record_only`."""
+    """The registered executor (its owning module imported if need be), or
+    :func:`record_only` for action types nothing in the workbench carries out (downstream
+    systems act on the executions table)."""
+    _load_owner(action_type, _EXECUTORS)
     return _EXECUTORS.get(action_type, Executor(record_only))
 
 
@@ -834,6 +854,30 @@ def record_states(
                              details={"reason": reason, "old_state_hash": row["state_hash"],
                                       "new_state_hash": new, "policy_version": policy_version})  # fmt: skip
     return superseded
+
+
+_STATE_PROVIDERS: dict[str, StateProvider] = {}
+
+
+def register_state_provider(scope: str, provider: StateProvider) -> None:
+    """Make ``provider`` the live state of items in ``scope`` (see :class:`CurrentState`)."""
+    with _EXECUTORS_LOCK:
+        _STATE_PROVIDERS[scope] = provider
+
+
+class CurrentState:
+    """The state an item is checked against when it is approved: the live state from the
+    provider registered for its scope (the model registry for model promotions and
+    rollbacks), else the latest state recorded in the store (:class:`LatestStateProvider`;
+    the dunning engine records it on every run)."""
+
+    def __init__(self, store: StoreLike) -> None:
+        self.latest = LatestStateProvider(store)
+
+    def __call__(self, item: ActionItem) -> Mapping[str, Any] | None:
+        _load_owner(item.state_scope, _STATE_PROVIDERS)
+        provider = _STATE_PROVIDERS.get(item.state_scope)
+        return provider(item) if provider is not None else self.latest(item)
 
 
 class LatestStateProvider:

@@ -845,11 +845,13 @@ def _undo_promotion(item, ctx) -> dict[str, Any]:  # noqa: ANN001
 
 def register_approval_executors() -> None:
     """Make the approvals queue run :func:`promote` for ``model_promotion`` and
-    ``model_rollback`` items (idempotent; done when this module is imported)."""
+    ``model_rollback`` items and check them against the registry now (:func:`current_state`)
+    (idempotent; done when this module is imported, which the queue does on first use)."""
     from workbench import approvals
 
     approvals.register_executor("model_promotion", _execute_promotion, rollback=_undo_promotion)
     approvals.register_executor("model_rollback", _execute_rollback, rollback=_undo_promotion)
+    approvals.register_state_provider(STATE_SCOPE, current_state)
 
 
 # --------------------------------------------------------------------------- model cards
