@@ -195,8 +195,56 @@ def test_rollback_button_within_the_window(seeded, monkeypatch) -> None:
     dash.f_status.value = "executed"
     row = dash.rows[auto.item_id]
     assert not row.rollback.disabled and row.rollback in row.box.children
+    forged_click(row.rollback)  # a rollback needs a reason, from the dashboard too
+    assert ap.get_item(store, auto.item_id).status == "executed"
+    assert "needs a reason" in dash.result.value
+    forged_update(row.comment, {"value": "customer called: card replaced"})
     forged_click(row.rollback)
     assert ap.get_item(store, auto.item_id).status == "rolled_back"
+    done = audit.audit_frame(store, event_prefix="action.rolled_back").iloc[-1]
+    assert "card replaced" in done["details"]
+
+
+def test_a_role_revoked_while_the_page_is_open_applies_to_the_next_click(
+    seeded, monkeypatch, isolated_env
+) -> None:
+    dash = dashboard_as("bob", monkeypatch)
+    (isolated_env / "data" / "roles.yaml").write_text(ROLES.replace("bob: approver", "bob: viewer"))
+    forged_click(dash.rows[seeded["for_bob"]].approve)
+    store = ap.open_store(load_settings())
+    assert ap.get_item(store, seeded["for_bob"]).status == "pending"
+    assert len(denied_entries(store, "bob")) == 1 and 'data-code="denied"' in dash.result.value
+    assert 'data-role="viewer"' in dash.identity_html.value
+
+
+def test_bulk_approve_is_refused_when_the_policy_changed_since_the_page_opened(
+    seeded, monkeypatch, isolated_env
+) -> None:
+    policy = isolated_env / "policy.yaml"
+    policy.write_text((REPO / "workbench" / "policies" / "default.yaml").read_text())
+    monkeypatch.setenv("WORKBENCH_POLICY_FILE", str(policy))
+    dash = dashboard_as("dave", monkeypatch)
+    dash.rows[seeded["retry_low"]].select.value = True
+    text = policy.read_text()
+    assert "  enabled: true\n" in text
+    policy.write_text(text.replace("  enabled: true\n", "  enabled: false\n", 1))
+    outcomes = dash.on_bulk_approve()
+    assert [o.code for o in outcomes] == [
+        "policy_changed"
+    ] and "reload the page" in dash.result.value
+    assert ap.get_item(ap.open_store(load_settings()), seeded["retry_low"]).status == "pending"
+
+
+def test_an_error_banner_clears_on_the_next_click(seeded, monkeypatch) -> None:
+    dash = dashboard_as("bob", monkeypatch)
+    broken = dash.guarded(lambda: 1 / 0)
+    broken()
+    assert (
+        "Something went wrong" in dash.message.value and "Nothing was decided" in dash.message.value
+    )
+    ok = dash.guarded(lambda: dash.on_approve(seeded["for_bob"]))
+    assert ok().code == "executed"
+    assert dash.message.value == ""
 
 
 def test_money_formatting() -> None:

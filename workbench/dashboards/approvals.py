@@ -26,8 +26,8 @@ import pandas as pd
 
 from workbench.approvals import (
     ActionItem,
+    CurrentState,
     Identity,
-    LatestStateProvider,
     Outcome,
     Role,
     RolesError,
@@ -125,13 +125,18 @@ class ApprovalsDashboard(Dashboard):
         settings: Workbench settings (store URL, policy file, data dir for roles).
         identity: Only for tests; the notebook never passes it (the server decides).
         policy: Defaults to the configured policy file.
-        state_provider: What "the current state" is when approving; defaults to the
-            latest state recorded in the store (:class:`LatestStateProvider`).
+        state_provider: What "the current state" is when approving; defaults to
+            :class:`~workbench.approvals.CurrentState` (the registry now for model items,
+            the latest recorded state for the rest).
         clock: Returns "now" (UTC); for tests.
         page_size: Most rows shown at once.
     """
 
     title = "Approvals"
+    advice = (
+        "Nothing was decided by this click. Reload the page and try again; if it happens "
+        "again, ask the data team (details are in the server log)."
+    )
 
     def __init__(
         self,
@@ -174,7 +179,7 @@ class ApprovalsDashboard(Dashboard):
         except (RolesError, PolicyError, StoreError) as exc:
             self.show_message("error", "Cannot open the approvals queue", str(exc))
             return False
-        self.state_provider = self._state_override or LatestStateProvider(self.store)
+        self.state_provider = self._state_override or CurrentState(self.store)
         return True
 
     @property
@@ -183,15 +188,18 @@ class ApprovalsDashboard(Dashboard):
 
     # ----------------------------------------------------------------- layout
 
-    def build(self) -> None:
+    def _identity_banner(self) -> str:
         who = self.identity
-        self.identity_html = widgets.HTML(
+        return (
             CSS
             + f'<div class="wb-identity" data-user="{html.escape(who.user)}" data-role="{who.role.label}">'
             f"Signed in as <b>{html.escape(who.user)}</b> ({who.role.label}; {html.escape(who.source)})."
             + ("" if self.can_decide else " Read-only: approving needs the approver role.")
             + f" Policy {html.escape(self.policy.version)}.</div>"
         )
+
+    def build(self) -> None:
+        self.identity_html = widgets.HTML(self._identity_banner())
         cur = self.settings.reporting_currency
         self.f_action = widgets.Dropdown(
             options=[ALL, *ACTION_TYPES], value=ALL, description="Action"
@@ -383,29 +391,54 @@ class ApprovalsDashboard(Dashboard):
         row = self.rows.get(item_id)
         return row.comment.value if row else ""
 
+    def _acting(self) -> Identity:
+        """Who decides, resolved again for every click: a role changed in the roles file
+        while the page is open applies to the next decision (the banner follows)."""
+        who = self._identity_override or resolve_identity(self.settings)
+        if who != self.identity:
+            self.identity = who
+            self.identity_html.value = self._identity_banner()
+        return who
+
     def on_approve(self, item_id: str) -> Outcome:
         """Approve button: every check happens in :func:`workbench.approvals.approve`."""
-        outcome = approve(self.store, item_id, who=self.identity, current_state=self.state_provider,
+        outcome = approve(self.store, item_id, who=self._acting(), current_state=self.state_provider,
                           comment=self._comment(item_id), now=self.clock())  # fmt: skip
         self._report([outcome])
         return outcome
 
     def on_reject(self, item_id: str) -> Outcome:
         outcome = reject(
-            self.store, item_id, who=self.identity, comment=self._comment(item_id), now=self.clock()
+            self.store,
+            item_id,
+            who=self._acting(),
+            comment=self._comment(item_id),
+            now=self.clock(),
         )
         self._report([outcome])
         return outcome
 
     def on_rollback(self, item_id: str) -> Outcome:
-        outcome = rollback(self.store, item_id, who=self.identity, reason=self._comment(item_id) or "rolled back from the dashboard",
+        """Roll back button: the row's comment is the reason (required, like everywhere)."""
+        outcome = rollback(self.store, item_id, who=self._acting(), reason=self._comment(item_id),
                            now=self.clock())  # fmt: skip
         self._report([outcome])
         return outcome
 
     def on_bulk_approve(self) -> list[Outcome]:
+        """Bulk approve: refused when the policy file changed since the page was opened
+        (the selection was made under the old rules; the reloaded page shows the new ones)."""
+        who = self._acting()
+        current = self._policy_override or load_policy(settings=self.settings)
+        if current.version != self.policy.version:
+            outcomes = [Outcome(False, "policy_changed",
+                                f"not approved: the policy changed since this page was opened "
+                                f"({self.policy.version} -> {current.version}); reload the page "
+                                "to see what it allows", "")]  # fmt: skip
+            self._report(outcomes)
+            return outcomes
         selected = [i for i, r in self.rows.items() if r.select.value]
-        outcomes = bulk_approve(self.store, selected, who=self.identity, policy=self.policy,
+        outcomes = bulk_approve(self.store, selected, who=who, policy=current,
                                 current_state=self.state_provider, comment=self.bulk_comment.value,
                                 now=self.clock())  # fmt: skip
         self._report(outcomes)

@@ -70,10 +70,15 @@ class Dashboard:
     # True when everything shown comes from ``snapshot``: a pre-heated kernel may then build
     # before the visit and only compare the snapshot's version after it (see ``show``).
     build_before_visit = False
+    #: What to do after a callback failed (shown under the error).
+    advice = (
+        "Re-run the pipeline (`workbench run`) or ask the data team; details are in the server log."
+    )
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or load_settings()
         self.message = widgets.HTML()
+        self._callback_failed = False
         self.content = widgets.VBox()
         self.root = widgets.VBox(
             [widgets.HTML(CSS), self.message, self.content]
@@ -136,16 +141,16 @@ class Dashboard:
         """Wrap a callback so that an exception is shown to the user, not swallowed."""
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if self._callback_failed:  # an earlier click's error is not this one's
+                self.message.value, self._callback_failed = "", False
             try:
                 result = fn(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - shown to the user and logged
                 log.exception("dashboard callback failed")
                 self.show_message(
-                    "error",
-                    "Something went wrong",
-                    f"{type(exc).__name__}: {exc}. Re-run the pipeline (`workbench run`) or ask "
-                    "the data team; details are in the server log.",
+                    "error", "Something went wrong", f"{type(exc).__name__}: {exc}. {self.advice}"
                 )
+                self._callback_failed = True
                 return None
             return result
 
