@@ -144,3 +144,24 @@ def test_dashboard_without_data_says_what_to_run(tmp_path: Path) -> None:
         page.goto(url, timeout=120_000)
         page.wait_for_selector('[data-state="empty"]', timeout=120_000)
         assert "make demo" in page.locator('[data-state="empty"]').inner_text()
+
+
+@pytest.mark.parametrize(("cur", "mrr_tile"), [("usd", "USD 15,000.00"), ("jpy", "JPY 1,500,000"),
+                                               ("kwd", "KWD 1,500.000")])  # fmt: skip
+def test_tiles_and_movers_use_the_reporting_currencys_minor_units(tmp_path, cur, mrr_tile) -> None:
+    """1,500,000 minor units is 15,000 dollars, 1,500,000 yen and 1,500 dinars, as the
+    charts beside the tiles already plot them."""
+    from workbench.dashboards.finance import FinanceDashboard, movers_table
+
+    am = _rows().assign(reporting_currency=cur)
+    for col in [c for c in am.columns if c.endswith("_mrr")] + ["mrr"]:
+        am[col] = am[col] * 1000  # February's MRR: 1,500,000 minor units
+    settings = load_settings(REPO, overrides={"data_dir": str(tmp_path / "data")})
+    dash = FinanceDashboard(settings)
+    dash.tables, dash.info = {"account_months": am}, {}
+    dash.currency = cur
+    dash.build()
+    assert re.search(r'data-kpi="mrr">([^<]*)<', dash.tiles.value).group(1) == mrr_tile
+    movers = movers_table(finance_view(am).movers, cur)
+    assert f"MRR ({cur.upper()})" in movers.columns
+    assert mrr_tile.split(" ", 1)[1] in set(movers[f"MRR ({cur.upper()})"])

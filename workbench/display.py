@@ -21,8 +21,13 @@ def setup_notebook(*, max_rows: int = 30) -> None:
     pd.set_option("display.width", 160)
 
 
-def money(minor: float | int | None, currency: str = "usd", *, exponent: int = 2) -> str:
-    """Format minor units as a short amount, e.g. ``12345678, "usd"`` → ``USD 123,456.78``."""
+def money(minor: float | int | None, currency: str = "usd", *, exponent: int | None = None) -> str:
+    """Format minor units as a short amount, e.g. ``12345678, "usd"`` → ``USD 123,456.78``
+    (``exponent``: the currency's minor-unit digits by default, ``jpy`` 0, ``kwd`` 3)."""
     if minor is None or pd.isna(minor):
         return "–"
+    if exponent is None:
+        from workbench.revenue.engine import currency_exponent
+
+        exponent = currency_exponent(currency)
     return f"{currency.upper()} {minor / 10**exponent:,.{exponent}f}"

@@ -22,6 +22,7 @@ from IPython.display import display
 from workbench.dashboards.base import Dashboard, tile_html
 from workbench.display import money
 from workbench.revenue import charts, metrics
+from workbench.revenue.engine import currency_exponent
 
 SEGMENTS = ("region", "channel", "plan", "account_currency")
 ALL = "All"
@@ -223,7 +224,7 @@ class FinanceDashboard(Dashboard):
             display(
                 widgets.HTML(
                     "<h4>Top movers this month</h4>"
-                    + view.movers.to_html(index=False, classes="wb-movers")
+                    + movers_table(view.movers, cur).to_html(index=False, classes="wb-movers")
                 )
             )
 
@@ -246,12 +247,31 @@ class FinanceDashboard(Dashboard):
                 widgets.HTML(
                     tile_html(
                         f"P95 downside MRR {pd.Timestamp(last['ds']):%b %Y}",
-                        money(round(float(last["downside"]) * 100), self.currency),
+                        money(
+                            round(float(last["downside"]) * 10 ** currency_exponent(self.currency)),
+                            self.currency,
+                        ),
                         key="p95_downside",
                     )
                 )
             )
             display(fan_chart(hist, fc, y_title=f"MRR ({self.currency.upper()})"))
+
+
+def movers_table(movers: pd.DataFrame, currency: str) -> pd.DataFrame:
+    """:func:`workbench.revenue.metrics.top_movers` for people: the amounts (minor units
+    of the reporting currency) in major units, the currency in the column names; the
+    account's own billing currency stays as ``billing currency``."""
+    exp = currency_exponent(currency)
+    amounts = {"opening_mrr": "opening MRR", "mrr": "MRR", "change": "change", "fx_mrr": "FX"}
+    out = movers.copy()
+    for col in amounts:
+        if col in out:
+            out[col] = out[col].map(lambda v: "–" if pd.isna(v) else f"{v / 10**exp:,.{exp}f}")
+    return out.rename(
+        columns={**{c: f"{lab} ({currency.upper()})" for c, lab in amounts.items()},
+                 "currency": "billing currency"}
+    )  # fmt: skip
 
 
 def show() -> None:
