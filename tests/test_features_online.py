@@ -130,3 +130,25 @@ def test_republish_moves_online_values_forward(published) -> None:
     np.testing.assert_allclose(got.values.mrr, want.mrr)
     np.testing.assert_allclose(got.values.tenure_days, want.tenure_days)
     assert (got.freshness.event_timestamp == t2.floor("s")).all()
+    assert ol.published_as_of(ol.feature_repo(settings)) == t2.floor("s")
+    # an invoice in dunning at t and not at t2 (paid, written off) is no longer served
+    gone = sorted(
+        set(snapshot_spine(con, entity="invoice_id", as_of=t).invoice_id)
+        - set(snapshot_spine(con, entity="invoice_id", as_of=t2).invoice_id)
+    )
+    assert gone
+    left = ol.online(gone, ["invoice_failed_attempts"], settings=settings, now=t2)
+    assert not left.found.any() and left.values.invoice_failed_attempts.isna().all()
+    with pytest.raises(ol.StaleFeatures):
+        ol.online(gone, ["invoice_failed_attempts"], settings=settings, now=t2, on_stale="raise")
+    # nothing asked, nothing found (no invoice in dunning right now)
+    none = ol.online([], ["invoice_failed_attempts"], settings=settings, now=t2)
+    assert (
+        none.all_fresh
+        and none.values.empty
+        and list(none.values.columns)
+        == [
+            "invoice_id",
+            "invoice_failed_attempts",
+        ]
+    )

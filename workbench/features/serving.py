@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import os
 import time
@@ -426,10 +427,46 @@ def publish_online(
         counts[entity] = len(frame)
     apply_repo(repo)
     materialize(repo, start=as_of, end=as_of)
+    _write_snapshot_mark(repo, as_of)
     log.info(
         "published features as of %s: %s in %.1fs", as_of, counts, time.perf_counter() - started
     )
     return counts
+
+
+def _mark_path(repo: FeatureRepo) -> Path:
+    return repo.repo_dir / "published.json"
+
+
+def _write_snapshot_mark(repo: FeatureRepo, as_of) -> None:  # noqa: ANN001
+    """Record the snapshot time of the latest publish (atomically)."""
+    path = _mark_path(repo)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps({"as_of": to_utc([as_of]).iloc[0].isoformat()}))
+    os.replace(tmp, path)
+
+
+_MARKS: dict[Path, tuple[int, float]] = {}
+
+
+def published_as_of(repo: FeatureRepo) -> pd.Timestamp | None:
+    """The snapshot time of the latest :func:`publish_online` to ``repo`` (None before any)."""
+    s = _snapshot_seconds(repo)
+    return None if s is None else pd.Timestamp(s, unit="s", tz="UTC")
+
+
+def _snapshot_seconds(repo: FeatureRepo) -> float | None:
+    path = _mark_path(repo)
+    try:
+        mtime = path.stat().st_mtime_ns
+    except FileNotFoundError:
+        return None
+    got = _MARKS.get(path)
+    if got is None or got[0] != mtime:
+        as_of = pd.Timestamp(json.loads(path.read_text())["as_of"])
+        got = (mtime, float(np.floor(as_of.timestamp())))  # the online store keeps seconds
+        _MARKS[path] = got
+    return got[1]
 
 
 # --------------------------------------------------------------------------- lookups
@@ -549,16 +586,23 @@ def online(
             ``"raise"`` (:class:`StaleFeatures`).
 
     Returns:
-        :class:`OnlineFeatures`.
+        :class:`OnlineFeatures`. A value from before the latest publish's snapshot belongs
+        to an entity that was not in that snapshot (an invoice paid since, a closed
+        account): it counts as not found, and its values are missing.
     """
     if on_stale not in ("flag", "null", "raise"):
         raise ValueError("on_stale must be 'flag', 'null' or 'raise'")
     names = tuple(features)
     feats, entity, refs = _resolve(names)
-    store = open_store(repo or feature_repo(settings))
+    repo = repo or feature_repo(settings)
     ids = [str(i) for i in entity_ids]
-    response = store.get_online_features(features=refs, entity_rows=[{entity: i} for i in ids])
-    raw = response.to_dict(include_event_timestamps=True)
+    if ids:
+        store = open_store(repo)
+        response = store.get_online_features(features=refs, entity_rows=[{entity: i} for i in ids])
+        raw = response.to_dict(include_event_timestamps=True)
+    else:  # Feast refuses an empty request
+        raw = {k: [] for f in feats for k in (f.name, f.name + "__ts")}
+    snapshot_s = _snapshot_seconds(repo)
     if now is None:
         now_s = time.time()
     elif isinstance(now, pd.Timestamp) and now.tzinfo is not None:
@@ -570,10 +614,15 @@ def online(
     event_s = np.empty((len(feats), len(ids)), dtype=np.float64)
     for j, f in enumerate(feats):
         col = raw[f.name]
+        event_s[j] = raw[f.name + "__ts"]
+        if snapshot_s is not None:
+            left = (event_s[j] > 0) & (event_s[j] < snapshot_s)
+            if left.any():
+                event_s[j, left] = 0
+                col = [None if gone else v for v, gone in zip(col, left, strict=True)]
         if f.dtype == "float64":
             col = [nan if v is None else v for v in col]
         columns[f.name] = col
-        event_s[j] = raw[f.name + "__ts"]
     result = OnlineFeatures(
         entity=entity, ids=ids, features=feats, columns=columns, event_s=event_s, now_s=now_s
     )
