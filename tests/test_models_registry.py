@@ -251,3 +251,23 @@ def test_scores_are_stored_with_model_version_and_reasons(trained, settings) -> 
     assert len(stored) == 50
     one = scoring.read_scores(con, entity_id=rows["account_id"].iloc[0])
     assert len(one) == 1 and one.loc[0, "run_id"] == run.run_id
+
+
+def test_a_model_is_not_scored_after_its_features_changed_definition(
+    trained, settings, monkeypatch
+) -> None:
+    import dataclasses
+
+    from workbench.features import definitions
+
+    model, info = registry.load_model("churn_30d", "champion", settings=settings)
+    rows = trained[1].head(5)
+    old = definitions.REGISTRY["failed_payments_30d"]
+    assert "failed_payments_30d" in model.features
+    monkeypatch.setitem(
+        definitions.REGISTRY,
+        "failed_payments_30d",
+        dataclasses.replace(old, window_days=365, version=old.version + 1),
+    )
+    with pytest.raises(training.FeatureSetChanged, match="retrain it"):
+        scoring.score_frame(model, rows, info=info, entity_type="account", entity_col="account_id")

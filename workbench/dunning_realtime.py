@@ -164,13 +164,16 @@ class RealtimeHandler:
     def _load_model(self, mode: str) -> tuple[Any, dict[str, Any] | None, str | None]:
         if mode == "none":
             return None, None, None
-        from workbench.models import registry
+        from workbench.models import registry, training
 
         for alias in ALIASES:
             try:
                 if registry.alias_version(RECOVERY_MODEL, alias, settings=self.settings) is None:
                     continue
                 model, info = registry.load_model(RECOVERY_MODEL, alias, settings=self.settings)
+                training.check_feature_set(
+                    model, name=f"{RECOVERY_MODEL}@{alias} v{info['version']}"
+                )
                 log.info(
                     "real-time dunning scores with %s@%s v%s",
                     RECOVERY_MODEL,
@@ -178,6 +181,8 @@ class RealtimeHandler:
                     info["version"],
                 )
                 return model, info, alias
+            except training.FeatureSetChanged as exc:
+                log.warning("not scoring with %s@%s: %s", RECOVERY_MODEL, alias, exc)
             except Exception as exc:  # noqa: BLE001 - no registry or no such model: rules only
                 log.info("no %s@%s (%s)", RECOVERY_MODEL, alias, exc)
         log.info("no recovery model registered: the policy's own rules decide")

@@ -116,7 +116,12 @@ def score_frame(
 
     Returns:
         Columns :data:`SCORE_COLUMNS`, one row per input row.
+
+    Raises:
+        workbench.models.training.FeatureSetChanged: A feature of the model is no longer
+            defined as it was in training.
     """
+    training.check_feature_set(model, name=f"{info['name']} v{info['version']}")
     task = _task(model)
     if len(frame) == 0:
         return pd.DataFrame(columns=SCORE_COLUMNS)

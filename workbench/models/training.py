@@ -234,6 +234,28 @@ def model_features(frame: pd.DataFrame) -> list[str]:
     return names + [c for c in ATTRIBUTES if c in frame.columns]
 
 
+class FeatureSetChanged(RuntimeError):
+    """A model's features are no longer defined as they were when it was trained."""
+
+
+def check_feature_set(model: Any, *, name: str = "") -> None:
+    """Refuse a model whose features changed definition since it was trained.
+
+    Its inputs would be computed with the new meaning while it learned the old one, and
+    every score would record the training-time feature set.
+
+    Raises:
+        FeatureSetChanged: Saying what to do (retrain, or restore the definitions).
+    """
+    now = feature_set_version(model.features)
+    if now != model.feature_set_version:
+        raise FeatureSetChanged(
+            f"{name or model.name}: trained on feature set {model.feature_set_version}, but its "
+            f"features are now defined as {now} (a definition changed since training); retrain "
+            "it (05_churn / 06_recovery) and promote the new version, or restore the definitions"
+        )
+
+
 def feature_set_version(features: Iterable[str]) -> str:
     """A content version of a feature set: ``fs-`` and 12 hex digits.
 
