@@ -213,6 +213,7 @@ def test_tables_as_known_at_t_give_the_same_features(seed: int, frac: float) -> 
         change_every_days=30,
         tickets_per_month=0.6,
         dispute_rate=0.03,
+        pending_share=0.25,  # bank debits: outcome known hours after the charge
     )
     t = _pick_t(con, frac, "none")
     for e, sp in _spines(con, t).items():
@@ -234,3 +235,30 @@ def test_mutation_really_changes_features_after_t() -> None:
     changed = [c for c in before.columns[2:] if not before[c].equals(after[c])]
     assert len(changed) >= 30, changed
     assert not np.array_equal(before["mrr"], after["mrr"])
+
+
+def test_a_charge_pending_at_t_is_not_a_failure_at_t() -> None:
+    """A bank debit pending at t that fails later: as of t there is no failed payment and
+    no invoice in dunning; from its failure on there is (the failure is dated when the
+    charge version reporting it was recorded, not at the charge's creation)."""
+    con = duckdb.connect()
+    random_warehouse(con, n_accounts=40, start=START, end=END, seed=3, pending_share=0.3)
+    att, inv, acc, created, failed_at = con.execute(
+        """SELECT p.attempt_id, p.invoice_id, i.account_id, p.created, v.version_at
+           FROM payment_attempts p JOIN invoices i USING (invoice_id)
+           JOIN charge_versions v ON v.attempt_id = p.attempt_id AND v.status = 'failed'
+           WHERE p.status = 'failed' AND p.attempt_number = 1 AND v.version_at > p.created
+             AND (i.paid_at IS NULL OR i.paid_at > v.version_at + INTERVAL 1 HOUR)
+           ORDER BY p.created LIMIT 1"""
+    ).fetchone()
+    mid = pd.Timestamp(created).tz_convert("UTC") + (failed_at - created) / 2
+    after = pd.Timestamp(failed_at).tz_convert("UTC") + pd.Timedelta(minutes=30)
+    spine = pd.DataFrame({"invoice_id": [inv, inv], "as_of": [mid, after]})
+    got = build_features(con, spine, features=["invoice_failed_attempts"])
+    assert got["invoice_failed_attempts"].tolist() == [0, 1]
+    accounts = pd.DataFrame({"account_id": [acc, acc], "as_of": [mid, after]})
+    failed = build_features(con, accounts, features=["failed_payments_7d"])["failed_payments_7d"]
+    assert failed.iloc[1] == failed.iloc[0] + 1, att
+    assert inv not in set(recovery_spine(con, end=mid)["invoice_id"])
+    first = recovery_spine(con).set_index("invoice_id").loc[inv, "as_of"]
+    assert first >= pd.Timestamp(failed_at).tz_convert("UTC")

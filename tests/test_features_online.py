@@ -115,7 +115,8 @@ def test_generated_repository(published) -> None:
         assert generated[name] == obj, name
     views = ol.feature_view_frame(repo)
     assert set(views.feature) == {f.name for f in get_features()}
-    assert views.version.eq("1").all()
+    want = {f.name: str(f.version) for f in get_features()}
+    assert views.set_index("feature").version.to_dict() == want
 
 
 def test_republish_moves_online_values_forward(published) -> None:

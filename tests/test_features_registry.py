@@ -82,10 +82,12 @@ def test_changed_definition_without_version_bump_is_caught() -> None:
     ]
     problems = d.check_registry_lock(changed, lock)
     assert len(problems) == 1 and "failed_payments_30d" in problems[0]
-    assert "bump it to 2" in problems[0]
+    v = d.REGISTRY["failed_payments_30d"].version
+    assert f"bump it to {v + 1}" in problems[0]
     # bumping the version turns it into a reminder to rewrite the lock
     bumped = [
-        dataclasses.replace(f, version=2) if f.name == "failed_payments_30d" else f for f in changed
+        dataclasses.replace(f, version=v + 1) if f.name == "failed_payments_30d" else f
+        for f in changed
     ]
     assert "run --write-lock" in d.check_registry_lock(bumped, lock)[0]
     assert d.check_registry_lock(bumped, d.registry_lock(bumped)) == []

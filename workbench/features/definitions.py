@@ -125,6 +125,19 @@ _CHARGES = (
     "WHERE account_id IS NULL OR account_id IN {{keys}})"
 )
 
+#: Payment attempts with ``known_at``: when the attempt's current status became known.
+#: A charge first recorded with its outcome (a card charge) is known at its creation; one
+#: first recorded as pending (bank debits) is known failed or succeeded from the first
+#: charge version carrying that status. Without charge versions (CSV, hand-made
+#: warehouses) an attempt is known at its creation.
+_ATTEMPTS = """(SELECT a0.*,
+        CASE WHEN k0.final_at > k0.first_at THEN k0.final_at ELSE a0.created END AS known_at
+    FROM {payment_attempts} a0 LEFT JOIN (
+        SELECT v.attempt_id, min(v.version_at) AS first_at,
+               min(CASE WHEN v.status = p.status THEN v.version_at END) AS final_at
+        FROM {charge_versions} v JOIN {payment_attempts} p ON p.attempt_id = v.attempt_id
+        GROUP BY v.attempt_id) k0 ON k0.attempt_id = a0.attempt_id)"""
+
 SOURCES: dict[str, Source] = {
     s.name: s
     for s in (
@@ -132,25 +145,36 @@ SOURCES: dict[str, Source] = {
             "attempts",
             "events",
             ("account_id", "invoice_id"),
-            ("payment_attempts", "invoices"),
+            ("payment_attempts", "charge_versions", "invoices"),
             """
-SELECT pa.attempt_id AS row_key,
+WITH att AS """
+            + _ATTEMPTS
+            + """,
+pa AS (
+  SELECT attempt_id AS row_key, account_id, invoice_id, known_at AS at, status, amount,
+         coalesce(decline_code, failure_code) AS decline_code, card_exp_month, card_exp_year, created
+  FROM att WHERE created IS NOT NULL
+  UNION ALL  -- a charge first recorded as pending was pending until its outcome was known
+  SELECT attempt_id || ':pending', account_id, invoice_id, created, 'pending', amount,
+         CAST(NULL AS VARCHAR), card_exp_month, card_exp_year, created
+  FROM att WHERE created IS NOT NULL AND known_at > created)
+SELECT pa.row_key,
        coalesce(pa.account_id, i.account_id) AS account_id,
        pa.invoice_id,
-       epoch_us(pa.created) AS ts_us,
+       epoch_us(pa.at) AS ts_us,
        pa.status,
        CAST(pa.amount AS DOUBLE) AS amount,
-       coalesce(pa.decline_code, pa.failure_code) AS decline_code,
+       pa.decline_code,
        CASE WHEN pa.card_exp_month BETWEEN 1 AND 12 AND pa.card_exp_year BETWEEN 1970 AND 2200
             THEN epoch_us(make_timestamp(CAST(pa.card_exp_year AS BIGINT), CAST(pa.card_exp_month AS BIGINT), 1, 0, 0, 0)
                           + INTERVAL 1 MONTH)
        END AS card_expires_us,
        CAST(date_part('day', pa.created AT TIME ZONE 'UTC') AS DOUBLE) AS day_of_month
-FROM {payment_attempts} pa
-LEFT JOIN {invoices} i ON i.invoice_id = pa.invoice_id
-WHERE pa.created IS NOT NULL""",
-            "Payment attempts (charges) at their created time; the card expires at the first "
-            "instant after its expiry month.",
+FROM pa
+LEFT JOIN {invoices} i ON i.invoice_id = pa.invoice_id""",
+            "Payment attempts (charges) at the time their status became known (their "
+            "creation, or for a charge first recorded as pending, the version reporting its "
+            "outcome); the card expires at the first instant after its expiry month.",
             pushdown=(
                 (
                     "account_id",
@@ -204,11 +228,13 @@ WHERE version_at IS NOT NULL""",
             "invoice_payments",
             "events",
             ("account_id", "invoice_id"),
-            ("invoices", "payment_attempts"),
+            ("invoices", "payment_attempts", "charge_versions"),
             """
 WITH ok AS (
-  SELECT invoice_id, min(created) AS succeeded_at
-  FROM {payment_attempts} WHERE status = 'succeeded' AND invoice_id IS NOT NULL
+  SELECT invoice_id, min(known_at) AS succeeded_at
+  FROM """
+            + _ATTEMPTS
+            + """ pa WHERE status = 'succeeded' AND invoice_id IS NOT NULL
   GROUP BY invoice_id)
 SELECT i.invoice_id AS row_key, i.invoice_id, i.account_id,
        epoch_us(least(i.paid_at, ok.succeeded_at)) AS ts_us,
@@ -232,15 +258,18 @@ WHERE least(i.paid_at, ok.succeeded_at) IS NOT NULL AND i.created IS NOT NULL"""
             "dunning_invoices",
             "intervals",
             ("account_id", "invoice_id"),
-            ("invoices", "payment_attempts"),
+            ("invoices", "payment_attempts", "charge_versions"),
             """
-WITH failed AS (
-  SELECT invoice_id, min(created) AS first_failed_at
-  FROM {payment_attempts} WHERE status = 'failed' AND invoice_id IS NOT NULL
+WITH att AS """
+            + _ATTEMPTS
+            + """,
+failed AS (
+  SELECT invoice_id, min(known_at) AS first_failed_at
+  FROM att WHERE status = 'failed' AND invoice_id IS NOT NULL
   GROUP BY invoice_id),
 ok AS (
-  SELECT invoice_id, min(created) AS succeeded_at
-  FROM {payment_attempts} WHERE status = 'succeeded' AND invoice_id IS NOT NULL
+  SELECT invoice_id, min(known_at) AS succeeded_at
+  FROM att WHERE status = 'succeeded' AND invoice_id IS NOT NULL
   GROUP BY invoice_id)
 SELECT i.invoice_id AS row_key, i.invoice_id, i.account_id,
        epoch_us(f.first_failed_at) AS ts_us,
@@ -266,16 +295,19 @@ LEFT JOIN ok ON ok.invoice_id = i.invoice_id""",
             "dunning_attempts",
             "intervals",
             ("account_id", "invoice_id"),
-            ("invoices", "payment_attempts"),
+            ("invoices", "payment_attempts", "charge_versions"),
             """
-WITH ok AS (
-  SELECT invoice_id, min(created) AS succeeded_at
-  FROM {payment_attempts} WHERE status = 'succeeded' AND invoice_id IS NOT NULL
+WITH pa AS """
+            + _ATTEMPTS
+            + """,
+ok AS (
+  SELECT invoice_id, min(known_at) AS succeeded_at
+  FROM pa WHERE status = 'succeeded' AND invoice_id IS NOT NULL
   GROUP BY invoice_id)
 SELECT pa.attempt_id AS row_key, i.invoice_id, coalesce(pa.account_id, i.account_id) AS account_id,
-       epoch_us(pa.created) AS ts_us,
+       epoch_us(pa.known_at) AS ts_us,
        epoch_us(least(i.paid_at, ok.succeeded_at, i.voided_at, i.marked_uncollectible_at)) AS valid_to_us
-FROM {payment_attempts} pa
+FROM pa
 JOIN {invoices} i ON i.invoice_id = pa.invoice_id
 LEFT JOIN ok ON ok.invoice_id = i.invoice_id
 WHERE pa.status = 'failed' AND pa.created IS NOT NULL""",
@@ -588,6 +620,7 @@ def _payments() -> list[Feature]:
             f"Failed payment attempts in the last {w} days.",
             filter=FAILED,
             window_days=w,
+            version=2,  # outcomes dated when known (pending debits)
         )
         for w in (7, 30, 60, 90)
     ]
@@ -602,6 +635,7 @@ def _payments() -> list[Feature]:
             "Succeeded payment attempts in the last 90 days.",
             filter="status = 'succeeded'",
             window_days=90,
+            version=2,  # outcomes dated when known (pending debits)
         ),
         _f(
             "payment_failure_rate_90d",
@@ -614,6 +648,7 @@ def _payments() -> list[Feature]:
             value="CASE WHEN status = 'failed' THEN 1.0 ELSE 0.0 END",
             filter=SETTLED,
             window_days=90,
+            version=2,  # outcomes dated when known (pending debits)
         ),
         _f(
             "days_since_last_successful_payment",
@@ -625,6 +660,7 @@ def _payments() -> list[Feature]:
             "Days since the last succeeded attempt (null: none yet).",
             filter="status = 'succeeded'",
             unit="days",
+            version=2,  # outcomes dated when known (pending debits)
         ),
         _f(
             "days_since_last_failed_payment",
@@ -636,6 +672,7 @@ def _payments() -> list[Feature]:
             "Days since the last failed attempt (null: none yet).",
             filter=FAILED,
             unit="days",
+            version=2,  # outcomes dated when known (pending debits)
         ),
         _f(
             "last_decline_code",
@@ -647,6 +684,7 @@ def _payments() -> list[Feature]:
             "Decline code (or failure code) of the last failed attempt.",
             value="decline_code",
             filter=FAILED,
+            version=2,  # outcomes dated when known (pending debits)
         ),
         _f(
             "card_days_until_expiry",
@@ -659,6 +697,7 @@ def _payments() -> list[Feature]:
             value="card_expires_us",
             filter="card_expires_us IS NOT NULL",
             unit="days",
+            version=2,  # outcomes dated when known (pending debits)
         ),
         _f(
             "card_expiring_30d",
@@ -671,6 +710,7 @@ def _payments() -> list[Feature]:
             inputs=("card_days_until_expiry",),
             op="le",
             constant=30.0,
+            version=2,  # outcomes dated when known (pending debits)
         ),
         _f(
             "payment_lag_days_avg_90d",
@@ -682,6 +722,7 @@ def _payments() -> list[Feature]:
             "Mean days from invoice creation to payment, invoices paid in the last 90 days.",
             value="lag_days",
             window_days=90,
+            version=2,  # outcomes dated when known (pending debits)
         ),
         _f(
             "dunning_invoices_open",
@@ -691,6 +732,7 @@ def _payments() -> list[Feature]:
             "state_count",
             "int64",
             "Invoices with a failed attempt not yet paid, voided or written off.",
+            version=2,  # outcomes dated when known (pending debits)
         ),
         _f(
             "dunning_amount_open",
@@ -701,6 +743,7 @@ def _payments() -> list[Feature]:
             "float64",
             "Amount due on those invoices, minor units of each invoice's currency.",
             value="amount_due",
+            version=2,  # outcomes dated when known (pending debits)
         ),
         _f(
             "retries_on_open_invoices",
@@ -710,6 +753,7 @@ def _payments() -> list[Feature]:
             "state_count",
             "int64",
             "Failed attempts so far on invoices still in dunning.",
+            version=2,  # outcomes dated when known (pending debits)
         ),
         _f(
             "failed_invoices_total",
@@ -720,6 +764,7 @@ def _payments() -> list[Feature]:
             "int64",
             "Invoices that have had a failed payment so far, all history (an invoice counts "
             "from its first failed attempt, whatever happened to it later).",
+            version=2,  # outcomes dated when known (pending debits)
         ),
     ]
     for group, codes in DECLINE_GROUPS.items():
@@ -736,6 +781,7 @@ def _payments() -> list[Feature]:
                 value=f"CASE WHEN decline_code IN {_sql_list(codes)} THEN 1.0 ELSE 0.0 END",
                 filter=FAILED,
                 window_days=90,
+                version=2,  # outcomes dated when known (pending debits)
             )
         )
     return out
@@ -1295,6 +1341,7 @@ def _invoice() -> list[Feature]:
             "int64",
             "Payment attempts made on the invoice so far.",
             **kw,
+            version=2,  # outcomes dated when known (pending debits)
         ),
         _f(
             "invoice_failed_attempts",
@@ -1306,6 +1353,7 @@ def _invoice() -> list[Feature]:
             "Failed attempts on the invoice so far.",
             filter=FAILED,
             **kw,
+            version=2,  # outcomes dated when known (pending debits)
         ),
         _f(
             "invoice_last_decline_code",
@@ -1318,6 +1366,7 @@ def _invoice() -> list[Feature]:
             value="decline_code",
             filter=FAILED,
             **kw,
+            version=2,  # outcomes dated when known (pending debits)
         ),
         _f(
             "invoice_hours_since_first_failure",
@@ -1330,6 +1379,7 @@ def _invoice() -> list[Feature]:
             filter=FAILED,
             unit="hours",
             **kw,
+            version=2,  # outcomes dated when known (pending debits)
         ),
         _f(
             "invoice_hours_since_last_failure",
@@ -1342,6 +1392,7 @@ def _invoice() -> list[Feature]:
             filter=FAILED,
             unit="hours",
             **kw,
+            version=2,  # outcomes dated when known (pending debits)
         ),
         _f(
             "invoice_hours_to_next_attempt",
@@ -1368,6 +1419,7 @@ def _invoice() -> list[Feature]:
             value="day_of_month",
             filter=FAILED,
             **kw,
+            version=2,  # outcomes dated when known (pending debits)
         ),
         _f(
             "invoice_failure_days_to_payday",
@@ -1382,6 +1434,7 @@ def _invoice() -> list[Feature]:
             value=PAYDAY_DAYS,
             filter=FAILED,
             **kw,
+            version=2,  # outcomes dated when known (pending debits)
         ),
     ]
 

@@ -32,7 +32,14 @@ import pyarrow as pa
 
 from workbench.engines import Engine, as_engine
 from workbench.features.definitions import PAYING_FILTER, SOURCES
-from workbench.features.offline import AS_OF, DAY_US, data_horizon, to_us, to_utc
+from workbench.features.offline import (
+    AS_OF,
+    DAY_US,
+    data_horizon,
+    to_us,
+    to_utc,
+    with_optional_tables,
+)
 
 CHURN_HORIZONS: tuple[int, ...] = (30, 90, 180)
 RECOVERY_HORIZONS: tuple[int, ...] = (7, 14, 30)
@@ -133,8 +140,10 @@ def recovery_labels(
     as_of_us = to_us(spine[AS_OF]) if n else np.zeros(0, dtype=np.int64)
     ids = pa.array(spine["invoice_id"].astype("string").to_numpy(na_value=None), type=pa.string())
     name = f"_wb_probe_{uuid.uuid4().hex[:12]}"
-    src = SOURCES["invoice_payments"].render(relations)
     engine = as_engine(con)
+    src = SOURCES["invoice_payments"].render(
+        with_optional_tables(engine, relations, {"charge_versions"})
+    )
     engine.register(
         name, pa.table({"_row": pa.array(np.arange(n, dtype=np.int64)), "invoice_id": ids})
     )

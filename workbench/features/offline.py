@@ -571,6 +571,11 @@ ANNOUNCE_WINDOW_S = 600
 #: Tables a warehouse may lack (ingestion's invoice history is written from Stripe events
 #: only; a warehouse assembled elsewhere may have none): read as empty when absent.
 OPTIONAL_TABLES: dict[str, str] = {
+    "charge_versions": (
+        "(SELECT CAST(NULL AS VARCHAR) AS event_id, CAST(NULL AS TIMESTAMPTZ) AS version_at, "
+        "CAST(NULL AS VARCHAR) AS attempt_id, CAST(NULL AS VARCHAR) AS account_id, "
+        "CAST(NULL AS VARCHAR) AS invoice_id, CAST(NULL AS VARCHAR) AS status WHERE 1 = 0)"
+    ),
     "invoice_versions": (
         "(SELECT CAST(NULL AS VARCHAR) AS event_id, CAST(NULL AS TIMESTAMPTZ) AS version_at, "
         "CAST(NULL AS VARCHAR) AS invoice_id, CAST(NULL AS VARCHAR) AS account_id, "
@@ -625,7 +630,9 @@ def recovery_spine(
         Columns ``invoice_id``, ``account_id``, ``subscription_id``, ``as_of``, sorted by
         ``as_of`` then ``invoice_id``.
     """
-    relations = with_optional_tables(as_engine(con), relations, {"invoice_versions"})
+    relations = with_optional_tables(
+        as_engine(con), relations, {"invoice_versions", "charge_versions"}
+    )
     src = SOURCES["dunning_attempts" if each_attempt else "dunning_invoices"].render(relations)
     inv = relations.get("invoices", "invoices")
     versions = relations.get("invoice_versions", "invoice_versions")
@@ -680,7 +687,7 @@ def snapshot_spine(
         Columns ``<entity>`` and ``as_of`` (the same time on every row).
     """
     t = int(to_us(to_utc([as_of]))[0])
-    r = relations or {}
+    r = with_optional_tables(as_engine(con), relations, {"charge_versions"})
     if entity == "account_id":
         sql = (
             f"SELECT account_id FROM ({SOURCES['account_facts'].render(r)}) WHERE ts_us <= {t} "
@@ -733,7 +740,17 @@ def known_at(t, *, tables: Iterable[str] | None = None) -> dict[str, str]:
         return f"CASE WHEN {col} <= {lit} THEN {col} END AS {col}"
 
     rel = {
-        "payment_attempts": f"(SELECT * FROM payment_attempts WHERE created <= {lit})",
+        # a charge's status as of t: its latest version by t (a charge first recorded as
+        # pending is still pending); without versions by t, the status it has
+        "payment_attempts": (
+            "(SELECT pa.* REPLACE (coalesce(k.status_then, pa.status) AS status) "
+            "FROM payment_attempts pa LEFT JOIN (SELECT attempt_id, status AS status_then FROM ("
+            "SELECT attempt_id, status, row_number() OVER (PARTITION BY attempt_id "
+            "ORDER BY version_at DESC, event_id DESC) AS rn FROM charge_versions "
+            f"WHERE version_at <= {lit}) WHERE rn = 1) k ON k.attempt_id = pa.attempt_id "
+            f"WHERE pa.created <= {lit})"
+        ),
+        "charge_versions": f"(SELECT * FROM charge_versions WHERE version_at <= {lit})",
         "invoices": (
             "(SELECT * REPLACE ("
             + ", ".join(

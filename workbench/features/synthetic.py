@@ -132,6 +132,33 @@ def _round(us: np.ndarray, resolution_us: int) -> np.ndarray:
     return (np.asarray(us, dtype=np.int64) // resolution_us) * resolution_us
 
 
+def _charge_versions(
+    attempts: pd.DataFrame, pending_share: float, seed: int, resolution_us: int, t_end: int
+) -> pd.DataFrame:
+    """Ingestion's charge history for ``attempts``: one version at creation with the
+    outcome, or for ``pending_share`` of them (drawn from their own stream, so the rest of
+    the warehouse does not move) a ``pending`` version at creation and the outcome 1 to 72
+    hours later (not recorded when that is after ``t_end``: still pending then)."""
+    base = attempts.drop(columns=["attempt_number"])
+    first = base.assign(event_id="evt_" + base["attempt_id"], version_at=base["created"])
+    if pending_share <= 0:
+        return first
+    rng = np.random.default_rng([seed, 71])
+    pending = rng.random(len(base)) < pending_share
+    lag_us = rng.integers(3_600, 72 * 3_600, size=len(base)) * 1_000_000
+    since = base["created"] - pd.Timestamp(0, tz="UTC")
+    created_us = (since // pd.Timedelta(microseconds=1)).to_numpy(dtype=np.int64)
+    done_us = _round(created_us + lag_us, resolution_us)
+    first.loc[pending, ["status", "failure_code", "decline_code"]] = ["pending", None, None]
+    known = pending & (done_us <= t_end)
+    later = base[known].copy()
+    later["event_id"] = "evt_" + later["attempt_id"] + "_outcome"
+    later["version_at"] = _ts(done_us[known]).set_axis(later.index)
+    still = pending & (done_us > t_end)
+    attempts.loc[still, ["status", "failure_code", "decline_code"]] = ["pending", None, None]
+    return pd.concat([first, later], ignore_index=True)
+
+
 def random_warehouse(
     con: duckdb.DuckDBPyConnection,
     *,
@@ -147,6 +174,7 @@ def random_warehouse(
     dispute_rate: float = 0.006,
     trial_prob: float = 0.2,
     resolution_us: int = 1_000_000,
+    pending_share: float = 0.0,
 ) -> WarehouseSize:
     """Fill the canonical tables with a random company observed from ``start`` to ``end``.
 
@@ -164,6 +192,9 @@ def random_warehouse(
         dispute_rate: Base share of succeeded payments disputed later (raised by risk).
         trial_prob: Share of subscriptions starting with a 14-day trial.
         resolution_us: Times are rounded down to this (1 s like Stripe; 1 for µs).
+        pending_share: Share of payment attempts first recorded as ``pending`` (bank
+            debits), their outcome recorded 1 to 72 hours later (``charge_versions``;
+            every other charge has one version, at its creation, with its outcome).
 
     Returns:
         The row counts written.
@@ -174,6 +205,7 @@ def random_warehouse(
     from workbench.ingest.tables import INTERNAL  # here: the ingest package loads pandera
 
     con.execute(INTERNAL["invoice_versions"].ddl())
+    con.execute(INTERNAL["charge_versions"].ddl())
     t_start, t_end = _epoch_us(start), _epoch_us(end)
     n = n_accounts
     acc_ids = np.array([f"cus_{seed % 1000:03d}{i:07d}" for i in range(n)], dtype=object)
@@ -626,7 +658,9 @@ def random_warehouse(
         }
     )
 
+    charge_versions = _charge_versions(attempts, pending_share, seed, resolution_us, t_end)
     for table, frame in (
+        ("charge_versions", charge_versions),
         ("accounts", accounts),
         ("prices", prices),
         ("subscription_history", h),
