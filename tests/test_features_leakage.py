@@ -262,3 +262,41 @@ def test_a_charge_pending_at_t_is_not_a_failure_at_t() -> None:
     assert inv not in set(recovery_spine(con, end=mid)["invoice_id"])
     first = recovery_spine(con).set_index("invoice_id").loc[inv, "as_of"]
     assert first >= pd.Timestamp(failed_at).tz_convert("UTC")
+
+
+def test_an_amount_changed_after_t_is_not_known_at_t() -> None:
+    """A credit note halves an invoice in dunning: before it, the invoice's amount is the
+    original one (on the full warehouse and on what was known then); after it, the new one.
+    The account's amount in dunning stays the amount recorded at the first failure."""
+    con = duckdb.connect()
+    random_warehouse(con, n_accounts=30, start=START, end=END, seed=4)
+    inv, acc, created, amount, failed = con.execute(
+        """SELECT i.invoice_id, i.account_id, i.created, i.amount_due, min(p.created)
+           FROM invoices i JOIN payment_attempts p USING (invoice_id)
+           WHERE p.status = 'failed'
+           GROUP BY i.invoice_id, i.account_id, i.created, i.amount_due, i.paid_at,
+                    i.voided_at, i.marked_uncollectible_at
+           HAVING coalesce(least(i.paid_at, i.voided_at, i.marked_uncollectible_at),
+                           TIMESTAMPTZ '2100-01-01') > min(p.created) + INTERVAL 4 DAY
+              AND min(p.created) < TIMESTAMPTZ '2024-02-01'
+           ORDER BY i.created LIMIT 1"""
+    ).fetchone()
+    credit = pd.Timestamp(failed).tz_convert("UTC") + pd.Timedelta(days=2)
+    for at, due in ((created, amount), (credit, amount // 2)):
+        con.execute(
+            "INSERT INTO invoice_versions (event_id, version_at, invoice_id, account_id, amount_due) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [f"evt_{due}", at, inv, acc, due],
+        )
+    con.execute("UPDATE invoices SET amount_due = ? WHERE invoice_id = ?", [amount // 2, inv])
+    before, after = credit - pd.Timedelta(hours=1), credit + pd.Timedelta(hours=1)
+    spine = pd.DataFrame({"invoice_id": [inv, inv], "as_of": [before, after]})
+    got = build_features(con, spine, features=["invoice_amount_due"])["invoice_amount_due"]
+    assert got.tolist() == [amount, amount // 2]
+    known = build_features(con, spine.head(1), features=["invoice_amount_due"],
+                           relations=known_at(before))  # fmt: skip
+    assert known["invoice_amount_due"].tolist() == [amount]
+    accounts = pd.DataFrame({"account_id": [acc, acc], "as_of": [before, after]})
+    open_amount = build_features(con, accounts, features=["dunning_amount_open"])
+    assert open_amount["dunning_amount_open"].iloc[0] >= amount
+    assert open_amount["dunning_amount_open"].iloc[1] == open_amount["dunning_amount_open"].iloc[0]

@@ -138,6 +138,17 @@ _ATTEMPTS = """(SELECT a0.*,
         FROM {charge_versions} v JOIN {payment_attempts} p ON p.attempt_id = v.attempt_id
         GROUP BY v.attempt_id) k0 ON k0.attempt_id = a0.attempt_id)"""
 
+#: Invoice amounts as recorded: every invoice version that carries ``amount_due`` (a credit
+#: note or an edit changes it later), and for an invoice with no such version (CSV,
+#: hand-made warehouses) its current amount at its creation.
+_AMOUNTS = """(SELECT v.invoice_id, v.version_at AS at, v.amount_due
+    FROM {invoice_versions} v WHERE v.amount_due IS NOT NULL AND v.version_at IS NOT NULL
+    UNION ALL
+    SELECT i.invoice_id, i.created, i.amount_due FROM {invoices} i
+    WHERE i.created IS NOT NULL AND i.invoice_id NOT IN (
+        SELECT invoice_id FROM {invoice_versions}
+        WHERE amount_due IS NOT NULL AND invoice_id IS NOT NULL))"""
+
 SOURCES: dict[str, Source] = {
     s.name: s
     for s in (
@@ -206,6 +217,25 @@ WHERE created IS NOT NULL""",
             ),
         ),
         Source(
+            "invoice_amounts",
+            "events",
+            ("account_id", "invoice_id"),
+            ("invoice_versions", "invoices"),
+            """
+SELECT a.invoice_id || ':' || CAST(epoch_us(a.at) AS VARCHAR) AS row_key, a.invoice_id,
+       i.account_id, epoch_us(a.at) AS ts_us, CAST(a.amount_due AS DOUBLE) AS amount_due
+FROM """
+            + _AMOUNTS
+            + """ a JOIN {invoices} i ON i.invoice_id = a.invoice_id""",
+            "The amount due on each invoice as recorded over time (each invoice version "
+            "carrying one; the current amount at creation where the warehouse has none).",
+            pushdown=(
+                ("account_id", "invoices", "account_id IN {keys}"),
+                ("invoice_id", "invoices", "invoice_id IN {keys}"),
+                ("invoice_id", "invoice_versions", "invoice_id IN {keys}"),
+            ),
+        ),
+        Source(
             "invoice_announcements",
             "events",
             ("account_id", "invoice_id"),
@@ -258,7 +288,7 @@ WHERE least(i.paid_at, ok.succeeded_at) IS NOT NULL AND i.created IS NOT NULL"""
             "dunning_invoices",
             "intervals",
             ("account_id", "invoice_id"),
-            ("invoices", "payment_attempts", "charge_versions"),
+            ("invoices", "payment_attempts", "charge_versions", "invoice_versions"),
             """
 WITH att AS """
             + _ATTEMPTS
@@ -270,13 +300,21 @@ failed AS (
 ok AS (
   SELECT invoice_id, min(known_at) AS succeeded_at
   FROM att WHERE status = 'succeeded' AND invoice_id IS NOT NULL
-  GROUP BY invoice_id)
+  GROUP BY invoice_id),
+amounts AS """
+            + _AMOUNTS
+            + """,
+known AS (  -- the amount as recorded at the first failure: the latest record by then
+  SELECT f.invoice_id, a.amount_due,
+         row_number() OVER (PARTITION BY f.invoice_id ORDER BY a.at DESC, a.amount_due) AS rn
+  FROM failed f JOIN amounts a ON a.invoice_id = f.invoice_id AND a.at <= f.first_failed_at)
 SELECT i.invoice_id AS row_key, i.invoice_id, i.account_id,
        epoch_us(f.first_failed_at) AS ts_us,
        epoch_us(least(i.paid_at, ok.succeeded_at, i.voided_at, i.marked_uncollectible_at)) AS valid_to_us,
-       CAST(i.amount_due AS DOUBLE) AS amount_due
+       CAST(k.amount_due AS DOUBLE) AS amount_due
 FROM {invoices} i
 JOIN failed f ON f.invoice_id = i.invoice_id
+LEFT JOIN known k ON k.invoice_id = i.invoice_id AND k.rn = 1
 LEFT JOIN ok ON ok.invoice_id = i.invoice_id""",
             "Invoices in dunning: from their first failed attempt until paid, voided or "
             "marked uncollectible (status is never read: it is the current state).",
@@ -732,7 +770,7 @@ def _payments() -> list[Feature]:
             "state_count",
             "int64",
             "Invoices with a failed attempt not yet paid, voided or written off.",
-            version=2,  # outcomes dated when known (pending debits)
+            version=3,  # outcomes dated when known; amounts as recorded then
         ),
         _f(
             "dunning_amount_open",
@@ -741,9 +779,10 @@ def _payments() -> list[Feature]:
             "dunning_invoices",
             "state_sum",
             "float64",
-            "Amount due on those invoices, minor units of each invoice's currency.",
+            "Amount due on those invoices as recorded at their first failure, minor units of "
+            "each invoice's currency.",
             value="amount_due",
-            version=2,  # outcomes dated when known (pending debits)
+            version=3,  # outcomes dated when known; amounts as recorded then
         ),
         _f(
             "retries_on_open_invoices",
@@ -764,7 +803,7 @@ def _payments() -> list[Feature]:
             "int64",
             "Invoices that have had a failed payment so far, all history (an invoice counts "
             "from its first failed attempt, whatever happened to it later).",
-            version=2,  # outcomes dated when known (pending debits)
+            version=3,  # outcomes dated when known; amounts as recorded then
         ),
     ]
     for group, codes in DECLINE_GROUPS.items():
@@ -1292,11 +1331,12 @@ def _invoice() -> list[Feature]:
             "invoice_amount_due",
             INV,
             "invoice",
-            "invoice_facts",
+            "invoice_amounts",
             "latest",
             "float64",
-            "Amount due on the invoice, minor units.",
+            "Amount due on the invoice as recorded at the time, minor units.",
             value="amount_due",
+            version=2,  # the amount as recorded at the time
             **kw,
         ),
         _f(

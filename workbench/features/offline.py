@@ -579,8 +579,8 @@ OPTIONAL_TABLES: dict[str, str] = {
     "invoice_versions": (
         "(SELECT CAST(NULL AS VARCHAR) AS event_id, CAST(NULL AS TIMESTAMPTZ) AS version_at, "
         "CAST(NULL AS VARCHAR) AS invoice_id, CAST(NULL AS VARCHAR) AS account_id, "
-        "CAST(NULL AS TIMESTAMPTZ) AS next_payment_attempt, CAST(NULL AS VARCHAR) AS status "
-        "WHERE 1 = 0)"
+        "CAST(NULL AS TIMESTAMPTZ) AS next_payment_attempt, CAST(NULL AS VARCHAR) AS status, "
+        "CAST(NULL AS BIGINT) AS amount_due WHERE 1 = 0)"
     ),
 }
 
@@ -687,7 +687,7 @@ def snapshot_spine(
         Columns ``<entity>`` and ``as_of`` (the same time on every row).
     """
     t = int(to_us(to_utc([as_of]))[0])
-    r = with_optional_tables(as_engine(con), relations, {"charge_versions"})
+    r = with_optional_tables(as_engine(con), relations, {"charge_versions", "invoice_versions"})
     if entity == "account_id":
         sql = (
             f"SELECT account_id FROM ({SOURCES['account_facts'].render(r)}) WHERE ts_us <= {t} "
