@@ -144,3 +144,47 @@ def test_cli_exit_codes_and_params(project: Path) -> None:
     result = cli.invoke(main, ["run", "01", "-f", str(params_file), "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "Run " in result.output and "01_first" in result.output
+
+
+def _index_row(settings, run_id: str) -> str:
+    index = (settings.reports_dir / "index.html").read_text()
+    return next(row for row in index.split("<tr>") if f"<td>{run_id}</td>" in row)
+
+
+def test_a_dead_kernel_marks_the_step_and_the_run_failed(project: Path) -> None:
+    _notebook(
+        project / "notebooks" / "02_second.ipynb",
+        "fail: bool = False  # raise on purpose",
+        "import os\nos._exit(1)",
+    )
+    settings = load_settings(project)
+    with pytest.raises(StepFailed, match="DeadKernelError") as info:
+        run_pipeline(settings=settings, run_id="dead-kernel", progress=False)
+    assert "workbench run 02_second --run-id dead-kernel" in str(info.value)
+    saved = json.loads((settings.reports_dir / "dead-kernel" / "manifest.json").read_text())
+    assert saved["status"] == "failed"
+    assert [s["status"] for s in saved["steps"]] == ["ok", "failed", "skipped"]
+    assert "DeadKernelError" in saved["steps"][1]["error"]
+    assert "<td>failed</td>" in _index_row(settings, "dead-kernel")
+
+
+def test_an_interrupted_run_is_recorded_failed_and_re_raised(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import papermill
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(papermill, "execute_notebook", interrupted)
+    settings = load_settings(project)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(["01", "03"], settings=settings, run_id="stopped", progress=False)
+    saved = json.loads((settings.reports_dir / "stopped" / "manifest.json").read_text())
+    assert saved["status"] == "failed"
+    assert [s["status"] for s in saved["steps"]] == ["failed", "skipped"]
+    assert saved["steps"][0]["error"].startswith("KeyboardInterrupt")
+    assert "<td>failed</td>" in _index_row(settings, "stopped")
+    result = CliRunner().invoke(main, ["run", "01", "--run-id", "stopped-cli", "--no-progress"])
+    assert result.exit_code == 130
+    assert "interrupted" in result.output and "workbench run 01_first" in result.output

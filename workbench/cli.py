@@ -129,6 +129,10 @@ def run_cmd(ctx: click.Context, steps: tuple[str, ...], pairs, files, run_id, no
     except (StepFailed, StepBlocked) as exc:
         click.echo(f"Run stopped. {exc}", err=True)
         sys.exit(1)
+    except KeyboardInterrupt as exc:
+        notes = " ".join(getattr(exc, "__notes__", []))
+        click.echo(f"Run interrupted. {notes}".strip(), err=True)
+        sys.exit(130)
     run_dir = Path(settings.reports_dir) / manifest.run_id
     click.echo(f"Run {manifest.run_id} ok in {manifest.duration_s:.0f} s.")
     for step in manifest.steps:

@@ -8,7 +8,9 @@ every run, newest first.
 
 A failing cell stops the run: papermill still writes the failed notebook with the
 error marked at the top, the manifest records the failure, and :class:`StepFailed`
-is raised (the CLI exits non-zero). Unknown parameters are an error, not a warning.
+is raised (the CLI exits non-zero). A step that stops any other way (its kernel dies,
+a timeout) is recorded and raised the same way; Ctrl-C is recorded as a failed step,
+then re-raised. Unknown parameters are an error, not a warning.
 """
 
 from __future__ import annotations
@@ -72,10 +74,21 @@ class StepBlocked(RuntimeError):
 class StepFailed(RuntimeError):
     """A notebook failed; the executed notebook with the error is in the run folder."""
 
-    def __init__(self, step: str, output: Path, message: str) -> None:
-        super().__init__(
-            f"step {step} failed: {message}\nThe failed notebook, with the error at the top, is {output}"
+    def __init__(
+        self,
+        step: str,
+        output: Path,
+        message: str,
+        *,
+        where: str | None = None,
+        rerun: str | None = None,
+    ) -> None:
+        text = f"step {step} failed: {message}\n" + (
+            where or f"The failed notebook, with the error at the top, is {output}"
         )
+        if rerun:
+            text += f"\nFix the cause, then re-run the step: {rerun}"
+        super().__init__(text)
         self.step = step
         self.output = output
 
@@ -416,6 +429,7 @@ def run_pipeline(
     )
     t_run = time.perf_counter()
     failure: StepFailed | StepBlocked | None = None
+    interrupted: BaseException | None = None  # Ctrl-C or an exit: re-raised as it is
     blocked = _blocked_steps(settings)
     try:
         for nb, record in zip(notebooks, manifest.steps, strict=True):
@@ -432,6 +446,7 @@ def run_pipeline(
             out = run_dir / nb.name
             log.info("run %s: step %s", run_id, nb.stem)
             t0 = time.perf_counter()
+            rerun = f"workbench run {nb.stem} --run-id {run_id}"
             try:
                 pm.execute_notebook(
                     str(nb),
@@ -447,7 +462,30 @@ def run_pipeline(
             except PapermillExecutionError as exc:
                 record.status = "failed"
                 record.error = f"{exc.ename}: {exc.evalue}"
-                failure = StepFailed(nb.stem, out, record.error)
+                failure = StepFailed(nb.stem, out, record.error, rerun=rerun)
+            except BaseException as exc:
+                # A dead kernel, a timeout, Ctrl-C: the step did not finish either.
+                record.status = "failed"
+                record.error = f"{type(exc).__name__}: {exc}".rstrip(": ")
+                if isinstance(exc, Exception):
+                    failure = StepFailed(
+                        nb.stem,
+                        out,
+                        f"{record.error} (the step stopped before its notebook finished)",
+                        where=(
+                            f"The notebook as far as it ran is {out}"
+                            if out.exists()
+                            else "No executed notebook was written."
+                        ),
+                        rerun=rerun,
+                    )
+                    failure.__cause__ = exc
+                else:
+                    exc.add_note(
+                        f"run {run_id}: step {nb.stem} was stopped and is marked failed in "
+                        f"{manifest_path}; re-run it with `{rerun}`"
+                    )
+                    interrupted = exc
             finally:
                 record.duration_s = round(time.perf_counter() - t0, 2)
                 record.finished_at = _now()
@@ -456,7 +494,7 @@ def run_pipeline(
                     html_path = render_html(out, out.with_suffix(".html"))
                     record.outputs.append(str(html_path.relative_to(settings.reports_dir)))
                 manifest_path.write_text(manifest.to_json())
-            if failure:
+            if failure or interrupted:
                 for later in manifest.steps:
                     if later.status == "pending":
                         later.status = "skipped"
@@ -464,11 +502,13 @@ def run_pipeline(
     finally:
         os.environ.clear()
         os.environ.update(env_backup)
-        manifest.status = "failed" if failure else "ok"
+        manifest.status = "ok" if all(s.status == "ok" for s in manifest.steps) else "failed"
         manifest.finished_at = _now()
         manifest.duration_s = round(time.perf_counter() - t_run, 2)
         manifest_path.write_text(manifest.to_json())
         write_index(Path(settings.reports_dir))
+    if interrupted is not None:
+        raise interrupted
     if failure:
         raise failure
     return manifest
