@@ -23,7 +23,16 @@ from workbench.runner import pipeline_notebooks, run_pipeline
 from workbench.store import read_snapshot
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {"accounts": 150, "months": 30, "seed": 3, "horizon": 3, "n_windows": 2}
+# seed is declared by 00, 05 and 06: a shared name is given per step
+TINY = {
+    "accounts": 150,
+    "months": 30,
+    "00.seed": 3,
+    "05.seed": 3,
+    "06.seed": 3,
+    "horizon": 3,
+    "n_windows": 2,
+}
 
 pytestmark = pytest.mark.slow
 

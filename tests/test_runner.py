@@ -14,6 +14,7 @@ from workbench.config import load_settings
 from workbench.runner import (
     RunnerError,
     StepFailed,
+    bind_parameters,
     notebook_parameters,
     resolve_steps,
     run_pipeline,
@@ -188,3 +189,39 @@ def test_an_interrupted_run_is_recorded_failed_and_re_raised(
     result = CliRunner().invoke(main, ["run", "01", "--run-id", "stopped-cli", "--no-progress"])
     assert result.exit_code == 130
     assert "interrupted" in result.output and "workbench run 01_first" in result.output
+
+
+def test_a_name_several_steps_declare_must_be_scoped_to_one(project: Path) -> None:
+    _notebook(project / "notebooks" / "04_fourth.ipynb", "n: int = 1  # another n", "print(n)")
+    both = resolve_steps(project, ["01", "04"])
+    with pytest.raises(RunnerError, match=r"n is declared by 01_first, 04_fourth.*-p 01\.n=5"):
+        bind_parameters(both, {"n": "5"})
+    bound = bind_parameters(both, {"01.n": "5", "04_fourth.n": "6", "label": "y"})
+    assert [bound[nb] for nb in both] == [{"n": 5, "label": "y"}, {"n": 6}]
+    assert bind_parameters(both, {"fourth.n": "7", "01_first.n": "8"})[both[1]] == {"n": 7}
+    # one selected step declaring the name: the bare name is enough
+    (fourth,) = resolve_steps(project, ["04"])
+    assert bind_parameters([fourth], {"n": "8"}) == {fourth: {"n": 8}}
+    with pytest.raises(RunnerError, match=r"01\.n: 01 is not a step of this run"):
+        bind_parameters([fourth], {"01.n": "8"})
+    with pytest.raises(RunnerError, match=r"unknown parameter\(s\) 04\.label"):
+        bind_parameters(both, {"04.label": "z"})
+    # through the CLI, as README shows it
+    result = CliRunner().invoke(main, ["run", "01", "04", "-p", "n=3", "--no-progress"])
+    assert result.exit_code != 0 and "-p 01.n=3" in result.output
+
+
+def test_the_pipeline_notebooks_shared_names_need_a_step(repo_root: Path) -> None:
+    from test_pipeline_notebooks import TINY
+
+    notebooks = resolve_steps(repo_root, None)
+    with pytest.raises(RunnerError, match=r"00_simulate, 02_revenue, 03_features, 08_anomalies"):
+        bind_parameters(notebooks, {"start": "2024-06-01"})
+    bound = bind_parameters(notebooks, {"02.start": "2024-06-01"})
+    assert [nb.stem for nb in notebooks if "start" in bound[nb]] == ["02_revenue"]
+    bound = bind_parameters(notebooks, TINY)  # the pipeline test's parameters
+    assert {nb.stem[:2]: bound[nb]["seed"] for nb in notebooks if "seed" in bound[nb]} == {
+        "00": 3,
+        "05": 3,
+        "06": 3,
+    }

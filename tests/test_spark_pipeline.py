@@ -28,7 +28,7 @@ from workbench.runner import run_pipeline  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = ["00", "01", "02", "04", "05"]
-TINY = {"accounts": 150, "months": 30, "seed": 3, "horizon": 3, "n_windows": 2}
+TINY = {"accounts": 150, "months": 30, "00.seed": 3, "05.seed": 3, "horizon": 3, "n_windows": 2}
 
 pytestmark = pytest.mark.slow
 

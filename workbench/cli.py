@@ -97,8 +97,9 @@ def params_cmd(ctx: click.Context, step: str) -> None:
     "--param",
     "pairs",
     multiple=True,
-    metavar="NAME=VALUE",
-    help="A notebook parameter (repeatable).",
+    metavar="[STEP.]NAME=VALUE",
+    help="A notebook parameter (repeatable). A name several selected steps declare "
+    "needs its step: 02.start=2024-06-01.",
 )
 @click.option(
     "-f",

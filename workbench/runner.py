@@ -209,16 +209,52 @@ def resolve_steps(root: Path, steps: Sequence[str] | None) -> list[Path]:
     return sorted(dict.fromkeys(chosen), key=lambda p: order.get(p, len(order)))
 
 
+def _is_step(notebook: Path, prefix: str) -> bool:
+    """Whether ``prefix`` names this notebook: its number, its name or its stem."""
+    return prefix in (notebook.stem, notebook.stem[:2], notebook.stem[3:])
+
+
 def bind_parameters(
     notebooks: Sequence[Path], given: Mapping[str, Any]
 ) -> dict[Path, dict[str, Any]]:
     """Give each notebook the parameters it declares, typed.
 
+    A name is either bare (``start``), for the one selected notebook that declares it, or
+    scoped to a step (``02.start``, ``02_revenue.start`` or ``revenue.start``). A scoped
+    value wins over a bare one for its step.
+
     Raises:
-        RunnerError: A given parameter is declared by none of the notebooks.
+        RunnerError: A given parameter is declared by none of the notebooks; a scoped one
+            names a step that is not selected; a bare one is declared by more than one of
+            the selected notebooks (the message shows the scoped form).
     """
     declared = {nb: {p.name: p for p in notebook_parameters(nb)} for nb in notebooks}
-    unknown = set(given) - {name for params in declared.values() for name in params}
+    bare: list[tuple[Path, str, Any]] = []
+    scoped: list[tuple[Path, str, Any]] = []
+    unknown: list[str] = []
+    ambiguous: dict[str, list[Path]] = {}
+    for key, value in given.items():
+        if "." in key:
+            prefix, name = key.split(".", 1)
+            steps = [nb for nb in notebooks if _is_step(nb, prefix)]
+            if not steps:
+                raise RunnerError(
+                    f"parameter {key}: {prefix} is not a step of this run "
+                    f"({', '.join(nb.stem for nb in notebooks)}); put a selected step's number "
+                    f"or name before the dot"
+                )
+            if name in declared[steps[0]]:
+                scoped.append((steps[0], name, value))
+            else:
+                unknown.append(key)
+            continue
+        owners = [nb for nb, params in declared.items() if key in params]
+        if not owners:
+            unknown.append(key)
+        elif len(owners) > 1:
+            ambiguous[key] = owners
+        else:
+            bare.append((owners[0], key, value))
     if unknown:
         listing = "; ".join(
             f"{nb.stem}: {', '.join(ps) or '(none)'}" for nb, ps in declared.items()
@@ -226,10 +262,19 @@ def bind_parameters(
         raise RunnerError(
             f"unknown parameter(s) {', '.join(sorted(unknown))}. Parameters by step: {listing}"
         )
-    return {
-        nb: {name: params[name].coerce(value) for name, value in given.items() if name in params}
-        for nb, params in declared.items()
-    }
+    if ambiguous:
+        raise RunnerError(
+            " ".join(
+                f"parameter {name} is declared by {', '.join(nb.stem for nb in owners)}: say which step "
+                f"it is for, e.g. -p {owners[0].stem[:2]}.{name}={given[name]} "
+                f"(a step's number or name, a dot, the parameter; repeat for each step)."
+                for name, owners in ambiguous.items()
+            )
+        )
+    bound: dict[Path, dict[str, Any]] = {nb: {} for nb in notebooks}
+    for nb, name, value in bare + scoped:
+        bound[nb][name] = declared[nb][name].coerce(value)
+    return bound
 
 
 # --------------------------------------------------------------------------- records
