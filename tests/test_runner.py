@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import date
 from pathlib import Path
 
 import nbformat
@@ -12,6 +13,7 @@ from click.testing import CliRunner
 from workbench.cli import main
 from workbench.config import load_settings
 from workbench.runner import (
+    Parameter,
     RunnerError,
     StepFailed,
     bind_parameters,
@@ -225,3 +227,39 @@ def test_the_pipeline_notebooks_shared_names_need_a_step(repo_root: Path) -> Non
         "05": 3,
         "06": 3,
     }
+
+
+def test_values_that_are_not_text_are_checked_against_the_declared_type(project: Path) -> None:
+    def param(kind: str) -> Parameter:
+        return Parameter(name="x", type=kind, default="", help="a parameter")
+
+    assert param("str").coerce(95) == "95"  # levels: 95 in a YAML file
+    assert param("str").coerce(date(2024, 6, 1)) == "2024-06-01"  # start: 2024-06-01
+    assert param("str | None").coerce(None) is None
+    assert param("int").coerce(12.0) == 12 and isinstance(param("int").coerce(12.0), int)
+    assert param("float").coerce(3) == 3.0 and isinstance(param("float").coerce(3), float)
+    assert param("bool").coerce(False) is False
+    for kind, value in [
+        ("int", 12.7),
+        ("int", True),
+        ("int", None),
+        ("float", False),
+        ("bool", 1),
+        ("bool", "maybe"),
+        ("str", True),  # YAML's yes/no
+        ("str", 1.10),  # a version number YAML read as 1.1
+        ("str", None),
+        ("str", [80, 95]),
+    ]:
+        with pytest.raises(RunnerError, match=rf"parameter x is {kind}; "):
+            param(kind).coerce(value)
+    cli = CliRunner()
+    params_file = project / "p.yaml"
+    params_file.write_text("n: 12.7\n")
+    result = cli.invoke(main, ["run", "01", "-f", str(params_file), "--no-progress"])
+    assert result.exit_code != 0 and "parameter n is int; 12.7" in result.output
+    params_file.write_text("n: 3\nlabel: 95\n")
+    result = cli.invoke(main, ["run", "01", "-f", str(params_file), "--run-id", "yaml-typed"])
+    assert result.exit_code == 0, result.output
+    saved = json.loads((project / "reports" / "yaml-typed" / "manifest.json").read_text())
+    assert saved["steps"][0]["parameters"] == {"n": 3, "label": "95", "run_id": "yaml-typed"}

@@ -26,7 +26,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -106,14 +106,18 @@ class Parameter:
     help: str  # the trailing comment
 
     def coerce(self, raw: Any) -> Any:
-        """Convert a value given on the command line (a string) to this parameter's type.
+        """Convert a value to this parameter's type.
+
+        Text (from ``-p``) is parsed; other values (from a YAML file, or papermill's own
+        parsing) are checked, and converted only where nothing is lost: an integer for a
+        float, an integral float for an int, an integer or a date for text.
 
         Raises:
             RunnerError: The value does not fit the type.
         """
-        if not isinstance(raw, str):
-            return raw
         kind = self.type.replace(" ", "")
+        if not isinstance(raw, str):
+            return self._check(raw, kind)
         try:
             if kind == "int":
                 return int(raw)
@@ -133,6 +137,43 @@ class Parameter:
         except (ValueError, SyntaxError) as exc:
             raise RunnerError(f"parameter {self.name} is {self.type}; {raw!r} is not one") from exc
         return raw
+
+    def _check(self, raw: Any, kind: str) -> Any:
+        integral = isinstance(raw, int) and not isinstance(raw, bool)
+        if kind == "int":
+            if integral:
+                return raw
+            if isinstance(raw, float) and raw.is_integer():
+                return int(raw)
+        elif kind == "float":
+            if isinstance(raw, float) or (integral and float(raw) == raw):
+                return float(raw)
+        elif kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+        elif kind in ("str", "str|None", "Optional[str]"):
+            if raw is None and kind != "str":
+                return None
+            if integral:
+                return str(raw)
+            if isinstance(raw, date):  # a YAML date or timestamp
+                return raw.isoformat()
+        elif kind.startswith(("list", "dict", "tuple", "int|None")):
+            if kind.startswith("int|None") and (raw is None or integral):
+                return raw
+            if kind.startswith("list") and isinstance(raw, list):
+                return raw
+            if kind.startswith("dict") and isinstance(raw, dict):
+                return raw
+            if kind.startswith("tuple") and isinstance(raw, list | tuple):
+                return tuple(raw)
+        else:
+            return raw  # a type this check does not know
+        hint = " (quote it to pass it as text)" if kind.startswith("str") else ""
+        raise RunnerError(
+            f"parameter {self.name} is {self.type}; {raw!r} ({type(raw).__name__}) is not one"
+            + hint
+        )
 
 
 def notebook_parameters(path: Path) -> list[Parameter]:
