@@ -263,3 +263,38 @@ def test_values_that_are_not_text_are_checked_against_the_declared_type(project:
     assert result.exit_code == 0, result.output
     saved = json.loads((project / "reports" / "yaml-typed" / "manifest.json").read_text())
     assert saved["steps"][0]["parameters"] == {"n": 3, "label": "95", "run_id": "yaml-typed"}
+
+
+@pytest.fixture()
+def finance_snapshot(tmp_path: Path, isolated_env: Path):
+    """A small synthetic company's ``finance`` snapshot: what 04_forecast reads."""
+    import duckdb
+
+    from workbench.publishing import publish_tables
+    from workbench.revenue import account_month_mrr
+    from workbench.revenue.synthetic import generate_warehouse
+
+    con = duckdb.connect()
+    generate_warehouse(con, accounts=120, months=14, seed=5)
+    settings = load_settings(Path(__file__).resolve().parents[1])
+    account_months = account_month_mrr(con, policy="stripe")
+    publish_tables("finance", {"account_months": account_months}, settings=settings,
+                   metadata={"run_id": "fixture"}, merge=False)  # fmt: skip
+    return settings
+
+
+def test_forecast_draws_its_fan_chart_at_the_levels_asked_for(finance_snapshot) -> None:
+    settings = finance_snapshot
+    quick = {"horizon": "2", "models": "SeasonalNaive", "n_windows": "1", "segments": "region",
+             "reconciler": "bottom_up"}  # fmt: skip
+    manifest = run_pipeline(["04"], parameters={**quick, "levels": "95"}, settings=settings,
+                            run_id="levels-95", progress=False)  # fmt: skip
+    assert manifest.status == "ok"
+    from workbench.dashboards.finance import FinanceDashboard
+    from workbench.store import read_snapshot
+
+    dash = FinanceDashboard(settings)  # the dashboard draws the published forecast too
+    dash.tables, dash.info = read_snapshot("finance", settings=settings), {}
+    assert "Forecast-lo-95" in dash.tables["forecast"]
+    assert "Forecast-lo-80" not in dash.tables["forecast"]
+    dash.build()  # draws the fan chart; raised before

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import altair as alt
 import pandas as pd
 
 from workbench.forecast import DS, FORECAST, ID, Y
+
+
+def interval_levels(forecast: pd.DataFrame, *, model: str = FORECAST) -> list[float]:
+    """The interval levels a forecast carries for ``model`` (its ``M-lo-L`` and ``M-hi-L``
+    column pairs), e.g. ``[80.0, 95.0]``: what a fan chart of a stored forecast can shade."""
+    pattern = re.compile(rf"{re.escape(model)}-lo-(\d+(?:\.\d+)?)")
+    found = (float(m.group(1)) for c in forecast.columns if (m := pattern.fullmatch(str(c))))
+    return sorted(lv for lv in found if f"{model}-hi-{lv:g}" in forecast.columns)
 
 
 def fan_chart(

@@ -239,7 +239,7 @@ class FinanceDashboard(Dashboard):
                 )
                 return
             from workbench.forecast import downside
-            from workbench.forecast_charts import fan_chart
+            from workbench.forecast_charts import fan_chart, interval_levels
 
             fc, hist = self.tables["forecast"], self.tables.get("forecast_history", pd.DataFrame())
             last = downside(fc).sort_values("ds").iloc[-1]
@@ -255,7 +255,8 @@ class FinanceDashboard(Dashboard):
                     )
                 )
             )
-            display(fan_chart(hist, fc, y_title=f"MRR ({self.currency.upper()})"))
+            levels = interval_levels(fc)  # those 04_forecast was run with
+            display(fan_chart(hist, fc, levels=levels, y_title=f"MRR ({self.currency.upper()})"))
 
 
 def movers_table(movers: pd.DataFrame, currency: str) -> pd.DataFrame:
