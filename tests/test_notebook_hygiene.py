@@ -57,3 +57,15 @@ def test_one_typed_commented_parameters_cell(path: Path) -> None:
             f"{p.name}: parameters are typed primitives"
         )
         assert len(p.help) > 5
+
+
+@pytest.mark.parametrize("path", PIPELINE, ids=lambda p: p.name)
+def test_parameters_are_checked_before_use(path: Path) -> None:
+    """papermill injects its values in a cell right after the parameters cell, untyped: the
+    next cell of the notebook types them (workbench.runner.check_parameters) before any use."""
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    first = next(i for i, c in enumerate(code) if "parameters" in c.metadata.get("tags", []))
+    body = ast.parse(code[first + 1].source).body
+    statements = [n for n in body if not isinstance(n, ast.Import | ast.ImportFrom)]
+    assert ast.unparse(statements[0]) == "wb.check_parameters(globals())", path.name

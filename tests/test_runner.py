@@ -298,3 +298,32 @@ def test_forecast_draws_its_fan_chart_at_the_levels_asked_for(finance_snapshot) 
     assert "Forecast-lo-95" in dash.tables["forecast"]
     assert "Forecast-lo-80" not in dash.tables["forecast"]
     dash.build()  # draws the fan chart; raised before
+
+
+def test_plain_papermill_values_are_typed_as_declared(tmp_path: Path) -> None:
+    """papermill -p injects "false" as text and 30 as an int, whatever the declared type: the
+    notebook's own check types them (or stops) before anything uses them."""
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    nb = _notebook(
+        tmp_path / "typed.ipynb",
+        "faults: bool = False  # inject faults\n"
+        "act: bool = True  # act on alerts\n"
+        'horizons: str = "30,90"  # days ahead, comma-separated\n'
+        "rate: float = 0.5  # a rate\n"
+        "n: int = 2  # how many",
+        "import workbench as wb\n\nwb.check_parameters(globals())",
+        "print('TYPED', repr(faults), repr(act), repr(horizons), repr(rate), repr(n))",
+    )
+    out = tmp_path / "out.ipynb"
+    # what `papermill ... -p faults false -p act false -p horizons 30 -p rate 1 -p n 3` injects
+    given = {"faults": "false", "act": "false", "horizons": 30, "rate": 1, "n": 3}
+    pm.execute_notebook(str(nb), str(out), parameters=given, progress_bar=False, cwd=str(tmp_path))
+    assert "TYPED False False '30' 1.0 3" in json.dumps(nbformat.read(out, as_version=4))
+    with pytest.raises(PapermillExecutionError, match="parameter faults is bool; 'maybe'"):
+        pm.execute_notebook(str(nb), str(out), parameters={"faults": "maybe"},
+                            progress_bar=False, cwd=str(tmp_path))  # fmt: skip
+    with pytest.raises(PapermillExecutionError, match=r"parameter n is int; 2\.5"):
+        pm.execute_notebook(str(nb), str(out), parameters={"n": 2.5},
+                            progress_bar=False, cwd=str(tmp_path))  # fmt: skip

@@ -24,7 +24,7 @@ import platform
 import subprocess
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
 from importlib import metadata
@@ -214,6 +214,39 @@ def notebook_parameters(path: Path) -> list[Parameter]:
             )
         )
     return params
+
+
+def check_parameters(namespace: MutableMapping[str, Any]) -> dict[str, Any]:
+    """Type a notebook's parameters in place, as its ``parameters`` cell declares them.
+
+    papermill (run by hand, by cron or by Airflow) injects its ``-p`` values untyped in a cell
+    after the parameters cell: ``-p faults false`` is the text ``"false"`` (true in an ``if``),
+    ``-p horizons 30`` an int. Each pipeline notebook calls ``wb.check_parameters(globals())``
+    in the cell after the parameters cell; the parameters cell's annotations are in the
+    namespace's ``__annotations__``. Values are converted with the same rules as ``workbench
+    run`` (:meth:`Parameter.coerce`).
+
+    Returns:
+        The typed values by name (also written back into ``namespace``).
+
+    Raises:
+        RunnerError: A value does not fit its declared type (the message names both), or the
+            namespace has no annotated parameters.
+    """
+    declared = namespace.get("__annotations__") or {}
+    if not declared:
+        raise RunnerError(
+            "no typed parameters in this namespace: call check_parameters(globals()) in a cell "
+            "after the cell of typed parameters (`name: type = default  # help`)"
+        )
+    checked: dict[str, Any] = {}
+    for name, annotation in declared.items():
+        if name not in namespace:
+            continue
+        kind = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+        param = Parameter(name=name, type=kind, default="", help="")
+        checked[name] = namespace[name] = param.coerce(namespace[name])
+    return checked
 
 
 # --------------------------------------------------------------------------- steps
