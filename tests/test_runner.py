@@ -327,3 +327,30 @@ def test_plain_papermill_values_are_typed_as_declared(tmp_path: Path) -> None:
     with pytest.raises(PapermillExecutionError, match=r"parameter n is int; 2\.5"):
         pm.execute_notebook(str(nb), str(out), parameters={"n": 2.5},
                             progress_bar=False, cwd=str(tmp_path))  # fmt: skip
+
+
+def test_a_re_used_run_id_adds_its_steps_to_that_run(project: Path) -> None:
+    settings = load_settings(project)
+    first = run_pipeline(["01", "03"], parameters={"n": "7"}, settings=settings, run_id="again",
+                         progress=False)  # fmt: skip
+    run_pipeline(["02"], settings=settings, run_id="again", progress=False)
+    manifest = run_pipeline(["03"], parameters={"k": "0.2"}, settings=settings, run_id="again",
+                            progress=False)  # fmt: skip
+    saved = json.loads((settings.reports_dir / "again" / "manifest.json").read_text())
+    assert [s["step"] for s in saved["steps"]] == ["01_first", "02_second", "03_third"]
+    assert [s.step for s in manifest.steps] == ["01_first", "02_second", "03_third"]
+    assert saved["status"] == "ok" and [s["status"] for s in saved["steps"]] == ["ok"] * 3
+    assert saved["steps"][0]["parameters"] == {"n": 7, "run_id": "again"}  # kept
+    assert saved["steps"][2]["parameters"] == {"k": 0.2}  # the re-run replaced its record
+    assert saved["parameters"] == {"n": "7", "k": "0.2"}
+    assert saved["started_at"] == first.started_at
+    row = _index_row(settings, "again")
+    assert all(f"again/{stem}.html" in row for stem in ("01_first", "02_second", "03_third"))
+    # a re-run that fails marks the run failed and keeps the other steps' records
+    with pytest.raises(StepFailed):
+        run_pipeline(["02"], parameters={"fail": "yes"}, settings=settings, run_id="again",
+                     progress=False)  # fmt: skip
+    saved = json.loads((settings.reports_dir / "again" / "manifest.json").read_text())
+    assert saved["status"] == "failed"
+    assert [s["status"] for s in saved["steps"]] == ["ok", "failed", "ok"]
+    assert "<td>failed</td>" in _index_row(settings, "again")

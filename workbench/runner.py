@@ -25,7 +25,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterable, Mapping, MutableMapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, date, datetime
 from importlib import metadata
 from pathlib import Path
@@ -388,6 +388,25 @@ class RunManifest:
         return json.dumps(asdict(self), indent=2, default=str)
 
 
+def read_manifest(path: Path) -> RunManifest | None:
+    """The manifest written at ``path``; None when there is none (or it cannot be read)."""
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        log.warning("%s is not valid JSON: a new manifest replaces it", path)
+        return None
+    names = {f.name for f in fields(RunManifest)}
+    step_names = {f.name for f in fields(StepRecord)}
+    manifest = RunManifest(**{k: v for k, v in raw.items() if k in names and k != "steps"})
+    manifest.steps = [
+        StepRecord(**{k: v for k, v in step.items() if k in step_names})
+        for step in raw.get("steps", [])
+    ]
+    return manifest
+
+
 def new_run_id() -> str:
     """A sortable, unique run id such as ``20261125T134501Z-3f9a1c``."""
     return f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:6]}"
@@ -490,7 +509,8 @@ def run_pipeline(
         steps: Step names (``"01"``, ``"ingest"``, ``"01_ingest"``); all when empty.
         parameters: Values by parameter name; each notebook gets those it declares, typed.
         settings: Paths (reports folder, data folder); the environment's when omitted.
-        run_id: Defaults to a fresh sortable id.
+        run_id: Defaults to a fresh sortable id. The id of an earlier run adds these steps
+            to it: a step run again replaces its record, the others keep theirs.
         progress: Show papermill's cell progress bar.
         kernel_name: The Jupyter kernel to run in.
 
@@ -519,22 +539,33 @@ def run_pipeline(
 
     run_dir = Path(settings.reports_dir) / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
+    manifest_path = run_dir / "manifest.json"
+    # A re-used run id adds to its run: a re-run step replaces its own record, the others stay.
+    previous = read_manifest(manifest_path)
+    records = {
+        nb: StepRecord(
+            step=nb.stem,
+            notebook=str(nb.relative_to(root)) if nb.is_relative_to(root) else str(nb),
+        )
+        for nb in notebooks
+    }
+    kept = (
+        [s for s in previous.steps if s.step not in {nb.stem for nb in notebooks}]
+        if previous
+        else []
+    )
+    order = {p.stem: i for i, p in enumerate(pipeline_notebooks(root))}
     manifest = RunManifest(
         run_id=run_id,
         status="running",
-        parameters=given,
-        started_at=_now(),
+        parameters={**(previous.parameters if previous else {}), **given},
+        started_at=previous.started_at if previous else _now(),
         git_commit=git_commit(root),
         packages=package_versions(),
-        steps=[
-            StepRecord(
-                step=nb.stem,
-                notebook=str(nb.relative_to(root)) if nb.is_relative_to(root) else str(nb),
-            )
-            for nb in notebooks
-        ],
+        steps=sorted(
+            [*kept, *records.values()], key=lambda s: (order.get(s.step, len(order)), s.step)
+        ),
     )
-    manifest_path = run_dir / "manifest.json"
     manifest_path.write_text(manifest.to_json())
     # Settings reach the kernels through the environment (they inherit it).
     env_backup = dict(os.environ)
@@ -551,7 +582,8 @@ def run_pipeline(
     interrupted: BaseException | None = None  # Ctrl-C or an exit: re-raised as it is
     blocked = _blocked_steps(settings)
     try:
-        for nb, record in zip(notebooks, manifest.steps, strict=True):
+        for nb in notebooks:
+            record = records[nb]
             record.parameters = bound[nb]
             if nb.stem in blocked:
                 record.status = "blocked"
@@ -623,7 +655,8 @@ def run_pipeline(
         os.environ.update(env_backup)
         manifest.status = "ok" if all(s.status == "ok" for s in manifest.steps) else "failed"
         manifest.finished_at = _now()
-        manifest.duration_s = round(time.perf_counter() - t_run, 2)
+        earlier = (previous.duration_s or 0.0) if previous else 0.0
+        manifest.duration_s = round(earlier + time.perf_counter() - t_run, 2)
         manifest_path.write_text(manifest.to_json())
         write_index(Path(settings.reports_dir))
     if interrupted is not None:
