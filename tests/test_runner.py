@@ -17,6 +17,7 @@ from workbench.runner import (
     RunnerError,
     StepFailed,
     bind_parameters,
+    current_run_id,
     notebook_parameters,
     resolve_steps,
     run_pipeline,
@@ -354,3 +355,28 @@ def test_a_re_used_run_id_adds_its_steps_to_that_run(project: Path) -> None:
     assert saved["status"] == "failed"
     assert [s["status"] for s in saved["steps"]] == ["ok", "failed", "ok"]
     assert "<td>failed</td>" in _index_row(settings, "again")
+
+
+@pytest.mark.parametrize("bad", ["../../escaped", "2024/01/01", ".hidden", "a b", "x\\y", "é"])
+def test_a_run_id_is_a_plain_folder_name(project: Path, bad: str) -> None:
+    settings = load_settings(project)
+    with pytest.raises(RunnerError, match="run id"):
+        run_pipeline(["03"], settings=settings, run_id=bad, progress=False)
+    assert not list(project.parent.rglob("manifest.json"))  # nothing written anywhere
+    result = CliRunner().invoke(main, ["run", "03", "--run-id", bad, "--no-progress"])
+    assert result.exit_code != 0 and "run id" in result.output
+    with pytest.raises(RunnerError, match="run id"):
+        current_run_id(bad)  # what the notebooks record (papermill -p run_id ...)
+    from workbench.monitoring.review import run_monitoring
+
+    with pytest.raises(RunnerError, match="run id"):
+        run_monitoring(settings, run_id=bad, progress=False)  # writes reports/<run_id>/monitoring
+
+
+def test_scheduler_run_ids_are_accepted(project: Path) -> None:
+    settings = load_settings(project)
+    airflow = "scheduled__2024-01-01T00:00:00+00:00"  # Airflow's own run ids
+    manifest = run_pipeline(["03"], settings=settings, run_id=airflow, progress=False)
+    assert (settings.reports_dir / airflow / "manifest.json").exists()
+    assert airflow in (settings.reports_dir / "index.html").read_text() and manifest.status == "ok"
+    assert current_run_id("20240101T000000") == "20240101T000000"

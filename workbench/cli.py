@@ -109,7 +109,12 @@ def params_cmd(ctx: click.Context, step: str) -> None:
     type=click.Path(exists=True, dir_okay=False),
     help="YAML file of parameters.",
 )
-@click.option("--run-id", default=None, help="Use this run id instead of a fresh one.")
+@click.option(
+    "--run-id",
+    default=None,
+    help="Use this run id instead of a fresh one (letters, digits, . _ : + -); "
+    "an earlier run's id adds the steps to that run.",
+)
 @click.option("--no-progress", is_flag=True, help="Hide the cell progress bar.")
 @click.pass_context
 def run_cmd(ctx: click.Context, steps: tuple[str, ...], pairs, files, run_id, no_progress) -> None:
@@ -643,14 +648,14 @@ def monitor_cmd(ctx: click.Context, model: str, reference: str, current: str, ru
     automatic rollback and self-healing (what 09_drift_review does, without the notebook)."""
     from workbench.monitoring.alerts import AlertRulesError
     from workbench.monitoring.review import run_monitoring
-    from workbench.runner import new_run_id
+    from workbench.runner import RunnerError, new_run_id
 
     settings = _settings(ctx)
     try:
         res = run_monitoring(settings, run_id=run_id or new_run_id(), model=model,
                              reference=reference, current=current, act=not no_act,
                              heal=not no_act)  # fmt: skip
-    except (AlertRulesError, ValueError, FileNotFoundError) as exc:
+    except (AlertRulesError, RunnerError, ValueError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(
         f"run {res.run_id}: {model} {res.alias or 'not registered'} v{res.version} {res.windows}"

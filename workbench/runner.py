@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import platform
+import re
 import subprocess
 import time
 import uuid
@@ -407,6 +408,27 @@ def read_manifest(path: Path) -> RunManifest | None:
     return manifest
 
 
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9_:+-][A-Za-z0-9._:+-]*")
+
+
+def validate_run_id(run_id: str) -> str:
+    """Return ``run_id`` if it can name a folder directly under ``reports/``.
+
+    Letters, digits and ``. _ : + -``, not starting with a dot (Airflow's
+    ``scheduled__2024-01-01T00:00:00+00:00`` is fine).
+
+    Raises:
+        RunnerError: Anything else: a slash would write outside ``reports/`` or nest folders
+            the index does not list.
+    """
+    if not isinstance(run_id, str) or not RUN_ID_PATTERN.fullmatch(run_id):
+        raise RunnerError(
+            f"run id {run_id!r} cannot name a run folder: use letters, digits and . _ : + - "
+            "(no slash, space or leading dot), e.g. 2024-06-01T02:00:00+00:00"
+        )
+    return run_id
+
+
 def new_run_id() -> str:
     """A sortable, unique run id such as ``20261125T134501Z-3f9a1c``."""
     return f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:6]}"
@@ -530,7 +552,7 @@ def run_pipeline(
     if not notebooks:
         raise RunnerError(f"no pipeline notebooks under {root / PIPELINE_DIR}")
     given = dict(parameters or {})
-    run_id = str(run_id or given.pop("run_id", None) or new_run_id())
+    run_id = validate_run_id(str(run_id or given.pop("run_id", None) or new_run_id()))
     bound = bind_parameters(notebooks, given)
     # run_id is a builtin: every notebook that declares it gets it.
     for nb in notebooks:
@@ -679,4 +701,4 @@ def _blocked_steps(settings: Settings) -> dict[str, str]:
 def current_run_id(given: str = "") -> str:
     """The run id a notebook should record: the one given, else ``$WORKBENCH_RUN_ID``, else an
     ad-hoc id (a notebook run with plain papermill or by hand)."""
-    return given or os.environ.get("WORKBENCH_RUN_ID") or f"adhoc-{new_run_id()}"
+    return validate_run_id(given or os.environ.get("WORKBENCH_RUN_ID") or f"adhoc-{new_run_id()}")

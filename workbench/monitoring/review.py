@@ -209,7 +209,9 @@ def run_monitoring(
     from workbench.monitoring import calibration as cal
     from workbench.monitoring.drift import drift_report
     from workbench.policy import load_policy
+    from workbench.runner import validate_run_id
 
+    validate_run_id(run_id)  # it names a folder under reports/
     rules = rules if rules is not None else al.load_rules(settings=settings)
     out_dir = Path(out_dir or Path(settings.reports_dir) / run_id / "monitoring")
     res = MonitoringResult(run_id=run_id, model=model)
