@@ -210,20 +210,24 @@ def demo_cmd(ctx: click.Context, accounts: int | None, months: int | None) -> No
 @click.pass_context
 def simulate_cmd(ctx, accounts, months, seed, start, faults, regime_change, out, workers) -> None:
     """Simulate a subscription company as Stripe events and CSV exports, with its ground truth."""
-    from workbench.simulator import simulate
+    from workbench.simulator import DataFolderConflict, simulate_data_folder
 
     settings = _settings(ctx)
-    summary = simulate(
-        accounts=accounts,
-        months=months,
-        seed=seed,
-        start=start,
-        faults=faults,
-        regime_change=regime_change,
-        out=out or settings.data_dir,
-        progress=True,
-        workers=workers,
-    )
+    try:
+        summary = simulate_data_folder(
+            settings,
+            accounts=accounts,
+            months=months,
+            seed=seed,
+            start=start,
+            faults=faults,
+            regime_change=regime_change,
+            out=out,
+            progress=True,
+            workers=workers,
+        )
+    except DataFolderConflict as exc:
+        raise click.ClickException(str(exc)) from exc
     for key, value in summary.to_dict().items():
         if not isinstance(value, dict | list):
             click.echo(f"{key:<24} {value}")

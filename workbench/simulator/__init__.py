@@ -11,9 +11,11 @@ Modules: ``catalog`` (price book), ``behaviour`` (the latent model: the truth),
 ``lifecycle`` (one account's life), ``stripe_objects`` (Stripe shapes),
 ``billing`` (exact money arithmetic), ``signals`` (usage, tickets, CRM),
 ``timeline`` (calendar), ``ids`` (Stripe-style ids), ``faults`` (ingestion faults),
-``output`` and ``truth`` (files), ``simulation`` (``simulate``).
+``output`` and ``truth`` (files), ``simulation`` (``simulate``), ``data_folder``
+(``simulate_data_folder``: the pipeline's data folder, never two companies in one warehouse).
 """
 
+from workbench.simulator.data_folder import DataFolderConflict, simulate_data_folder
 from workbench.simulator.simulation import SimulationSummary, simulate
 
-__all__ = ["SimulationSummary", "simulate"]
+__all__ = ["DataFolderConflict", "SimulationSummary", "simulate", "simulate_data_folder"]
