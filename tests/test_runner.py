@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import date
 from pathlib import Path
 
@@ -380,3 +381,21 @@ def test_scheduler_run_ids_are_accepted(project: Path) -> None:
     assert (settings.reports_dir / airflow / "manifest.json").exists()
     assert airflow in (settings.reports_dir / "index.html").read_text() and manifest.status == "ok"
     assert current_run_id("20240101T000000") == "20240101T000000"
+
+
+def test_the_index_links_only_reports_that_exist(project: Path) -> None:
+    from urllib.parse import unquote, urlsplit
+
+    settings = load_settings(project)
+    with pytest.raises(StepFailed):
+        run_pipeline(parameters={"fail": "true"}, settings=settings, run_id="a:1+b",
+                     progress=False)  # fmt: skip
+    row = _index_row(settings, "a:1+b")
+    assert "01_first.html" in row and "02_second.html" in row  # ok, and failed with its error
+    assert "03_third.html" not in row and "03_third (skipped)" in row  # never ran: no report
+    index = (settings.reports_dir / "index.html").read_text()
+    hrefs = re.findall(r'href="([^"]+)"', index)
+    assert len(hrefs) == 3  # two reports and the manifest
+    for href in hrefs:
+        assert not urlsplit(href).scheme, href  # "a:1+b/..." would read as a URL scheme
+        assert (settings.reports_dir / unquote(href)).is_file(), href

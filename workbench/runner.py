@@ -31,6 +31,7 @@ from datetime import UTC, date, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import nbformat
 
@@ -479,6 +480,11 @@ def render_html(notebook: Path, target: Path) -> Path:
     return target
 
 
+def _href(path: str) -> str:
+    """A link relative to the reports folder (``./`` and quoted: a run id may hold ``:``)."""
+    return html.escape("./" + quote(path))
+
+
 def write_index(reports_dir: Path) -> Path:
     """Write ``reports/index.html`` listing every run, newest first."""
     rows = []
@@ -488,16 +494,19 @@ def write_index(reports_dir: Path) -> Path:
         except ValueError:
             continue
         run_dir = manifest_path.parent.name
-        links = " ".join(
-            f'<a href="{html.escape(run_dir)}/{html.escape(Path(s["notebook"]).stem)}.html">'
-            f"{html.escape(s['step'])}</a>"
-            f"{'' if s['status'] == 'ok' else ' (' + html.escape(s['status']) + ')'}"
-            for s in m.get("steps", [])
-        )
+        steps = []
+        for s in m.get("steps", []):
+            # a step that never ran (blocked, skipped) has no report: its name, unlinked
+            report = next((o for o in s.get("outputs", []) if o.endswith(".html")), None)
+            name = html.escape(s["step"])
+            if report and (reports_dir / report).is_file():
+                name = f'<a href="{_href(report)}">{name}</a>'
+            steps.append(name + ("" if s["status"] == "ok" else f" ({html.escape(s['status'])})"))
         rows.append(
             f"<tr><td>{html.escape(m['run_id'])}</td><td>{html.escape(m['status'])}</td>"
             f"<td>{html.escape(m['started_at'])}</td><td>{m.get('duration_s') or ''}</td>"
-            f'<td>{links}</td><td><a href="{html.escape(run_dir)}/manifest.json">manifest</a></td></tr>'
+            f"<td>{' '.join(steps)}</td>"
+            f'<td><a href="{_href(f"{run_dir}/manifest.json")}">manifest</a></td></tr>'
         )
     page = (
         "<!doctype html><meta charset='utf-8'><title>Billing Workbench runs</title>"
