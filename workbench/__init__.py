@@ -25,6 +25,7 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "run_pipeline": ("workbench.runner", "run_pipeline"),
     "current_run_id": ("workbench.runner", "current_run_id"),
     "check_parameters": ("workbench.runner", "check_parameters"),
+    "utc_timestamp": ("workbench.runner", "utc_timestamp"),
     "store_frame": ("workbench.publishing", "store_frame"),
     "publish_tables": ("workbench.publishing", "publish_tables"),
     "setup_notebook": ("workbench.display", "setup_notebook"),

@@ -251,6 +251,22 @@ def check_parameters(namespace: MutableMapping[str, Any]) -> dict[str, Any]:
     return checked
 
 
+def utc_timestamp(value: str | datetime) -> Any:
+    """A time parameter as a UTC ``pandas.Timestamp``: an ISO-8601 date or time without a zone
+    is read as UTC (``2025-06-01`` is midnight UTC); one with a zone is converted to UTC.
+
+    Raises:
+        RunnerError: The value is not an ISO-8601 date or time.
+    """
+    import pandas as pd
+
+    try:
+        ts = pd.Timestamp(value if isinstance(value, datetime) else datetime.fromisoformat(value))
+    except (TypeError, ValueError) as exc:
+        raise RunnerError(f"{value!r} is not an ISO-8601 date or time") from exc
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
 # --------------------------------------------------------------------------- steps
 
 
