@@ -124,29 +124,14 @@ def simulate_data_folder(
         DataFolderConflict: See :func:`check_data_folder`; nothing was written.
     """
     folder = Path(out) if out is not None else Path(settings.data_dir)
-    identity = simulation_identity(
-        accounts=accounts,
-        months=months,
-        seed=seed,
-        start=start,
-        faults=faults,
-        regime_change=regime_change,
-    )
+    company = dict(accounts=accounts, months=months, seed=seed, start=start, faults=faults,
+                   regime_change=regime_change)  # fmt: skip
+    identity = simulation_identity(**company)
     own_warehouse = folder.resolve() == Path(settings.data_dir).resolve()
     check_data_folder(
         folder, identity, warehouse_path=settings.warehouse_path if own_warehouse else None
     )
-    summary = simulate(
-        accounts=accounts,
-        months=months,
-        seed=seed,
-        start=start,
-        faults=faults,
-        regime_change=regime_change,
-        out=folder,
-        progress=progress,
-        workers=workers,
-    )
+    summary = simulate(**company, out=folder, progress=progress, workers=workers)
     record = folder / RECORD
     tmp = record.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(identity, indent=1, sort_keys=True) + "\n")
