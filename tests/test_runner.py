@@ -166,6 +166,8 @@ def test_a_dead_kernel_marks_the_step_and_the_run_failed(project: Path) -> None:
     with pytest.raises(StepFailed, match="DeadKernelError") as info:
         run_pipeline(settings=settings, run_id="dead-kernel", progress=False)
     assert "workbench run 02_second --run-id dead-kernel" in str(info.value)
+    assert "The notebook as far as it ran is" in str(info.value)  # saved as each cell ran
+    assert info.value.output.exists() and info.value.output.with_suffix(".html").exists()
     saved = json.loads((settings.reports_dir / "dead-kernel" / "manifest.json").read_text())
     assert saved["status"] == "failed"
     assert [s["status"] for s in saved["steps"]] == ["ok", "failed", "skipped"]
