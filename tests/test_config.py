@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,28 @@ def test_spark_warehouse_follows_data_dir_or_keeps_a_url(
     assert relative.spark_warehouse == str(tmp_path / "lakehouse")
     monkeypatch.setenv("WORKBENCH_SPARK_WAREHOUSE", "s3a://billing/workbench")
     assert load_settings(tmp_path).spark_warehouse == "s3a://billing/workbench"
+
+
+def test_cell_timeout_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from workbench.cli import main
+
+    for key in ("WORKBENCH_CONFIG", "WORKBENCH_HOME", "WORKBENCH_CELL_TIMEOUT_S"):
+        monkeypatch.delenv(key, raising=False)
+    assert load_settings(tmp_path).cell_timeout_s == 3600  # generous, but finite
+    monkeypatch.setenv("WORKBENCH_CELL_TIMEOUT_S", "0")  # no limit
+    assert load_settings(tmp_path).cell_timeout_s == 0
+    monkeypatch.setenv("WORKBENCH_CELL_TIMEOUT_S", "-30")
+    with pytest.raises(ConfigError, match=r"cell_timeout_s \(\$WORKBENCH_CELL_TIMEOUT_S\) must"):
+        load_settings(tmp_path)
+    monkeypatch.delenv("WORKBENCH_CELL_TIMEOUT_S")
+    for bad in ("-1", "1.5", "true"):
+        (tmp_path / "workbench.toml").write_text(f"[workbench]\ncell_timeout_s = {bad}\n")
+        with pytest.raises(ConfigError, match="cell_timeout_s"):
+            load_settings(tmp_path)
+    (tmp_path / "workbench.toml").write_text("[workbench]\ncell_timeout_s = 7200\n")
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path))
+    result = CliRunner().invoke(main, ["config"])
+    assert result.exit_code == 0, result.output
+    assert re.search(r"cell_timeout_s\s+7200\s+\[.*workbench.toml\]", result.output)

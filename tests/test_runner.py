@@ -166,6 +166,8 @@ def test_a_dead_kernel_marks_the_step_and_the_run_failed(project: Path) -> None:
     with pytest.raises(StepFailed, match="DeadKernelError") as info:
         run_pipeline(settings=settings, run_id="dead-kernel", progress=False)
     assert "workbench run 02_second --run-id dead-kernel" in str(info.value)
+    assert "The notebook as far as it ran is" in str(info.value)  # saved as each cell ran
+    assert info.value.output.exists() and info.value.output.with_suffix(".html").exists()
     saved = json.loads((settings.reports_dir / "dead-kernel" / "manifest.json").read_text())
     assert saved["status"] == "failed"
     assert [s["status"] for s in saved["steps"]] == ["ok", "failed", "skipped"]
@@ -399,3 +401,83 @@ def test_the_index_links_only_reports_that_exist(project: Path) -> None:
     for href in hrefs:
         assert not urlsplit(href).scheme, href  # "a:1+b/..." would read as a URL scheme
         assert (settings.reports_dir / unquote(href)).is_file(), href
+
+
+def _slow_second_step(project: Path, seconds: int) -> None:
+    _notebook(
+        project / "notebooks" / "02_second.ipynb",
+        "fail: bool = False  # raise on purpose",
+        "print('before the wait')",
+        f"import time\n\ntime.sleep({seconds})  # a blocked lock, a network call",
+        "print('never reached')",
+    )
+
+
+def test_a_cell_over_the_timeout_fails_its_step_and_blocks_the_rest(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    _slow_second_step(project, 30)
+    monkeypatch.setenv("WORKBENCH_CELL_TIMEOUT_S", "2")  # the setting, as cron would set it
+    settings = load_settings(project)
+    assert settings.cell_timeout_s == 2
+    t0 = time.perf_counter()
+    with pytest.raises(StepFailed, match="2 s cell timeout") as info:
+        run_pipeline(settings=settings, run_id="slow", progress=False)
+    assert time.perf_counter() - t0 < 25  # two kernel starts and the 2 s limit, not the 30 s
+    message = str(info.value)
+    assert "step 02_second failed" in message and "time.sleep(30)" in message
+    assert "--cell-timeout" in message and "cell_timeout_s" in message
+    assert "workbench run 02_second --run-id slow" in message
+    run_dir = settings.reports_dir / "slow"
+    saved = json.loads((run_dir / "manifest.json").read_text())
+    assert saved["status"] == "failed"
+    assert [s["status"] for s in saved["steps"]] == ["ok", "failed", "skipped"]
+    error = saved["steps"][1]["error"]
+    assert error.startswith("CellTimeoutError: cell In [")  # which cell, as Jupyter numbers it
+    assert "time.sleep(30)" in error and "2 s cell timeout" in error
+    assert str(run_dir / "02_second.html") in error  # where to look
+    assert saved["steps"][1]["outputs"] == ["slow/02_second.ipynb", "slow/02_second.html"]
+    # the notebook as far as it ran, the timed-out cell marked
+    executed = nbformat.read(run_dir / "02_second.ipynb", as_version=4)
+    assert "cell timeout" in executed.cells[0].source
+    text = json.dumps(executed)
+    assert "before the wait" in text and "never reached" in text  # source kept...
+    assert sum("never reached" in json.dumps(c.get("outputs", [])) for c in executed.cells) == 0
+    (timed_out,) = (c for c in executed.cells if c.cell_type == "code" and "sleep" in c.source)
+    assert timed_out.outputs[-1]["ename"] == "CellTimeoutError"
+    assert "cell timeout" in (run_dir / "02_second.html").read_text()
+    assert "<td>failed</td>" in _index_row(settings, "slow")
+
+
+def test_cell_timeout_option_wins_over_the_setting(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _slow_second_step(project, 3)
+    cli = CliRunner()
+    monkeypatch.setenv("WORKBENCH_CELL_TIMEOUT_S", "1")
+    result = cli.invoke(main, ["run", "02", "--cell-timeout", "0", "--run-id", "no-limit",
+                               "--no-progress"])  # fmt: skip
+    assert result.exit_code == 0, result.output  # 0: no limit
+    monkeypatch.setenv("WORKBENCH_CELL_TIMEOUT_S", "0")
+    result = cli.invoke(main, ["run", "--cell-timeout", "1", "--run-id", "limited",
+                               "--no-progress"])  # fmt: skip
+    assert result.exit_code == 1
+    assert "Run stopped. step 02_second failed" in result.output
+    assert "1 s cell timeout" in result.output and "time.sleep(3)" in result.output
+    saved = json.loads((project / "reports" / "limited" / "manifest.json").read_text())
+    assert [s["status"] for s in saved["steps"]] == ["ok", "failed", "skipped"]
+
+
+@pytest.mark.parametrize("bad", ["-5", "1.5", "soon"])
+def test_a_cell_timeout_that_is_not_whole_seconds_is_refused(project: Path, bad: str) -> None:
+    result = CliRunner().invoke(main, ["run", "03", "--cell-timeout", bad, "--no-progress"])
+    assert result.exit_code == 2  # a usage error: nothing ran
+    assert "--cell-timeout" in result.output
+    assert "whole number of seconds per cell, 0 for no limit" in result.output
+    assert not (project / "reports").exists()
+    settings = load_settings(project)
+    with pytest.raises(RunnerError, match="whole number of seconds per cell"):
+        run_pipeline(["03"], settings=settings, cell_timeout_s=-1, progress=False)
+    assert not (project / "reports").exists()

@@ -14,7 +14,7 @@ from typing import Any
 import click
 import yaml
 
-from workbench.config import ConfigError, load_settings
+from workbench.config import ConfigError, check_cell_timeout, load_settings
 
 
 def _settings(ctx: click.Context):
@@ -116,8 +116,25 @@ def params_cmd(ctx: click.Context, step: str) -> None:
     "an earlier run's id adds the steps to that run.",
 )
 @click.option("--no-progress", is_flag=True, help="Hide the cell progress bar.")
+@click.option(
+    "--cell-timeout",
+    "cell_timeout",
+    default=None,
+    metavar="SECONDS",
+    callback=lambda ctx, param, value: _cell_timeout(value),
+    help="Fail a step whose cell runs longer than this (0: no limit; default: the "
+    "cell_timeout_s setting, 3600).",
+)
 @click.pass_context
-def run_cmd(ctx: click.Context, steps: tuple[str, ...], pairs, files, run_id, no_progress) -> None:
+def run_cmd(
+    ctx: click.Context,
+    steps: tuple[str, ...],
+    pairs,
+    files,
+    run_id,
+    no_progress,
+    cell_timeout: int | None = None,
+) -> None:
     """Execute pipeline notebooks (default: all, in order) and write reports/<run_id>/."""
     from workbench.runner import RunnerError, StepBlocked, StepFailed, run_pipeline
 
@@ -129,6 +146,7 @@ def run_cmd(ctx: click.Context, steps: tuple[str, ...], pairs, files, run_id, no
             settings=settings,
             run_id=run_id,
             progress=not no_progress,
+            cell_timeout_s=cell_timeout,
         )
     except RunnerError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -144,6 +162,15 @@ def run_cmd(ctx: click.Context, steps: tuple[str, ...], pairs, files, run_id, no
     for step in manifest.steps:
         click.echo(f"  {step.step:<22} {step.status:<7} {step.duration_s:>7.1f} s")
     click.echo(f"Reports: {run_dir}  (index: {Path(settings.reports_dir) / 'index.html'})")
+
+
+def _cell_timeout(value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return check_cell_timeout(value, name="the value")
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--cell-timeout") from exc
 
 
 def _demo_roles(settings) -> None:

@@ -61,6 +61,8 @@ class Settings:
     policy_file: Path = Path("workbench/policies/default.yaml")
     reporting_currency: str = "usd"
     lock_timeout_s: float = 600.0  # how long a second writer waits for the lock
+    # how long one notebook cell of `workbench run` may run before the step fails (0: no limit)
+    cell_timeout_s: int = 3600
     root: Path = Path(".")
     sources: dict[str, str] = field(default_factory=dict, compare=False)
 
@@ -84,12 +86,42 @@ def _coerce(name: str, raw: Any, target: Any) -> Any:
         if isinstance(target, float):
             return float(raw)
         if isinstance(target, int) and not isinstance(target, bool):
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError(raw)  # int() would turn 1.5 into 1 and true into 1
             return int(raw)
         return str(raw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(
             f"setting {name!r} has value {raw!r}, which is not a {type(target).__name__}"
         ) from exc
+
+
+def check_cell_timeout(seconds: Any, *, name: str = "cell_timeout_s") -> int:
+    """Return a per-cell timeout for ``workbench run`` as whole seconds, 0 meaning no limit.
+
+    The default, 3600 s (one hour per cell), is far above any cell of the pipeline on the
+    demo company (the whole pipeline, simulation included, takes about three minutes) and
+    leaves room for production volumes, yet a cell stuck on a lock or a network call still
+    fails the scheduled run within the hour instead of hanging it for good. It is above
+    ``lock_timeout_s`` (600 s), so a step waiting for the warehouse's writer lock fails
+    with the lock's own message (naming the holder) first.
+
+    Args:
+        seconds: Whole seconds (text from an environment variable or a flag is parsed).
+        name: How the value was given (a setting or a flag), for the message.
+
+    Raises:
+        ConfigError: Not a whole number of seconds, or negative.
+    """
+    try:
+        value = _coerce(name, seconds, 0)
+    except ConfigError:
+        value = None
+    if value is None or value < 0:
+        raise ConfigError(
+            f"{name} must be a whole number of seconds per cell, 0 for no limit; {seconds!r} is not"
+        )
+    return value
 
 
 def _absolute_sqlite(url: str, root: Path) -> str:
@@ -176,6 +208,10 @@ def load_settings(root: Path | None = None, *, overrides: dict[str, Any] | None 
         values[key] = (path if path.is_absolute() else root / path).resolve()
     for key in _SQLITE_URL_FIELDS:
         values[key] = _absolute_sqlite(str(values.get(key, getattr(defaults, key))), root)
+    if "cell_timeout_s" in values:
+        values["cell_timeout_s"] = check_cell_timeout(
+            values["cell_timeout_s"], name=f"cell_timeout_s ({sources['cell_timeout_s']})"
+        )
     if values.get("engine", defaults.engine) not in ("duckdb", "spark"):
         raise ConfigError(f"engine must be 'duckdb' or 'spark', not {values['engine']!r}")
     values["reporting_currency"] = str(

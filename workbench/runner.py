@@ -11,6 +11,12 @@ error marked at the top, the manifest records the failure, and :class:`StepFaile
 is raised (the CLI exits non-zero). A step that stops any other way (its kernel dies,
 a timeout) is recorded and raised the same way; Ctrl-C is recorded as a failed step,
 then re-raised. Unknown parameters are an error, not a warning.
+
+Each cell may run at most ``cell_timeout_s`` seconds (a setting, one hour by default; see
+:func:`workbench.config.check_cell_timeout`), so a cell stuck on a lock or a network call
+fails its step instead of hanging a scheduled run. The executed notebook is saved as each
+cell starts and ends (and every 30 s within a long cell), so a step that stops leaves the
+notebook as far as it ran; a timed-out cell is marked in it.
 """
 
 from __future__ import annotations
@@ -35,7 +41,7 @@ from urllib.parse import quote
 
 import nbformat
 
-from workbench.config import Settings, load_settings
+from workbench.config import ConfigError, Settings, check_cell_timeout, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -549,6 +555,7 @@ def run_pipeline(
     run_id: str | None = None,
     progress: bool = True,
     kernel_name: str = "python3",
+    cell_timeout_s: int | None = None,
 ) -> RunManifest:
     """Execute pipeline notebooks in order and write the run's reports.
 
@@ -560,18 +567,29 @@ def run_pipeline(
             to it: a step run again replaces its record, the others keep theirs.
         progress: Show papermill's cell progress bar.
         kernel_name: The Jupyter kernel to run in.
+        cell_timeout_s: How long one cell may run, in whole seconds (0: no limit); the
+            ``cell_timeout_s`` setting when omitted. A cell that runs longer fails its step.
 
     Returns:
         The manifest, also written to ``reports/<run_id>/manifest.json``.
 
     Raises:
-        RunnerError: Unknown step or parameter (nothing was run).
-        StepFailed: A notebook failed (the manifest and the failed notebook are written).
+        RunnerError: Unknown step or parameter, or a negative cell timeout (nothing was run).
+        StepFailed: A notebook failed or a cell timed out (the manifest and the failed
+            notebook are written).
     """
     import papermill as pm
+    from nbclient.exceptions import CellTimeoutError
     from papermill.exceptions import PapermillExecutionError
 
     settings = settings or load_settings()
+    try:
+        cell_limit = check_cell_timeout(
+            settings.cell_timeout_s if cell_timeout_s is None else cell_timeout_s,
+            name="cell timeout" if cell_timeout_s is not None else "cell_timeout_s",
+        )
+    except ConfigError as exc:
+        raise RunnerError(str(exc)) from exc
     root = settings.root
     notebooks = resolve_steps(root, steps)
     if not notebooks:
@@ -653,14 +671,43 @@ def run_pipeline(
                     kernel_name=kernel_name,
                     cwd=str(root),
                     progress_bar=progress,
-                    request_save_on_cell_execute=False,
+                    # saved as each cell starts and ends: a step that stops (a timeout, a
+                    # dead kernel) leaves its notebook as far as it ran
+                    request_save_on_cell_execute=True,
                     log_output=False,
+                    execution_timeout=cell_limit or None,  # papermill: None is no limit
                 )
                 record.status = "ok"
             except PapermillExecutionError as exc:
                 record.status = "failed"
                 record.error = f"{exc.ename}: {exc.evalue}"
                 failure = StepFailed(nb.stem, out, record.error, rerun=rerun)
+            except CellTimeoutError as exc:
+                record.status = "failed"
+                cell = _mark_timed_out_cell(out, cell_limit) if out.exists() else None
+                record.error = (
+                    f"CellTimeoutError: {cell or 'a cell'} was still running after the "
+                    f"{cell_limit} s cell timeout. If it is only slow, raise the limit: "
+                    f"`workbench run --cell-timeout SECONDS` or the cell_timeout_s setting "
+                    f"(0: no limit); if it hangs (a lock, a network call), "
+                    + (
+                        f"the executed notebook {out.with_suffix('.html')} shows how far it got"
+                        if out.exists()
+                        else "run the notebook by hand to see where"
+                    )
+                )
+                failure = StepFailed(
+                    nb.stem,
+                    out,
+                    record.error,
+                    where=(
+                        f"The notebook as far as it ran, the timed-out cell marked, is {out}"
+                        if out.exists()
+                        else "No executed notebook was written."
+                    ),
+                    rerun=rerun,
+                )
+                failure.__cause__ = exc
             except BaseException as exc:
                 # A dead kernel, a timeout, Ctrl-C: the step did not finish either.
                 record.status = "failed"
@@ -711,6 +758,52 @@ def run_pipeline(
     if failure:
         raise failure
     return manifest
+
+
+def _mark_timed_out_cell(path: Path, limit: int) -> str | None:
+    """Mark the cell that timed out in an executed notebook, as papermill marks a failed one.
+
+    The timed-out cell is the last one papermill started. It gets an error output and a
+    failed status, and a banner at the top of the notebook points to it (tagged like
+    papermill's own, so a later papermill run of this notebook removes it).
+
+    Returns:
+        The cell as a reader finds it (``cell In [4] (`import time; time.sleep(30)`)``),
+        or None when no cell had started.
+    """
+    nb = nbformat.read(path, as_version=4)
+    started = [
+        i
+        for i, c in enumerate(nb.cells)
+        if c.cell_type == "code" and c.get("metadata", {}).get("papermill", {}).get("start_time")
+    ]
+    if not started:
+        return None
+    cell = nb.cells[started[-1]]
+    count = cell.get("execution_count")
+    preview = "; ".join(ln.strip() for ln in cell.source.splitlines() if ln.strip())
+    preview = preview if len(preview) <= 80 else preview[:77] + "..."
+    name = f"cell In [{count}]" if count else f"cell {started[-1] + 1}"
+    label = f"{name} (`{preview}`)" if preview else name
+    message = f"stopped after the {limit} s cell timeout (the traceback above shows where it was)"
+    cell.outputs.append(
+        nbformat.v4.new_output(
+            "error",
+            ename="CellTimeoutError",
+            evalue=message,
+            traceback=[f"CellTimeoutError: {message}"],
+        )
+    )
+    cell.metadata.setdefault("papermill", {}).update(status="failed", exception=True)
+    nb.metadata.setdefault("papermill", {})["exception"] = True
+    banner = nbformat.v4.new_markdown_cell(
+        f"**This step stopped: {html.escape(label)} ran longer than the {limit} s cell "
+        "timeout.** Its output so far is kept below."
+    )
+    banner.metadata["tags"] = ["papermill-error-cell-tag"]
+    nb.cells.insert(0, banner)
+    nbformat.write(nb, path)
+    return label
 
 
 def _blocked_steps(settings: Settings) -> dict[str, str]:
