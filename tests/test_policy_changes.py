@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from click.testing import CliRunner
 
 from workbench import approvals as ap
 from workbench import audit
@@ -297,3 +298,34 @@ def test_a_crash_between_the_history_copy_and_the_replace(pc, settings) -> None:
     assert again.outcome.code == "queued"
     assert approve(settings, again.item_id).code == "executed"
     assert path.read_text() == PROPOSED
+
+
+def test_cli_policy_show_and_propose(pc, settings, tmp_path, monkeypatch) -> None:
+    from workbench.cli import main
+
+    monkeypatch.setenv("WORKBENCH_USER", "alice")
+    roles = tmp_path / "roles.yaml"
+    roles.write_text("roles:\n  alice: analyst\n")
+    monkeypatch.setenv("WORKBENCH_ROLES_FILE", str(roles))
+    cli = CliRunner()
+    shown = cli.invoke(main, ["policy", "show"])
+    assert shown.exit_code == 0, shown.output
+    assert load_policy(settings=settings).version in shown.output
+    assert pc.sha256_bytes(DEFAULT.encode()) in shown.output
+    assert str(settings.policy_file) in shown.output
+
+    proposed = tmp_path / "stricter.yaml"
+    proposed.write_text(PROPOSED)
+    out = cli.invoke(main, ["policy", "propose", str(proposed), "--reason", "fewer wasted retries"])
+    assert out.exit_code == 0, out.output
+    [item] = items(settings)
+    assert item.item_id in out.output
+    assert "retries.min_recovery_probability" in out.output and "0.7" in out.output
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("retries:\n  min_recovery_probability: 7\n")
+    out = cli.invoke(main, ["policy", "propose", str(bad), "--reason", "typo"])
+    assert out.exit_code != 0 and "retries.min_recovery_probability" in out.output
+    same = cli.invoke(main, ["policy", "propose", str(settings.policy_file), "--reason", "x"])
+    assert same.exit_code != 0 and "same as the current one" in same.output
+    assert len(items(settings)) == 1
