@@ -168,6 +168,23 @@ def test_the_same_proposal_twice_is_queued_once(pc, settings) -> None:
     assert len(items(settings)) == 2
 
 
+def test_the_same_text_can_be_proposed_again_once_the_earlier_proposal_is_closed(
+    pc, settings
+) -> None:
+    store = ap.open_store(settings)
+    first = propose(pc, settings)
+    assert ap.reject(store, first.item_id, who=BOB, comment="not this month", now=NOW).ok
+    second = propose(pc, settings)
+    assert second.outcome.code == "queued" and second.item_id != first.item_id
+    assert propose(pc, settings).item_id == second.item_id  # while pending: still one item
+    assert approve(settings, second.item_id).code == "executed"
+    assert ap.rollback(store, second.item_id, who=BOB, reason="too strict", now=NOW).ok
+    third = propose(pc, settings)
+    assert third.outcome.code == "queued"
+    assert approve(settings, third.item_id).code == "executed"
+    assert Path(settings.policy_file).read_text() == PROPOSED
+
+
 def test_a_file_edited_after_the_proposal_makes_it_stale(pc, settings) -> None:
     proposal = propose(pc, settings)
     path = Path(settings.policy_file)

@@ -241,6 +241,24 @@ class PolicyProposal:
         return self.outcome.item_id
 
 
+def _attempt(store: approvals.ApprovalStore, subject: str, *, old_sha: str, new_sha: str) -> int:
+    """Which proposal of this text against this file a new request is.
+
+    The queue's idempotency key covers the state an item was requested in, and rejected,
+    failed or rolled-back items keep theirs; without this number, the same text proposed
+    again after a rejection, a failed write or a rollback would be answered "duplicate" by
+    the closed item. A pending proposal of the same text is answered with its own number,
+    so it stays the one item.
+    """
+    same = [
+        i
+        for i in approvals.list_items(store, action_types=[ACTION_TYPE], subject_id=subject)
+        if i.payload.get("old_sha256") == old_sha and i.payload.get("new_sha256") == new_sha
+    ]
+    pending = [i for i in same if i.status == "pending"]
+    return int(pending[0].payload.get("attempt", 0)) if pending else len(same)
+
+
 def propose_policy_change(
     settings: Settings,
     new_policy_path_or_text: Path | str,
@@ -264,7 +282,8 @@ def propose_policy_change(
 
     Returns:
         The queue's outcome and the diff. Proposing the same text against the same policy
-        file again queues nothing (``duplicate``, with the existing item's id).
+        file while it is pending queues nothing (``duplicate``, with the pending item's
+        id); after it was rejected, failed or rolled back, it is queued again.
 
     Raises:
         PolicyError: The proposal is not YAML or not a valid policy (every problem listed),
@@ -289,7 +308,11 @@ def propose_policy_change(
             "count), so nothing was queued"
         )
     old_sha, new_sha = sha256_bytes(old_bytes), sha256_bytes(text.encode("utf-8"))
-    state = {"policy_file": str(path), "sha256": old_sha, "proposed_sha256": new_sha}
+    store = approvals.open_store(store if store is not None else settings)
+    subject = _subject(settings)
+    attempt = _attempt(store, subject, old_sha=old_sha, new_sha=new_sha)
+    state = {"policy_file": str(path), "sha256": old_sha, "proposed_sha256": new_sha,
+             "attempt": attempt}  # fmt: skip
     payload = {
         "reason": reason,
         "policy_file": str(path),
@@ -302,15 +325,16 @@ def propose_policy_change(
         "new_label": new.label,
         "diff": [{"key": k, "old": a, "new": b} for k, a, b in diff],
         "proposed_yaml": text,
+        "attempt": attempt,
         # an approved change can be rolled back from the dashboard within the window the
         # policy in force gives automated actions; later, propose the kept file again
         "override_window_hours": old.automation.override_window_hours,
     }
     outcome = approvals.request_action(
-        store if store is not None else settings,
+        store,
         who=who,
         action_type=ACTION_TYPE,
-        subject_id=_subject(settings),
+        subject_id=subject,
         state=state,
         policy=old,
         payload=payload,
@@ -336,6 +360,7 @@ def current_state(item: ActionItem) -> dict[str, Any] | None:
             "policy_file": path,
             "sha256": file_sha256(path),
             "proposed_sha256": p["new_sha256"],
+            "attempt": p.get("attempt", 0),
         }
     except KeyError:
         return None
