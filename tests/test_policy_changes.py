@@ -346,3 +346,17 @@ def test_cli_policy_show_and_propose(pc, settings, tmp_path, monkeypatch) -> Non
     same = cli.invoke(main, ["policy", "propose", str(settings.policy_file), "--reason", "x"])
     assert same.exit_code != 0 and "same as the current one" in same.output
     assert len(items(settings)) == 1
+
+
+def test_diff_rows_write_values_as_in_the_yaml_file(pc) -> None:
+    lists = (["retention_offer", "retry_payment"], ["refund", "retry_payment"])
+    assert pc.diff_rows([
+        ("shadow", False, True),
+        {"key": "bulk_approval.action_types", "old": lists[0], "new": lists[1]},  # payload form
+        ("label", None, "x"),
+    ]) == [
+        ("shadow", "false", "true"),
+        ("bulk_approval.action_types", "retention_offer, retry_payment",
+         "refund, retry_payment (added refund; removed retention_offer)"),
+        ("label", "(unset)", "x"),
+    ]  # fmt: skip

@@ -208,11 +208,14 @@ def diff_rows(diff: Iterable[tuple[str, Any, Any]]) -> list[tuple[str, str, str]
         )
         new_text = _text(new)
         if isinstance(old, list | tuple) and isinstance(new, list | tuple):
-            added = [x for x in new if x not in old]
-            removed = [x for x in old if x not in new]
-            notes = [f"added {_text(added)}"] * bool(added) + [f"removed {_text(removed)}"] * bool(
-                removed
-            )
+            notes = [
+                f"{verb} {_text(names)}"
+                for verb, names in (
+                    ("added", [x for x in new if x not in old]),
+                    ("removed", [x for x in old if x not in new]),
+                )
+                if names
+            ]
             new_text += f" ({'; '.join(notes)})" if notes else ""
         rows.append((str(key), _text(old), new_text))
     return rows
