@@ -21,7 +21,7 @@ from workbench import approvals as ap
 from workbench import audit
 from workbench.config import load_settings
 from workbench.dashboards.approvals import ApprovalsDashboard, format_money, to_minor
-from workbench.policy import Policy
+from workbench.policy import Policy, load_policy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from browser import chromium_page, voila_server  # noqa: E402
@@ -233,6 +233,34 @@ def test_bulk_approve_is_refused_when_the_policy_changed_since_the_page_opened(
         "policy_changed"
     ] and "reload the page" in dash.result.value
     assert ap.get_item(ap.open_store(load_settings()), seeded["retry_low"]).status == "pending"
+
+
+def test_a_policy_change_shows_its_diff_and_approving_it_writes_the_policy(
+    seeded, monkeypatch, isolated_env
+) -> None:
+    from workbench.policy_changes import propose_policy_change
+
+    policy = isolated_env / "policy.yaml"
+    shipped = (REPO / "workbench" / "policies" / "default.yaml").read_text()
+    policy.write_text(shipped)
+    monkeypatch.setenv("WORKBENCH_POLICY_FILE", str(policy))
+    stricter = shipped.replace("min_recovery_probability: 0.6", "min_recovery_probability: 0.7")
+    stricter = stricter.replace("    - stolen_card\n", "    - stolen_card\n    - expired_card\n")
+    proposal = propose_policy_change(load_settings(), stricter, who=ap.Identity("alice", ap.Role.ANALYST),
+                                     reason="fewer wasted retries")  # fmt: skip
+    dash = dashboard_as("bob", monkeypatch)
+    info = dash.rows[proposal.item_id].info.value
+    assert 'class="wb-policy-diff"' in info
+    assert (
+        '<tr class="wb-diff-row" data-key="retries.min_recovery_probability">'
+        "<td>retries.min_recovery_probability</td><td>0.6</td><td>0.7</td></tr>"
+    ) in info
+    assert "(added expired_card)" in info
+    assert 'data-key="label"' not in info  # unchanged keys are not listed
+    forged_click(dash.rows[proposal.item_id].approve)
+    assert 'data-code="executed"' in dash.result.value
+    assert policy.read_text() == stricter
+    assert load_policy(settings=load_settings()).retries.min_recovery_probability == 0.7
 
 
 def test_an_error_banner_clears_on_the_next_click(seeded, monkeypatch) -> None:

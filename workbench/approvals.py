@@ -746,6 +746,7 @@ _OWNERS: dict[str, str] = {
     "model_promotion": "workbench.models.registry",
     "model_rollback": "workbench.models.registry",
     "model_registry": "workbench.models.registry",
+    "policy_change": "workbench.policy_changes",
 }
 
 
@@ -857,18 +858,31 @@ def record_states(
 
 
 _STATE_PROVIDERS: dict[str, StateProvider] = {}
+STALE_MESSAGE = (
+    "not approved: the invoice or the recommendation changed since this was requested "
+    "(or the subject no longer exists); it will be re-proposed if still needed"
+)
+_STALE_MESSAGES: dict[str, str] = {}
 
 
-def register_state_provider(scope: str, provider: StateProvider) -> None:
-    """Make ``provider`` the live state of items in ``scope`` (see :class:`CurrentState`)."""
+def register_state_provider(
+    scope: str, provider: StateProvider, *, stale_message: str | None = None
+) -> None:
+    """Make ``provider`` the live state of items in ``scope`` (see :class:`CurrentState`).
+
+    ``stale_message`` replaces :data:`STALE_MESSAGE` when an item of the scope is refused
+    as stale (say what changed and what to do next for that kind of item).
+    """
     with _EXECUTORS_LOCK:
         _STATE_PROVIDERS[scope] = provider
+        if stale_message is not None:
+            _STALE_MESSAGES[scope] = stale_message
 
 
 class CurrentState:
     """The state an item is checked against when it is approved: the live state from the
     provider registered for its scope (the model registry for model promotions and
-    rollbacks), else the latest state recorded in the store (:class:`LatestStateProvider`;
+    rollbacks, the policy file on disk for policy changes), else the latest state recorded in the store (:class:`LatestStateProvider`;
     the dunning engine records it on every run)."""
 
     def __init__(self, store: StoreLike) -> None:
@@ -1250,11 +1264,8 @@ def approve(
                              details={"requested_state_hash": item.state_hash, "current_state_hash": current_hash,
                                       "attempted": "approve"})  # fmt: skip
         return Outcome(
-            False, "stale",
-            "not approved: the invoice or the recommendation changed since this was requested "
-            "(or the subject no longer exists); it will be re-proposed if still needed",
-            item_id,
-        )  # fmt: skip
+            False, "stale", _STALE_MESSAGES.get(item.state_scope, STALE_MESSAGE), item_id
+        )
     with store.transaction() as tx:
         n = tx.execute(
             "UPDATE actions SET status = 'approved', decided_by = :by, decided_at = :at, decision_comment = :c, "

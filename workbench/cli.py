@@ -520,6 +520,61 @@ def models_rollback_cmd(
         sys.exit(1)
 
 
+# --------------------------------------------------------------------------- policy
+
+
+@main.group("policy")
+def policy_group() -> None:
+    """The dunning policy file: show it, propose changes (an approver approves them)."""
+
+
+@policy_group.command("show")
+@click.pass_context
+def policy_show_cmd(ctx: click.Context) -> None:
+    """The policy in force: file, content version and file hash."""
+    from workbench.policy import PolicyError
+    from workbench.policy_changes import current_policy
+
+    try:
+        info = current_policy(_settings(ctx))
+    except PolicyError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"file     {info.path}")
+    click.echo(f"version  {info.version}")
+    click.echo(f"sha256   {info.sha256}")
+    click.echo(f"label    {info.label or '(none)'}")
+
+
+@policy_group.command("propose")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--reason", required=True, help="Why (shown to the approver, recorded).")
+@click.pass_context
+def policy_propose_cmd(ctx: click.Context, file: str, reason: str) -> None:
+    """Ask for FILE to become the policy: validated, diffed, queued for an approver."""
+    from workbench.approvals import resolve_identity
+    from workbench.policy import PolicyError
+    from workbench.policy_changes import PolicyChangeError, diff_rows, propose_policy_change
+
+    settings = _settings(ctx)
+    try:
+        proposal = propose_policy_change(
+            settings, Path(file), who=resolve_identity(settings), reason=reason
+        )
+    except (PolicyError, PolicyChangeError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"{proposal.old_version} -> {proposal.new_version}:")
+    rows = diff_rows(proposal.diff)
+    width = max(len(key) for key, _, _ in rows)
+    for key, old, new in rows:
+        click.echo(f"  {key:<{width}}  {old} -> {new}")
+    click.echo(
+        proposal.outcome.message + (f" (item {proposal.item_id})" if proposal.item_id else "")
+    )
+    if not proposal.outcome.ok:
+        sys.exit(1)
+    click.echo("An approver other than you approves it in the approvals dashboard.")
+
+
 # --------------------------------------------------------------------------- receive
 
 

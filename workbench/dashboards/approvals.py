@@ -10,7 +10,8 @@ denied attempts. A forged widget "click" therefore changes nothing.
 Stable hooks for browser tests: rows carry the classes ``wb-item`` and
 ``wb-item-<item id>``; buttons ``wb-approve``, ``wb-reject``, ``wb-rollback``,
 ``wb-select``, ``wb-bulk-approve``; the info block has ``data-item``/``data-status``;
-outcomes appear in ``.wb-result[data-code]``; audit rows are ``tr.wb-audit-row[data-event]``.
+outcomes appear in ``.wb-result[data-code]``; audit rows are ``tr.wb-audit-row[data-event]``;
+a ``policy_change`` item shows its diff in ``table.wb-policy-diff`` (``tr.wb-diff-row[data-key]``).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from __future__ import annotations
 import html
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import ipywidgets as widgets
 import pandas as pd
@@ -47,6 +49,7 @@ from workbench.audit import audit_frame
 from workbench.config import Settings
 from workbench.dashboards.base import Dashboard
 from workbench.policy import ACTION_TYPES, Policy, PolicyError, load_policy
+from workbench.policy_changes import diff_rows
 from workbench.revenue.engine import currency_exponent
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,9 @@ CSS = """
 .wb-result[data-ok=false] {background:#fff0f0}
 table.wb-audit {border-collapse:collapse;font-size:12px}
 table.wb-audit td, table.wb-audit th {border-bottom:1px solid #eee;padding:2px 8px;text-align:left}
+table.wb-policy-diff {border-collapse:collapse;font-size:12px;margin:4px 0}
+table.wb-policy-diff td, table.wb-policy-diff th {border-bottom:1px solid #eee;padding:2px 8px;text-align:left}
+table.wb-policy-diff caption {text-align:left;color:#666}
 </style>
 """
 
@@ -105,6 +111,20 @@ def to_minor(major: float | None, currency: str) -> int | None:
 
 def _fmt_score(x: object) -> str:
     return "—" if x is None or pd.isna(x) else f"{float(x):.2f}"
+
+
+def policy_diff_html(payload: Mapping[str, Any]) -> str:
+    """A ``policy_change`` item's diff as a small table (key, old, new), from its payload."""
+    rows = "".join(
+        f'<tr class="wb-diff-row" data-key="{html.escape(key)}"><td>{html.escape(key)}</td>'
+        f"<td>{html.escape(old)}</td><td>{html.escape(new)}</td></tr>"
+        for key, old, new in diff_rows(payload.get("diff") or [])
+    )
+    versions = f"{payload.get('old_version', '?')} → {payload.get('new_version', '?')}"
+    return (
+        f'<table class="wb-policy-diff"><caption>policy {html.escape(versions)}</caption>'
+        "<tr><th>key</th><th>old</th><th>new</th></tr>" + rows + "</table>"
+    )
 
 
 @dataclass
@@ -306,7 +326,8 @@ class ApprovalsDashboard(Dashboard):
             f" · {item.age_hours(now):.1f} h old · requested by {html.escape(item.requested_by)}"
             + (f" · decided by {html.escape(item.decided_by)}" if item.decided_by else "")
             + f'<div class="wb-reason">{html.escape(item.reason or "(no reason given)")}</div>'
-            f'<div class="wb-scores">recovery p {_fmt_score(p.get("recovery_probability"))} · '
+            + (policy_diff_html(p) if item.action_type == "policy_change" else "")
+            + f'<div class="wb-scores">recovery p {_fmt_score(p.get("recovery_probability"))} · '
             f'uplift {_fmt_score(p.get("uplift"))} · expected value '
             f"{format_money(None if p.get('expected_value') is None else round(p['expected_value']), self.settings.reporting_currency)}"
             f" · models {html.escape(str(p.get('model_versions') or '—'))} · policy {html.escape(item.policy_version or '—')}"

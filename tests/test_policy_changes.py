@@ -1,0 +1,362 @@
+"""Policy changes through the approvals queue: propose, approve, stale, roll back, crash."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from workbench import approvals as ap
+from workbench import audit
+from workbench.approvals import Identity, Role
+from workbench.config import load_settings
+from workbench.policy import PolicyError, load_policy
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT = (REPO / "workbench" / "policies" / "default.yaml").read_text()
+NOW = pd.Timestamp("2024-06-03T10:00:00", tz="UTC")
+ALICE = Identity("alice", Role.ANALYST)
+BOB = Identity("bob", Role.APPROVER)
+VIC = Identity("vic", Role.VIEWER)
+# a real edit of the shipped file: a stricter retry threshold and a new label
+PROPOSED = DEFAULT.replace(
+    "min_recovery_probability: 0.6", "min_recovery_probability: 0.7"
+).replace('label: "default"', 'label: "2024-06 stricter retries"')
+
+
+@pytest.fixture()
+def settings(isolated_env: Path, monkeypatch: pytest.MonkeyPatch):
+    """Settings whose policy file is a copy of the shipped one in a temporary folder."""
+    policy = isolated_env / "policy" / "dunning.yaml"
+    policy.parent.mkdir()
+    policy.write_text(DEFAULT)
+    monkeypatch.setenv("WORKBENCH_POLICY_FILE", str(policy))
+    return load_settings()
+
+
+@pytest.fixture()
+def pc():
+    from workbench import policy_changes
+
+    return policy_changes
+
+
+def propose(pc, settings, text: str = PROPOSED, who: Identity = ALICE):
+    return pc.propose_policy_change(
+        settings, text, who=who, reason="recoveries below 0.7 rarely pay", now=NOW
+    )
+
+
+def approve(settings, item_id: str, who: Identity = BOB) -> ap.Outcome:
+    store = ap.open_store(settings)
+    return ap.approve(store, item_id, who=who, current_state=ap.CurrentState(store), now=NOW)
+
+
+def items(settings) -> list[ap.ActionItem]:
+    return ap.list_items(ap.open_store(settings), action_types=["policy_change"])
+
+
+def test_propose_then_approve_writes_the_new_policy(pc, settings) -> None:
+    before = load_policy(settings=settings)
+    proposal = propose(pc, settings)
+    assert proposal.outcome.code == "queued"
+    assert proposal.diff == [
+        ("label", "default", "2024-06 stricter retries"),
+        ("retries.min_recovery_probability", 0.6, 0.7),
+    ]
+    path = Path(settings.policy_file)
+    assert path.read_text() == DEFAULT  # nothing changes before an approval
+    item = ap.get_item(ap.open_store(settings), proposal.item_id)
+    assert item.action_type == "policy_change" and item.risk == "high"
+    assert item.payload["proposed_yaml"] == PROPOSED
+    assert item.payload["old_sha256"] == pc.sha256_bytes(DEFAULT.encode())
+    assert item.payload["diff"][1] == {
+        "key": "retries.min_recovery_probability", "old": 0.6, "new": 0.7
+    }  # fmt: skip
+
+    out = approve(settings, proposal.item_id)
+    assert out.code == "executed", out.message
+    assert path.read_text() == PROPOSED
+    after = load_policy(settings=settings)
+    assert after.retries.min_recovery_probability == 0.7 and after.version != before.version
+    kept = pc.history_dir(settings) / f"{pc.sha256_bytes(DEFAULT.encode())}.yaml"
+    assert kept.read_text() == DEFAULT
+    [execution] = ap.executions_frame(ap.open_store(settings)).to_dict("records")
+    result = json.loads(execution["result"])
+    assert result["old_sha256"] == pc.sha256_bytes(DEFAULT.encode())
+    assert result["new_sha256"] == pc.sha256_bytes(PROPOSED.encode())
+    assert result["version"] == after.version and execution["actor"] == "bob"
+    assert audit.verify(ap.open_store(settings)).ok
+
+
+def test_the_queue_carries_out_a_policy_change_in_a_fresh_process(pc, settings) -> None:
+    """The dashboard's kernel imports only workbench.approvals: approving must still write
+    the file (the executor is found through approvals._OWNERS), not just record it."""
+    proposal = propose(pc, settings)
+    code = textwrap.dedent(f"""
+        import sys
+        from workbench import approvals as ap
+        from workbench.config import load_settings
+        assert "workbench.policy_changes" not in sys.modules
+        store = ap.open_store(load_settings())
+        out = ap.approve(store, {proposal.item_id!r}, who=ap.Identity("bob", ap.Role.APPROVER),
+                         current_state=ap.CurrentState(store))
+        print(out.code, out.message)
+    """)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("executed"), run.stdout
+    assert Path(settings.policy_file).read_text() == PROPOSED
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("retries: [1, 2\n", "not valid YAML"),
+        ("retries:\n  min_recovery_probability: 1.7\n", "retries.min_recovery_probability"),
+        ("retires:\n  max_auto_retries: 3\n", "did you mean 'retries'"),
+        ("automation:\n  levels:\n    policy_change: autonomous\n", "always needs a human"),
+        ("currency: eur\n", "reporting currency"),
+    ],
+)
+def test_an_invalid_proposal_is_refused_and_nothing_is_queued(pc, settings, text, expected) -> None:
+    with pytest.raises(PolicyError, match=expected):
+        propose(pc, settings, text)
+    assert items(settings) == []
+    assert Path(settings.policy_file).read_text() == DEFAULT
+
+
+def test_an_invalid_proposal_lists_every_problem(pc, settings) -> None:
+    text = "retries:\n  min_recovery_probability: 2\ncollections:\n  min_amount_minor: -1\n"
+    with pytest.raises(PolicyError) as err:
+        propose(pc, settings, text)
+    assert len(err.value.problems) == 2
+    assert "retries.min_recovery_probability" in str(err.value)
+    assert "collections.min_amount_minor" in str(err.value)
+
+
+def test_a_proposal_that_changes_nothing_is_refused(pc, settings) -> None:
+    # other comments and order, the same values: not a change
+    same = "# reworded\n" + DEFAULT.replace("# Shadow mode", "# shadow mode")
+    with pytest.raises(pc.PolicyChangeError, match="same as the current one"):
+        propose(pc, settings, same)
+    assert items(settings) == []
+
+
+def test_a_proposal_from_a_file(pc, settings, tmp_path) -> None:
+    proposed = tmp_path / "stricter.yaml"
+    proposed.write_text(PROPOSED)
+    assert propose(pc, settings, proposed).outcome.code == "queued"
+    assert propose(pc, settings, str(proposed)).outcome.code == "duplicate"
+    with pytest.raises(pc.PolicyChangeError, match="no proposed policy file"):
+        propose(pc, settings, tmp_path / "missing.yaml")
+
+
+def test_the_same_proposal_twice_is_queued_once(pc, settings) -> None:
+    first = propose(pc, settings)
+    again = propose(pc, settings)
+    assert (first.outcome.code, again.outcome.code) == ("queued", "duplicate")
+    assert again.item_id == first.item_id
+    other = propose(pc, settings, PROPOSED.replace("max_auto_retries: 8", "max_auto_retries: 6"))
+    assert other.outcome.code == "queued" and other.item_id != first.item_id
+    assert len(items(settings)) == 2
+
+
+def test_the_same_text_can_be_proposed_again_once_the_earlier_proposal_is_closed(
+    pc, settings
+) -> None:
+    store = ap.open_store(settings)
+    first = propose(pc, settings)
+    assert ap.reject(store, first.item_id, who=BOB, comment="not this month", now=NOW).ok
+    second = propose(pc, settings)
+    assert second.outcome.code == "queued" and second.item_id != first.item_id
+    assert propose(pc, settings).item_id == second.item_id  # while pending: still one item
+    assert approve(settings, second.item_id).code == "executed"
+    assert ap.rollback(store, second.item_id, who=BOB, reason="too strict", now=NOW).ok
+    third = propose(pc, settings)
+    assert third.outcome.code == "queued"
+    assert approve(settings, third.item_id).code == "executed"
+    assert Path(settings.policy_file).read_text() == PROPOSED
+
+
+def test_a_file_edited_after_the_proposal_makes_it_stale(pc, settings) -> None:
+    proposal = propose(pc, settings)
+    path = Path(settings.policy_file)
+    edited = DEFAULT.replace("after_days_idle: 60", "after_days_idle: 90")
+    path.write_text(edited)  # someone edits the file by hand meanwhile
+    out = approve(settings, proposal.item_id)
+    assert out.code == "stale"
+    assert "propose" in out.message and "policy file changed" in out.message
+    assert path.read_text() == edited
+    assert ap.get_item(ap.open_store(settings), proposal.item_id).status == "stale"
+    assert not pc.history_dir(settings).exists() or not any(pc.history_dir(settings).iterdir())
+    # proposing again against the edited file works (the stale item gave up its key)
+    assert propose(pc, settings).outcome.code == "queued"
+
+
+def test_the_executor_itself_refuses_a_changed_file(pc, settings) -> None:
+    """Belt and braces: a file edited between the state check and the write."""
+    proposal = propose(pc, settings)
+    path = Path(settings.policy_file)
+    edited = DEFAULT.replace("after_days_idle: 60", "after_days_idle: 90")
+
+    def edit_right_after_the_check(item: ap.ActionItem) -> dict:
+        state = pc.current_state(item)
+        path.write_text(edited)
+        return state
+
+    store = ap.open_store(settings)
+    out = ap.approve(store, proposal.item_id, who=BOB, now=NOW,
+                     current_state=edit_right_after_the_check)  # fmt: skip
+    assert out.code == "failed" and "propose the change again" in out.message
+    assert path.read_text() == edited
+
+
+def test_a_person_without_the_approver_role_cannot_approve(pc, settings) -> None:
+    proposal = propose(pc, settings)
+    for who in (VIC, Identity("ann", Role.ANALYST)):
+        out = approve(settings, proposal.item_id, who=who)
+        assert out.code == "denied" and "approver or admin needed" in out.message
+    own = approve(settings, proposal.item_id, who=Identity("alice", Role.ADMIN))
+    assert own.code == "denied" and "maker-checker" in own.message
+    assert Path(settings.policy_file).read_text() == DEFAULT
+    store = ap.open_store(settings)
+    assert ap.get_item(store, proposal.item_id).status == "pending"
+    denied = audit.audit_frame(store, event_prefix="action.denied")
+    assert sorted(denied["actor"]) == ["alice", "ann", "vic"]
+    assert set(denied["item_id"]) == {proposal.item_id}
+
+
+def test_a_viewer_cannot_propose(pc, settings) -> None:
+    out = propose(pc, settings, who=VIC).outcome
+    assert out.code == "denied" and items(settings) == []
+
+
+def test_rollback_restores_the_old_file(pc, settings) -> None:
+    proposal = propose(pc, settings)
+    assert approve(settings, proposal.item_id).code == "executed"
+    store = ap.open_store(settings)
+    out = ap.rollback(store, proposal.item_id, who=BOB, reason="too strict", now=NOW)
+    assert out.code == "rolled_back", out.message
+    assert Path(settings.policy_file).read_text() == DEFAULT
+    rollback = ap.executions_frame(store).set_index("kind").loc["rollback"]
+    assert pc.sha256_bytes(DEFAULT.encode()) in rollback["result"]
+
+
+def test_rollback_refuses_when_the_file_changed_after_the_change(pc, settings) -> None:
+    proposal = propose(pc, settings)
+    assert approve(settings, proposal.item_id).code == "executed"
+    path = Path(settings.policy_file)
+    later = PROPOSED.replace("after_days_idle: 60", "after_days_idle: 90")
+    path.write_text(later)
+    out = ap.rollback(ap.open_store(settings), proposal.item_id, who=BOB, reason="x", now=NOW)
+    assert out.code == "failed" and "no longer the file this change wrote" in out.message
+    assert path.read_text() == later
+
+
+def test_a_failed_replace_leaves_the_old_file_whole(pc, settings, monkeypatch) -> None:
+    proposal = propose(pc, settings)
+    path = Path(settings.policy_file)
+    real_replace = pc.os.replace
+
+    def crash_on_the_policy_file(src, dst):
+        if Path(dst) == path:
+            raise OSError("disk gone")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(pc.os, "replace", crash_on_the_policy_file)
+    out = approve(settings, proposal.item_id)
+    assert out.code == "failed" and "disk gone" in out.message
+    assert path.read_text() == DEFAULT and load_policy(settings=settings).label == "default"
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
+
+
+CRASH = """
+import os, sys
+from pathlib import Path
+from workbench import approvals as ap, policy_changes as pc
+from workbench.config import load_settings
+
+settings = load_settings()
+real_replace = os.replace
+def die_before_the_policy_file_is_replaced(src, dst):
+    if Path(dst) == Path(settings.policy_file):
+        os._exit(9)  # the new text is complete in its temporary file; the rename never happens
+    real_replace(src, dst)
+pc.os.replace = die_before_the_policy_file_is_replaced
+store = ap.open_store(settings)
+ap.approve(store, sys.argv[1], who=ap.Identity("bob", ap.Role.APPROVER),
+           current_state=ap.CurrentState(store))
+"""
+
+
+def test_a_crash_between_the_history_copy_and_the_replace(pc, settings) -> None:
+    proposal = propose(pc, settings)
+    run = subprocess.run([sys.executable, "-c", CRASH, proposal.item_id], cwd=REPO,
+                         capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 9, run.stderr
+    path = Path(settings.policy_file)
+    assert path.read_text() == DEFAULT and load_policy(settings=settings).label == "default"
+    kept = pc.history_dir(settings) / f"{pc.sha256_bytes(DEFAULT.encode())}.yaml"
+    assert kept.read_text() == DEFAULT  # the history copy was written before the crash
+    [tmp] = [p for p in path.parent.iterdir() if p != path]  # and the new text, in full
+    assert tmp.name.startswith(".") and tmp.read_text() == PROPOSED
+    store = ap.open_store(settings)
+    assert ap.get_item(store, proposal.item_id).status == "approved"  # claimed, never recorded
+    later = pd.Timestamp.now(tz="UTC") + pd.Timedelta(hours=1)  # the child approved "now"
+    assert ap.recover_interrupted(store, who=BOB, now=later) == [proposal.item_id]
+    again = pc.propose_policy_change(settings, PROPOSED, who=ALICE, reason="again", now=later)
+    assert again.outcome.code == "queued"
+    assert approve(settings, again.item_id).code == "executed"
+    assert path.read_text() == PROPOSED
+
+
+def test_cli_policy_show_and_propose(pc, settings, tmp_path, monkeypatch) -> None:
+    from workbench.cli import main
+
+    monkeypatch.setenv("WORKBENCH_USER", "alice")
+    roles = tmp_path / "roles.yaml"
+    roles.write_text("roles:\n  alice: analyst\n")
+    monkeypatch.setenv("WORKBENCH_ROLES_FILE", str(roles))
+    cli = CliRunner()
+    shown = cli.invoke(main, ["policy", "show"])
+    assert shown.exit_code == 0, shown.output
+    assert load_policy(settings=settings).version in shown.output
+    assert pc.sha256_bytes(DEFAULT.encode()) in shown.output
+    assert str(settings.policy_file) in shown.output
+
+    proposed = tmp_path / "stricter.yaml"
+    proposed.write_text(PROPOSED)
+    out = cli.invoke(main, ["policy", "propose", str(proposed), "--reason", "fewer wasted retries"])
+    assert out.exit_code == 0, out.output
+    [item] = items(settings)
+    assert item.item_id in out.output
+    assert "retries.min_recovery_probability" in out.output and "0.7" in out.output
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("retries:\n  min_recovery_probability: 7\n")
+    out = cli.invoke(main, ["policy", "propose", str(bad), "--reason", "typo"])
+    assert out.exit_code != 0 and "retries.min_recovery_probability" in out.output
+    same = cli.invoke(main, ["policy", "propose", str(settings.policy_file), "--reason", "x"])
+    assert same.exit_code != 0 and "same as the current one" in same.output
+    assert len(items(settings)) == 1
+
+
+def test_diff_rows_write_values_as_in_the_yaml_file(pc) -> None:
+    lists = (["retention_offer", "retry_payment"], ["refund", "retry_payment"])
+    assert pc.diff_rows([
+        ("shadow", False, True),
+        {"key": "bulk_approval.action_types", "old": lists[0], "new": lists[1]},  # payload form
+        ("label", None, "x"),
+    ]) == [
+        ("shadow", "false", "true"),
+        ("bulk_approval.action_types", "retention_offer, retry_payment",
+         "refund, retry_payment (added refund; removed retention_offer)"),
+        ("label", "(unset)", "x"),
+    ]  # fmt: skip

@@ -1,0 +1,464 @@
+"""Policy changes through the approvals queue: propose, approve, apply, roll back.
+
+The dunning policy is a YAML file (``settings.policy_file``). Changing it is a high-risk
+action (``policy_change`` is one of :data:`~workbench.policy.HUMAN_ONLY_ACTION_TYPES`), so
+it never happens by editing the file in place: :func:`propose_policy_change` validates the
+proposed YAML, computes what it would change (:func:`~workbench.policy.policy_diff`) and
+queues a ``policy_change`` item holding the proposed text, the diff and the SHA-256 of the
+policy file it was proposed against. An approver other than the requester approves it in
+the approvals dashboard; the queue then runs this module's executor, which
+
+1. refuses if the file no longer has the hash it had when the change was proposed (someone
+   edited it meanwhile: the item is stale; propose again against the current file),
+2. keeps the current file under ``<data_dir>/policies/history/<sha256>.yaml``, and
+3. writes the new file atomically (temporary file in the same folder, fsync,
+   ``os.replace``), so a crash leaves the old file or the new one, never half of either.
+
+A rollback (within the current policy's override window, from the dashboard) restores the
+kept file, but only while the policy file is still the one this change wrote.
+
+Importing this module registers the executor and the state provider (the approvals queue
+imports it on first use of a ``policy_change`` item, see ``approvals._OWNERS``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from filelock import FileLock, Timeout
+
+from workbench import approvals
+from workbench.approvals import ActionItem, ExecutionContext, Identity, Outcome, StoreLike
+from workbench.config import Settings
+from workbench.policy import Policy, PolicyError, load_policy, parse_policy, policy_diff
+
+log = logging.getLogger(__name__)
+
+ACTION_TYPE = "policy_change"
+#: The state scope of policy_change items: checked against the policy file on disk now.
+STATE_SCOPE = ACTION_TYPE
+LOCK_TIMEOUT_S = 30.0
+STALE_MESSAGE = (
+    "not approved: the policy file changed since this policy change was proposed, so its diff "
+    "no longer describes what approving would do; nothing was written. Propose the change "
+    "again against the current file (`workbench policy propose FILE --reason ...`)"
+)
+
+
+class PolicyChangeError(RuntimeError):
+    """A policy change cannot be proposed, applied or rolled back; the message says why and
+    what to do next."""
+
+
+# --------------------------------------------------------------------------- files
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex SHA-256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def file_sha256(path: Path | str) -> str | None:
+    """Hex SHA-256 of a file's bytes, or ``None`` when it does not exist."""
+    try:
+        return sha256_bytes(Path(path).read_bytes())
+    except FileNotFoundError:
+        return None
+
+
+def history_dir(settings: Settings) -> Path:
+    """``<data_dir>/policies/history``: every policy file a change replaced, named by hash."""
+    return Path(settings.data_dir) / "policies" / "history"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never
+    part of either: a temporary file in the same folder, fsync, ``os.replace``, fsync of
+    the folder. The temporary file is removed if anything fails before the rename."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    with contextlib.suppress(OSError):  # the rename itself survives a power cut
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def _file_lock(folder: Path) -> Iterator[None]:
+    """One policy change (or rollback) at a time on this data folder: two approvers
+    approving two different changes at once must not both pass the hash check."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with FileLock(str(folder / ".policy-change.lock"), timeout=LOCK_TIMEOUT_S):
+            yield
+    except Timeout as exc:
+        raise PolicyChangeError(
+            f"another policy change held {folder / '.policy-change.lock'} for "
+            f"{LOCK_TIMEOUT_S:.0f} s; nothing was written: try again"
+        ) from exc
+
+
+def _parse_text(text: str, *, source: str, reporting_currency: str | None) -> Policy:
+    """Validate policy YAML text.
+
+    Raises:
+        PolicyError: Not YAML, or an invalid policy (every problem listed).
+    """
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PolicyError(source, [f"not valid YAML: {exc}"]) from exc
+    return parse_policy(raw, source=source, reporting_currency=reporting_currency)
+
+
+def _read_proposal(new_policy: Path | str) -> tuple[str, str]:
+    """``(text, source)`` of a proposal given as a file (a ``Path``, or a one-line ``str``
+    naming an existing file) or as YAML text."""
+    if isinstance(new_policy, os.PathLike) or (
+        "\n" not in new_policy and Path(new_policy).is_file()
+    ):
+        path = Path(new_policy)
+        try:
+            return path.read_text(encoding="utf-8"), str(path)
+        except FileNotFoundError:
+            raise PolicyChangeError(
+                f"no proposed policy file at {path}: give an existing YAML file"
+            ) from None
+        except UnicodeDecodeError as exc:
+            raise PolicyError(str(path), [f"not UTF-8 text: {exc}"]) from exc
+    return str(new_policy), "<proposed policy>"
+
+
+# --------------------------------------------------------------------------- current policy
+
+
+@dataclass(frozen=True)
+class PolicyFileInfo:
+    """The policy file in force: where it is, its bytes' hash and its content version."""
+
+    path: Path
+    sha256: str
+    version: str
+    label: str
+
+
+def current_policy(settings: Settings) -> PolicyFileInfo:
+    """The configured policy file, validated (``workbench policy show``).
+
+    Raises:
+        PolicyError: The file is missing or invalid.
+    """
+    path = Path(settings.policy_file)
+    policy = load_policy(path, settings=settings)
+    sha = file_sha256(path)
+    if sha is None:  # removed between the two reads
+        raise PolicyError(str(path), ["file not found"])
+    return PolicyFileInfo(path=path, sha256=sha, version=policy.version, label=policy.label)
+
+
+def _subject(settings: Settings) -> str:
+    path = Path(settings.policy_file)
+    with contextlib.suppress(ValueError):
+        path = path.relative_to(settings.root)
+    return f"policy:{path}"
+
+
+# --------------------------------------------------------------------------- diffs for people
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return "(unset)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return ", ".join(map(_text, value)) or "(none)"
+    return str(value)
+
+
+def diff_rows(diff: Iterable[tuple[str, Any, Any]]) -> list[tuple[str, str, str]]:
+    """A :func:`~workbench.policy.policy_diff` (or a payload's ``diff`` entries) as text:
+    ``(key, old, new)``, values written as in the YAML file; for lists the new value ends
+    with what was added and removed, e.g. ``a, b, c (added c)``."""
+    rows = []
+    for entry in diff:
+        key, old, new = (
+            (entry["key"], entry["old"], entry["new"]) if isinstance(entry, Mapping) else entry
+        )
+        new_text = _text(new)
+        if isinstance(old, list | tuple) and isinstance(new, list | tuple):
+            notes = [
+                f"{verb} {_text(names)}"
+                for verb, names in (
+                    ("added", [x for x in new if x not in old]),
+                    ("removed", [x for x in old if x not in new]),
+                )
+                if names
+            ]
+            new_text += f" ({'; '.join(notes)})" if notes else ""
+        rows.append((str(key), _text(old), new_text))
+    return rows
+
+
+# --------------------------------------------------------------------------- propose
+
+
+@dataclass(frozen=True)
+class PolicyProposal:
+    """What :func:`propose_policy_change` did.
+
+    ``outcome`` is the queue's (``queued``, ``duplicate``, ``denied``); ``diff`` lists
+    ``(dotted.key, old, new)`` for every value the change would alter.
+    """
+
+    outcome: Outcome
+    diff: list[tuple[str, Any, Any]]
+    old_version: str
+    new_version: str
+    old_sha256: str
+    new_sha256: str
+
+    @property
+    def item_id(self) -> str | None:
+        return self.outcome.item_id
+
+
+def _attempt(store: approvals.ApprovalStore, subject: str, *, old_sha: str, new_sha: str) -> int:
+    """Which proposal of this text against this file a new request is.
+
+    The queue's idempotency key covers the state an item was requested in, and rejected,
+    failed or rolled-back items keep theirs; without this number, the same text proposed
+    again after a rejection, a failed write or a rollback would be answered "duplicate" by
+    the closed item. A pending proposal of the same text is answered with its own number,
+    so it stays the one item.
+    """
+    same = [
+        i
+        for i in approvals.list_items(store, action_types=[ACTION_TYPE], subject_id=subject)
+        if i.payload.get("old_sha256") == old_sha and i.payload.get("new_sha256") == new_sha
+    ]
+    pending = [i for i in same if i.status == "pending"]
+    return int(pending[0].payload.get("attempt", 0)) if pending else len(same)
+
+
+def propose_policy_change(
+    settings: Settings,
+    new_policy_path_or_text: Path | str,
+    *,
+    who: Identity,
+    reason: str,
+    store: StoreLike | None = None,
+    now: pd.Timestamp | None = None,
+) -> PolicyProposal:
+    """Queue "replace the policy file with this one" for an approver.
+
+    Args:
+        settings: Supplies the policy file, the reporting currency, the data folder (for
+            the history of replaced files) and the approvals store.
+        new_policy_path_or_text: The proposed policy: a file (a ``Path``, or a one-line
+            ``str`` naming an existing file) or the YAML text itself. It is written to the
+            policy file byte for byte on approval.
+        who: The requester (analyst or above); someone else must approve.
+        reason: Why, shown to the approver and recorded.
+        store: The approvals store; default ``settings.approvals_url``.
+
+    Returns:
+        The queue's outcome and the diff. Proposing the same text against the same policy
+        file while it is pending queues nothing (``duplicate``, with the pending item's
+        id); after it was rejected, failed or rolled back, it is queued again.
+
+    Raises:
+        PolicyError: The proposal is not YAML or not a valid policy (every problem listed),
+            or the current policy file is missing or invalid. Nothing is queued.
+        PolicyChangeError: The proposal changes nothing, or no reason was given.
+    """
+    if not reason.strip():
+        raise PolicyChangeError("a policy change needs a reason (shown to the approver)")
+    text, source = _read_proposal(new_policy_path_or_text)
+    new = _parse_text(text, source=source, reporting_currency=settings.reporting_currency)
+    path = Path(settings.policy_file)
+    if not path.is_file():
+        load_policy(path, settings=settings)  # raises PolicyError saying how to set it
+    old_bytes = path.read_bytes()  # hashed and parsed from one read
+    old = _parse_text(old_bytes.decode("utf-8"), source=str(path),
+                      reporting_currency=settings.reporting_currency)  # fmt: skip
+    diff = policy_diff(old, new)
+    if not diff:
+        raise PolicyChangeError(
+            f"the proposed policy is the same as the current one ({old.version}, {path}): no "
+            "value would change (comments, key order and keys left at their defaults do not "
+            "count), so nothing was queued"
+        )
+    old_sha, new_sha = sha256_bytes(old_bytes), sha256_bytes(text.encode("utf-8"))
+    store = approvals.open_store(store if store is not None else settings)
+    subject = _subject(settings)
+    attempt = _attempt(store, subject, old_sha=old_sha, new_sha=new_sha)
+    state = {"policy_file": str(path), "sha256": old_sha, "proposed_sha256": new_sha,
+             "attempt": attempt}  # fmt: skip
+    payload = {
+        "reason": reason,
+        "policy_file": str(path),
+        "history_dir": str(history_dir(settings)),
+        "reporting_currency": settings.reporting_currency,
+        "old_sha256": old_sha,
+        "old_version": old.version,
+        "new_sha256": new_sha,
+        "new_version": new.version,
+        "new_label": new.label,
+        "diff": [{"key": k, "old": a, "new": b} for k, a, b in diff],
+        "proposed_yaml": text,
+        "attempt": attempt,
+        # an approved change can be rolled back from the dashboard within the window the
+        # policy in force gives automated actions; later, propose the kept file again
+        "override_window_hours": old.automation.override_window_hours,
+    }
+    outcome = approvals.request_action(
+        store,
+        who=who,
+        action_type=ACTION_TYPE,
+        subject_id=subject,
+        state=state,
+        policy=old,
+        payload=payload,
+        state_scope=STATE_SCOPE,
+        risk="high",
+        now=now,
+    )
+    log.info("policy change %s -> %s: %s", old.version, new.version, outcome.message)
+    return PolicyProposal(outcome, diff, old.version, new.version, old_sha, new_sha)
+
+
+# --------------------------------------------------------------------------- the queue's side
+
+
+def current_state(item: ActionItem) -> dict[str, Any] | None:
+    """The approvals queue's state provider for policy changes: the policy file's hash now
+    (``None`` when the file is gone), next to what the item proposes. It hashes like the
+    state the item was requested in only while the file is unchanged."""
+    p = item.payload
+    try:
+        path = p["policy_file"]
+        return {
+            "policy_file": path,
+            "sha256": file_sha256(path),
+            "proposed_sha256": p["new_sha256"],
+            "attempt": p.get("attempt", 0),
+        }
+    except KeyError:
+        return None
+
+
+def _execute(item: ActionItem, ctx: ExecutionContext) -> dict[str, Any]:
+    """Replace the policy file with the approved text (see the module docstring).
+
+    Raises:
+        PolicyChangeError: The file changed since the proposal (stale), or the item does
+            not hold what a proposal holds. Nothing is written then.
+    """
+    p = item.payload
+    path, keep_dir = Path(p["policy_file"]), Path(p["history_dir"])
+    text = p["proposed_yaml"]
+    new_bytes = text.encode("utf-8")
+    if sha256_bytes(new_bytes) != p["new_sha256"]:
+        raise PolicyChangeError(
+            f"{item.item_id}: the proposed text does not hash to the recorded {p['new_sha256'][:12]}; "
+            "nothing was written: propose the change again"
+        )
+    new = _parse_text(text, source=f"policy change {item.item_id}",
+                      reporting_currency=p.get("reporting_currency"))  # fmt: skip
+    with _file_lock(keep_dir):
+        old_bytes = path.read_bytes() if path.is_file() else None
+        now_sha = None if old_bytes is None else sha256_bytes(old_bytes)
+        if now_sha != p["old_sha256"]:
+            raise PolicyChangeError(
+                f"{path} changed since this policy change was proposed (it had "
+                f"{p['old_sha256'][:12]}, now {(now_sha or 'no file')[:12]}); nothing was written: "
+                "propose the change again against the current file"
+            )
+        # the file being replaced must be a policy (a forged payload cannot point elsewhere)
+        old = _parse_text(old_bytes.decode("utf-8"), source=str(path),
+                          reporting_currency=p.get("reporting_currency"))  # fmt: skip
+        kept = keep_dir / f"{now_sha}.yaml"
+        if file_sha256(kept) != now_sha:
+            _atomic_write(kept, old_bytes)
+        _atomic_write(path, new_bytes)
+    log.warning("policy %s -> %s written to %s (approvals item %s, by %s)",
+                old.version, new.version, path, item.item_id, ctx.actor)  # fmt: skip
+    return {
+        "policy_file": str(path),
+        "old_sha256": now_sha,
+        "new_sha256": p["new_sha256"],
+        "old_version": old.version,
+        "version": new.version,
+        "history_file": str(kept),
+    }
+
+
+def _rollback(item: ActionItem, ctx: ExecutionContext) -> dict[str, Any]:
+    """Put back the file an executed change replaced, if the policy file is still the one
+    the change wrote.
+
+    Raises:
+        PolicyChangeError: The file changed after the change (restoring would discard that
+            later change), or the kept copy is missing or altered. Nothing is written then.
+    """
+    p = item.payload
+    path, keep_dir = Path(p["policy_file"]), Path(p["history_dir"])
+    kept = keep_dir / f"{p['old_sha256']}.yaml"
+    with _file_lock(keep_dir):
+        now_sha = file_sha256(path)
+        if now_sha != p["new_sha256"]:
+            raise PolicyChangeError(
+                f"{path} is no longer the file this change wrote (it wrote {p['new_sha256'][:12]}, "
+                f"now {(now_sha or 'no file')[:12]}); nothing was restored: to go back, propose "
+                f"{kept} as a new policy change"
+            )
+        try:
+            old_bytes = kept.read_bytes()
+        except FileNotFoundError:
+            raise PolicyChangeError(
+                f"the kept copy {kept} is missing; nothing was restored"
+            ) from None
+        if sha256_bytes(old_bytes) != p["old_sha256"]:
+            raise PolicyChangeError(f"the kept copy {kept} was altered; nothing was restored")
+        _atomic_write(path, old_bytes)
+    log.warning("policy change %s rolled back: %s restored to %s by %s",
+                item.item_id, p["old_version"], path, ctx.actor)  # fmt: skip
+    return {
+        "policy_file": str(path),
+        "old_sha256": now_sha,
+        "new_sha256": p["old_sha256"],
+        "version": p["old_version"],
+        "restored_from": str(kept),
+    }
+
+
+def register_approval_executors() -> None:
+    """Make the approvals queue carry out approved ``policy_change`` items and check them
+    against the policy file on disk (idempotent; done when this module is imported)."""
+    approvals.register_executor(ACTION_TYPE, _execute, rollback=_rollback)
+    approvals.register_state_provider(STATE_SCOPE, current_state, stale_message=STALE_MESSAGE)
+
+
+register_approval_executors()
