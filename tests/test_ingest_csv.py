@@ -222,4 +222,4 @@ def test_the_same_file_under_another_mapping_says_it_was_not_mapped_again(settin
     assert again.duplicates == 2 and again.message is None  # a plain repeat
     other = ingest(csv, source="csv", mapping=right, settings=settings, progress=False).files[0]
     assert other.duplicates == 2 and other.accepted == 0
-    assert "another mapping" in other.message and "not supported yet" in other.message
+    assert "another mapping" in other.message and "--remap" in other.message

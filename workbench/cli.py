@@ -275,16 +275,27 @@ def simulate_cmd(ctx, accounts, months, seed, start, faults, regime_change, out,
 @click.option(
     "--mapping", default=None, help="CSV mapping: a bundled name or a YAML path (default: detect)."
 )
+@click.option(
+    "--remap",
+    is_flag=True,
+    help="CSV files already loaded under another mapping: replace their rows and quarantine "
+    "rows with what --mapping makes (one transaction; the earlier load is kept as superseded).",
+)
 @click.pass_context
 def ingest_cmd(
-    ctx: click.Context, paths: tuple[str, ...], source: str, mapping: str | None
+    ctx: click.Context, paths: tuple[str, ...], source: str, mapping: str | None, remap: bool
 ) -> None:
     """Load files or folders into the warehouse (idempotent; bad records are quarantined)."""
     from workbench.ingest import IngestError, ingest
 
     try:
         report = ingest(
-            list(paths), source=source, mapping=mapping, settings=_settings(ctx), progress=True
+            list(paths),
+            source=source,
+            mapping=mapping,
+            remap=remap,  # who asked: the local user (workbench.approvals.local_user)
+            settings=_settings(ctx),
+            progress=True,
         )
     except IngestError as exc:
         raise click.ClickException(str(exc)) from exc

@@ -420,7 +420,12 @@ TABLES: dict[str, Table] = {
                 _c("accepted", "BIGINT", nullable=False),
                 _c("quarantined", "BIGINT", nullable=False),
                 _c("duplicates", "BIGINT", nullable=False),
-                _c("status", "VARCHAR", "ok | failed", nullable=False),
+                _c(
+                    "status",
+                    "VARCHAR",
+                    "ok | failed | superseded (re-mapped by a later load)",
+                    nullable=False,
+                ),
                 _c("message", "VARCHAR"),
                 _c("started_at", TS, nullable=False),
                 _c("finished_at", TS),

@@ -192,7 +192,7 @@ _COLUMN_RULES: dict[str, dict[str, list[pa.Check]]] = {
         "accepted": [_nonneg()],
         "quarantined": [_nonneg()],
         "duplicates": [_nonneg()],
-        "status": [_one_of(("ok", "failed"))],
+        "status": [_one_of(("ok", "failed", "superseded"))],
     },
 }
 

@@ -16,12 +16,21 @@ Stripe events:
   ordered the same way; ``subscription_history`` rows given by a mapping are kept as
   given; the other tables (usage, CRM signals, support tickets, FX rates) are upserted by
   primary key;
-* the same file received again (same content) changes nothing: its rows are duplicates.
+* the same file received again (same content) changes nothing: its rows are duplicates,
+  also under another mapping (the message says so);
+* unless a re-map is asked for (``ingest(..., remap=True)``, ``workbench ingest --remap``):
+  then, in the load's transaction, what the file's earlier loads wrote (versions, upserted
+  rows, quarantine rows) is taken out (:func:`_unload`), the file is mapped with the new
+  mapping as if first received then (same ``version_at``), and the earlier loads rows are
+  kept with ``status = 'superseded'``. ``rebuild`` replays the receipts in order, the
+  re-map included, so it ends with the same rows.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +72,38 @@ _TOUCHES = {
 }
 
 
+#: Tables a CSV file writes by primary key (``INSERT OR REPLACE``), without versions.
+UPSERTED = ("usage", "crm_signals", "support_tickets", "fx_rates")
+#: How the ``loads`` message of a file loaded with ``remap`` begins (``sync_receipts`` reads
+#: who asked back from it).
+REMAP_PREFIX = "remap asked by "
+
+
+@dataclass(frozen=True)
+class PriorLoad:
+    """An earlier ``ok`` load of a file (a ``loads`` row)."""
+
+    load_id: str
+    mapping: str | None
+    started_at: datetime
+    file_sha256: str
+    original_path: str | None
+
+
+def prior_loads(con: Any, source_file: str) -> list[PriorLoad]:
+    """The ``ok`` (not superseded) loads of a lake file, oldest first.
+
+    The first one is the load whose mapping is in force: it mapped the file; later ones
+    found the file already loaded (duplicates).
+    """
+    got = con.execute(
+        "SELECT load_id, mapping, started_at, file_sha256, original_path FROM loads "
+        "WHERE source_file = ? AND status = 'ok' ORDER BY finished_at, load_id",
+        [source_file],
+    ).fetchall()
+    return [PriorLoad(*row) for row in got]
+
+
 def resolve_mapping(mapping: str | Path | None, lake: Lake) -> tuple[Any, str | None, str | None]:
     """Load a mapping and keep its YAML in the lake (so a rebuild maps the same way).
 
@@ -100,7 +141,13 @@ def _lookups(mapping: Any, original: Path) -> dict[str, Path] | None:
 
 
 def load_csv(batch: _Batch, inp: _Input) -> None:
-    """Map one CSV file and write its rows, rejects and counts into the batch."""
+    """Map one CSV file and write its rows, rejects and counts into the batch.
+
+    A file already loaded (an earlier ``ok`` load of the same lake object) is not mapped
+    again: its rows are duplicates. When the mapping differs from the one in force and the
+    input asks for a re-map (``inp.remap_by``), the rows and quarantine rows of the file's
+    earlier loads are replaced by what this mapping makes (see :func:`_unload`).
+    """
     con, report = batch.con, inp.report
     path = batch.lake.path(inp.lake.path)
     mapping = _mapping_for(batch, inp, Path(inp.display))
@@ -116,37 +163,70 @@ def load_csv(batch: _Batch, inp: _Input) -> None:
     if mapped.error:
         _fail(batch, inp, received=mapped.received, message=mapped.error)
         return
-    earlier = con.execute(
-        "SELECT mapping FROM loads WHERE source_file = ? AND status = 'ok' "
-        "ORDER BY finished_at DESC LIMIT 1",
-        [inp.lake.path],
-    ).fetchall()
+    prior = prior_loads(con, inp.lake.path)
     report.received = mapped.received
-    if earlier:
-        report.duplicates = mapped.received
-        if earlier[0][0] != inp.mapping_lake:
+    version_at = batch.received_at
+    if prior:
+        in_force = prior[0]
+        if in_force.mapping == inp.mapping_lake:
+            report.duplicates = mapped.received
+            if inp.remap_by is not None:
+                report.message = (
+                    f"{REMAP_PREFIX}{inp.remap_by}: nothing to do, load {in_force.load_id} "
+                    "already mapped this file with this mapping"
+                )
+            return
+        if inp.remap_by is None:
+            report.duplicates = mapped.received
             # Say so rather than look like a no-op: the rows stay as the first mapping made them.
             report.message = (
-                f"already loaded with another mapping ({earlier[0][0] or 'auto-detected'}); "
-                "it was not mapped again: loading a file again under a changed mapping is not "
-                "supported yet (docs/runbooks.md, 'upstream schema change')"
+                f"already loaded with another mapping ({in_force.mapping or 'auto-detected'}); "
+                "it was not mapped again: its rows stay as that mapping made them. To replace "
+                "them with what this mapping makes, ingest it again with --remap (Python: "
+                "remap=True; docs/runbooks.md, 'upstream schema change')"
             )
             log.warning("%s: %s", inp.display, report.message)
-        return
-    rows = []
-    for r in mapped.rejects.itertuples(index=False):
-        rows.append(
-            _qrow(
-                batch,
-                inp,
-                line=r.line,
-                table=None,
-                column=r.column_name,
-                rule=r.rule,
-                message=r.message,
-                value=r.value,
-            )
+            return
+        version_at = _unload(batch, inp, prior)
+        report.message = (
+            f"{REMAP_PREFIX}{inp.remap_by}: replaces load {in_force.load_id} "
+            f"(mapping {in_force.mapping or 'auto-detected'})"
         )
+        log.warning("%s: %s", inp.display, report.message)
+    tables, rows, dropped = _checked_tables(batch, inp, mapped)
+    for table, frame in tables.items():
+        _write_table(batch, inp, table, frame, version_at=version_at)
+    rows = [
+        _qrow(
+            batch,
+            inp,
+            line=r.line,
+            table=None,
+            column=r.column_name,
+            rule=r.rule,
+            message=r.message,
+            value=r.value,
+        )
+        for r in mapped.rejects.itertuples(index=False)
+    ] + rows
+    report.quarantined = mapped.rejected + len(dropped)
+    report.duplicates = mapped.duplicates
+    report.accepted = mapped.received - report.quarantined - report.duplicates
+    report.handled = report.accepted
+    _insert_quarantine(batch, rows)
+
+
+def _checked_tables(
+    batch: _Batch, inp: _Input, mapped: Any
+) -> tuple[dict[str, pd.DataFrame], list[dict[str, Any]], set[int]]:
+    """The mapped frames without the rows a table contract rejects.
+
+    Returns:
+        ``(table -> accepted frame, quarantine rows of the contract failures, file lines
+        dropped)``; empty frames are left out.
+    """
+    out: dict[str, pd.DataFrame] = {}
+    rows: list[dict[str, Any]] = []
     dropped: set[int] = set()  # file lines a table contract rejected
     for table, frame in mapped.tables.items():
         if frame.empty:
@@ -176,12 +256,8 @@ def load_csv(batch: _Batch, inp: _Input) -> None:
             bad = sorted(set(fails["row"].tolist()))
             dropped.update(int(lines[r]) if lines is not None else -1 - r for r in bad)
             frame = frame.drop(index=bad)
-        _write_table(batch, inp, table, frame)
-    report.quarantined = mapped.rejected + len(dropped)
-    report.duplicates = mapped.duplicates
-    report.accepted = mapped.received - report.quarantined - report.duplicates
-    report.handled = report.accepted
-    _insert_quarantine(batch, rows)
+        out[table] = frame
+    return out, rows, dropped
 
 
 def _count_rows(data: bytes) -> int:
@@ -262,7 +338,9 @@ def _fail(batch: _Batch, inp: _Input, *, received: int, message: str) -> None:
     log.warning("%s failed: %s", inp.display, message)
 
 
-def _write_table(batch: _Batch, inp: _Input, table: str, frame: pd.DataFrame) -> None:
+def _write_table(
+    batch: _Batch, inp: _Input, table: str, frame: pd.DataFrame, *, version_at: datetime
+) -> None:
     con = batch.con
     if frame.empty:
         return
@@ -274,7 +352,7 @@ def _write_table(batch: _Batch, inp: _Input, table: str, frame: pd.DataFrame) ->
         target = INTERNAL[version_table].column_names
         out = frame[[c for c in target if c in frame.columns]].copy()
         if "version_at" in target:
-            out.insert(0, "version_at", batch.received_at)
+            out.insert(0, "version_at", version_at)
         out.insert(0, "event_id", [f"csv:{inp.lake.sha256[:16]}:{v}" for v in frame[entity]])
         if "lines_hash" in target:  # an invoice version and its lines from one CSV row
             out["lines_hash"] = out["event_id"]
@@ -282,7 +360,7 @@ def _write_table(batch: _Batch, inp: _Input, table: str, frame: pd.DataFrame) ->
             personal = pd.DataFrame(
                 {
                     "event_id": out["event_id"],
-                    "version_at": batch.received_at,
+                    "version_at": version_at,
                     "account_id": frame["account_id"],
                     "name": frame.get("name"),
                     "email": frame.get("email"),
@@ -311,3 +389,124 @@ def _write_table(batch: _Batch, inp: _Input, table: str, frame: pd.DataFrame) ->
         con.register("wb_csv_rows", frame)
         con.execute(f"INSERT OR REPLACE INTO {table} BY NAME SELECT * FROM wb_csv_rows")
         con.unregister("wb_csv_rows")
+
+
+# ----------------------------------------------------------------------------- re-mapping
+
+
+def _unload(batch: _Batch, inp: _Input, prior: list[PriorLoad]) -> datetime:
+    """Take out what the file's earlier loads wrote, inside the batch's transaction.
+
+    What a CSV file wrote is found by its provenance:
+
+    * version tables: the versions' ``event_id`` is ``csv:<first 16 hex of the file's
+      sha256>:<object id>``, so versions from Stripe events or from other files (other ids)
+      are not touched; the objects are marked touched, so the current-state tables
+      (``accounts``, ``invoices`` ...) are derived again from what remains plus the new rows;
+    * ``account_personal_source`` rows pointing at those versions (so the old mapping's
+      name and e-mail are not carried over);
+    * ``subscription_history_csv``: the rows whose ``load_id`` is one of those loads;
+    * the upserted tables (usage, CRM signals, support tickets, FX rates) carry no load id:
+      the file is mapped again with the in-force load's mapping (kept in the lake) and only
+      rows still exactly as that load wrote them are deleted (a row another file or source
+      wrote since, with other values, stays);
+    * quarantine rows of this file from those loads.
+
+    The loads rows are kept, marked ``superseded`` with who re-mapped it and by which load.
+
+    Returns:
+        The time the file was first received: the new versions keep it as ``version_at``,
+        so they order against other sources exactly as the old ones did.
+    """
+    con = batch.con
+    in_force = prior[0]
+    ids = [p.load_id for p in prior]
+    marks = ", ".join("?" for _ in ids)
+    received = con.execute(
+        "SELECT min(started_at) FROM loads WHERE source_file = ? "
+        "AND status IN ('ok', 'superseded')",
+        [inp.lake.path],
+    ).fetchall()[0][0]
+    pattern = f"csv:{in_force.file_sha256[:16]}:%"
+    for table, (version_table, _, entity) in VERSIONED.items():
+        touched = _TOUCHES[table]
+        key = "'*'" if touched == "payments" else entity
+        con.execute(
+            f"INSERT INTO wb_t_{touched} SELECT DISTINCT {key} FROM {version_table} "
+            "WHERE event_id LIKE ?",
+            [pattern],
+        )
+        con.execute(f"DELETE FROM {version_table} WHERE event_id LIKE ?", [pattern])
+    con.execute("DELETE FROM account_personal_source WHERE event_id LIKE ?", [pattern])
+    con.execute(
+        "INSERT INTO wb_t_subscriptions SELECT DISTINCT subscription_id "
+        f"FROM subscription_history_csv WHERE load_id IN ({marks})",
+        ids,
+    )
+    con.execute(f"DELETE FROM subscription_history_csv WHERE load_id IN ({marks})", ids)
+    _delete_upserted(batch, inp, in_force)
+    con.execute(
+        f"DELETE FROM quarantine WHERE source_file = ? AND load_id IN ({marks})",
+        [inp.lake.path, *ids],
+    )
+    con.execute(
+        f"UPDATE loads SET status = 'superseded', message = ? "
+        f"WHERE source_file = ? AND load_id IN ({marks})",
+        [
+            f"superseded by load {batch.load_id}: re-mapped by {inp.remap_by} with mapping "
+            f"{inp.mapping_lake or 'auto-detected'}",
+            inp.lake.path,
+            *ids,
+        ],
+    )
+    return received
+
+
+def _delete_upserted(batch: _Batch, inp: _Input, in_force: PriorLoad) -> None:
+    """Delete the upserted-table rows the in-force load wrote that still stand as written."""
+    con = batch.con
+    if in_force.mapping is None:
+        log.warning(
+            "%s: load %s kept no mapping file; its usage/CRM/ticket/FX rows cannot be told "
+            "apart and are left",
+            inp.display,
+            in_force.load_id,
+        )
+        return
+    old = csv_mapping.load_mapping(batch.lake.path(in_force.mapping))
+    if not set(old.tables) & set(UPSERTED):
+        return
+    original = Path(in_force.original_path or inp.display)
+    mapped = csv_mapping.map_csv(
+        batch.lake.path(inp.lake.path), old, lookups=_lookups(old, original)
+    )
+    if mapped.error:
+        from workbench.ingest.loader import IngestError
+
+        raise IngestError(
+            f"{inp.display}: cannot tell which rows load {in_force.load_id} wrote: its mapping "
+            f"no longer maps the file ({mapped.error})"
+        )
+    tables, _, _ = _checked_tables(batch, inp, mapped)
+    for table, frame in tables.items():
+        if table not in UPSERTED:
+            continue
+        spec = TABLES[table]
+        frame = frame.drop_duplicates(list(spec.primary_key), keep="first")
+        columns = ", ".join(f"{c.name} {c.type}" for c in spec.columns)
+        names = ", ".join(spec.column_names)
+        con.execute(f"CREATE OR REPLACE TEMP TABLE wb_csv_old ({columns})")
+        con.register("wb_csv_old_df", frame)
+        con.execute("INSERT INTO wb_csv_old BY NAME SELECT * FROM wb_csv_old_df")
+        con.unregister("wb_csv_old_df")
+        same = " AND ".join(f"m.{k} = {table}.{k}" for k in spec.primary_key)
+        con.execute(
+            f"""
+            DELETE FROM {table} WHERE EXISTS (
+                SELECT 1 FROM (
+                    SELECT {names} FROM {table} AS cur
+                    INTERSECT SELECT {names} FROM wb_csv_old
+                ) m WHERE {same})
+            """
+        )
+        con.execute("DROP TABLE IF EXISTS wb_csv_old")

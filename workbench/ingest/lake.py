@@ -55,6 +55,7 @@ class FileReceipt:
     redactions: int = 0
     mapping: str | None = None  # lake path of the mapping YAML (CSV sources)
     mapping_name: str | None = None
+    remap_by: str | None = None  # CSV sources: who asked to re-map the file (see ``ingest``)
 
 
 @dataclass

@@ -159,6 +159,7 @@ class _Input:
     mapping: Any = None  # csv_mapping.Mapping
     mapping_lake: str | None = None
     mapping_name: str | None = None
+    remap_by: str | None = None  # who asked to re-map an already loaded CSV file
     report: FileReport | None = None
     records: Records | None = None
 
@@ -876,6 +877,7 @@ def _prepare(
     mapping: Any,
     mapping_lake: str | None,
     mapping_name: str | None,
+    remap_by: str | None = None,
     writer: ThreadPoolExecutor | None = None,
     pending: list[Future] | None = None,
 ) -> _Input:
@@ -902,6 +904,7 @@ def _prepare(
         mapping=mapping,
         mapping_lake=mapping_lake,
         mapping_name=mapping_name,
+        remap_by=remap_by,
         records=records,
     )
 
@@ -968,7 +971,7 @@ def sync_receipts(con: duckdb.DuckDBPyConnection, lake: Lake) -> int:
     have = lake.receipt_ids()
     rows = con.execute(
         "SELECT load_id, started_at, finished_at, source, source_file, file_sha256, redactions, "
-        "original_path, mapping FROM loads ORDER BY load_id, finished_at, source_file"
+        "original_path, mapping, message FROM loads ORDER BY load_id, finished_at, source_file"
     ).fetchall()  # flat rows, grouped here: the same on every engine
     by_load: dict[str, list[tuple]] = {}
     for row in rows:
@@ -988,6 +991,7 @@ def sync_receipts(con: duckdb.DuckDBPyConnection, lake: Lake) -> int:
                     original_path=f[7] or "",
                     redactions=f[6] or 0,
                     mapping=f[8],
+                    remap_by=_remap_by(f[9]),
                 )
                 for f in files
             ],
@@ -1000,6 +1004,15 @@ def sync_receipts(con: duckdb.DuckDBPyConnection, lake: Lake) -> int:
             written,
         )
     return written
+
+
+def _remap_by(message: str | None) -> str | None:
+    """Who asked for a re-map, from a ``loads`` message (see ``csv_files.REMAP_PREFIX``)."""
+    from workbench.ingest.csv_files import REMAP_PREFIX
+
+    if not message or not message.startswith(REMAP_PREFIX):
+        return None
+    return message[len(REMAP_PREFIX) :].split(": ", 1)[0]
 
 
 def run_batch(
@@ -1055,6 +1068,7 @@ def _receipt(
                 redactions=i.report.redactions,
                 mapping=i.mapping_lake,
                 mapping_name=i.mapping_name,
+                remap_by=i.remap_by,
             )
             for i in inputs
             if i.report.status != "skipped"
@@ -1067,6 +1081,8 @@ def ingest(
     *,
     source: str = "stripe",
     mapping: str | Path | None = None,
+    remap: bool = False,
+    who: str | None = None,
     settings: Settings | None = None,
     progress: bool = True,
 ) -> IngestReport:
@@ -1081,6 +1097,14 @@ def ingest(
         mapping: For CSV sources: a bundled mapping's name or a YAML path (see
             :mod:`workbench.csv_mapping`); when omitted, the bundled mapping that fits each
             file's header is used.
+        remap: For CSV sources: a file already loaded under another mapping is mapped again
+            with ``mapping``: in this load's transaction, the rows and quarantine rows its
+            earlier loads wrote are replaced by what ``mapping`` makes, and those loads are
+            marked ``superseded`` (kept in ``loads``). Without it such a file is counted as
+            duplicates and its message says so. Files not loaded before load as usual; a
+            file already mapped with ``mapping`` is a no-op.
+        who: Who asks for the re-map, recorded in ``loads`` (default: the local user, as
+            :func:`workbench.approvals.local_user`).
         settings: Where the data directory and the warehouse are.
         progress: Show a progress bar over files.
 
@@ -1095,6 +1119,13 @@ def ingest(
     """
     if source not in SOURCES:
         raise IngestError(f"unknown source {source!r}; use one of {', '.join(SOURCES)}")
+    if remap and source not in CSV_SOURCES:
+        raise IngestError("remap applies to CSV sources only (stripe-csv, csv)")
+    remap_by = None
+    if remap:
+        from workbench.approvals import local_user
+
+        remap_by = who or local_user()
     files = _files(path, source)
     if not files:
         raise IngestError(f"no {'CSV' if source in CSV_SOURCES else 'JSON'} files found at {path}")
@@ -1125,6 +1156,7 @@ def ingest(
                     mapping=mapping_obj,
                     mapping_lake=mapping_lake,
                     mapping_name=mapping_name,
+                    remap_by=remap_by,
                     writer=writer,
                     pending=pending,
                 )

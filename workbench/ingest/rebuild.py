@@ -6,6 +6,11 @@ with the same load ids and times, through the same code as ``ingest``, into a ne
 database file, then swaps it in atomically. So the rebuilt warehouse has the same rows
 as the one built by the original loads (same "first one stands" outcomes, same
 quarantine, same load counts), and a crash during a rebuild leaves the old warehouse.
+
+A CSV file re-mapped (``ingest(..., remap=True)``) has two receipts: the first load with
+its old mapping and the re-map with the new one (``FileReceipt.remap_by`` set). Both are
+replayed in order, so the file ends mapped with the mapping now in force and the earlier
+load is ``superseded`` in ``loads``, exactly as in the warehouse that was re-mapped.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ def _inputs(lake: Lake, receipt) -> list[_Input]:  # noqa: ANN001 - a LoadReceip
                 mapping=mapping,
                 mapping_lake=f.mapping,
                 mapping_name=f.mapping_name,
+                remap_by=f.remap_by,
             )
         )
     return out

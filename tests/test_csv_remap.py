@@ -1,0 +1,389 @@
+"""Re-mapping a CSV file that was loaded under a wrong mapping (``ingest(..., remap=True)``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from test_ingest_csv import rows
+from test_ingest_stripe import customer, event, write
+
+from workbench.config import load_settings
+from workbench.ingest import IngestError, csv_files, ingest, rebuild, table_checksums, verify
+from workbench.ingest.lake import Lake
+
+T0 = 1_700_000_000
+
+# A billing system's export: amounts in cents, days as dd/mm/yyyy.
+EXPORT = """Customer ID,Name,Email,Country,Charge ID,Created,Amount,Currency,Status,Day,Calls
+cus_1,Ann Smith,ann@example.com,GB,ch_1,2024-01-05 10:00:00,2900,usd,paid,31/01/2024,10
+cus_2,Bob Jones,bob@example.com,DE,ch_2,2024-01-06 10:00:00,150,eur,failed,06/01/2024,7
+cus_3,Cy Young,cy@example.com,FR,ch_3,2024-01-07 10:00:00,-5,usd,paid,07/01/2024,1
+cus_4,Dee Park,dee@example.com,US,ch_4,2024-01-08 10:00:00,500,usd,paid,02/03/2024,4
+"""
+
+MAPPING = """name: billing_x
+timezone: UTC
+currency: {{column: currency}}
+money_units: {units}
+defaults: {{source: billing-x}}
+columns:
+  customer: {{headers: [Customer ID], required: true}}
+  name: {{headers: [{name}]}}
+  email: {{headers: [{email}]}}
+  country: {{headers: [Country]}}
+  charge: {{headers: [Charge ID], required: true}}
+  created: {{headers: [Created], type: timestamp, required: true}}
+  amount: {{headers: [Amount], type: money, required: true, min: 0}}
+  currency: {{headers: [Currency], type: currency, required: true}}
+  status: {{headers: [Status], map: {{paid: succeeded, failed: failed}}}}
+  day: {{headers: [Day], type: date, formats: ["{day}"], required: true}}
+  calls: {{headers: [Calls], type: number, required: true, min: 0}}
+tables:
+  accounts:
+    columns: {{account_id: customer, name: name, email: email, country: country,
+               currency: currency}}
+  payment_attempts:
+    columns: {{attempt_id: charge, account_id: customer, created: created, amount: amount,
+               currency: currency, status: status}}
+  usage:
+    columns: {{account_id: customer, date: day, quantity: calls, metric: {{const: api_calls}}}}
+"""
+
+RIGHT = {"units": "minor", "name": "Name", "email": "Email", "day": "%d/%m/%Y"}
+# cents read as dollars, name and e-mail swapped, days read as mm/dd/yyyy
+WRONG = {"units": "major", "name": "Email", "email": "Name", "day": "%m/%d/%Y"}
+
+RIGHT_ACCOUNTS = [
+    ("cus_1", "Ann Smith", "ann@example.com", "GB", "billing-x"),
+    ("cus_2", "Bob Jones", "bob@example.com", "DE", "billing-x"),
+    ("cus_4", "Dee Park", "dee@example.com", "US", "billing-x"),
+    ("cus_9", "Ada Lovelace", "ada@example.com", "GB", "stripe"),
+]
+RIGHT_PAYMENTS = [
+    ("ch_1", "cus_1", 2900, "usd", "succeeded"),
+    ("ch_2", "cus_2", 150, "eur", "failed"),
+    ("ch_4", "cus_4", 500, "usd", "succeeded"),
+]
+ACCOUNTS_SQL = "SELECT account_id, name, email, country, source FROM accounts ORDER BY 1"
+PAYMENTS_SQL = (
+    "SELECT attempt_id, account_id, amount, currency, status FROM payment_attempts ORDER BY 1"
+)
+USAGE_SQL = "SELECT account_id, date::VARCHAR, quantity, source FROM usage ORDER BY 1, 2"
+
+
+@pytest.fixture()
+def settings(tmp_path: Path):
+    return load_settings(root=tmp_path, overrides={"data_dir": str(tmp_path / "data")})
+
+
+@pytest.fixture()
+def world(settings, tmp_path: Path) -> dict:
+    """Stripe events, then the export under the WRONG mapping, then another usage file."""
+    stripe = write(
+        tmp_path / "stripe" / "events.jsonl",
+        [
+            event("evt_c2", "customer.created", T0, customer("cus_2")),
+            event("evt_c9", "customer.created", T0, customer("cus_9")),
+        ],
+    )
+    assert ingest(stripe, source="stripe", settings=settings, progress=False).ok
+    export = tmp_path / "export.csv"
+    export.write_text(EXPORT)
+    wrong, right = tmp_path / "wrong.yaml", tmp_path / "right.yaml"
+    wrong.write_text(MAPPING.format(**WRONG))
+    right.write_text(MAPPING.format(**RIGHT))
+    first = ingest(export, source="csv", mapping=wrong, settings=settings, progress=False)
+    # line 2 (31/01 is no mm/dd day) and line 4 (a negative amount) are rejected
+    assert (first.files[0].accepted, first.files[0].quarantined) == (2, 2)
+    # another system's usage, loaded later, for a key the wrong mapping also wrote
+    other = tmp_path / "usage.csv"
+    other.write_text("account_id,date,metric,quantity\ncus_2,2024-06-01,api_calls,99\n")
+    assert ingest(other, source="csv", mapping="simulator_usage", settings=settings, progress=False)
+    return {"export": export, "wrong": wrong, "right": right, "first": first.load_id}
+
+
+def remap(world: dict, settings, *, who: str = "ops@example.com"):
+    report = ingest(
+        world["export"],
+        source="csv",
+        mapping=world["right"],
+        remap=True,
+        who=who,
+        settings=settings,
+        progress=False,
+    )
+    return report, report.files[0]
+
+
+def test_the_wrong_mapping_made_wrong_rows(world, settings):
+    # the starting point the other tests correct
+    assert rows(settings, PAYMENTS_SQL) == [
+        ("ch_2", "cus_2", 15000, "eur", "failed"),
+        ("ch_4", "cus_4", 50000, "usd", "succeeded"),
+    ]
+    assert ("cus_2", "bob@example.com", "Bob Jones", "DE", "billing-x") in rows(
+        settings, ACCOUNTS_SQL
+    )
+
+
+def test_remap_gives_exactly_the_right_rows(world, settings):
+    report, f = remap(world, settings)
+    assert f.status == "ok" and (f.received, f.accepted, f.quarantined, f.duplicates) == (
+        4,
+        3,
+        1,
+        0,
+    )
+    assert f.message.startswith("remap asked by ops@example.com: replaces load " + world["first"])
+    assert rows(settings, PAYMENTS_SQL) == RIGHT_PAYMENTS
+    assert rows(settings, ACCOUNTS_SQL) == RIGHT_ACCOUNTS
+    assert rows(settings, USAGE_SQL) == [
+        ("cus_1", "2024-01-31", 10.0, "billing-x"),
+        ("cus_2", "2024-01-06", 7.0, "billing-x"),
+        # written by the other file after the wrong load: not this file's row, it stays
+        ("cus_2", "2024-06-01", 99.0, "simulator"),
+        ("cus_4", "2024-03-02", 4.0, "billing-x"),  # the wrong 2024-02-03 row is gone
+    ]
+    # derived tables follow: the subscription-free export still feeds invoices/history nothing
+    assert rows(settings, "SELECT count(*) FROM refunds") == [(0,)]
+    assert verify(settings).ok
+
+
+def test_quarantine_of_the_old_load_is_replaced_by_the_new_loads(world, settings):
+    lake_path = _export_lake_path(settings)
+    q = f"SELECT line, load_id FROM quarantine WHERE source_file = '{lake_path}' ORDER BY line"
+    assert rows(settings, q) == [(2, world["first"]), (4, world["first"])]
+    report, _ = remap(world, settings)
+    assert rows(settings, q) == [(4, report.load_id)]
+    # the new version of line 4 says what the right mapping found: -5 cents
+    got = f"SELECT rule, value_redacted FROM quarantine WHERE source_file = '{lake_path}'"
+    assert [r[1] for r in rows(settings, got)] == ["-5"]
+
+
+def test_the_earlier_load_is_kept_as_superseded(world, settings):
+    report, _ = remap(world, settings, who="alice")
+    got = rows(
+        settings,
+        "SELECT load_id, status, message, mapping, received, accepted, quarantined FROM loads "
+        "WHERE source = 'csv' AND original_path LIKE '%export.csv' ORDER BY finished_at",
+    )
+    assert [(r[0], r[1]) for r in got] == [(world["first"], "superseded"), (report.load_id, "ok")]
+    old, new = got
+    assert (
+        old[2] == f"superseded by load {report.load_id}: re-mapped by alice with mapping {new[3]}"
+    )
+    assert old[3] != new[3] and old[3].startswith("_mappings/")  # which mapping, each time
+    assert old[4:] == (4, 2, 2) and new[4:] == (4, 3, 1)  # the old counts stay as they were
+    lake = Lake(Path(settings.data_dir) / "lake")
+    assert lake.read(old[3]) == world["wrong"].read_bytes()
+    assert lake.read(new[3]) == world["right"].read_bytes()
+
+
+def test_a_second_identical_remap_changes_nothing(world, settings):
+    remap(world, settings)
+    before = table_checksums(settings)
+    report, f = remap(world, settings)
+    assert (f.received, f.accepted, f.duplicates) == (4, 0, 4)
+    assert "nothing to do" in f.message
+    after = table_checksums(settings)
+    assert {k: v for k, v in after.items() if k != "loads"} == {
+        k: v for k, v in before.items() if k != "loads"
+    }
+    assert rows(settings, f"SELECT status FROM loads WHERE load_id = '{report.load_id}'") == [
+        ("ok",)
+    ]
+    assert rows(settings, "SELECT count(*) FROM loads WHERE status = 'superseded'") == [(1,)]
+
+
+def test_a_crash_mid_remap_leaves_the_old_rows(world, settings, monkeypatch):
+    before = table_checksums(settings)
+    seen = {}
+
+    def crash(batch, inp, table, frame, *, version_at):
+        # the old rows are already deleted inside the transaction when this runs
+        seen["csv versions"] = batch.con.execute(
+            "SELECT count(*) FROM charge_versions WHERE event_id LIKE 'csv:%'"
+        ).fetchall()[0][0]
+        raise RuntimeError("killed mid-remap")
+
+    monkeypatch.setattr(csv_files, "_write_table", crash)
+    with pytest.raises(RuntimeError, match="killed mid-remap"):
+        remap(world, settings)
+    assert seen == {"csv versions": 0}
+    assert table_checksums(settings) == before
+    monkeypatch.undo()
+    _, f = remap(world, settings)  # and the remap still works afterwards
+    assert f.accepted == 3 and rows(settings, PAYMENTS_SQL) == RIGHT_PAYMENTS
+
+
+def test_rows_from_another_source_with_the_same_keys_survive(world, settings):
+    remap(world, settings)
+    # cus_2 came from Stripe too (and from both mappings): its Stripe version stays next to
+    # the file's new one
+    assert rows(
+        settings, "SELECT event_id FROM account_versions WHERE account_id = 'cus_2' ORDER BY 1"
+    ) == [(f"csv:{_export_sha(settings)[:16]}:cus_2",), ("evt_c2",)]
+    assert rows(settings, "SELECT count(*) FROM account_versions WHERE event_id = 'evt_c9'") == [
+        (1,)
+    ]
+    assert ("cus_2", "2024-06-01", 99.0, "simulator") in rows(settings, USAGE_SQL)
+
+
+def test_the_wrong_mappings_personal_data_is_not_carried_over(settings, tmp_path):
+    """Names and e-mails live only in ``accounts``: the swapped ones must not survive."""
+    stripe = write(
+        tmp_path / "events.jsonl", [event("evt_c1", "customer.created", T0, customer("cus_1"))]
+    )
+    ingest(stripe, source="stripe", settings=settings, progress=False)
+    export = tmp_path / "export.csv"
+    export.write_text(EXPORT)
+    wrong, right = tmp_path / "wrong.yaml", tmp_path / "right.yaml"
+    # the wrong mapping reads the day as dd/mm (so cus_1 loads) but swaps name and e-mail
+    wrong.write_text(MAPPING.format(**{**RIGHT, "name": "Email", "email": "Name"}))
+    right.write_text(MAPPING.format(**RIGHT))
+    ingest(export, source="csv", mapping=wrong, settings=settings, progress=False)
+    assert rows(settings, "SELECT name FROM accounts WHERE account_id = 'cus_1'") == [
+        ("ann@example.com",)
+    ]
+    ingest(export, source="csv", mapping=right, remap=True, settings=settings, progress=False)
+    assert rows(settings, "SELECT name, email FROM accounts WHERE account_id = 'cus_1'") == [
+        ("Ann Smith", "ann@example.com")
+    ]
+
+
+def test_a_remap_that_writes_no_accounts_takes_the_files_accounts_out(settings, tmp_path):
+    stripe = write(
+        tmp_path / "events.jsonl", [event("evt_c1", "customer.created", T0, customer("cus_1"))]
+    )
+    ingest(stripe, source="stripe", settings=settings, progress=False)
+    export = tmp_path / "export.csv"
+    export.write_text(EXPORT)
+    wrong, right = tmp_path / "wrong.yaml", tmp_path / "right.yaml"
+    wrong.write_text(MAPPING.format(**{**RIGHT, "name": "Email", "email": "Name"}))
+    text = MAPPING.format(**RIGHT)
+    start, end = text.index("  accounts:"), text.index("  payment_attempts:")
+    right.write_text(text[:start] + text[end:])  # the export's customers are not accounts
+    ingest(export, source="csv", mapping=wrong, settings=settings, progress=False)
+    assert len(rows(settings, ACCOUNTS_SQL)) == 3
+    ingest(export, source="csv", mapping=right, remap=True, settings=settings, progress=False)
+    # only the Stripe account is left, without the swapped name and e-mail of the file; its
+    # earlier Stripe name is not restored either: personal data is kept only in `accounts`
+    assert rows(settings, ACCOUNTS_SQL) == [("cus_1", None, None, "GB", "stripe")]
+    assert rows(settings, PAYMENTS_SQL) == RIGHT_PAYMENTS
+
+
+def test_rebuild_after_remap_equals_the_remapped_warehouse(world, settings):
+    remap(world, settings)
+    before = table_checksums(settings)
+    rebuild(settings)
+    assert table_checksums(settings) == before
+    assert rows(settings, PAYMENTS_SQL) == RIGHT_PAYMENTS
+    assert verify(settings).ok
+
+
+def test_rebuild_after_a_crash_that_lost_the_remap_receipt(world, settings):
+    """A remap committed but stopped before writing its receipt: the receipt is written
+    from the ``loads`` rows (who asked included), so a rebuild still re-maps."""
+    report, _ = remap(world, settings, who="bob")
+    before = table_checksums(settings)
+    lake = Lake(Path(settings.data_dir) / "lake")
+    lake.receipt_path(report.load_id).unlink()
+    rebuild(settings)
+    assert table_checksums(settings) == before
+    (receipt,) = [r for r in lake.receipts() if r.load_id == report.load_id]
+    assert receipt.files[0].remap_by == "bob"
+
+
+def test_without_the_flag_the_file_is_not_mapped_again_and_the_message_names_the_flag(
+    world, settings
+):
+    before = table_checksums(settings)
+    f = ingest(
+        world["export"], source="csv", mapping=world["right"], settings=settings, progress=False
+    ).files[0]
+    assert (f.accepted, f.duplicates) == (0, 4)
+    assert "another mapping" in f.message and "--remap" in f.message
+    after = table_checksums(settings)
+    assert {k: v for k, v in after.items() if k != "loads"} == {
+        k: v for k, v in before.items() if k != "loads"
+    }
+
+
+def test_remap_of_a_file_never_loaded_loads_it(settings, tmp_path):
+    export = tmp_path / "export.csv"
+    export.write_text(EXPORT)
+    right = tmp_path / "right.yaml"
+    right.write_text(MAPPING.format(**RIGHT))
+    f = ingest(export, source="csv", mapping=right, remap=True, settings=settings, progress=False)
+    assert f.files[0].accepted == 3 and f.files[0].message is None
+    assert rows(settings, PAYMENTS_SQL) == RIGHT_PAYMENTS
+
+
+def test_remap_is_for_csv_sources_only(settings, tmp_path):
+    path = write(tmp_path / "e.jsonl", [event("evt_1", "customer.created", T0, customer())])
+    with pytest.raises(IngestError, match="CSV sources only"):
+        ingest(path, source="stripe", remap=True, settings=settings, progress=False)
+
+
+def test_cli_remap_flag(world, settings, monkeypatch):
+    from click.testing import CliRunner
+
+    from workbench.cli import main
+
+    monkeypatch.setattr("workbench.cli._settings", lambda ctx: settings)
+    monkeypatch.setenv("WORKBENCH_USER", "carol")
+    args = ["ingest", str(world["export"]), "--source", "csv", "--mapping", str(world["right"])]
+    plain = CliRunner().invoke(main, args)
+    assert plain.exit_code == 0, plain.output
+    assert "--remap" in plain.output
+    result = CliRunner().invoke(main, [*args, "--remap"])
+    assert result.exit_code == 0, result.output
+    assert "remap asked by carol" in result.output
+    assert rows(settings, PAYMENTS_SQL) == RIGHT_PAYMENTS
+
+
+def _export_sha(settings) -> str:
+    return rows(settings, "SELECT file_sha256 FROM loads WHERE original_path LIKE '%export.csv'")[
+        0
+    ][0]
+
+
+def _export_lake_path(settings) -> str:
+    return rows(settings, "SELECT source_file FROM loads WHERE original_path LIKE '%export.csv'")[
+        0
+    ][0]
+
+
+def test_the_remapped_rows_keep_the_files_receipt_time(world, settings, tmp_path):
+    """A Stripe update that came after the file still wins after the re-map."""
+    import time
+
+    time.sleep(1.1)  # so the update's whole-second time falls after the file's receipt
+    later = write(
+        tmp_path / "stripe" / "later.jsonl",
+        [
+            event(
+                "evt_u2",
+                "customer.updated",
+                int(time.time()),
+                customer("cus_2", name="Robert Jones", email="rob@example.com"),
+            )
+        ],
+    )
+    assert ingest(later, source="stripe", settings=settings, progress=False).ok
+    assert rows(settings, "SELECT name FROM accounts WHERE account_id = 'cus_2'") == [
+        ("Robert Jones",)
+    ]
+    time.sleep(1.1)  # and the re-map comes after the update
+    remap(world, settings)
+    assert rows(settings, "SELECT name, source FROM accounts WHERE account_id = 'cus_2'") == [
+        ("Robert Jones", "stripe")
+    ]
+    first_at = rows(settings, f"SELECT started_at FROM loads WHERE load_id = '{world['first']}'")
+    assert (
+        rows(
+            settings, "SELECT DISTINCT version_at FROM account_versions WHERE event_id LIKE 'csv:%'"
+        )
+        == first_at
+    )
