@@ -387,3 +387,113 @@ def test_the_remapped_rows_keep_the_files_receipt_time(world, settings, tmp_path
         )
         == first_at
     )
+
+
+# ----------------------------------------------------------------------------- review fixes
+
+
+def _files(tmp_path: Path) -> dict[str, Path]:
+    out = {"export": tmp_path / "export.csv"}
+    out["export"].write_text(EXPORT)
+    for name, values in (("wrong", WRONG), ("right", RIGHT)):
+        out[name] = tmp_path / f"{name}.yaml"
+        out[name].write_text(MAPPING.format(**values))
+    return out
+
+
+def _load(path: Path, settings, **kw):
+    kw.setdefault("source", "csv")
+    return ingest(path, settings=settings, progress=False, **kw).files[0]
+
+
+def test_a_key_a_later_file_wrote_keeps_that_files_value(settings, tmp_path):
+    f = _files(tmp_path)
+    later = tmp_path / "later.csv"  # the key the RIGHT mapping of the export also makes
+    later.write_text("account_id,date,metric,quantity\ncus_2,2024-01-06,api_calls,99\n")
+    _load(f["export"], settings, mapping=f["wrong"])
+    _load(later, settings, mapping="simulator_usage")
+    assert _load(f["export"], settings, mapping=f["right"], remap=True).status == "ok"
+    sql = "SELECT date::VARCHAR, quantity, source FROM usage WHERE account_id = 'cus_2'"
+    assert rows(settings, sql) == [("2024-01-06", 99.0, "simulator")]
+    before = table_checksums(settings, internal=True)
+    rebuild(settings=settings)
+    assert table_checksums(settings, internal=True) == before
+
+
+def test_a_row_another_file_wrote_later_with_equal_values_stays(settings, tmp_path):
+    f = _files(tmp_path)
+    text = MAPPING.format(**RIGHT)
+    no_usage = tmp_path / "no_usage.yaml"
+    no_usage.write_text(text[: text.index("  usage:")])
+    twin = tmp_path / "twin.csv"  # the export's cus_4 line again, from another system
+    twin.write_text(EXPORT.splitlines()[0] + "\n" + EXPORT.splitlines()[4] + "\n")
+    _load(f["export"], settings, mapping=f["right"])
+    _load(twin, settings, mapping=f["right"])
+    assert _load(f["export"], settings, mapping=no_usage, remap=True).status == "ok"
+    # the export's usage is gone, the twin's identical row (its own now) stays
+    assert rows(settings, USAGE_SQL) == [("cus_4", "2024-03-02", 4.0, "billing-x")]
+
+
+def test_the_same_bytes_loaded_under_another_source_are_not_remapped(settings, tmp_path):
+    f = _files(tmp_path)
+    other = tmp_path / "b" / "export.csv"
+    other.parent.mkdir()
+    other.write_text(EXPORT)
+    _load(f["export"], settings, mapping=f["wrong"])
+    _load(other, settings, mapping=f["right"], source="stripe-csv")
+    before = table_checksums(settings, internal=True)
+    report = _load(f["export"], settings, mapping=f["right"], remap=True)
+    assert "same bytes were also loaded as stripe-csv/" in report.message
+    assert "nothing changed" in report.message
+    after = table_checksums(settings, internal=True)
+    assert {k: v for k, v in after.items() if k != "loads"} == {
+        k: v for k, v in before.items() if k != "loads"
+    }
+
+
+def test_an_erased_customer_stays_erased_after_a_remap_and_a_rebuild(settings, tmp_path):
+    from workbench.ingest.erase import erase_customer
+
+    f = _files(tmp_path)
+    _load(f["export"], settings, mapping=f["wrong"])  # cus_1's line is quarantined
+    erase_customer("cus_1", who="dpo", why="request", settings=settings)
+    _load(f["export"], settings, mapping=f["right"], remap=True)  # now cus_1 loads
+    sql = "SELECT account_id, name, email FROM accounts WHERE account_id = 'cus_1'"
+    assert rows(settings, sql) == [("cus_1", None, None)]
+    rebuild(settings=settings)
+    assert rows(settings, sql) == [("cus_1", None, None)]
+    assert verify(settings=settings).ok
+
+
+def test_a_remap_whose_mapping_fails_changes_nothing(settings, tmp_path):
+    f = _files(tmp_path)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(MAPPING.format(**RIGHT).replace("headers: [Calls]", "headers: [Calls Made]"))
+    _load(f["export"], settings, mapping=f["wrong"])
+    before = table_checksums(settings)
+    report = _load(f["export"], settings, mapping=broken, remap=True)
+    assert report.status == "failed" and report.quarantined == 0
+    assert "nothing changed" in report.message
+    after = table_checksums(settings)
+    assert {k: v for k, v in after.items() if k != "loads"} == {
+        k: v for k, v in before.items() if k != "loads"
+    }
+    sql = "SELECT count(*) FROM quarantine WHERE rule = 'file_rejected'"
+    assert rows(settings, sql) == [(0,)]
+
+
+def test_a_warehouse_without_row_provenance_asks_for_a_rebuild_first(settings, tmp_path):
+    import duckdb
+
+    f = _files(tmp_path)
+    _load(f["export"], settings, mapping=f["wrong"])
+    con = duckdb.connect(str(settings.warehouse_path))  # as built before upsert_sources
+    con.execute("DELETE FROM upsert_sources")
+    con.close()
+    wrong_payments = rows(settings, PAYMENTS_SQL)
+    report = _load(f["export"], settings, mapping=f["right"], remap=True)
+    assert "workbench rebuild" in report.message
+    assert rows(settings, PAYMENTS_SQL) == wrong_payments != RIGHT_PAYMENTS
+    rebuild(settings=settings)
+    assert _load(f["export"], settings, mapping=f["right"], remap=True).status == "ok"
+    assert rows(settings, PAYMENTS_SQL) == RIGHT_PAYMENTS

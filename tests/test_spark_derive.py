@@ -22,14 +22,15 @@ from test_spark_features import _rows  # noqa: E402
 from workbench.engines import SparkEngine, copy_tables  # noqa: E402
 from workbench.ingest import derive  # noqa: E402
 
-#: the derived tables and what they are derived from (the version tables)
+#: the derived tables and what they are derived from (the version tables; the erasure log
+#: keeps erased customers' personal columns empty)
 DERIVED = ("accounts", "account_personal_source", "prices", "subscriptions",
            "subscription_items", "subscription_history", "invoices", "invoice_lines",
            "payment_attempts", "refunds", "disputes")  # fmt: skip
 VERSIONS = ("account_versions", "price_versions", "subscription_versions",
             "subscription_item_versions", "subscription_history_csv", "invoice_versions",
             "invoice_line_versions", "charge_versions", "refund_versions",
-            "dispute_versions")  # fmt: skip
+            "dispute_versions", "erasures")  # fmt: skip
 #: rows removed on both engines before the rebuild, which must bring them back
 DAMAGE = {
     "prices": "DELETE FROM prices",

@@ -295,7 +295,7 @@ class SparkWarehouse:
             A :class:`~workbench.ingest.rebuild.RebuildReport`.
         """
         from workbench.ingest.loader import prepare_connection, sync_receipts
-        from workbench.ingest.rebuild import build_on_engine, load_erasures
+        from workbench.ingest.rebuild import build_on_engine
         from workbench.ingest.tables import INTERNAL
         from workbench.schema import TABLES
 
@@ -305,8 +305,7 @@ class SparkWarehouse:
                 sync_receipts(engine, lake)
         engine = self._open(empty=True)
         try:
-            report = build_on_engine(engine, lake)
-            load_erasures(engine, lake)
+            report = build_on_engine(engine, lake)  # the erasure log included
             self.commit(engine, step="rebuild", tables=[*TABLES, *INTERNAL], replace=True)
         finally:
             self._close(engine)

@@ -187,6 +187,29 @@ def load_csv(batch: _Batch, inp: _Input) -> None:
             )
             log.warning("%s: %s", inp.display, report.message)
             return
+        twins = con.execute(
+            "SELECT DISTINCT source_file FROM loads WHERE file_sha256 = ? AND source_file <> ? "
+            "AND status = 'ok' ORDER BY 1",
+            [inp.lake.sha256, inp.lake.path],
+        ).fetchall()
+        if not twins and _provenance_missing(con):
+            report.duplicates = mapped.received
+            report.message = (
+                "not re-mapped: this warehouse does not yet record which file wrote each "
+                "usage, CRM, ticket or FX row (it was built before re-mapping existed); run "
+                "`workbench rebuild` (it records them), then re-map; nothing changed"
+            )
+            log.warning("%s: %s", inp.display, report.message)
+            return
+        if twins:
+            # Versions are keyed by the file's hash: the twin's rows cannot be told apart.
+            report.duplicates = mapped.received
+            report.message = (
+                f"not re-mapped: the same bytes were also loaded as {twins[0][0]}, and a "
+                "re-map would take out that load's rows too; nothing changed"
+            )
+            log.warning("%s: %s", inp.display, report.message)
+            return
         version_at = _unload(batch, inp, prior)
         report.message = (
             f"{REMAP_PREFIX}{inp.remap_by}: replaces load {in_force.load_id} "
@@ -312,6 +335,14 @@ def _fail(batch: _Batch, inp: _Input, *, received: int, message: str) -> None:
     report = inp.report
     report.status, report.message = "failed", message
     report.received = received
+    prior = prior_loads(batch.con, inp.lake.path)
+    if prior:  # a re-map whose mapping fails: the file stays as the load in force mapped it
+        report.duplicates = received
+        report.message = (
+            f"{message}; nothing changed: the file stays as load {prior[0].load_id} mapped it"
+        )
+        log.warning("%s: %s", inp.display, report.message)
+        return
     repeat = batch.con.execute(
         "SELECT count(*) FROM quarantine WHERE source_file = ? AND rule = 'file_rejected'",
         [inp.lake.path],
@@ -386,9 +417,43 @@ def _write_table(
         )
         con.unregister("wb_csv_rows")
     else:
-        con.register("wb_csv_rows", frame)
-        con.execute(f"INSERT OR REPLACE INTO {table} BY NAME SELECT * FROM wb_csv_rows")
-        con.unregister("wb_csv_rows")
+        _upsert(batch, inp, table, frame, version_at=version_at)
+
+
+def _row_key(table: str, alias: str) -> str:
+    """SQL text of a row's primary key as one string (``upsert_sources.row_key``)."""
+    parts = [f"CAST({alias}.{k} AS VARCHAR)" for k in TABLES[table].primary_key]
+    return " || '|' || ".join(parts)
+
+
+def _upsert(
+    batch: _Batch, inp: _Input, table: str, frame: pd.DataFrame, *, version_at: datetime
+) -> None:
+    """Upsert rows by primary key and record this load as each key's writer.
+
+    Keys a file received *after* this one last wrote are skipped: nothing changes for a
+    normal load (it is the latest), and a re-map (which keeps its file's first receipt time)
+    does not overwrite a later file's rows.
+    """
+    con = batch.con
+    spec = TABLES[table]
+    columns = ", ".join(f"{c.name} {c.type}" for c in spec.columns)
+    con.execute(f"CREATE OR REPLACE TEMP TABLE wb_csv_up ({columns})")
+    con.register("wb_csv_rows", frame)
+    con.execute("INSERT INTO wb_csv_up BY NAME SELECT * FROM wb_csv_rows")
+    con.unregister("wb_csv_rows")
+    key = _row_key(table, "wb_csv_up")
+    con.execute(
+        f"DELETE FROM wb_csv_up WHERE {key} IN (SELECT row_key FROM upsert_sources "
+        "WHERE table_name = ? AND version_at > ?)",
+        [table, version_at],
+    )
+    con.execute(f"INSERT OR REPLACE INTO {table} BY NAME SELECT * FROM wb_csv_up")
+    con.execute(
+        f"INSERT OR REPLACE INTO upsert_sources SELECT ?, {key}, ?, ?, ? FROM wb_csv_up",
+        [table, inp.lake.path, batch.load_id, version_at],
+    )
+    con.execute("DROP TABLE IF EXISTS wb_csv_up")
 
 
 # ----------------------------------------------------------------------------- re-mapping
@@ -406,10 +471,8 @@ def _unload(batch: _Batch, inp: _Input, prior: list[PriorLoad]) -> datetime:
     * ``account_personal_source`` rows pointing at those versions (so the old mapping's
       name and e-mail are not carried over);
     * ``subscription_history_csv``: the rows whose ``load_id`` is one of those loads;
-    * the upserted tables (usage, CRM signals, support tickets, FX rates) carry no load id:
-      the file is mapped again with the in-force load's mapping (kept in the lake) and only
-      rows still exactly as that load wrote them are deleted (a row another file or source
-      wrote since, with other values, stays);
+    * the upserted tables (usage, CRM signals, support tickets, FX rates): the keys this
+      file still owns in ``upsert_sources`` (a key a later file wrote is that file's);
     * quarantine rows of this file from those loads.
 
     The loads rows are kept, marked ``superseded`` with who re-mapped it and by which load.
@@ -444,7 +507,7 @@ def _unload(batch: _Batch, inp: _Input, prior: list[PriorLoad]) -> datetime:
         ids,
     )
     con.execute(f"DELETE FROM subscription_history_csv WHERE load_id IN ({marks})", ids)
-    _delete_upserted(batch, inp, in_force)
+    _delete_upserted(batch, inp)
     con.execute(
         f"DELETE FROM quarantine WHERE source_file = ? AND load_id IN ({marks})",
         [inp.lake.path, *ids],
@@ -462,51 +525,23 @@ def _unload(batch: _Batch, inp: _Input, prior: list[PriorLoad]) -> datetime:
     return received
 
 
-def _delete_upserted(batch: _Batch, inp: _Input, in_force: PriorLoad) -> None:
-    """Delete the upserted-table rows the in-force load wrote that still stand as written."""
+def _delete_upserted(batch: _Batch, inp: _Input) -> None:
+    """Delete the upserted-table rows this file's loads still own (``upsert_sources``):
+    a key another file wrote since belongs to that file and stays."""
     con = batch.con
-    if in_force.mapping is None:
-        log.warning(
-            "%s: load %s kept no mapping file; its usage/CRM/ticket/FX rows cannot be told "
-            "apart and are left",
-            inp.display,
-            in_force.load_id,
-        )
-        return
-    old = csv_mapping.load_mapping(batch.lake.path(in_force.mapping))
-    if not set(old.tables) & set(UPSERTED):
-        return
-    original = Path(in_force.original_path or inp.display)
-    mapped = csv_mapping.map_csv(
-        batch.lake.path(inp.lake.path), old, lookups=_lookups(old, original)
-    )
-    if mapped.error:
-        from workbench.ingest.loader import IngestError
-
-        raise IngestError(
-            f"{inp.display}: cannot tell which rows load {in_force.load_id} wrote: its mapping "
-            f"no longer maps the file ({mapped.error})"
-        )
-    tables, _, _ = _checked_tables(batch, inp, mapped)
-    for table, frame in tables.items():
-        if table not in UPSERTED:
-            continue
-        spec = TABLES[table]
-        frame = frame.drop_duplicates(list(spec.primary_key), keep="first")
-        columns = ", ".join(f"{c.name} {c.type}" for c in spec.columns)
-        names = ", ".join(spec.column_names)
-        con.execute(f"CREATE OR REPLACE TEMP TABLE wb_csv_old ({columns})")
-        con.register("wb_csv_old_df", frame)
-        con.execute("INSERT INTO wb_csv_old BY NAME SELECT * FROM wb_csv_old_df")
-        con.unregister("wb_csv_old_df")
-        same = " AND ".join(f"m.{k} = {table}.{k}" for k in spec.primary_key)
+    for table in UPSERTED:
+        key = _row_key(table, table)
         con.execute(
-            f"""
-            DELETE FROM {table} WHERE EXISTS (
-                SELECT 1 FROM (
-                    SELECT {names} FROM {table} AS cur
-                    INTERSECT SELECT {names} FROM wb_csv_old
-                ) m WHERE {same})
-            """
+            f"DELETE FROM {table} WHERE {key} IN (SELECT row_key FROM upsert_sources "
+            "WHERE table_name = ? AND source_file = ?)",
+            [table, inp.lake.path],
         )
-        con.execute("DROP TABLE IF EXISTS wb_csv_old")
+    con.execute("DELETE FROM upsert_sources WHERE source_file = ?", [inp.lake.path])
+
+
+def _provenance_missing(con: Any) -> bool:
+    """True for a warehouse whose upserted rows predate ``upsert_sources`` (rows in the
+    upserted tables, none recorded): which file wrote them is unknown until a rebuild."""
+    if con.execute("SELECT count(*) FROM upsert_sources").fetchall()[0][0]:
+        return False
+    return any(con.execute(f"SELECT count(*) FROM {table}").fetchall()[0][0] for table in UPSERTED)

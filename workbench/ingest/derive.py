@@ -73,7 +73,9 @@ def _latest(table: str, key: str, *, touched: str) -> str:
 
 def refresh_accounts(con: duckdb.DuckDBPyConnection | Engine) -> None:
     """Recompute ``accounts`` rows of touched accounts; personal columns come from the
-    latest version that carried them (``wb_personal_acc`` or the current row)."""
+    latest version that carried them (``wb_personal_acc`` or the current row), and stay
+    empty for a customer in ``erasures``: a file loaded (or re-mapped) after an erasure that
+    still names the customer does not bring the name or e-mail back."""
     con.execute(
         """
         CREATE OR REPLACE TEMP TABLE wb_personal_merged AS
@@ -91,11 +93,15 @@ def refresh_accounts(con: duckdb.DuckDBPyConnection | Engine) -> None:
     con.execute(
         f"""
         INSERT INTO accounts BY NAME
-        SELECT v.account_id, p.name, p.email, v.currency, v.country, v.region, v.channel,
+        SELECT v.account_id,
+               CASE WHEN e.customer_id IS NULL THEN p.name END AS name,
+               CASE WHEN e.customer_id IS NULL THEN p.email END AS email, v.currency, v.country, v.region, v.channel,
                v.industry, v.size, v.created, v.delinquent, v.any_deleted AS deleted,
                v.metadata, v.source, v.last_at AS updated_at
         FROM ({_latest("account_versions", "account_id", touched="accounts")}) v
         LEFT JOIN wb_personal_merged p USING (account_id)
+        LEFT JOIN (SELECT DISTINCT customer_id FROM erasures) e
+            ON e.customer_id = v.account_id
         """
     )
     con.execute(

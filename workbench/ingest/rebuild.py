@@ -140,6 +140,7 @@ def build_on_engine(
         cols = ", ".join(f"{c.name} {c.type}" for c in table.columns)
         engine.execute(f"CREATE OR REPLACE TEMP TABLE {table.name} ({cols})")
     stripe_events.install_macros(engine)
+    load_erasures(engine, lake)  # first: erased customers' personal data stays empty
     loads, files = replay(engine, lake, sources=sources)
     events = engine.execute("SELECT count(*) FROM events").fetchone()[0]
     report = RebuildReport(
@@ -180,8 +181,8 @@ def rebuild_locked(settings: Settings, lake: Lake) -> RebuildReport:
         create_all(con)
         prepare_connection(con)
         con.execute("BEGIN TRANSACTION")
+        load_erasures(con, lake)  # first: erased customers' personal data stays empty
         loads, files = replay(con, lake)
-        load_erasures(con, lake)
         events = con.execute("SELECT count(*) FROM events").fetchall()[0][0]
         con.execute("COMMIT")
         con.execute("CHECKPOINT")

@@ -135,6 +135,20 @@ INTERNAL: dict[str, Table] = {
             primary_key=TABLES["subscription_history"].primary_key,
         ),
         Table(
+            "upsert_sources",
+            "Which CSV load last wrote each row of the tables CSV files upsert by key (usage, "
+            "CRM signals, support tickets, FX rates): a re-map takes out only its file's rows "
+            "and leaves keys a later file wrote.",
+            (
+                Column("table_name", "VARCHAR", nullable=False),
+                Column("row_key", "VARCHAR", nullable=False, description="primary key as text"),
+                Column("source_file", "VARCHAR", nullable=False, description="lake path"),
+                Column("load_id", "VARCHAR", nullable=False),
+                Column("version_at", TS, nullable=False, description="when the file arrived"),
+            ),
+            primary_key=("table_name", "row_key"),
+        ),
+        Table(
             "erasures",
             "Every personal-data erasure: who, why, and each lake file it rewrote.",
             (
