@@ -274,7 +274,8 @@ def test_a_failed_replace_leaves_the_old_file_whole(pc, settings, monkeypatch) -
     out = approve(settings, proposal.item_id)
     assert out.code == "failed" and "disk gone" in out.message
     assert path.read_text() == DEFAULT and load_policy(settings=settings).label == "default"
-    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left
+    left = [p.name for p in path.parent.iterdir() if not p.name.endswith(".lock")]
+    assert left == [path.name]  # no temporary file left (the lock file stays, empty)
 
 
 CRASH = """
@@ -305,7 +306,7 @@ def test_a_crash_between_the_history_copy_and_the_replace(pc, settings) -> None:
     assert path.read_text() == DEFAULT and load_policy(settings=settings).label == "default"
     kept = pc.history_dir(settings) / f"{pc.sha256_bytes(DEFAULT.encode())}.yaml"
     assert kept.read_text() == DEFAULT  # the history copy was written before the crash
-    [tmp] = [p for p in path.parent.iterdir() if p != path]  # and the new text, in full
+    [tmp] = [p for p in path.parent.iterdir() if p != path and p.suffix == ".tmp"]  # in full
     assert tmp.name.startswith(".") and tmp.read_text() == PROPOSED
     store = ap.open_store(settings)
     assert ap.get_item(store, proposal.item_id).status == "approved"  # claimed, never recorded
@@ -360,3 +361,38 @@ def test_diff_rows_write_values_as_in_the_yaml_file(pc) -> None:
          "refund, retry_payment (added refund; removed retention_offer)"),
         ("label", "(unset)", "x"),
     ]  # fmt: skip
+
+
+def test_the_lock_is_the_policy_files_whatever_data_folder_proposed(
+    pc, settings, monkeypatch
+) -> None:
+    """Two approvals of changes proposed from different data folders must not both pass the
+    hash check: the lock belongs to the policy file, not to the proposer's data folder."""
+    from filelock import FileLock
+
+    proposal = propose(pc, settings)
+    path = Path(settings.policy_file)
+    monkeypatch.setattr(pc, "LOCK_TIMEOUT_S", 0.2)
+    with FileLock(str(path.with_name(f".{path.name}.lock"))):  # another approval is writing
+        outcome = approve(settings, proposal.item_id)
+    assert not outcome.ok and "another policy change held" in outcome.message
+    assert path.read_text() == DEFAULT
+    assert approve(settings, proposal.item_id).ok is False  # closed: propose again
+    assert path.read_text() == DEFAULT
+
+
+def test_an_approved_policy_with_non_ascii_text_loads_in_any_locale(pc, settings) -> None:
+    text = PROPOSED.replace('label: "2024-06 stricter retries"', 'label: "juin – révisé"')
+    assert approve(settings, propose(pc, settings, text).item_id).ok
+    code = (
+        "from workbench.policy import load_policy; "
+        f"print(load_policy({str(settings.policy_file)!r}).label)"
+    )
+    env = {"LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0",
+           "PYTHONIOENCODING": "utf-8", "PATH": "/usr/bin:/bin"}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+        encoding="utf-8", check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "juin – révisé"

@@ -481,3 +481,24 @@ def test_a_cell_timeout_that_is_not_whole_seconds_is_refused(project: Path, bad:
     with pytest.raises(RunnerError, match="whole number of seconds per cell"):
         run_pipeline(["03"], settings=settings, cell_timeout_s=-1, progress=False)
     assert not (project / "reports").exists()
+
+
+def test_nbclients_output_timeout_is_not_blamed_on_the_cell_timeout(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nbclient raises the same CellTimeoutError when output keeps arriving after a cell
+    finished (papermill turns that check on); the message must not say the cell ran too
+    long, least of all with no cell limit set."""
+    import papermill
+    from nbclient.exceptions import CellTimeoutError
+
+    def flooded(*args, **kwargs):
+        raise CellTimeoutError("Timeout waiting for IOPub output")
+
+    monkeypatch.setattr(papermill, "execute_notebook", flooded)
+    settings = load_settings(project)
+    with pytest.raises(StepFailed) as info:
+        run_pipeline(["01"], settings=settings, cell_timeout_s=0, run_id="flood", progress=False)
+    message = str(info.value)
+    assert "not the cell timeout" in message and "print less" in message
+    assert "still running after" not in message

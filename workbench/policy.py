@@ -569,9 +569,11 @@ def load_policy(path: Path | str | None = None, *, settings: Settings | None = N
             str(path), ["file not found; set policy_file (WORKBENCH_POLICY_FILE) to a policy YAML"]
         )
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))  # as written, whatever the locale
     except yaml.YAMLError as exc:
         raise PolicyError(str(path), [f"not valid YAML: {exc}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise PolicyError(str(path), [f"not UTF-8 text: {exc}"]) from exc
     policy = parse_policy(
         raw, source=str(path), reporting_currency=settings.reporting_currency if settings else None
     )

@@ -105,17 +105,18 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 
 @contextlib.contextmanager
-def _file_lock(folder: Path) -> Iterator[None]:
-    """One policy change (or rollback) at a time on this data folder: two approvers
-    approving two different changes at once must not both pass the hash check."""
-    folder.mkdir(parents=True, exist_ok=True)
+def _file_lock(policy_file: Path) -> Iterator[None]:
+    """One policy change (or rollback) at a time on this policy file, whichever data folder
+    the proposer used: two approvers approving two changes at once must not both pass the
+    hash check. The lock file sits next to the policy file (``.<name>.lock``)."""
+    lock = policy_file.with_name(f".{policy_file.name}.lock")
     try:
-        with FileLock(str(folder / ".policy-change.lock"), timeout=LOCK_TIMEOUT_S):
+        with FileLock(str(lock), timeout=LOCK_TIMEOUT_S):
             yield
     except Timeout as exc:
         raise PolicyChangeError(
-            f"another policy change held {folder / '.policy-change.lock'} for "
-            f"{LOCK_TIMEOUT_S:.0f} s; nothing was written: try again"
+            f"another policy change held {lock} for {LOCK_TIMEOUT_S:.0f} s; nothing was "
+            "written: try again"
         ) from exc
 
 
@@ -387,7 +388,7 @@ def _execute(item: ActionItem, ctx: ExecutionContext) -> dict[str, Any]:
         )
     new = _parse_text(text, source=f"policy change {item.item_id}",
                       reporting_currency=p.get("reporting_currency"))  # fmt: skip
-    with _file_lock(keep_dir):
+    with _file_lock(path):
         old_bytes = path.read_bytes() if path.is_file() else None
         now_sha = None if old_bytes is None else sha256_bytes(old_bytes)
         if now_sha != p["old_sha256"]:
@@ -401,6 +402,7 @@ def _execute(item: ActionItem, ctx: ExecutionContext) -> dict[str, Any]:
                           reporting_currency=p.get("reporting_currency"))  # fmt: skip
         kept = keep_dir / f"{now_sha}.yaml"
         if file_sha256(kept) != now_sha:
+            keep_dir.mkdir(parents=True, exist_ok=True)
             _atomic_write(kept, old_bytes)
         _atomic_write(path, new_bytes)
     log.warning("policy %s -> %s written to %s (approvals item %s, by %s)",
@@ -426,7 +428,7 @@ def _rollback(item: ActionItem, ctx: ExecutionContext) -> dict[str, Any]:
     p = item.payload
     path, keep_dir = Path(p["policy_file"]), Path(p["history_dir"])
     kept = keep_dir / f"{p['old_sha256']}.yaml"
-    with _file_lock(keep_dir):
+    with _file_lock(path):
         now_sha = file_sha256(path)
         if now_sha != p["new_sha256"]:
             raise PolicyChangeError(

@@ -684,29 +684,38 @@ def run_pipeline(
                 failure = StepFailed(nb.stem, out, record.error, rerun=rerun)
             except CellTimeoutError as exc:
                 record.status = "failed"
-                cell = _mark_timed_out_cell(out, cell_limit) if out.exists() else None
-                record.error = (
-                    f"CellTimeoutError: {cell or 'a cell'} was still running after the "
-                    f"{cell_limit} s cell timeout. If it is only slow, raise the limit: "
-                    f"`workbench run --cell-timeout SECONDS` or the cell_timeout_s setting "
-                    f"(0: no limit); if it hangs (a lock, a network call), "
-                    + (
-                        f"the executed notebook {out.with_suffix('.html')} shows how far it got"
-                        if out.exists()
-                        else "run the notebook by hand to see where"
+                if "IOPub" in str(exc) or not cell_limit:
+                    # nbclient's other timeout: output still arriving after a cell finished
+                    record.error = (
+                        f"CellTimeoutError: {exc} (output kept arriving after a cell finished; "
+                        "this is not the cell timeout): print less from the notebook, then "
+                        "run the step again"
                     )
-                )
-                failure = StepFailed(
-                    nb.stem,
-                    out,
-                    record.error,
-                    where=(
-                        f"The notebook as far as it ran, the timed-out cell marked, is {out}"
-                        if out.exists()
-                        else "No executed notebook was written."
-                    ),
-                    rerun=rerun,
-                )
+                    failure = StepFailed(nb.stem, out, record.error, rerun=rerun)
+                else:
+                    cell = _mark_timed_out_cell(out, cell_limit) if out.exists() else None
+                    record.error = (
+                        f"CellTimeoutError: {cell or 'a cell'} was still running after the "
+                        f"{cell_limit} s cell timeout. If it is only slow, raise the limit: "
+                        f"`workbench run --cell-timeout SECONDS` or the cell_timeout_s setting "
+                        f"(0: no limit); if it hangs (a lock, a network call), "
+                        + (
+                            f"the executed notebook {out.with_suffix('.html')} shows how far it got"
+                            if out.exists()
+                            else "run the notebook by hand to see where"
+                        )
+                    )
+                    failure = StepFailed(
+                        nb.stem,
+                        out,
+                        record.error,
+                        where=(
+                            f"The notebook as far as it ran, the timed-out cell marked, is {out}"
+                            if out.exists()
+                            else "No executed notebook was written."
+                        ),
+                        rerun=rerun,
+                    )
                 failure.__cause__ = exc
             except BaseException as exc:
                 # A dead kernel, a timeout, Ctrl-C: the step did not finish either.
