@@ -256,8 +256,15 @@ def test_rollback_refuses_when_the_file_changed_after_the_change(pc, settings) -
     later = PROPOSED.replace("after_days_idle: 60", "after_days_idle: 90")
     path.write_text(later)
     out = ap.rollback(ap.open_store(settings), proposal.item_id, who=BOB, reason="x", now=NOW)
-    assert out.code == "failed" and "no longer the file this change wrote" in out.message
+    assert out.code == "refused" and "no longer the file this change wrote" in out.message
     assert path.read_text() == later
+    # nothing was done, so the change can still be rolled back once the file is its own again
+    assert ap.get_item(ap.open_store(settings), proposal.item_id).status == "executed"
+    path.write_text(PROPOSED)
+    out = ap.rollback(ap.open_store(settings), proposal.item_id, who=BOB, reason="y", now=NOW)
+    assert out.code == "rolled_back" and path.read_text() == DEFAULT
+    events = [e.event for e in audit.iter_entries(ap.open_store(settings))]
+    assert events.count("action.rollback_refused") == 1 and "action.rolled_back" in events
 
 
 def test_a_failed_replace_leaves_the_old_file_whole(pc, settings, monkeypatch) -> None:

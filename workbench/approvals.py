@@ -1443,6 +1443,12 @@ def recover_interrupted(
     return closed
 
 
+class RollbackRefused(RuntimeError):
+    """Raised by a rollback executor that refused *before changing anything* (the subject
+    moved on since the action): the item stays ``executed``, so a later rollback can still
+    run once the obstacle is gone. Any other exception marks the item ``rollback_failed``."""
+
+
 def rollback(
     store: StoreLike, item_id: str, *, who: Identity, reason: str, now: pd.Timestamp | None = None
 ) -> Outcome:
@@ -1496,6 +1502,13 @@ def rollback(
             if executor.rollback
             else {"recorded": True}
         )
+    except RollbackRefused as exc:
+        with store.transaction() as tx:
+            tx.execute("UPDATE actions SET status = 'executed', updated_at = :at WHERE item_id = :id "
+                       "AND status = 'rolled_back'", {"at": at, "id": item_id})  # fmt: skip
+            audit.append(tx, actor=who.user, event="action.rollback_refused", item_id=item_id, at=now,
+                         details={"reason": reason, "refused": str(exc)})  # fmt: skip
+        return Outcome(False, "refused", f"not rolled back, nothing changed: {exc}", item_id)
     except Exception as exc:  # noqa: BLE001 - recorded
         log.exception("rollback executor for %s failed on %s", item.action_type, item_id)
         with store.transaction() as tx:

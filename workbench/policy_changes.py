@@ -422,7 +422,7 @@ def _rollback(item: ActionItem, ctx: ExecutionContext) -> dict[str, Any]:
     the change wrote.
 
     Raises:
-        PolicyChangeError: The file changed after the change (restoring would discard that
+        approvals.RollbackRefused: The file changed after the change (restoring would discard that
             later change), or the kept copy is missing or altered. Nothing is written then.
     """
     p = item.payload
@@ -431,7 +431,7 @@ def _rollback(item: ActionItem, ctx: ExecutionContext) -> dict[str, Any]:
     with _file_lock(path):
         now_sha = file_sha256(path)
         if now_sha != p["new_sha256"]:
-            raise PolicyChangeError(
+            raise approvals.RollbackRefused(
                 f"{path} is no longer the file this change wrote (it wrote {p['new_sha256'][:12]}, "
                 f"now {(now_sha or 'no file')[:12]}); nothing was restored: to go back, propose "
                 f"{kept} as a new policy change"
@@ -439,11 +439,13 @@ def _rollback(item: ActionItem, ctx: ExecutionContext) -> dict[str, Any]:
         try:
             old_bytes = kept.read_bytes()
         except FileNotFoundError:
-            raise PolicyChangeError(
+            raise approvals.RollbackRefused(
                 f"the kept copy {kept} is missing; nothing was restored"
             ) from None
         if sha256_bytes(old_bytes) != p["old_sha256"]:
-            raise PolicyChangeError(f"the kept copy {kept} was altered; nothing was restored")
+            raise approvals.RollbackRefused(
+                f"the kept copy {kept} was altered; nothing was restored"
+            )
         _atomic_write(path, old_bytes)
     log.warning("policy change %s rolled back: %s restored to %s by %s",
                 item.item_id, p["old_version"], path, ctx.actor)  # fmt: skip
