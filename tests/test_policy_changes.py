@@ -319,6 +319,9 @@ def test_a_crash_between_the_history_copy_and_the_replace(pc, settings) -> None:
     assert ap.get_item(store, proposal.item_id).status == "approved"  # claimed, never recorded
     later = pd.Timestamp.now(tz="UTC") + pd.Timedelta(hours=1)  # the child approved "now"
     assert ap.recover_interrupted(store, who=BOB, now=later) == [proposal.item_id]
+    [note] = [json.loads(e.details)["message"] for e in audit.iter_entries(store)
+              if e.event == "action.interrupted"]  # fmt: skip
+    assert "workbench policy show" in note and "payment processor" not in note
     again = pc.propose_policy_change(settings, PROPOSED, who=ALICE, reason="again", now=later)
     assert again.outcome.code == "queued"
     assert approve(settings, again.item_id).code == "executed"

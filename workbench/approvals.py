@@ -750,14 +750,28 @@ _OWNERS: dict[str, str] = {
 }
 
 
+_INTERRUPTED_HINT = "check the payment processor or the ledger before approving it again"
+_INTERRUPTED_HINTS: dict[str, str] = {}
+
+
 def register_executor(
-    action_type: str, execute: ExecuteFn, *, rollback: ExecuteFn | None = None
+    action_type: str,
+    execute: ExecuteFn,
+    *,
+    rollback: ExecuteFn | None = None,
+    interrupted_hint: str | None = None,
 ) -> None:
-    """Register (or replace) the executor run when an ``action_type`` item is approved."""
+    """Register (or replace) the executor run when an ``action_type`` item is approved.
+
+    ``interrupted_hint`` says where a person checks whether an interrupted execution took
+    effect (:func:`recover_interrupted`; default: the payment processor or the ledger).
+    """
     if action_type not in ACTION_TYPES:
         raise ValueError(f"unknown action type {action_type!r}; known: {', '.join(ACTION_TYPES)}")
     with _EXECUTORS_LOCK:
         _EXECUTORS[action_type] = Executor(execute, rollback)
+        if interrupted_hint is not None:
+            _INTERRUPTED_HINTS[action_type] = interrupted_hint
 
 
 def _load_owner(name: str, registered: Mapping[str, Any]) -> None:
@@ -1431,12 +1445,13 @@ def recover_interrupted(
             if not n:
                 continue
             step = "ran" if new == "failed" else "was being rolled back"
+            _load_owner(row["action_type"], _EXECUTORS)
+            hint = _INTERRUPTED_HINTS.get(row["action_type"], _INTERRUPTED_HINT)
             audit.append(tx, actor=who.user, event="action.interrupted", item_id=row["item_id"], at=now,
                          details={"was": row["status"], "now": new,
                                   "message": f"the process stopped while {row['action_type']} for "
                                              f"{row['subject_id']} {step}; whether it took effect is "
-                                             "unknown: check the payment processor or the ledger before "
-                                             "approving it again"})  # fmt: skip
+                                             f"unknown: {hint}"})  # fmt: skip
             closed.append(row["item_id"])
     if closed:
         log.warning("closed %d interrupted action(s): %s", len(closed), ", ".join(closed))

@@ -461,7 +461,16 @@ def _rollback(item: ActionItem, ctx: ExecutionContext) -> dict[str, Any]:
 def register_approval_executors() -> None:
     """Make the approvals queue carry out approved ``policy_change`` items and check them
     against the policy file on disk (idempotent; done when this module is imported)."""
-    approvals.register_executor(ACTION_TYPE, _execute, rollback=_rollback)
+    approvals.register_executor(
+        ACTION_TYPE,
+        _execute,
+        rollback=_rollback,
+        interrupted_hint=(
+            "run `workbench policy show`: if its sha256 is the item's new_sha256 the new policy "
+            "is in force (to go back, propose the kept file data/policies/history/<old_sha256>"
+            ".yaml); if it is the old_sha256, nothing was written"
+        ),
+    )
     approvals.register_state_provider(STATE_SCOPE, current_state, stale_message=STALE_MESSAGE)
 
 
