@@ -406,3 +406,19 @@ def test_an_approved_policy_with_non_ascii_text_loads_in_any_locale(pc, settings
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "juin – révisé"
+
+
+def test_a_change_proposed_for_another_policy_file_is_not_written(
+    pc, settings, tmp_path, monkeypatch
+) -> None:
+    """A proposer with other settings (another checkout) sharing the approvals store: the
+    approving workbench writes only its own policy file, and not someone else's either."""
+    proposal = propose(pc, settings)
+    theirs = Path(settings.policy_file)
+    ours = tmp_path / "service" / "dunning.yaml"
+    ours.parent.mkdir()
+    ours.write_text(DEFAULT)
+    monkeypatch.setenv("WORKBENCH_POLICY_FILE", str(ours))  # the approving process's settings
+    outcome = approve(settings, proposal.item_id)
+    assert not outcome.ok and "this workbench's policy file is" in outcome.message
+    assert theirs.read_text() == DEFAULT and ours.read_text() == DEFAULT

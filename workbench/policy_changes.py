@@ -374,11 +374,22 @@ def _execute(item: ActionItem, ctx: ExecutionContext) -> dict[str, Any]:
     """Replace the policy file with the approved text (see the module docstring).
 
     Raises:
-        PolicyChangeError: The file changed since the proposal (stale), or the item does
-            not hold what a proposal holds. Nothing is written then.
+        PolicyChangeError: The file changed since the proposal (stale), the item does not
+            hold what a proposal holds, or it was proposed for another policy file than the
+            one this workbench uses (a proposer with other settings sharing the approvals
+            store). Nothing is written then.
     """
+    from workbench.config import load_settings
+
     p = item.payload
     path, keep_dir = Path(p["policy_file"]), Path(p["history_dir"])
+    in_force = Path(load_settings().policy_file)
+    if in_force.resolve() != path.resolve():
+        raise PolicyChangeError(
+            f"{item.item_id} was proposed for {path}, but this workbench's policy file is "
+            f"{in_force}; nothing was written: propose the change where that policy is used "
+            "(or set policy_file / WORKBENCH_POLICY_FILE to it)"
+        )
     text = p["proposed_yaml"]
     new_bytes = text.encode("utf-8")
     if sha256_bytes(new_bytes) != p["new_sha256"]:
