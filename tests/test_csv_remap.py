@@ -230,8 +230,9 @@ def test_rows_from_another_source_with_the_same_keys_survive(world, settings):
     assert ("cus_2", "2024-06-01", 99.0, "simulator") in rows(settings, USAGE_SQL)
 
 
-def test_the_wrong_mappings_personal_data_is_not_carried_over(settings, tmp_path):
-    """Names and e-mails live only in ``accounts``: the swapped ones must not survive."""
+def _cus_1_then_swapped_names(settings, tmp_path: Path) -> tuple[Path, Path, Path]:
+    """cus_1 from Stripe; the export and a mapping that reads the day as dd/mm (so cus_1
+    loads) but swaps name and e-mail: ``(export, wrong mapping, right mapping path)``."""
     stripe = write(
         tmp_path / "events.jsonl", [event("evt_c1", "customer.created", T0, customer("cus_1"))]
     )
@@ -239,8 +240,13 @@ def test_the_wrong_mappings_personal_data_is_not_carried_over(settings, tmp_path
     export = tmp_path / "export.csv"
     export.write_text(EXPORT)
     wrong, right = tmp_path / "wrong.yaml", tmp_path / "right.yaml"
-    # the wrong mapping reads the day as dd/mm (so cus_1 loads) but swaps name and e-mail
     wrong.write_text(MAPPING.format(**{**RIGHT, "name": "Email", "email": "Name"}))
+    return export, wrong, right
+
+
+def test_the_wrong_mappings_personal_data_is_not_carried_over(settings, tmp_path):
+    """Names and e-mails live only in ``accounts``: the swapped ones must not survive."""
+    export, wrong, right = _cus_1_then_swapped_names(settings, tmp_path)
     right.write_text(MAPPING.format(**RIGHT))
     ingest(export, source="csv", mapping=wrong, settings=settings, progress=False)
     assert rows(settings, "SELECT name FROM accounts WHERE account_id = 'cus_1'") == [
@@ -253,14 +259,7 @@ def test_the_wrong_mappings_personal_data_is_not_carried_over(settings, tmp_path
 
 
 def test_a_remap_that_writes_no_accounts_takes_the_files_accounts_out(settings, tmp_path):
-    stripe = write(
-        tmp_path / "events.jsonl", [event("evt_c1", "customer.created", T0, customer("cus_1"))]
-    )
-    ingest(stripe, source="stripe", settings=settings, progress=False)
-    export = tmp_path / "export.csv"
-    export.write_text(EXPORT)
-    wrong, right = tmp_path / "wrong.yaml", tmp_path / "right.yaml"
-    wrong.write_text(MAPPING.format(**{**RIGHT, "name": "Email", "email": "Name"}))
+    export, wrong, right = _cus_1_then_swapped_names(settings, tmp_path)
     text = MAPPING.format(**RIGHT)
     start, end = text.index("  accounts:"), text.index("  payment_attempts:")
     right.write_text(text[:start] + text[end:])  # the export's customers are not accounts
