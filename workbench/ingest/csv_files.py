@@ -177,39 +177,35 @@ def load_csv(batch: _Batch, inp: _Input) -> None:
                 )
             return
         if inp.remap_by is None:
-            report.duplicates = mapped.received
             # Say so rather than look like a no-op: the rows stay as the first mapping made them.
-            report.message = (
+            return _not_mapped(
+                inp,
+                mapped.received,
                 f"already loaded with another mapping ({in_force.mapping or 'auto-detected'}); "
                 "it was not mapped again: its rows stay as that mapping made them. To replace "
                 "them with what this mapping makes, ingest it again with --remap (Python: "
-                "remap=True; docs/runbooks.md, 'upstream schema change')"
+                "remap=True; docs/runbooks.md, 'upstream schema change')",
             )
-            log.warning("%s: %s", inp.display, report.message)
-            return
         twins = con.execute(
             "SELECT DISTINCT source_file FROM loads WHERE file_sha256 = ? AND source_file <> ? "
             "AND status = 'ok' ORDER BY 1",
             [inp.lake.sha256, inp.lake.path],
         ).fetchall()
-        if not twins and _provenance_missing(con):
-            report.duplicates = mapped.received
-            report.message = (
+        if twins:  # versions are keyed by the file's hash: the twin's rows look the same
+            return _not_mapped(
+                inp,
+                mapped.received,
+                f"not re-mapped: the same bytes were also loaded as {twins[0][0]}, and a "
+                "re-map would take out that load's rows too; nothing changed",
+            )
+        if _provenance_missing(con):
+            return _not_mapped(
+                inp,
+                mapped.received,
                 "not re-mapped: this warehouse does not yet record which file wrote each "
                 "usage, CRM, ticket or FX row (it was built before re-mapping existed); run "
-                "`workbench rebuild` (it records them), then re-map; nothing changed"
+                "`workbench rebuild` (it records them), then re-map; nothing changed",
             )
-            log.warning("%s: %s", inp.display, report.message)
-            return
-        if twins:
-            # Versions are keyed by the file's hash: the twin's rows cannot be told apart.
-            report.duplicates = mapped.received
-            report.message = (
-                f"not re-mapped: the same bytes were also loaded as {twins[0][0]}, and a "
-                "re-map would take out that load's rows too; nothing changed"
-            )
-            log.warning("%s: %s", inp.display, report.message)
-            return
         version_at = _unload(batch, inp, prior)
         report.message = (
             f"{REMAP_PREFIX}{inp.remap_by}: replaces load {in_force.load_id} "
@@ -237,6 +233,13 @@ def load_csv(batch: _Batch, inp: _Input) -> None:
     report.accepted = mapped.received - report.quarantined - report.duplicates
     report.handled = report.accepted
     _insert_quarantine(batch, rows)
+
+
+def _not_mapped(inp: _Input, received: int, message: str) -> None:
+    """The file is not mapped again: its rows count as duplicates, and the message says why."""
+    inp.report.duplicates = received
+    inp.report.message = message
+    log.warning("%s: %s", inp.display, message)
 
 
 def _checked_tables(
