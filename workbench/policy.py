@@ -568,17 +568,30 @@ def load_policy(path: Path | str | None = None, *, settings: Settings | None = N
         raise PolicyError(
             str(path), ["file not found; set policy_file (WORKBENCH_POLICY_FILE) to a policy YAML"]
         )
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))  # as written, whatever the locale
-    except yaml.YAMLError as exc:
-        raise PolicyError(str(path), [f"not valid YAML: {exc}"]) from exc
-    except UnicodeDecodeError as exc:
-        raise PolicyError(str(path), [f"not UTF-8 text: {exc}"]) from exc
-    policy = parse_policy(
-        raw, source=str(path), reporting_currency=settings.reporting_currency if settings else None
+    policy = parse_policy_text(
+        path.read_bytes(),
+        source=str(path),
+        reporting_currency=settings.reporting_currency if settings else None,
     )
     log.debug("loaded policy %s from %s", policy.version, path)
     return policy
+
+
+def parse_policy_text(
+    text: str | bytes, *, source: str, reporting_currency: str | None = None
+) -> Policy:
+    """Validate a policy given as YAML text (bytes are read as UTF-8, whatever the locale).
+
+    Raises:
+        PolicyError: Not UTF-8, not YAML, or an invalid policy (every problem listed).
+    """
+    try:
+        raw = yaml.safe_load(text.decode("utf-8") if isinstance(text, bytes) else text)
+    except UnicodeDecodeError as exc:
+        raise PolicyError(source, [f"not UTF-8 text: {exc}"]) from exc
+    except yaml.YAMLError as exc:
+        raise PolicyError(source, [f"not valid YAML: {exc}"]) from exc
+    return parse_policy(raw, source=source, reporting_currency=reporting_currency)
 
 
 def policy_diff(old: Policy, new: Policy) -> list[tuple[str, Any, Any]]:

@@ -34,13 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 from filelock import FileLock, Timeout
 
 from workbench import approvals
 from workbench.approvals import ActionItem, ExecutionContext, Identity, Outcome, StoreLike
 from workbench.config import Settings
-from workbench.policy import Policy, PolicyError, load_policy, parse_policy, policy_diff
+from workbench.policy import PolicyError, load_policy, parse_policy_text, policy_diff
 
 log = logging.getLogger(__name__)
 
@@ -120,19 +119,6 @@ def _file_lock(policy_file: Path) -> Iterator[None]:
         ) from exc
 
 
-def _parse_text(text: str, *, source: str, reporting_currency: str | None) -> Policy:
-    """Validate policy YAML text.
-
-    Raises:
-        PolicyError: Not YAML, or an invalid policy (every problem listed).
-    """
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise PolicyError(source, [f"not valid YAML: {exc}"]) from exc
-    return parse_policy(raw, source=source, reporting_currency=reporting_currency)
-
-
 def _read_proposal(new_policy: Path | str) -> tuple[str, str]:
     """``(text, source)`` of a proposal given as a file (a ``Path``, or a one-line ``str``
     naming an existing file) or as YAML text."""
@@ -171,11 +157,15 @@ def current_policy(settings: Settings) -> PolicyFileInfo:
         PolicyError: The file is missing or invalid.
     """
     path = Path(settings.policy_file)
-    policy = load_policy(path, settings=settings)
-    sha = file_sha256(path)
-    if sha is None:  # removed between the two reads
-        raise PolicyError(str(path), ["file not found"])
-    return PolicyFileInfo(path=path, sha256=sha, version=policy.version, label=policy.label)
+    if not path.is_file():
+        load_policy(path, settings=settings)  # raises PolicyError saying how to set it
+    data = path.read_bytes()  # hashed and parsed from one read
+    policy = parse_policy_text(
+        data, source=str(path), reporting_currency=settings.reporting_currency
+    )
+    return PolicyFileInfo(
+        path=path, sha256=sha256_bytes(data), version=policy.version, label=policy.label
+    )
 
 
 def _subject(settings: Settings) -> str:
@@ -297,13 +287,13 @@ def propose_policy_change(
     if not reason.strip():
         raise PolicyChangeError("a policy change needs a reason (shown to the approver)")
     text, source = _read_proposal(new_policy_path_or_text)
-    new = _parse_text(text, source=source, reporting_currency=settings.reporting_currency)
+    new = parse_policy_text(text, source=source, reporting_currency=settings.reporting_currency)
     path = Path(settings.policy_file)
     if not path.is_file():
         load_policy(path, settings=settings)  # raises PolicyError saying how to set it
     old_bytes = path.read_bytes()  # hashed and parsed from one read
-    old = _parse_text(old_bytes.decode("utf-8"), source=str(path),
-                      reporting_currency=settings.reporting_currency)  # fmt: skip
+    old = parse_policy_text(old_bytes, source=str(path),
+                            reporting_currency=settings.reporting_currency)  # fmt: skip
     diff = policy_diff(old, new)
     if not diff:
         raise PolicyChangeError(
@@ -397,8 +387,8 @@ def _execute(item: ActionItem, ctx: ExecutionContext) -> dict[str, Any]:
             f"{item.item_id}: the proposed text does not hash to the recorded {p['new_sha256'][:12]}; "
             "nothing was written: propose the change again"
         )
-    new = _parse_text(text, source=f"policy change {item.item_id}",
-                      reporting_currency=p.get("reporting_currency"))  # fmt: skip
+    new = parse_policy_text(text, source=f"policy change {item.item_id}",
+                            reporting_currency=p.get("reporting_currency"))  # fmt: skip
     with _file_lock(path):
         old_bytes = path.read_bytes() if path.is_file() else None
         now_sha = None if old_bytes is None else sha256_bytes(old_bytes)
@@ -409,8 +399,8 @@ def _execute(item: ActionItem, ctx: ExecutionContext) -> dict[str, Any]:
                 "propose the change again against the current file"
             )
         # the file being replaced must be a policy (a forged payload cannot point elsewhere)
-        old = _parse_text(old_bytes.decode("utf-8"), source=str(path),
-                          reporting_currency=p.get("reporting_currency"))  # fmt: skip
+        old = parse_policy_text(old_bytes, source=str(path),
+                                reporting_currency=p.get("reporting_currency"))  # fmt: skip
         kept = keep_dir / f"{now_sha}.yaml"
         if file_sha256(kept) != now_sha:
             keep_dir.mkdir(parents=True, exist_ok=True)
