@@ -446,11 +446,12 @@ def _upsert(
     con.execute("INSERT INTO wb_csv_up BY NAME SELECT * FROM wb_csv_rows")
     con.unregister("wb_csv_rows")
     key = _row_key(table, "wb_csv_up")
-    con.execute(
-        f"DELETE FROM wb_csv_up WHERE {key} IN (SELECT row_key FROM upsert_sources "
-        "WHERE table_name = ? AND version_at > ?)",
-        [table, version_at],
-    )
+    if version_at < batch.received_at:  # a re-map: only it can predate rows already written
+        con.execute(
+            f"DELETE FROM wb_csv_up WHERE {key} IN (SELECT row_key FROM upsert_sources "
+            "WHERE table_name = ? AND version_at > ?)",
+            [table, version_at],
+        )
     con.execute(f"INSERT OR REPLACE INTO {table} BY NAME SELECT * FROM wb_csv_up")
     con.execute(
         f"INSERT OR REPLACE INTO upsert_sources SELECT ?, {key}, ?, ?, ? FROM wb_csv_up",
