@@ -151,8 +151,12 @@ def load_roles(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     text = path.read_text()
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+    except tomllib.TOMLDecodeError as exc:
         raise RolesError(f"{path}: cannot parse: {exc}") from exc
+    except yaml.YAMLError as exc:  # one line: where, and what the parser expected
+        mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise RolesError(f"{path}: cannot parse{at}: {problem or exc}") from exc
     data = data or {}
     if not isinstance(data, Mapping) or not isinstance(data.get("roles", {}), Mapping):
         raise RolesError(f"{path}: expected a mapping with `roles: {{user: role}}`")
