@@ -512,6 +512,43 @@ def test_an_action_interrupted_mid_run_is_closed_as_failed_and_can_be_proposed_a
         ap.recover_interrupted(store, who=VIC, now=late)
 
 
+def test_a_recover_hook_says_whether_an_interrupted_action_took_effect(store) -> None:
+    """An action type that can tell (its ``recover`` hook) closes an interrupted item as
+    executed or as failed with "nothing changed"; a hook that fails leaves it to a person."""
+
+    def killed(item, ctx):
+        raise KeyboardInterrupt
+
+    def ledger(item, ctx):
+        assert ap.get_item(ctx.store, item.item_id).status == "approved"  # hooks may read
+        if item.subject_id == "in_broken":
+            raise OSError("ledger unreachable")
+        booked = item.subject_id == "in_booked"
+        return ap.Recovered(booked, f"ledger {'has' if booked else 'has no'} entry",
+                            {"invoice_id": item.subject_id})  # fmt: skip
+
+    ap.register_executor("write_off", killed, recover=ledger)
+    ids = {}
+    for invoice in ("in_booked", "in_missing", "in_broken"):
+        ids[invoice] = request_write_off(store, subject=invoice).item_id
+        with pytest.raises(KeyboardInterrupt):
+            ap.approve(store, ids[invoice], who=BOB, current_state=same_state, now=NOW)
+    late = NOW + pd.Timedelta(minutes=20)
+    assert sorted(ap.recover_interrupted(store, who=ap.ENGINE, now=late)) == sorted(ids.values())
+    status = {k: ap.get_item(store, v).status for k, v in ids.items()}
+    assert status == {"in_booked": "executed", "in_missing": "failed", "in_broken": "failed"}
+    [execution] = ap.executions_frame(store).to_dict("records")
+    assert execution["item_id"] == ids["in_booked"] and execution["actor"] == "bob"
+    notes = {
+        k: audit.audit_frame(store, item_id=v, event_prefix="action.interrupted").iloc[0]["details"]
+        for k, v in ids.items()
+    }
+    assert "took effect (ledger has entry): recorded as executed" in notes["in_booked"]
+    assert "did not take effect (ledger has no entry): nothing changed" in notes["in_missing"]
+    assert "unknown" in notes["in_broken"] and "payment processor" in notes["in_broken"]
+    assert audit.verify(store).ok
+
+
 def test_a_rollback_interrupted_mid_run_is_on_record_and_closed(store) -> None:
     def killed(item, ctx):
         raise KeyboardInterrupt

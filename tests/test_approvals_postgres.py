@@ -25,6 +25,7 @@ from test_approvals import (  # noqa: F401 - re-run against PostgreSQL
     request_write_off,
     same_state,
     test_a_failing_executor_marks_the_item_failed,
+    test_a_recover_hook_says_whether_an_interrupted_action_took_effect,
     test_automated_action_runs_once_and_rolls_back_within_its_window,
     test_automation_above_the_approval_amount_is_refused,
     test_bulk_approve_only_low_risk_items_the_policy_allows,

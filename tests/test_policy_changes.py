@@ -293,22 +293,35 @@ from workbench.config import load_settings
 
 settings = load_settings()
 real_replace = os.replace
-def die_before_the_policy_file_is_replaced(src, dst):
+def die_at_the_policy_files_replace(src, dst):
     if Path(dst) == Path(settings.policy_file):
-        os._exit(9)  # the new text is complete in its temporary file; the rename never happens
+        if sys.argv[2] == "after":
+            real_replace(src, dst)  # the new policy is in force; the outcome is never recorded
+        os._exit(9)  # before: the new text is complete in its temporary file, never renamed
     real_replace(src, dst)
-pc.os.replace = die_before_the_policy_file_is_replaced
+pc.os.replace = die_at_the_policy_files_replace
 store = ap.open_store(settings)
 ap.approve(store, sys.argv[1], who=ap.Identity("bob", ap.Role.APPROVER),
            current_state=ap.CurrentState(store))
 """
 
 
-def test_a_crash_between_the_history_copy_and_the_replace(pc, settings) -> None:
-    proposal = propose(pc, settings)
-    run = subprocess.run([sys.executable, "-c", CRASH, proposal.item_id], cwd=REPO,
+def crash_while_approving(item_id: str, when: str) -> None:
+    """Approve ``item_id`` in a child process that dies just ``before`` or just ``after``
+    the policy file is replaced (the history copy is written either way)."""
+    run = subprocess.run([sys.executable, "-c", CRASH, item_id, when], cwd=REPO,
                          capture_output=True, text=True)  # fmt: skip
     assert run.returncode == 9, run.stderr
+
+
+def interrupted_notes(store) -> list[str]:
+    return [json.loads(e.details)["message"] for e in audit.iter_entries(store)
+            if e.event == "action.interrupted"]  # fmt: skip
+
+
+def test_a_crash_between_the_history_copy_and_the_replace(pc, settings) -> None:
+    proposal = propose(pc, settings)
+    crash_while_approving(proposal.item_id, "before")
     path = Path(settings.policy_file)
     assert path.read_text() == DEFAULT and load_policy(settings=settings).label == "default"
     kept = pc.history_dir(settings) / f"{pc.sha256_bytes(DEFAULT.encode())}.yaml"
@@ -319,13 +332,81 @@ def test_a_crash_between_the_history_copy_and_the_replace(pc, settings) -> None:
     assert ap.get_item(store, proposal.item_id).status == "approved"  # claimed, never recorded
     later = pd.Timestamp.now(tz="UTC") + pd.Timedelta(hours=1)  # the child approved "now"
     assert ap.recover_interrupted(store, who=BOB, now=later) == [proposal.item_id]
-    [note] = [json.loads(e.details)["message"] for e in audit.iter_entries(store)
-              if e.event == "action.interrupted"]  # fmt: skip
-    assert "workbench policy show" in note and "payment processor" not in note
+    assert ap.get_item(store, proposal.item_id).status == "failed"
+    [note] = interrupted_notes(store)
+    # the file still has the hash it was proposed against: known not to have taken effect
+    assert "did not take effect" in note and "nothing changed" in note
+    assert "unknown" not in note and "payment processor" not in note
+    assert ap.executions_frame(store).empty
     again = pc.propose_policy_change(settings, PROPOSED, who=ALICE, reason="again", now=later)
     assert again.outcome.code == "queued"
     assert approve(settings, again.item_id).code == "executed"
     assert path.read_text() == PROPOSED
+
+
+def test_a_crash_right_after_the_replace_is_recovered_as_executed(pc, settings) -> None:
+    """The new policy was in force when the process died: recovery records the change as
+    executed (as the approval would have), so it can be rolled back in its window."""
+    proposal = propose(pc, settings)
+    crash_while_approving(proposal.item_id, "after")
+    path = Path(settings.policy_file)
+    assert path.read_text() == PROPOSED
+    store = ap.open_store(settings)
+    claimed = ap.get_item(store, proposal.item_id)
+    assert claimed.status == "approved" and ap.executions_frame(store).empty
+    later = pd.Timestamp.now(tz="UTC") + pd.Timedelta(hours=1)
+    assert ap.recover_interrupted(store, who=ap.ENGINE, now=later) == [proposal.item_id]
+    item = ap.get_item(store, proposal.item_id)
+    assert item.status == "executed"
+    # the window counts from the approval that wrote the file, not from the recovery
+    assert item.executed_at == claimed.decided_at
+    assert item.rollback_until == claimed.decided_at + pd.Timedelta(hours=24)
+    [execution] = ap.executions_frame(store).to_dict("records")
+    assert execution["kind"] == "execute" and execution["actor"] == "bob"
+    kept = pc.history_dir(settings) / f"{pc.sha256_bytes(DEFAULT.encode())}.yaml"
+    result = json.loads(execution["result"])
+    assert result["history_file"] == str(kept) and result["policy_file"] == str(path)
+    assert result["new_sha256"] == pc.sha256_bytes(PROPOSED.encode())
+    assert result["version"] == load_policy(settings=settings).version
+    [note] = interrupted_notes(store)
+    assert "took effect" in note and "recorded as executed" in note and "unknown" not in note
+    executed = [json.loads(e.details) for e in audit.iter_entries(store)
+                if e.event == "action.executed"]  # fmt: skip
+    assert [d["recovered"]["by"] for d in executed] == ["system:dunning"]
+    assert audit.verify(store).ok
+    out = ap.rollback(store, proposal.item_id, who=BOB, reason="too strict", now=later)
+    assert out.code == "rolled_back", out.message
+    assert path.read_text() == DEFAULT
+
+
+@pytest.mark.parametrize("after", ["edited", "history_lost", "written_by_another_item"])
+def test_a_recovered_policy_change_is_failed_when_the_file_does_not_say(
+    pc, settings, after
+) -> None:
+    """Only the old hash (nothing written) or the new hash with the replaced file kept, and
+    no other item that wrote the same text, say what happened; otherwise a person checks."""
+    proposal = propose(pc, settings)
+    path = Path(settings.policy_file)
+    kept = pc.history_dir(settings) / f"{pc.sha256_bytes(DEFAULT.encode())}.yaml"
+    store = ap.open_store(settings)
+    later = pd.Timestamp.now(tz="UTC") + pd.Timedelta(hours=1)
+    if after == "written_by_another_item":
+        crash_while_approving(proposal.item_id, "before")
+        again = pc.propose_policy_change(settings, PROPOSED, who=ALICE, reason="again", now=later)
+        assert approve(settings, again.item_id).code == "executed"
+    else:
+        crash_while_approving(proposal.item_id, "after")
+        if after == "edited":
+            path.write_text(PROPOSED.replace("after_days_idle: 60", "after_days_idle: 90"))
+        else:
+            kept.unlink()
+    assert ap.recover_interrupted(store, who=ap.ENGINE, now=later) == [proposal.item_id]
+    assert ap.get_item(store, proposal.item_id).status == "failed"
+    [note] = interrupted_notes(store)
+    assert "unknown" in note and "workbench policy show" in note
+    assert [e["item_id"] for e in ap.executions_frame(store).to_dict("records")] == (
+        [again.item_id] if after == "written_by_another_item" else []
+    )
 
 
 def test_cli_policy_show_and_propose(pc, settings, tmp_path, monkeypatch) -> None:

@@ -420,6 +420,7 @@ def test_a_cell_over_the_timeout_fails_its_step_and_blocks_the_rest(
 
     _slow_second_step(project, 30)
     monkeypatch.setenv("WORKBENCH_CELL_TIMEOUT_S", "2")  # the setting, as cron would set it
+    monkeypatch.setenv("WORKBENCH_LOCK_TIMEOUT_S", "1")  # the lock wait must end before it
     settings = load_settings(project)
     assert settings.cell_timeout_s == 2
     t0 = time.perf_counter()
@@ -457,6 +458,7 @@ def test_cell_timeout_option_wins_over_the_setting(
     _slow_second_step(project, 3)
     cli = CliRunner()
     monkeypatch.setenv("WORKBENCH_CELL_TIMEOUT_S", "1")
+    monkeypatch.setenv("WORKBENCH_LOCK_TIMEOUT_S", "0.5")  # below the cell timeout
     result = cli.invoke(main, ["run", "02", "--cell-timeout", "0", "--run-id", "no-limit",
                                "--no-progress"])  # fmt: skip
     assert result.exit_code == 0, result.output  # 0: no limit

@@ -151,8 +151,12 @@ def load_roles(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     text = path.read_text()
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+    except tomllib.TOMLDecodeError as exc:
         raise RolesError(f"{path}: cannot parse: {exc}") from exc
+    except yaml.YAMLError as exc:  # one line: where, and what the parser expected
+        mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise RolesError(f"{path}: cannot parse{at}: {problem or exc}") from exc
     data = data or {}
     if not isinstance(data, Mapping) or not isinstance(data.get("roles", {}), Mapping):
         raise RolesError(f"{path}: expected a mapping with `roles: {{user: role}}`")
@@ -709,6 +713,26 @@ ExecuteFn = Callable[[ActionItem, ExecutionContext], Mapping[str, Any] | None]
 
 
 @dataclass(frozen=True)
+class Recovered:
+    """What an action type's ``recover`` hook found out about an execution whose process
+    stopped before its outcome was recorded (see :func:`recover_interrupted`).
+
+    ``took_effect``: the effect is there (the item is recorded as ``executed``, with
+    ``result`` as the execution's result, what the executor would have returned) or it is
+    known not to be (the item is ``failed``, as when nothing can be told). ``note`` says how
+    the hook knows, for the audit entry.
+    """
+
+    took_effect: bool
+    note: str
+    result: Mapping[str, Any] = field(default_factory=dict)
+
+
+#: Looks at the subject of an interrupted item; ``None`` when it cannot tell.
+RecoverFn = Callable[[ActionItem, ExecutionContext], Recovered | None]
+
+
+@dataclass(frozen=True)
 class Executor:
     """What runs when an item of an action type is approved (and, optionally, rolled back).
 
@@ -718,6 +742,7 @@ class Executor:
 
     execute: ExecuteFn
     rollback: ExecuteFn | None = None
+    recover: RecoverFn | None = None
 
 
 def record_only(item: ActionItem, ctx: ExecutionContext) -> dict[str, Any]:
@@ -760,16 +785,18 @@ def register_executor(
     *,
     rollback: ExecuteFn | None = None,
     interrupted_hint: str | None = None,
+    recover: RecoverFn | None = None,
 ) -> None:
     """Register (or replace) the executor run when an ``action_type`` item is approved.
 
-    ``interrupted_hint`` says where a person checks whether an interrupted execution took
-    effect (:func:`recover_interrupted`; default: the payment processor or the ledger).
+    ``recover`` tells, where it can, whether an execution interrupted before its outcome was
+    recorded took effect (:func:`recover_interrupted`); ``interrupted_hint`` says where a
+    person checks when it cannot (default: the payment processor or the ledger).
     """
     if action_type not in ACTION_TYPES:
         raise ValueError(f"unknown action type {action_type!r}; known: {', '.join(ACTION_TYPES)}")
     with _EXECUTORS_LOCK:
-        _EXECUTORS[action_type] = Executor(execute, rollback)
+        _EXECUTORS[action_type] = Executor(execute, rollback, recover)
         if interrupted_hint is not None:
             _INTERRUPTED_HINTS[action_type] = interrupted_hint
 
@@ -1196,36 +1223,63 @@ def _execute(store: ApprovalStore, item: ActionItem, *, actor: str, now: pd.Time
             f"approved, but execution failed: {type(exc).__name__}: {exc}",
             item.item_id,
         )
-    window = item.payload.get("override_window_hours")
-    until = audit.utc_text(now + pd.Timedelta(hours=float(window))) if window else None
-    execution_id = uuid.uuid4().hex
-    reason_code = result.get("reason_code") or item.payload.get("reason_code")
     with store.transaction() as tx:
-        n = tx.execute(
-            "UPDATE actions SET status = 'executed', executed_at = :at, rollback_until = :until, updated_at = :at "
-            "WHERE item_id = :id AND status = 'approved'",
-            {"at": audit.utc_text(now), "until": until, "id": item.item_id},
-        )
-        if n != 1:
+        if not _record_execution(tx, item, result, actor=actor, now=now):
             raise StoreError(
                 f"item {item.item_id} left 'approved' while executing; not recorded twice"
             )
-        tx.execute(
-            "INSERT INTO executions (execution_id, item_id, kind, action_type, subject_id, amount_minor, currency, "
-            "reason_code, actor, at, result) VALUES (:eid, :id, 'execute', :type, :subject, :amount, :currency, "
-            ":reason, :actor, :at, :result)",
-            {"eid": execution_id, "id": item.item_id, "type": item.action_type, "subject": item.subject_id,
-             "amount": item.amount_minor, "currency": item.currency, "reason": reason_code, "actor": actor,
-             "at": audit.utc_text(now), "result": audit.canonical_json(result)},
-        )  # fmt: skip
-        audit.append(tx, actor=actor, event="action.executed", item_id=item.item_id, at=now,
-                     details={"execution_id": execution_id, "action_type": item.action_type,
-                              "subject_id": item.subject_id, "amount_minor": item.amount_minor,
-                              "currency": item.currency, "reason_code": reason_code, "result": result,
-                              "rollback_until": until})  # fmt: skip
     return Outcome(
         True, "executed", f"{item.action_type} for {item.subject_id} executed", item.item_id
     )
+
+
+def _record_execution(
+    tx: Any,
+    item: ActionItem,
+    result: Mapping[str, Any],
+    *,
+    actor: str,
+    now: pd.Timestamp,
+    executed_at: pd.Timestamp | None = None,
+    recovered: Mapping[str, Any] | None = None,
+) -> bool:
+    """In ``tx``: mark an ``approved`` item executed, with its execution entry and its
+    ``action.executed`` audit entry; ``False``, nothing written, if it is no longer approved.
+
+    ``executed_at`` (default ``now``) is when the effect happened; the override window
+    counts from it. ``recovered`` (who recorded it after an interruption, and how it was
+    known) goes into the audit entry.
+    """
+    executed_at = now if executed_at is None else executed_at
+    window = item.payload.get("override_window_hours")
+    until = audit.utc_text(executed_at + pd.Timedelta(hours=float(window))) if window else None
+    execution_id = uuid.uuid4().hex
+    reason_code = result.get("reason_code") or item.payload.get("reason_code")
+    n = tx.execute(
+        "UPDATE actions SET status = 'executed', executed_at = :executed_at, rollback_until = :until, "
+        "updated_at = :at WHERE item_id = :id AND status = 'approved'",
+        {"executed_at": audit.utc_text(executed_at), "at": audit.utc_text(now), "until": until,
+         "id": item.item_id},
+    )  # fmt: skip
+    if n != 1:
+        return False
+    tx.execute(
+        "INSERT INTO executions (execution_id, item_id, kind, action_type, subject_id, amount_minor, currency, "
+        "reason_code, actor, at, result) VALUES (:eid, :id, 'execute', :type, :subject, :amount, :currency, "
+        ":reason, :actor, :at, :result)",
+        {"eid": execution_id, "id": item.item_id, "type": item.action_type, "subject": item.subject_id,
+         "amount": item.amount_minor, "currency": item.currency, "reason": reason_code, "actor": actor,
+         "at": audit.utc_text(now), "result": audit.canonical_json(result)},
+    )  # fmt: skip
+    details = {"execution_id": execution_id, "action_type": item.action_type,
+               "subject_id": item.subject_id, "amount_minor": item.amount_minor,
+               "currency": item.currency, "reason_code": reason_code, "result": dict(result),
+               "rollback_until": until}  # fmt: skip
+    if recovered is not None:
+        details["recovered"] = dict(recovered)
+    audit.append(tx, actor=actor, event="action.executed", item_id=item.item_id, at=now,
+                 details=details)  # fmt: skip
+    return True
 
 
 def approve(
@@ -1404,7 +1458,11 @@ def recover_interrupted(
     for ever, neither re-approvable nor re-proposable. Items claimed longer than
     ``older_than`` ago without their execution entry become ``failed`` (or
     ``rollback_failed``) with an ``action.interrupted`` audit entry. Nothing is re-run: the
-    effect may or may not have happened, so a person checks (the message says where). A
+    effect may or may not have happened, so a person checks (the message says where),
+    unless the action type's ``recover`` hook (:func:`register_executor`) can tell from
+    the subject: an execution that took effect is then recorded as ``executed`` (its
+    override window counted from the approval that ran it), one that did not is ``failed``
+    with a note saying nothing changed. A
     closed ``failed`` item that a person had approved gives up its idempotency key, so the
     engine proposes it again for approval if it is still needed; one the policy ran
     automatically keeps it (no automatic second run; the invoice's next change brings a new
@@ -1421,7 +1479,7 @@ def recover_interrupted(
     closed = []
     with store.transaction() as tx:
         rows = tx.fetchall(
-            "SELECT a.item_id, a.status, a.action_type, a.subject_id, a.decided_by FROM actions a "
+            "SELECT a.* FROM actions a "
             "WHERE a.updated_at < :cutoff AND ("
             "(a.status = 'approved' AND NOT EXISTS (SELECT 1 FROM executions e "
             "  WHERE e.item_id = a.item_id AND e.kind = 'execute')) OR "
@@ -1430,6 +1488,25 @@ def recover_interrupted(
             {"cutoff": cutoff},
         )
         for row in rows:
+            item = ActionItem.from_row(row)
+            ran = f"the process stopped while {item.action_type} for {item.subject_id} ran"
+            found = (
+                _recovered(item, ExecutionContext(store, who.user, now))
+                if item.status == "approved"
+                else None
+            )
+            if found is not None and found.took_effect:
+                recorded = {"by": who.user, "after": "an interruption", "note": found.note}
+                if not _record_execution(tx, item, found.result, now=now, recovered=recorded,
+                                         actor=item.decided_by or who.user,
+                                         executed_at=item.decided_at):  # fmt: skip
+                    continue
+                audit.append(tx, actor=who.user, event="action.interrupted", item_id=item.item_id, at=now,
+                             details={"was": item.status, "now": "executed",
+                                      "message": f"{ran}; it took effect ({found.note}): "
+                                                 "recorded as executed"})  # fmt: skip
+                closed.append(item.item_id)
+                continue
             new = "failed" if row["status"] == "approved" else "rollback_failed"
             # a person's approval may be asked for again; an automatic run is not repeated
             # by itself (the invoice's next change brings a new proposal)
@@ -1444,18 +1521,35 @@ def recover_interrupted(
             )
             if not n:
                 continue
-            step = "ran" if new == "failed" else "was being rolled back"
-            _load_owner(row["action_type"], _EXECUTORS)
-            hint = _INTERRUPTED_HINTS.get(row["action_type"], _INTERRUPTED_HINT)
+            if found is not None:  # known not to have taken effect
+                message = f"{ran}; it did not take effect ({found.note}): nothing changed"
+            else:
+                step = "ran" if new == "failed" else "was being rolled back"
+                _load_owner(row["action_type"], _EXECUTORS)
+                hint = _INTERRUPTED_HINTS.get(row["action_type"], _INTERRUPTED_HINT)
+                message = (
+                    f"the process stopped while {row['action_type']} for {row['subject_id']} "
+                    f"{step}; whether it took effect is unknown: {hint}"
+                )
             audit.append(tx, actor=who.user, event="action.interrupted", item_id=row["item_id"], at=now,
-                         details={"was": row["status"], "now": new,
-                                  "message": f"the process stopped while {row['action_type']} for "
-                                             f"{row['subject_id']} {step}; whether it took effect is "
-                                             f"unknown: {hint}"})  # fmt: skip
+                         details={"was": row["status"], "now": new, "message": message})  # fmt: skip
             closed.append(row["item_id"])
     if closed:
         log.warning("closed %d interrupted action(s): %s", len(closed), ", ".join(closed))
     return closed
+
+
+def _recovered(item: ActionItem, ctx: ExecutionContext) -> Recovered | None:
+    """What the action type's ``recover`` hook says about an interrupted execution of
+    ``item``; ``None`` without a hook, when it cannot tell, or when it fails (logged)."""
+    recover = executor_for(item.action_type).recover
+    if recover is None:
+        return None
+    try:
+        return recover(item, ctx)
+    except Exception:  # noqa: BLE001 - a person checks, as without a hook
+        log.exception("recover hook for %s failed on %s", item.action_type, item.item_id)
+        return None
 
 
 class RollbackRefused(RuntimeError):

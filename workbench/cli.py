@@ -9,12 +9,15 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import yaml
 
-from workbench.config import ConfigError, check_cell_timeout, load_settings
+from workbench.config import ConfigError, Settings, check_cell_timeout, load_settings
+
+if TYPE_CHECKING:
+    from workbench.approvals import Identity
 
 
 def _settings(ctx: click.Context):
@@ -22,6 +25,23 @@ def _settings(ctx: click.Context):
         return load_settings()
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def _identity(settings: Settings) -> Identity:
+    """The user running the command, with their role from the roles file.
+
+    Raises:
+        click.ClickException: The roles file is malformed (which file, what is wrong).
+    """
+    from workbench.approvals import RolesError, resolve_identity
+
+    try:
+        return resolve_identity(settings)
+    except RolesError as exc:
+        raise click.ClickException(
+            f"bad roles file {exc}. Fix it (`roles: {{user: role}}`, optionally `default_role`) "
+            "or set WORKBENCH_ROLES_FILE to a good one, then run the command again"
+        ) from exc
 
 
 def _parse_params(pairs: tuple[str, ...], files: tuple[str, ...]) -> dict[str, Any]:
@@ -486,12 +506,11 @@ def models_card_cmd(ctx: click.Context, model: str, version: str) -> None:
 @click.pass_context
 def models_promote_cmd(ctx: click.Context, model: str, version: str, reason: str) -> None:
     """Ask for VERSION of MODEL to become champion: queued for an approver (maker-checker)."""
-    from workbench.approvals import resolve_identity
     from workbench.models import request_promotion
 
     settings = _settings(ctx)
     outcome = request_promotion(
-        model, version, who=resolve_identity(settings), reason=reason, settings=settings
+        model, version, who=_identity(settings), reason=reason, settings=settings
     )
     click.echo(outcome.message)
     if not outcome.ok:
@@ -512,14 +531,13 @@ def models_rollback_cmd(
     ctx: click.Context, model: str, to_version: str | None, reason: str
 ) -> None:
     """Ask for MODEL's champion to be rolled back: queued for an approver (maker-checker)."""
-    from workbench.approvals import resolve_identity
     from workbench.models.registry import RegistryError, request_rollback
 
     settings = _settings(ctx)
     try:
         outcome = request_rollback(
             model,
-            who=resolve_identity(settings),
+            who=_identity(settings),
             reason=reason,
             to_version=to_version,
             settings=settings,
@@ -562,14 +580,13 @@ def policy_show_cmd(ctx: click.Context) -> None:
 @click.pass_context
 def policy_propose_cmd(ctx: click.Context, file: str, reason: str) -> None:
     """Ask for FILE to become the policy: validated, diffed, queued for an approver."""
-    from workbench.approvals import resolve_identity
     from workbench.policy import PolicyError
     from workbench.policy_changes import PolicyChangeError, diff_rows, propose_policy_change
 
     settings = _settings(ctx)
     try:
         proposal = propose_policy_change(
-            settings, Path(file), who=resolve_identity(settings), reason=reason
+            settings, Path(file), who=_identity(settings), reason=reason
         )
     except (PolicyError, PolicyChangeError) as exc:
         raise click.ClickException(str(exc)) from exc
@@ -684,17 +701,12 @@ def automation_group() -> None:
 
 
 def _automation(ctx: click.Context, *, pause: bool, action_type: str, reason: str) -> None:
-    from workbench.approvals import (
-        open_store,
-        pause_automation,
-        resolve_identity,
-        resume_automation,
-    )
+    from workbench.approvals import open_store, pause_automation, resume_automation
 
     settings = _settings(ctx)
     fn = pause_automation if pause else resume_automation
     outcome = fn(
-        open_store(settings), who=resolve_identity(settings), action_type=action_type, reason=reason
+        open_store(settings), who=_identity(settings), action_type=action_type, reason=reason
     )
     click.echo(outcome.message)
     if not outcome.ok:
@@ -786,13 +798,12 @@ def alerts_list_cmd(ctx: click.Context, status: str, limit: int) -> None:
 
 
 def _alert_change(ctx: click.Context, alert_id: str, comment: str, *, resolve: bool) -> None:
-    from workbench.approvals import resolve_identity
     from workbench.monitoring import alerts
 
     settings = _settings(ctx)
     fn = alerts.resolve if resolve else alerts.acknowledge
     try:
-        alert = fn(settings, alert_id, who=resolve_identity(settings), comment=comment)
+        alert = fn(settings, alert_id, who=_identity(settings), comment=comment)
     except (alerts.AlertError, PermissionError) as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"alert {alert.alert_id} ({alert.rule}) is {alert.status}")

@@ -61,7 +61,8 @@ class Settings:
     policy_file: Path = Path("workbench/policies/default.yaml")
     reporting_currency: str = "usd"
     lock_timeout_s: float = 600.0  # how long a second writer waits for the lock
-    # how long one notebook cell of `workbench run` may run before the step fails (0: no limit)
+    # how long one notebook cell of `workbench run` may run before the step fails (0: no
+    # limit); when set, it must be above lock_timeout_s
     cell_timeout_s: int = 3600
     root: Path = Path(".")
     sources: dict[str, str] = field(default_factory=dict, compare=False)
@@ -104,7 +105,8 @@ def check_cell_timeout(seconds: Any, *, name: str = "cell_timeout_s") -> int:
     leaves room for production volumes, yet a cell stuck on a lock or a network call still
     fails the scheduled run within the hour instead of hanging it for good. It is above
     ``lock_timeout_s`` (600 s), so a step waiting for the warehouse's writer lock fails
-    with the lock's own message (naming the holder) first.
+    with the lock's own message (naming the holder) first; :func:`load_settings` refuses
+    settings where the lock wait is not below a cell timeout.
 
     Args:
         seconds: Whole seconds (text from an environment variable or a flag is parsed).
@@ -142,7 +144,8 @@ def load_settings(root: Path | None = None, *, overrides: dict[str, Any] | None 
         Settings with absolute paths and a ``sources`` map naming each value's origin.
 
     Raises:
-        ConfigError: An unknown key in the toml file or a value of the wrong type.
+        ConfigError: An unknown key in the toml file, a value of the wrong type, or a
+            ``lock_timeout_s`` not below a ``cell_timeout_s`` other than 0.
     """
     root = (root or find_root()).resolve()
     defaults = Settings()
@@ -211,6 +214,16 @@ def load_settings(root: Path | None = None, *, overrides: dict[str, Any] | None 
     if "cell_timeout_s" in values:
         values["cell_timeout_s"] = check_cell_timeout(
             values["cell_timeout_s"], name=f"cell_timeout_s ({sources['cell_timeout_s']})"
+        )
+    lock_s = values.get("lock_timeout_s", defaults.lock_timeout_s)
+    cell_s = values.get("cell_timeout_s", defaults.cell_timeout_s)
+    if cell_s and lock_s >= cell_s:
+        raise ConfigError(
+            f"lock_timeout_s ({lock_s:g} s, {sources.get('lock_timeout_s', 'default')}) must be "
+            f"below cell_timeout_s ({cell_s} s, {sources.get('cell_timeout_s', 'default')}): a "
+            "step waiting for the warehouse lock would be stopped by the cell timeout before the "
+            "lock wait says who holds the lock; lower lock_timeout_s or raise cell_timeout_s "
+            "(0: no cell limit)"
         )
     if values.get("engine", defaults.engine) not in ("duckdb", "spark"):
         raise ConfigError(f"engine must be 'duckdb' or 'spark', not {values['engine']!r}")

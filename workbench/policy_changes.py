@@ -17,6 +17,10 @@ the approvals dashboard; the queue then runs this module's executor, which
 A rollback (within the current policy's override window, from the dashboard) restores the
 kept file, but only while the policy file is still the one this change wrote.
 
+An approval whose process died before its outcome was recorded is told apart by the file's
+hash when the queue recovers it: the proposal's hash (and the replaced file kept) means it
+was written, so it is recorded as executed; the old hash means nothing was written.
+
 Importing this module registers the executor and the state provider (the approvals queue
 imports it on first use of a ``policy_change`` item, see ``approvals._OWNERS``).
 """
@@ -408,14 +412,60 @@ def _execute(item: ActionItem, ctx: ExecutionContext) -> dict[str, Any]:
         _atomic_write(path, new_bytes)
     log.warning("policy %s -> %s written to %s (approvals item %s, by %s)",
                 old.version, new.version, path, item.item_id, ctx.actor)  # fmt: skip
+    return _executed(p, path, kept, old_version=old.version, version=new.version)
+
+
+def _executed(
+    p: Mapping[str, Any], path: Path, kept: Path, *, old_version: str, version: str
+) -> dict[str, Any]:
+    """The result an executed policy change records (payload ``p``)."""
     return {
         "policy_file": str(path),
-        "old_sha256": now_sha,
+        "old_sha256": p["old_sha256"],
         "new_sha256": p["new_sha256"],
-        "old_version": old.version,
-        "version": new.version,
+        "old_version": old_version,
+        "version": version,
         "history_file": str(kept),
     }
+
+
+def _recover(item: ActionItem, ctx: ExecutionContext) -> approvals.Recovered | None:
+    """Whether an approval interrupted before its outcome was recorded wrote the policy file
+    (:func:`approvals.recover_interrupted`), told by the file's hash now.
+
+    The proposal's hash: the change took effect, if the file it replaced is kept in the
+    history (written before the replace) and no other item wrote the same text; recorded as
+    executed with the result :func:`_execute` returns. The hash it was proposed against:
+    nothing was written. Anything else (``None``): a person checks.
+    """
+    p = item.payload
+    path, keep_dir = Path(p["policy_file"]), Path(p["history_dir"])
+    now_sha = file_sha256(path)
+    if now_sha == p["old_sha256"]:
+        return approvals.Recovered(
+            False, f"{path} still has the hash it was proposed against, {now_sha[:12]}"
+        )
+    kept = keep_dir / f"{p['old_sha256']}.yaml"
+    if now_sha != p["new_sha256"] or file_sha256(kept) != p["old_sha256"]:
+        return None
+    same_subject = approvals.list_items(
+        ctx.store, action_types=[ACTION_TYPE], subject_id=item.subject_id
+    )
+    also_wrote = [
+        i.item_id
+        for i in same_subject
+        if i.item_id != item.item_id
+        and i.payload.get("new_sha256") == now_sha
+        and i.status in ("approved", "executed", "rolled_back", "rollback_failed")
+    ]
+    if also_wrote:  # the same text proposed again and approved: either may have written it
+        return None
+    return approvals.Recovered(
+        True,
+        f"{path} has the approved text's hash, {now_sha[:12]}, and the file it replaced is kept "
+        f"at {kept}",
+        _executed(p, path, kept, old_version=p["old_version"], version=p["new_version"]),
+    )
 
 
 def _rollback(item: ActionItem, ctx: ExecutionContext) -> dict[str, Any]:
@@ -466,6 +516,7 @@ def register_approval_executors() -> None:
         ACTION_TYPE,
         _execute,
         rollback=_rollback,
+        recover=_recover,
         interrupted_hint=(
             "run `workbench policy show`: if its sha256 is the item's new_sha256 the new policy "
             "is in force (to go back, propose the kept file data/policies/history/<old_sha256>"
