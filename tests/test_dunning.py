@@ -14,7 +14,14 @@ from hypothesis import HealthCheck, given, settings
 from workbench import approvals as ap
 from workbench import audit
 from workbench.config import load_settings
-from workbench.dunning import DECISION_COLUMNS, apply_decisions, decide, decide_daily, run_dunning
+from workbench.dunning import (
+    DECISION_COLUMNS,
+    apply_decisions,
+    decide,
+    decide_daily,
+    decisions_to_store,
+    run_dunning,
+)
 from workbench.policy import AUTOMATIC_LEVELS, LEVELS, Policy, parse_policy
 
 AS_OF = pd.Timestamp("2024-03-01T00:00:00", tz="UTC")
@@ -258,6 +265,29 @@ def test_open_failed_invoices_daily_follows_each_invoice_over_the_period() -> No
     assert len(decided) == len(history) and decided["as_of"].nunique() == 7
     before = open_failed_invoices_daily(con, until="2024-02-19", period_days=3)
     assert before.empty and list(before.columns) == [*INPUT_COLUMNS, "as_of"]
+
+
+def test_decisions_to_store_names_the_run_and_types_every_text_column() -> None:
+    import duckdb
+
+    decisions = decide(frame([{}, {}]), as_of=AS_OF, policy=POLICY)  # both wait
+    assert decisions["action_type"].isna().all() and decisions["action_type"].dtype == object
+    before = decisions.copy()
+    stored = decisions_to_store(
+        decisions, run_id="r1", as_of=AS_OF, shadow=True, policy_version="p-test"
+    )
+    pd.testing.assert_frame_equal(decisions, before)  # input untouched
+    assert list(stored.columns) == [*DECISION_COLUMNS, "run_id", "as_of"]
+    assert (stored["run_id"] == "r1").all() and (stored["as_of"] == AS_OF).all()
+    assert stored["shadow"].all() and (stored["policy_version"] == "p-test").all()
+    assert "object" not in set(stored.dtypes.astype(str))
+    assert stored["action_type"].dtype == "string" and stored["reason"].dtype == "string"
+    assert stored["requires_approval"].dtype == bool  # non-text columns keep their types
+    con = duckdb.connect()
+    con.register("stored", stored)
+    types = {r[0]: r[1] for r in con.execute("DESCRIBE SELECT * FROM stored").fetchall()}
+    assert types["action_type"] == "VARCHAR" and types["run_id"] == "VARCHAR"
+    assert types["as_of"].startswith("TIMESTAMP")
 
 
 # --------------------------------------------------------------------------- invariants under any score

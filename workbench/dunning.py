@@ -942,3 +942,28 @@ def run_dunning(
         else None
     )
     return DunningRun(decisions=decisions, summary=summary, policy_version=policy.version)
+
+
+def decisions_to_store(
+    decisions: pd.DataFrame,
+    *,
+    run_id: str,
+    as_of: datetime | pd.Timestamp,
+    shadow: bool,
+    policy_version: str,
+) -> pd.DataFrame:
+    """A run's decisions as rows of the warehouse table ``dunning_decisions``.
+
+    Adds (or sets) ``run_id``, ``as_of`` (the decision time), ``shadow`` (whether the run
+    only recorded its decisions) and ``policy_version``, and makes every object column a
+    pandas string column, so the warehouse types it ``VARCHAR`` even when it holds only
+    nulls (``action_type`` of a run that only waits would otherwise have no type).
+
+    Returns:
+        A new frame (``decisions`` is left untouched), for
+        :func:`workbench.publishing.store_frame`.
+    """
+    stored = decisions.assign(
+        run_id=run_id, as_of=as_of, shadow=shadow, policy_version=policy_version
+    )
+    return stored.astype({c: "string" for c in stored.columns if stored[c].dtype == object})
