@@ -14,7 +14,14 @@ from hypothesis import HealthCheck, given, settings
 from workbench import approvals as ap
 from workbench import audit
 from workbench.config import load_settings
-from workbench.dunning import DECISION_COLUMNS, apply_decisions, decide, run_dunning
+from workbench.dunning import (
+    DECISION_COLUMNS,
+    apply_decisions,
+    decide,
+    decide_daily,
+    decisions_to_store,
+    run_dunning,
+)
 from workbench.policy import AUTOMATIC_LEVELS, LEVELS, Policy, parse_policy
 
 AS_OF = pd.Timestamp("2024-03-01T00:00:00", tz="UTC")
@@ -190,6 +197,97 @@ def test_shadow_mode_runs_nothing() -> None:
 def test_bad_input_is_refused(change, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         decide(change(frame([{}])), as_of=AS_OF, policy=POLICY)
+
+
+# --------------------------------------------------------------------------- day by day (shadow replay)
+
+
+def test_decide_daily_gives_one_block_of_decisions_per_day() -> None:
+    day1, day2 = AS_OF, AS_OF + pd.Timedelta(days=1)
+    late = {"recovery_probability": 0.8, "last_attempt_at": "2024-02-29T18:30:00"}
+    history = pd.concat(
+        [frame([late, {"recovery_probability": 0.1}]).assign(as_of=day2),  # out of day order
+         frame([late]).assign(as_of=day1)],
+        ignore_index=True,
+    )  # fmt: skip
+    out = decide_daily(history, policy=POLICY)
+    assert list(out.columns) == [*DECISION_COLUMNS, "as_of"]
+    assert out["as_of"].tolist() == [day1, day2, day2]  # day order, one block per day
+    # the same invoice, decided at each day's time: too soon after its last attempt on
+    # day 1 (scheduled 24 h after it), due on day 2
+    assert out["action"].tolist() == ["retry_at", "retry_now", "wait"]
+    assert out["scheduled_at"].iloc[0] == pd.Timestamp("2024-03-01T18:30:00", tz="UTC")
+    assert out["scheduled_at"].iloc[1] == day2
+    expected = decide(history[history["as_of"] == day2], as_of=day2, policy=POLICY)
+    pd.testing.assert_frame_equal(
+        out.iloc[1:].drop(columns="as_of").reset_index(drop=True), expected
+    )
+
+
+def test_decide_daily_without_invoices_or_days() -> None:
+    empty = decide_daily(frame([{}]).iloc[0:0].assign(as_of=AS_OF), policy=POLICY)
+    assert empty.empty and list(empty.columns) == [*DECISION_COLUMNS, "as_of"]
+    with pytest.raises(ValueError, match="as_of"):
+        decide_daily(frame([{}]), policy=POLICY)
+
+
+def test_open_failed_invoices_daily_follows_each_invoice_over_the_period() -> None:
+    import duckdb
+
+    from workbench.failed_invoices import INPUT_COLUMNS, open_failed_invoices_daily
+    from workbench.schema import create_all
+
+    con = duckdb.connect()
+    create_all(con)
+    con.execute(
+        "INSERT INTO invoices (invoice_id, account_id, currency, created, amount_due, paid_at) "
+        "VALUES ('in_1', 'a1', 'usd', TIMESTAMPTZ '2024-02-01 00:00:00+00', 5000, "
+        "TIMESTAMPTZ '2024-02-25 00:00:00+00'), "
+        "('in_2', 'a2', 'usd', TIMESTAMPTZ '2024-02-10 00:00:00+00', 7000, NULL)"
+    )
+    con.execute(
+        "INSERT INTO payment_attempts (attempt_id, invoice_id, created, amount, currency, status, "
+        "decline_code) VALUES "
+        "('ch_1', 'in_1', TIMESTAMPTZ '2024-02-20 00:00:00+00', 5000, 'usd', 'failed', 'insufficient_funds'), "
+        "('ch_2', 'in_2', TIMESTAMPTZ '2024-02-23 00:00:00+00', 7000, 'usd', 'failed', 'insufficient_funds')"
+    )  # fmt: skip
+    con.execute("INSERT INTO fx_rates VALUES (DATE '2024-02-01', 'usd', 1)")
+    history = open_failed_invoices_daily(
+        con, until="2024-02-26T12:00:00+00:00", period_days=7, reporting_currency="usd"
+    )
+    assert list(history.columns) == [*INPUT_COLUMNS, "as_of"]
+    # 2/19 has nothing open yet: no block; in_1 is open from its failure to its payment
+    per_day = history.groupby("as_of")["invoice_id"].apply(list)
+    assert [str(d.date()) for d in per_day.index] == [f"2024-02-{d}" for d in range(20, 27)]
+    assert (per_day.index.hour == 12).all() and str(per_day.index.tz) == "UTC"
+    assert per_day.tolist() == [["in_1"]] * 3 + [["in_1", "in_2"]] * 2 + [["in_2"]] * 2
+    decided = decide_daily(history, policy=POLICY)
+    assert len(decided) == len(history) and decided["as_of"].nunique() == 7
+    before = open_failed_invoices_daily(con, until="2024-02-19", period_days=3)
+    assert before.empty and list(before.columns) == [*INPUT_COLUMNS, "as_of"]
+
+
+def test_decisions_to_store_names_the_run_and_types_every_text_column() -> None:
+    import duckdb
+
+    decisions = decide(frame([{}, {}]), as_of=AS_OF, policy=POLICY)  # both wait
+    assert decisions["action_type"].isna().all() and decisions["action_type"].dtype == object
+    before = decisions.copy()
+    stored = decisions_to_store(
+        decisions, run_id="r1", as_of=AS_OF, shadow=True, policy_version="p-test"
+    )
+    pd.testing.assert_frame_equal(decisions, before)  # input untouched
+    assert list(stored.columns) == [*DECISION_COLUMNS, "run_id", "as_of"]
+    assert (stored["run_id"] == "r1").all() and (stored["as_of"] == AS_OF).all()
+    assert stored["shadow"].all() and (stored["policy_version"] == "p-test").all()
+    assert "object" not in set(stored.dtypes.astype(str))
+    assert stored["action_type"].dtype == "string" and stored["reason"].dtype == "string"
+    assert stored["requires_approval"].dtype == bool  # non-text columns keep their types
+    con = duckdb.connect()
+    con.register("stored", stored)
+    types = {r[0]: r[1] for r in con.execute("DESCRIBE SELECT * FROM stored").fetchall()}
+    assert types["action_type"] == "VARCHAR" and types["run_id"] == "VARCHAR"
+    assert types["as_of"].startswith("TIMESTAMP")
 
 
 # --------------------------------------------------------------------------- invariants under any score

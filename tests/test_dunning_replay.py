@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,12 @@ from workbench.config import load_settings
 from workbench.dunning import decide_with_control, in_control_group
 from workbench.dunning_replay import (
     ReplayConfig,
+    ReplayResult,
     common_random_numbers,
     comparison_chart,
     control_lift,
+    decisions_per_day_chart,
+    lift_comparison,
     load_replay_invoices,
     replay,
     true_success,
@@ -217,3 +221,47 @@ def test_control_lift_point_estimate_and_ci_coverage() -> None:
     assert 0.88 <= covered_normal / trials <= 0.995
     empty = control_lift(_synthetic(rng, 10, 0, 0.5, 0.5))
     assert empty["n_control"] == 0 and np.isnan(empty["lift"])
+
+
+# --------------------------------------------------------------------------- notebook tables and charts
+
+
+def test_lift_comparison_has_a_replay_row_and_a_live_row() -> None:
+    rng = np.random.default_rng(1)
+    live = _synthetic(rng, 60, 40, 0.5, 0.3)
+    replayed = ReplayResult(
+        summary=pd.DataFrame(), outcomes=pd.DataFrame(), vs_fixed={},
+        lift=control_lift(_synthetic(rng, 300, 100, 0.45, 0.30), n_boot=200),
+        true_lift={"lift": 0.15},
+    )  # fmt: skip
+    table = lift_comparison(replayed, live)
+    assert table["source"].tolist() == ["replay", "live (warehouse)"]
+    assert list(table.columns) == ["source", *replayed.lift, "true_lift"]
+    assert table.loc[0, "lift"] == replayed.lift["lift"]
+    assert table.loc[0, "true_lift"] == 0.15 and np.isnan(table.loc[1, "true_lift"])
+    expected = control_lift(live)  # the live row is the live outcomes' lift, same seed
+    for key in ("n_policy", "n_control", "lift", "ci_low", "ci_high"):
+        assert table.loc[1, key] == pytest.approx(expected[key])
+    # no replay, or a replay without a lift: the live row alone, and no true lift
+    for none in (None, dataclasses.replace(replayed, lift={})):
+        alone = lift_comparison(none, live)
+        assert alone["source"].tolist() == ["live (warehouse)"]
+        assert "true_lift" not in alone.columns
+
+
+def test_decisions_per_day_chart_counts_invoices_per_day_and_action() -> None:
+    day1, day2 = pd.Timestamp("2024-03-01", tz="UTC"), pd.Timestamp("2024-03-02", tz="UTC")
+    decisions = pd.DataFrame({
+        "invoice_id": ["a", "b", "c", "a"], "as_of": [day1, day1, day1, day2],
+        "action": ["wait", "retry_now", "wait", "wait"],
+    })  # fmt: skip
+    chart = decisions_per_day_chart(decisions, width=300)
+    spec = chart.to_dict()
+    assert spec["title"] == "Decisions per day by action" and spec["width"] == 300
+    assert spec["mark"] in ("bar", {"type": "bar"})
+    enc = spec["encoding"]
+    assert (enc["x"]["field"], enc["x"]["type"], enc["x"]["title"]) == ("as_of", "temporal", "Day")
+    assert (enc["y"]["field"], enc["y"]["type"]) == ("invoices", "quantitative")
+    assert (enc["color"]["field"], enc["color"]["type"]) == ("action", "nominal")
+    counts = chart.data.sort_values(["as_of", "action"]).reset_index(drop=True)
+    assert counts.values.tolist() == [[day1, "retry_now", 1], [day1, "wait", 2], [day2, "wait", 1]]

@@ -198,6 +198,46 @@ def test_top_down_total_reads_the_run_and_falls_back_to_the_latest() -> None:
         bu.top_down_total(duckdb.connect(), run_id="r")
 
 
+def _stored_inputs() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A 3-month bottom-up forecast and its comparison with a top-down covering 2 months."""
+    accounts = pd.DataFrame({"mrr": [100.0], "p_30d": [0.0], "p_90d": [0.0], "p_180d": [0.0]})
+    bottom = bu.bottom_up_forecast(accounts, start="2025-04-01", h=3)
+    top = pd.DataFrame(
+        {"ds": pd.date_range("2025-04-01", periods=2, freq="MS"), "Forecast": [110.0, 125.0]}
+    )
+    return bottom, bu.compare(top, bottom)
+
+
+def test_stored_rows_keep_every_bottom_up_month_with_its_gap() -> None:
+    bottom, table = _stored_inputs()
+    rows = bu.stored_rows(bottom, table, run_id="r1", top_down_run_id="r0")
+    assert list(rows.columns) == [
+        *bottom.columns, "top_down", "gap", "unique_id", "run_id", "top_down_run_id",
+    ]  # fmt: skip
+    assert list(rows["ds"]) == list(bottom["ds"])  # the month without a top-down stays
+    assert rows["top_down"].tolist()[:2] == [110.0, 125.0] and np.isnan(rows["top_down"].iloc[2])
+    assert rows["gap"].tolist()[:2] == pytest.approx([10.0, 25.0]) and np.isnan(rows["gap"].iloc[2])
+    assert set(rows["unique_id"]) == {"total"} and set(rows["run_id"]) == {"r1"}
+    assert set(rows["top_down_run_id"]) == {"r0"}
+
+
+def test_store_bottom_up_replaces_the_runs_rows_only(isolated_env: Path) -> None:
+    from workbench.config import load_settings
+    from workbench.store import Warehouse
+
+    settings = load_settings(Path(__file__).resolve().parents[1])  # data in isolated_env
+    bottom, table = _stored_inputs()
+    args = {"top_down_run_id": "r0", "settings": settings}
+    assert bu.store_bottom_up(bottom, table, run_id="r1", **args) == 3
+    assert bu.store_bottom_up(bottom, table, run_id="r2", **args) == 3
+    assert bu.store_bottom_up(bottom.head(2), table, run_id="r1", **args) == 2  # a rerun
+    with Warehouse(settings).read(step="test") as con:
+        counts = con.execute(
+            f"SELECT run_id, count(*), count(gap) FROM {bu.TABLE} GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+    assert counts == [("r1", 2, 2), ("r2", 3, 2)]
+
+
 @pytest.fixture(scope="module")
 def tiny_truth(tmp_path_factory: pytest.TempPathFactory) -> pd.DataFrame:
     from workbench.simulator.simulation import simulate

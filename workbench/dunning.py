@@ -457,6 +457,40 @@ def decide(
     return out[list(DECISION_COLUMNS)]
 
 
+def decide_daily(
+    history: pd.DataFrame,
+    *,
+    policy: Policy,
+    paused: Collection[str] = frozenset(),
+) -> pd.DataFrame:
+    """Replay the policy day by day: :func:`decide` on each day's open failed invoices.
+
+    What the engine would have decided each day of a period (a shadow replay: nothing is
+    queued or run), e.g. to see how the mix of actions moves over time.
+
+    Args:
+        history: Open failed invoices with an ``as_of`` column, one block per day
+            (:func:`workbench.failed_invoices.open_failed_invoices_daily`); each day's
+            block is decided at its ``as_of``.
+        policy: The guardrails and automation levels.
+        paused: As in :func:`decide`.
+
+    Returns:
+        :data:`DECISION_COLUMNS` plus ``as_of``: one block of decisions per day that had
+        invoices, in day order; empty, with those columns, when ``history`` is.
+    """
+    columns = [*DECISION_COLUMNS, "as_of"]
+    if "as_of" not in history.columns:
+        raise ValueError("history needs an as_of column: the day each block is decided at")
+    parts = [
+        decide(day_invoices, as_of=day, policy=policy, paused=paused).assign(as_of=day)
+        for day, day_invoices in history.groupby("as_of", sort=True)
+    ]
+    if not parts:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(parts, ignore_index=True)[columns]
+
+
 def _one(value: Any) -> np.ndarray:
     return np.array([value], dtype=object)
 
@@ -908,3 +942,28 @@ def run_dunning(
         else None
     )
     return DunningRun(decisions=decisions, summary=summary, policy_version=policy.version)
+
+
+def decisions_to_store(
+    decisions: pd.DataFrame,
+    *,
+    run_id: str,
+    as_of: datetime | pd.Timestamp,
+    shadow: bool,
+    policy_version: str,
+) -> pd.DataFrame:
+    """A run's decisions as rows of the warehouse table ``dunning_decisions``.
+
+    Adds (or sets) ``run_id``, ``as_of`` (the decision time), ``shadow`` (whether the run
+    only recorded its decisions) and ``policy_version``, and makes every object column a
+    pandas string column, so the warehouse types it ``VARCHAR`` even when it holds only
+    nulls (``action_type`` of a run that only waits would otherwise have no type).
+
+    Returns:
+        A new frame (``decisions`` is left untouched), for
+        :func:`workbench.publishing.store_frame`.
+    """
+    stored = decisions.assign(
+        run_id=run_id, as_of=as_of, shadow=shadow, policy_version=policy_version
+    )
+    return stored.astype({c: "string" for c in stored.columns if stored[c].dtype == object})

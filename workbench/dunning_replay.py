@@ -24,7 +24,10 @@ an invoice not recovered in it counts as involuntary churn: its subscription is 
   as the policy's minimum spacing allows.
 
 :func:`control_lift` estimates the policy's recovery lift over the control group with a
-bootstrap confidence interval (what the notebook reports in live use).
+bootstrap confidence interval (what the notebook reports in live use);
+:func:`lift_comparison` puts the replay's and the live lift side by side. The charts:
+:func:`comparison_chart` (the strategies) and :func:`decisions_per_day_chart` (a day-by-day
+shadow replay, :func:`workbench.dunning.decide_daily`).
 """
 
 from __future__ import annotations
@@ -568,6 +571,28 @@ def lift_table(lift: dict[str, Any]) -> pd.DataFrame:
     return pd.DataFrame([lift])
 
 
+def lift_comparison(replayed: ReplayResult | None, live_outcomes: pd.DataFrame) -> pd.DataFrame:
+    """The policy's lift over the control group in the replay and live, one row each.
+
+    Args:
+        replayed: A :func:`replay` result, or None (no replay): its row is left out, as it
+            is when the replay has no lift.
+        live_outcomes: :func:`observed_outcomes` of the warehouse.
+
+    Returns:
+        ``source`` (``replay`` | ``live (warehouse)``) and :func:`control_lift`'s columns;
+        with a replay row also ``true_lift``, the lift on all invoices that the replay's
+        interval should cover (NaN on the live row, where it is unknown).
+    """
+    rows = []
+    if replayed and replayed.lift:
+        rows.append(
+            {"source": "replay", **replayed.lift, "true_lift": replayed.true_lift.get("lift")}
+        )
+    rows.append({"source": "live (warehouse)", **control_lift(live_outcomes)})
+    return pd.DataFrame(rows)
+
+
 # --------------------------------------------------------------------------- chart
 
 
@@ -600,6 +625,33 @@ def comparison_chart(summary: pd.DataFrame, *, currency: str = "usd") -> alt.HCo
         .properties(width=220, height=150, title="Retries spent")
     )
     return alt.hconcat(revenue, retries)
+
+
+def decisions_per_day_chart(
+    decisions: pd.DataFrame, *, width: int = 620, height: int = 220
+) -> alt.Chart:
+    """Stacked bars of a day-by-day replay: how many invoices got each action per day.
+
+    Args:
+        decisions: :func:`workbench.dunning.decide_daily`'s result (``as_of``, ``action``).
+        width: Chart width in pixels.
+        height: Chart height in pixels.
+    """
+    counts = (
+        decisions.groupby(["as_of", "action"], as_index=False)
+        .size()
+        .rename(columns={"size": "invoices"})
+    )
+    return (
+        alt.Chart(counts, title="Decisions per day by action")
+        .mark_bar()
+        .encode(
+            x=alt.X("as_of:T", title="Day"),
+            y=alt.Y("invoices:Q", title="Invoices"),
+            color="action:N",
+        )
+        .properties(width=width, height=height)
+    )
 
 
 def observed_outcomes(

@@ -119,3 +119,36 @@ def open_failed_invoices(
     frame["model_versions"] = ""
     frame["last_attempt_at"] = pd.to_datetime(frame["last_attempt_at"], utc=True)
     return frame[INPUT_COLUMNS]
+
+
+def open_failed_invoices_daily(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    until: datetime | pd.Timestamp | str,
+    period_days: int,
+    reporting_currency: str = "usd",
+) -> pd.DataFrame:
+    """:func:`open_failed_invoices` as of every day of a period, stacked: the dunning
+    engine's input for a day-by-day (shadow) replay of the policy.
+
+    The days are ``until - period_days``, the next day at the same time of day, and so on
+    up to ``until``: ``period_days + 1`` snapshots.
+
+    Returns:
+        :data:`INPUT_COLUMNS` plus ``as_of`` (the day's time, UTC), one block of rows per day
+        that had open failed invoices, in day order (an invoice open on several days appears
+        once per day); empty, with those columns, when no day had any.
+    """
+    end = pd.Timestamp(until)
+    end = end.tz_localize("UTC") if end.tzinfo is None else end.tz_convert("UTC")
+    days = pd.date_range(end - pd.Timedelta(days=period_days), end, freq="D")
+    parts = [
+        open_failed_invoices(con, as_of=day, reporting_currency=reporting_currency).assign(
+            as_of=day
+        )
+        for day in days
+    ]
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return pd.DataFrame(columns=[*INPUT_COLUMNS, "as_of"])
+    return pd.concat(parts, ignore_index=True)

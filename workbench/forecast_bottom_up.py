@@ -27,6 +27,7 @@ Typical use (notebook ``05_churn``)::
                                       expansion_rate=bu.net_expansion_rate(account_months))
     table = bu.compare(top_down, bottom_up)
     bu.comparison_chart(table)
+    bu.store_bottom_up(bottom_up, table, run_id=run_id, top_down_run_id=top_down.attrs["run_id"])
 """
 
 from __future__ import annotations
@@ -34,15 +35,19 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from workbench.config import Settings
 
 logger = logging.getLogger(__name__)
 
 DAYS_PER_MONTH = 365.25 / 12
 CHURN_MODELS: Mapping[int, str] = {30: "churn_30d", 90: "churn_90d", 180: "churn_180d"}
+TABLE = "forecasts_bottom_up"  # warehouse table of the stored forecasts, per run
 _Z90 = 1.6448536269514722
 
 
@@ -500,8 +505,61 @@ def top_down_total(
     return rows
 
 
+def stored_rows(
+    bottom_up: pd.DataFrame,
+    comparison: pd.DataFrame,
+    *,
+    run_id: str,
+    top_down_run_id: str,
+    unique_id: str = "total",
+) -> pd.DataFrame:
+    """The rows of table :data:`TABLE` for one run.
+
+    Args:
+        bottom_up: From :func:`forecast_from_accounts` (or :func:`bottom_up_forecast`).
+        comparison: From :func:`compare` of it with the top-down forecast.
+        run_id: The pipeline run storing them.
+        top_down_run_id: The run whose top-down forecast was compared
+            (:func:`top_down_total`'s ``attrs["run_id"]``).
+        unique_id: The series (``total``: company MRR).
+
+    Returns:
+        Every month of ``bottom_up`` (its columns) with the comparison's ``top_down`` and
+        ``gap`` (missing for a month the top-down forecast does not cover), ``unique_id``,
+        ``run_id`` and ``top_down_run_id``.
+    """
+    rows = bottom_up.merge(comparison[["ds", "top_down", "gap"]], on="ds", how="left")
+    return rows.assign(unique_id=unique_id, run_id=run_id, top_down_run_id=top_down_run_id)
+
+
+def store_bottom_up(
+    bottom_up: pd.DataFrame,
+    comparison: pd.DataFrame,
+    *,
+    run_id: str,
+    top_down_run_id: str,
+    settings: Settings | None = None,
+) -> int:
+    """Store a run's bottom-up forecast in the warehouse table :data:`TABLE`.
+
+    The rows of :func:`stored_rows` replace the run's earlier rows (other runs are kept).
+    Opens the warehouse for writing: call it outside any other warehouse block.
+
+    Args:
+        settings: Where the warehouse is (default: loaded).
+
+    Returns:
+        Rows stored (one per forecast month).
+    """
+    from workbench.publishing import store_frame
+
+    rows = stored_rows(bottom_up, comparison, run_id=run_id, top_down_run_id=top_down_run_id)
+    return store_frame(rows, table=TABLE, settings=settings, replace_where={"run_id": run_id})
+
+
 __all__: Sequence[str] = [
     "CHURN_MODELS",
+    "TABLE",
     "account_inputs",
     "bottom_up_forecast",
     "churn_probabilities",
@@ -510,6 +568,8 @@ __all__: Sequence[str] = [
     "current_mrr",
     "forecast_from_accounts",
     "net_expansion_rate",
+    "store_bottom_up",
+    "stored_rows",
     "survival_curve",
     "top_down_total",
     "total_mrr",
