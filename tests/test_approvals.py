@@ -101,6 +101,18 @@ def test_bad_roles_files_are_refused(
         ap.load_roles(load_settings())
 
 
+def test_roles_file_is_read_as_utf8_and_other_bytes_are_a_roles_error(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = isolated_env / "roles.yaml"
+    path.write_bytes("roles:\n  zoë: approver\n".encode())
+    monkeypatch.setenv("WORKBENCH_ROLES_FILE", str(path))
+    assert ap.load_roles(load_settings()).role_of("zoë") is Role.APPROVER
+    path.write_bytes("roles:\n  zoë: approver\n".encode("latin-1"))
+    with pytest.raises(ap.RolesError, match="not UTF-8"):
+        ap.load_roles(load_settings())
+
+
 def test_identity_comes_from_the_server_environment_never_the_url(
     isolated_env: Path, monkeypatch
 ) -> None:

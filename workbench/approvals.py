@@ -142,13 +142,17 @@ def load_roles(settings: Settings, environ: Mapping[str, str] | None = None) -> 
     (``viewer`` unless set). A missing file gives everyone the default role (viewer).
 
     Raises:
-        RolesError: Not a mapping, an unknown role name, or a ``system:`` user name.
+        RolesError: Not UTF-8, not a mapping, an unknown role name, or a ``system:`` user
+            name.
     """
     path = roles_file(settings, environ)
     if not path.is_file():
         log.warning("no roles file at %s: everyone is a viewer", path)
         return RoleBook(path=None)
-    text = path.read_text()
+    try:  # UTF-8 whatever the locale (user names may be non-ASCII)
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RolesError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
     except tomllib.TOMLDecodeError as exc:

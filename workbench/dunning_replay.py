@@ -566,11 +566,6 @@ def _erfinv(y: float) -> float:
     return float(erfinv(y))
 
 
-def lift_table(lift: dict[str, Any]) -> pd.DataFrame:
-    """:func:`control_lift`'s result as a one-row table for display."""
-    return pd.DataFrame([lift])
-
-
 def lift_comparison(replayed: ReplayResult | None, live_outcomes: pd.DataFrame) -> pd.DataFrame:
     """The policy's lift over the control group in the replay and live, one row each.
 
