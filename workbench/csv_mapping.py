@@ -2243,6 +2243,31 @@ def _personal_headers(mapping: Mapping, resolved: _Resolved, headers: list[str])
     return out
 
 
+def personal_positions(mapping: Mapping, headers: list[str]) -> set[int]:
+    """Positions of ``headers`` whose column feeds a personal canonical column (names,
+    e-mails) under ``mapping``; also for a file the mapping does not fit (erasure reads the
+    files that failed too)."""
+    normalized = [_norm_header(h) for h in headers]
+    out: set[int] = set()
+    for table_name, spec in mapping.tables.items():
+        personal = set(TABLES[table_name].personal)
+        for col_name, expr in spec.columns.items():
+            if col_name not in personal:
+                continue
+            for e in _walk([expr]):
+                col = mapping.columns.get(e.column) if isinstance(e, Ref) else None
+                for alias in col.headers if col else ():
+                    if alias.startswith("re:"):
+                        rx = re.compile(alias[3:], re.IGNORECASE)
+                        hit = {i for i, h in enumerate(headers) if rx.fullmatch(h.strip())}
+                    else:
+                        hit = {i for i, h in enumerate(normalized) if h == _norm_header(alias)}
+                    out |= hit
+                    if hit:
+                        break
+    return out
+
+
 def detect_mapping(path: str | Path, candidates: Iterable[str] | None = None) -> str | None:
     """The bundled mapping that fits a CSV's header best, or None.
 
