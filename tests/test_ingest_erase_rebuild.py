@@ -184,6 +184,12 @@ def test_erase_covers_csv_rows_that_never_reached_accounts(tmp_path):
     mapping.write_text(MAPPING.format(**RIGHT))
     f = ingest(export, source="csv", mapping=mapping, settings=settings, progress=False).files[0]
     assert (f.accepted, f.quarantined) == (3, 2)
+    failed = tmp_path / "failed.csv"  # cus_3's line again, in a file its mapping does not fit
+    failed.write_text("\n".join(EXPORT.splitlines()[0:4:3]) + "\n")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(mapping.read_text().replace("headers: [Calls]", "headers: [Calls Made]"))
+    report = ingest(failed, source="csv", mapping=broken, settings=settings, progress=False)
+    assert report.files[0].status == "failed"
     quarantine = "SELECT line, rule, message, value_redacted FROM quarantine ORDER BY line"
     assert "Dee Parker" in str(rows(settings, quarantine))  # the conflicting name
 
