@@ -220,3 +220,23 @@ def test_erase_covers_csv_rows_that_never_reached_accounts(tmp_path):
     before = table_checksums(settings)
     rebuild(settings)
     assert table_checksums(settings) == before
+
+
+def test_erase_keeps_a_csv_account_whose_mapping_requires_a_name(tmp_path):
+    """RavenStack's mapping requires the account name: an empty one would quarantine the
+    erased account's line on the rebuild, and its account would be gone."""
+    from test_ingest_csv import RAVEN
+
+    settings = load_settings(root=tmp_path, overrides={"data_dir": str(tmp_path / "data")})
+    accounts = RAVEN / "ravenstack_accounts.csv"
+    ingest(accounts, source="csv", mapping="ravenstack_accounts", settings=settings, progress=False)
+    (cid, name, country), *_ = rows(
+        settings, "SELECT account_id, name, country FROM accounts ORDER BY 1"
+    )
+    erase_customer(cid, who="dpo@example.com", why="ticket GDPR-19", settings=settings)
+    got = "SELECT name, country FROM accounts WHERE account_id = ?"
+    assert rows(settings, got, [cid]) == [(None, country)]
+    assert rows(settings, "SELECT count(*) FROM quarantine") == [(0,)]
+    lake = Lake(Path(settings.data_dir) / "lake")
+    assert not [rel for rel in lake.objects() if f"{cid},{name},".encode() in lake.read(rel)]
+    assert verify(settings).ok

@@ -2243,12 +2243,12 @@ def _personal_headers(mapping: Mapping, resolved: _Resolved, headers: list[str])
     return out
 
 
-def personal_positions(mapping: Mapping, headers: list[str]) -> set[int]:
+def personal_positions(mapping: Mapping, headers: list[str]) -> dict[int, bool]:
     """Positions of ``headers`` whose column feeds a personal canonical column (names,
-    e-mails) under ``mapping``; also for a file the mapping does not fit (erasure reads the
-    files that failed too)."""
+    e-mails) under ``mapping``, each with whether the mapping requires a value there; also
+    for a file the mapping does not fit (erasure reads the files that failed too)."""
     normalized = [_norm_header(h) for h in headers]
-    out: set[int] = set()
+    out: dict[int, bool] = {}
     for table_name, spec in mapping.tables.items():
         personal = set(TABLES[table_name].personal)
         for col_name, expr in spec.columns.items():
@@ -2262,7 +2262,7 @@ def personal_positions(mapping: Mapping, headers: list[str]) -> set[int]:
                         hit = {i for i, h in enumerate(headers) if rx.fullmatch(h.strip())}
                     else:
                         hit = {i for i, h in enumerate(normalized) if h == _norm_header(alias)}
-                    out |= hit
+                    out.update({i: out.get(i, False) or col.required for i in hit})
                     if hit:
                         break
     return out

@@ -9,8 +9,9 @@
    remaining occurrence of the name or e-mail they had is replaced by ``[erased]``; in CSV
    files the same values are blanked on the rows that mention the customer, and so are the
    columns that the file's mappings (every mapping it was loaded with, from the receipts)
-   read as a name or e-mail on the rows that hold the customer's id as a value, so rows
-   that never reached ``accounts`` (quarantined ones, a file that failed) are covered too.
+   read as a name or e-mail on the rows that hold the customer's id as a value (``[erased]``
+   where the mapping requires a value, so the row still loads), so rows that never reached
+   ``accounts`` (quarantined ones, a file that failed) are covered too.
    Lines that do not mention the customer keep their bytes.
 2. Each rewrite is appended to ``lake/_erasures.jsonl`` first (who, why, when, file, old
    and new SHA-256, how many values), then the file is replaced atomically.
@@ -125,14 +126,15 @@ class _Scrubber:
                 text = text.replace(known, ERASED)
         return text
 
-    def personal(self, value: str) -> str:
-        """A CSV field a mapping reads as the customer's name or e-mail: blanked, and learnt."""
-        if not value.strip():
+    def personal(self, value: str, *, required: bool) -> str:
+        """A CSV field a mapping reads as the customer's name or e-mail: blanked, and learnt
+        (``[erased]`` where the mapping requires a value, so the row still loads)."""
+        if not value.strip() or value == ERASED:
             return value
         if len(value) >= 3:
             self.known.add(value)
         self.count += 1
-        return ""
+        return ERASED if required else ""
 
     def field(self, value: str) -> str:
         """A CSV field: erased when it is a known value or holds a known e-mail."""
@@ -194,14 +196,19 @@ def _scrub_csv(data: bytes, scrubber: _Scrubber, mappings: list[Any] | None = No
     text = data.decode("utf-8", errors="surrogateescape")
     lines = text.split("\n")
     header = next(csv.reader([lines[0]], delimiter=delimiter), [])
-    personal = set().union(*(csv_mapping.personal_positions(m, header) for m in mappings))
+    personal: dict[int, bool] = {}  # position -> a mapping requires a value there
+    for m in mappings:
+        for j, required in csv_mapping.personal_positions(m, header).items():
+            personal[j] = personal.get(j, False) or required
     for i, line in enumerate(lines):
         if scrubber.customer_id not in line:
             continue
         row = next(csv.reader([line], delimiter=delimiter), [])
         theirs = i > 0 and scrubber.customer_id in (f.strip() for f in row)
         new = [
-            scrubber.personal(f) if theirs and j in personal else scrubber.field(f)
+            scrubber.personal(f, required=personal[j])
+            if theirs and j in personal
+            else scrubber.field(f)
             for j, f in enumerate(row)
         ]
         if new != row:
