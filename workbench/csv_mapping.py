@@ -2169,19 +2169,28 @@ def _conflicts(
     rows = positions[conflict]
     if len(rows):
         messages = []
+        values_here = []
         for i in np.flatnonzero(conflict):
             key = ", ".join(f"{k}={sub[k].iloc[i]}" for k in keys)
             col = where_col[i]
+            if col in table.personal:  # a name or e-mail: say where, not what
+                messages.append(
+                    f"{table.name} {key}: {col} differs from line "
+                    f"{lines[positions[first[i]]]} (personal data, not shown)"
+                )
+                values_here.append(_PERSONAL_MASK)
+                continue
             messages.append(
                 f"{table.name} {key}: {col} is {_native(sub[col].iloc[i])!r} here but "
                 f"{_native(sub[col].iloc[first[i]])!r} on line {lines[positions[first[i]]]}"
             )
+            values_here.append(str(sub[col].iloc[i]))
         mask = np.zeros(len(keep), dtype=bool)
         mask[rows] = True
         message = pd.Series([None] * len(keep), dtype=object)
         message[rows] = messages
         values = pd.Series([None] * len(keep), dtype=object)
-        values[rows] = [str(sub[where_col[i]].iloc[i]) for i in np.flatnonzero(conflict)]
+        values[rows] = values_here
         errors.add(mask, column=f"{table.name}", rule="conflict", message=message, values=values)
     return rows
 
