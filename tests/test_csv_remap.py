@@ -568,3 +568,27 @@ def test_a_remap_after_a_rejected_first_load_keeps_the_time_the_file_was_mapped(
     before = table_checksums(settings, internal=True)
     rebuild(settings=settings)
     assert table_checksums(settings, internal=True) == before
+
+
+def test_a_crash_after_the_rejection_was_resolved_leaves_it_standing(
+    settings, tmp_path, monkeypatch
+):
+    f = _files(tmp_path)
+    _load(f["export"], settings, mapping=_broken(tmp_path))
+    before = table_checksums(settings, internal=True)
+    resolve = csv_files._resolve_rejections
+
+    def crash(batch, inp):
+        resolve(batch, inp)
+        raise RuntimeError("killed after resolving")
+
+    monkeypatch.setattr(csv_files, "_resolve_rejections", crash)
+    with pytest.raises(RuntimeError, match="killed after resolving"):
+        _load(f["export"], settings, mapping=f["right"])
+    assert table_checksums(settings, internal=True) == before
+    monkeypatch.undo()
+    assert _load(f["export"], settings, mapping=f["right"]).status == "ok"
+    assert rows(settings, "SELECT status FROM loads ORDER BY finished_at") == [
+        ("superseded",),
+        ("ok",),
+    ]
