@@ -496,3 +496,99 @@ def test_a_warehouse_without_row_provenance_asks_for_a_rebuild_first(settings, t
     rebuild(settings=settings)
     assert _load(f["export"], settings, mapping=f["right"], remap=True).status == "ok"
     assert rows(settings, PAYMENTS_SQL) == RIGHT_PAYMENTS
+
+
+# ----------------------------------------------------------- a rejected file that loads later
+
+
+def _broken(tmp_path: Path) -> Path:
+    """A mapping that does not fit the export (a header it requires is not there)."""
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(MAPPING.format(**RIGHT).replace("headers: [Calls]", "headers: [Calls Made]"))
+    return broken
+
+
+def test_a_rejected_file_that_loads_later_no_longer_stands_in_quarantine(settings, tmp_path):
+    from workbench.ingest.health import ingest_health
+
+    f = _files(tmp_path)
+    first = ingest(
+        f["export"], source="csv", mapping=_broken(tmp_path), settings=settings, progress=False
+    )
+    assert first.files[0].status == "failed" and first.files[0].quarantined == 4
+    _load(f["export"], settings, mapping=_broken(tmp_path))  # the same failure again
+    loaded = ingest(
+        f["export"], source="csv", mapping=f["right"], settings=settings, progress=False
+    )
+    assert loaded.files[0].status == "ok" and loaded.files[0].accepted == 3
+    # the rejection is kept, marked as resolved by the load that loaded the file
+    ((load_id, message),) = rows(
+        settings, "SELECT load_id, message FROM quarantine WHERE rule = 'file_rejected'"
+    )
+    assert load_id == first.load_id
+    assert message.startswith(f"resolved: the file loaded later, in load {loaded.load_id} ")
+    assert "Calls Made" in message  # what the rejection said
+    # the failed loads are superseded by it, as a re-map supersedes the load it replaces
+    got = rows(
+        settings,
+        "SELECT status, message FROM loads WHERE original_path LIKE '%export.csv' "
+        "ORDER BY finished_at",
+    )
+    assert [r[0] for r in got] == ["superseded", "superseded", "ok"]
+    assert all(
+        m.startswith(f"failed; the file loaded later, in load {loaded.load_id} ")
+        for _, m in got[:2]
+    )
+    health = ingest_health(settings)
+    assert "file_rejected" not in set(health["quarantine_reasons"]["rule"])
+    assert "file_rejected" not in set(health["quarantine_sample"]["rule"])
+    assert len(health["quarantine_sample"]) == 1  # the negative amount still stands
+    # loading it again changes nothing; a rebuild gives the same tables
+    before = table_checksums(settings, internal=True)
+    assert _load(f["export"], settings, mapping=f["right"]).duplicates == 4
+    after = table_checksums(settings, internal=True)
+    assert {k: v for k, v in after.items() if k != "loads"} == {
+        k: v for k, v in before.items() if k != "loads"
+    }
+    rebuild(settings=settings)
+    assert table_checksums(settings, internal=True) == after
+    assert verify(settings=settings).ok
+
+
+def test_a_remap_after_a_rejected_first_load_keeps_the_time_the_file_was_mapped(settings, tmp_path):
+    f = _files(tmp_path)
+    _load(f["export"], settings, mapping=_broken(tmp_path))
+    wrong = ingest(f["export"], source="csv", mapping=f["wrong"], settings=settings, progress=False)
+    assert _load(f["export"], settings, mapping=f["right"], remap=True).status == "ok"
+    assert rows(settings, PAYMENTS_SQL) == RIGHT_PAYMENTS
+    mapped_at = rows(settings, f"SELECT started_at FROM loads WHERE load_id = '{wrong.load_id}'")
+    sql = "SELECT DISTINCT version_at FROM charge_versions WHERE event_id LIKE 'csv:%'"
+    assert rows(settings, sql) == mapped_at
+    assert rows(settings, "SELECT count(*) FROM quarantine WHERE rule = 'file_rejected'") == [(1,)]
+    before = table_checksums(settings, internal=True)
+    rebuild(settings=settings)
+    assert table_checksums(settings, internal=True) == before
+
+
+def test_a_crash_after_the_rejection_was_resolved_leaves_it_standing(
+    settings, tmp_path, monkeypatch
+):
+    f = _files(tmp_path)
+    _load(f["export"], settings, mapping=_broken(tmp_path))
+    before = table_checksums(settings, internal=True)
+    resolve = csv_files._resolve_rejections
+
+    def crash(batch, inp):
+        resolve(batch, inp)
+        raise RuntimeError("killed after resolving")
+
+    monkeypatch.setattr(csv_files, "_resolve_rejections", crash)
+    with pytest.raises(RuntimeError, match="killed after resolving"):
+        _load(f["export"], settings, mapping=f["right"])
+    assert table_checksums(settings, internal=True) == before
+    monkeypatch.undo()
+    assert _load(f["export"], settings, mapping=f["right"]).status == "ok"
+    assert rows(settings, "SELECT status FROM loads ORDER BY finished_at") == [
+        ("superseded",),
+        ("ok",),
+    ]

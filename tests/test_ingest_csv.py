@@ -180,6 +180,24 @@ def test_one_key_twice_in_a_file_is_a_duplicate_or_a_conflict(settings, tmp_path
     assert (line, rule) == (3, "conflict") and "999.0 here but 10.0 on line 2" in message
 
 
+def test_a_conflict_over_a_name_or_e_mail_keeps_them_out_of_quarantine(settings, tmp_path):
+    from test_csv_remap import EXPORT, MAPPING, RIGHT
+
+    export = tmp_path / "export.csv"  # cus_4 again, another e-mail and name
+    export.write_text(
+        EXPORT + "cus_4,Dee Parker,dee@work.example.com,US,ch_5,2024-01-09 10:00:00,500,usd,"
+        "paid,03/03/2024,4\n"
+    )
+    mapping = tmp_path / "billing_x.yaml"
+    mapping.write_text(MAPPING.format(**RIGHT))
+    ingest(export, source="csv", mapping=mapping, settings=settings, progress=False)
+    got = rows(settings, "SELECT line, rule, message, value_redacted FROM quarantine ORDER BY 1")
+    assert [(r[0], r[1]) for r in got] == [(4, "not_negative"), (6, "conflict")]
+    assert "name differs from line 5" in got[1][2]
+    assert not [p for p in ("Dee Park", "dee@") if p in str(got)], got
+    assert verify(settings).ok
+
+
 def test_table_contract_rejects_keep_one_quarantine_row_per_line(settings, tmp_path):
     csv = tmp_path / "export.csv"
     csv.write_text(

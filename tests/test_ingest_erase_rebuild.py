@@ -166,3 +166,82 @@ def test_only_the_newest_load_may_wait_for_its_receipt(tmp_path):
     newest_path.write_bytes(saved)
     lake.receipt_path(oldest).unlink()
     assert "receipts" in [c.name for c in verify(settings, check_lake=False).failed()]
+
+
+def test_erase_covers_csv_rows_that_never_reached_accounts(tmp_path):
+    """A customer's CSV lines that were quarantined (a negative amount; a second line whose
+    name differs; a file that failed): their names and e-mails are erased from the lake and
+    the quarantine too."""
+    from test_csv_remap import EXPORT, MAPPING, RIGHT
+
+    settings = load_settings(root=tmp_path, overrides={"data_dir": str(tmp_path / "data")})
+    export = tmp_path / "export.csv"
+    # cus_3's only line has a negative amount; cus_4's second line gives another name
+    export.write_text(
+        EXPORT + "cus_4,Dee Parker,dee@work.example.com,US,ch_5,2024-01-09 10:00:00,500,usd,"
+        "paid,03/03/2024,4\n"
+    )
+    mapping = tmp_path / "billing_x.yaml"
+    mapping.write_text(MAPPING.format(**RIGHT))
+    f = ingest(export, source="csv", mapping=mapping, settings=settings, progress=False).files[0]
+    assert (f.accepted, f.quarantined) == (3, 2)
+    failed = tmp_path / "failed.csv"  # cus_3's line again, in a file its mapping does not fit
+    failed.write_text("\n".join(EXPORT.splitlines()[0:4:3]) + "\n")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(mapping.read_text().replace("headers: [Calls]", "headers: [Calls Made]"))
+    report = ingest(failed, source="csv", mapping=broken, settings=settings, progress=False)
+    assert report.files[0].status == "failed"
+    quarantine = "SELECT line, rule, message, value_redacted FROM quarantine ORDER BY line"
+    assert [r[:2] for r in rows(settings, quarantine)] == [
+        (4, "not_negative"),
+        (6, "conflict"),
+        (None, "file_rejected"),
+    ]
+
+    personal = ("Cy Young", "cy@example.com", "Dee Park", "dee@example.com", "dee@work.example")
+    for cid in ("cus_3", "cus_4"):
+        erase_customer(cid, who="dpo@example.com", why="ticket GDPR-18", settings=settings)
+    lake = Lake(Path(settings.data_dir) / "lake")
+    for rel in lake.objects():
+        data = lake.read(rel).decode()
+        assert not [p for p in personal if p in data], rel
+    got = str(rows(settings, quarantine))
+    assert not [p for p in personal if p in got], got
+    assert "'-5'" in got  # cus_3's line is still quarantined for its amount
+    # the other customers keep theirs; the erased ones keep their non-personal rows
+    assert rows(settings, "SELECT account_id, name, email FROM accounts ORDER BY 1") == [
+        ("cus_1", "Ann Smith", "ann@example.com"),
+        ("cus_2", "Bob Jones", "bob@example.com"),
+        ("cus_4", None, None),
+    ]
+    # cus_4's second line differed only by its name: without it, it is no conflict and loads
+    assert rows(settings, "SELECT attempt_id FROM payment_attempts ORDER BY 1") == [
+        ("ch_1",),
+        ("ch_2",),
+        ("ch_4",),
+        ("ch_5",),
+    ]
+    assert verify(settings).ok
+    before = table_checksums(settings)
+    rebuild(settings)
+    assert table_checksums(settings) == before
+
+
+def test_erase_keeps_a_csv_account_whose_mapping_requires_a_name(tmp_path):
+    """RavenStack's mapping requires the account name: an empty one would quarantine the
+    erased account's line on the rebuild, and its account would be gone."""
+    from test_ingest_csv import RAVEN
+
+    settings = load_settings(root=tmp_path, overrides={"data_dir": str(tmp_path / "data")})
+    accounts = RAVEN / "ravenstack_accounts.csv"
+    ingest(accounts, source="csv", mapping="ravenstack_accounts", settings=settings, progress=False)
+    (cid, name, country), *_ = rows(
+        settings, "SELECT account_id, name, country FROM accounts ORDER BY 1"
+    )
+    erase_customer(cid, who="dpo@example.com", why="ticket GDPR-19", settings=settings)
+    got = "SELECT name, country FROM accounts WHERE account_id = ?"
+    assert rows(settings, got, [cid]) == [(None, country)]
+    assert rows(settings, "SELECT count(*) FROM quarantine") == [(0,)]
+    lake = Lake(Path(settings.data_dir) / "lake")
+    assert not [rel for rel in lake.objects() if f"{cid},{name},".encode() in lake.read(rel)]
+    assert verify(settings).ok

@@ -2169,19 +2169,28 @@ def _conflicts(
     rows = positions[conflict]
     if len(rows):
         messages = []
+        values_here = []
         for i in np.flatnonzero(conflict):
             key = ", ".join(f"{k}={sub[k].iloc[i]}" for k in keys)
             col = where_col[i]
+            if col in table.personal:  # a name or e-mail: say where, not what
+                messages.append(
+                    f"{table.name} {key}: {col} differs from line "
+                    f"{lines[positions[first[i]]]} (personal data, not shown)"
+                )
+                values_here.append(_PERSONAL_MASK)
+                continue
             messages.append(
                 f"{table.name} {key}: {col} is {_native(sub[col].iloc[i])!r} here but "
                 f"{_native(sub[col].iloc[first[i]])!r} on line {lines[positions[first[i]]]}"
             )
+            values_here.append(str(sub[col].iloc[i]))
         mask = np.zeros(len(keep), dtype=bool)
         mask[rows] = True
         message = pd.Series([None] * len(keep), dtype=object)
         message[rows] = messages
         values = pd.Series([None] * len(keep), dtype=object)
-        values[rows] = [str(sub[where_col[i]].iloc[i]) for i in np.flatnonzero(conflict)]
+        values[rows] = values_here
         errors.add(mask, column=f"{table.name}", rule="conflict", message=message, values=values)
     return rows
 
@@ -2240,6 +2249,31 @@ def _personal_headers(mapping: Mapping, resolved: _Resolved, headers: list[str])
             for e in _walk([expr]):
                 if isinstance(e, Ref) and e.column in resolved.positions:
                     out.add(headers[resolved.positions[e.column]])
+    return out
+
+
+def personal_positions(mapping: Mapping, headers: list[str]) -> dict[int, bool]:
+    """Positions of ``headers`` whose column feeds a personal canonical column (names,
+    e-mails) under ``mapping``, each with whether the mapping requires a value there; also
+    for a file the mapping does not fit (erasure reads the files that failed too)."""
+    normalized = [_norm_header(h) for h in headers]
+    out: dict[int, bool] = {}
+    for table_name, spec in mapping.tables.items():
+        personal = set(TABLES[table_name].personal)
+        for col_name, expr in spec.columns.items():
+            if col_name not in personal:
+                continue
+            for e in _walk([expr]):
+                col = mapping.columns.get(e.column) if isinstance(e, Ref) else None
+                for alias in col.headers if col else ():
+                    if alias.startswith("re:"):
+                        rx = re.compile(alias[3:], re.IGNORECASE)
+                        hit = {i for i, h in enumerate(headers) if rx.fullmatch(h.strip())}
+                    else:
+                        hit = {i for i, h in enumerate(normalized) if h == _norm_header(alias)}
+                    out.update({i: out.get(i, False) or col.required for i in hit})
+                    if hit:
+                        break
     return out
 
 

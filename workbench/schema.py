@@ -423,7 +423,7 @@ TABLES: dict[str, Table] = {
                 _c(
                     "status",
                     "VARCHAR",
-                    "ok | failed | superseded (re-mapped by a later load)",
+                    "ok | failed | superseded (re-mapped, or failed and loaded since, by a later load)",
                     nullable=False,
                 ),
                 _c("message", "VARCHAR"),

@@ -7,7 +7,9 @@ Stripe events:
 
 * rejected rows become quarantine rows (file, line, column, rule, masked value);
 * a whole-file error fails that file (``loads.status = 'failed'`` with the message, every
-  row counted as quarantined, one quarantine row for the file); the batch goes on;
+  row counted as quarantined, one quarantine row for the file); the batch goes on; when a
+  later load maps the file (a fixed mapping), the failed loads become ``superseded`` and
+  the quarantine row is kept, marked resolved (:func:`_resolve_rejections`);
 * frames are checked against the table contracts; a failing row is quarantined;
 * rows for tables that are derived from versions (accounts, prices, subscriptions and
   their items, invoices and their lines, payment attempts, refunds, disputes) are stored
@@ -77,6 +79,10 @@ UPSERTED = ("usage", "crm_signals", "support_tickets", "fx_rates")
 #: How the ``loads`` message of a file loaded with ``remap`` begins (``sync_receipts`` reads
 #: who asked back from it).
 REMAP_PREFIX = "remap asked by "
+#: How the ``loads`` message of a failed load begins once a later load of the same file
+#: mapped it (the failed load is then ``superseded``; :func:`_unload` leaves it out of the
+#: file's receipt time, as it mapped nothing).
+FAILED_THEN_LOADED = "failed; the file loaded later, in load "
 
 
 @dataclass(frozen=True)
@@ -233,6 +239,35 @@ def load_csv(batch: _Batch, inp: _Input) -> None:
     report.accepted = mapped.received - report.quarantined - report.duplicates
     report.handled = report.accepted
     _insert_quarantine(batch, rows)
+    if not prior:
+        _resolve_rejections(batch, inp)
+
+
+def _resolve_rejections(batch: _Batch, inp: _Input) -> None:
+    """The file failed as a whole before and maps now: its rejection no longer stands.
+
+    In the load's transaction, the earlier ``failed`` loads of the file are marked
+    ``superseded`` by this load (as a re-map marks the load it replaces) and their
+    ``file_rejected`` quarantine rows are kept, their message saying which load resolved
+    them. Rebuild replays the same loads, so it ends the same way.
+    """
+    con = batch.con
+    by = f"{batch.load_id} (mapping {inp.mapping_lake or 'auto-detected'})"
+    con.execute(
+        "UPDATE quarantine SET message = ? || message WHERE source_file = ? "
+        "AND rule = 'file_rejected' AND load_id IN "
+        "(SELECT load_id FROM loads WHERE source_file = ? AND status = 'failed')",
+        [
+            f"resolved: the file loaded later, in load {by}. The rejection was: ",
+            inp.lake.path,
+            inp.lake.path,
+        ],
+    )
+    con.execute(
+        "UPDATE loads SET status = 'superseded', message = ? || coalesce(message, '') "
+        "WHERE source_file = ? AND status = 'failed'",
+        [f"{FAILED_THEN_LOADED}{by}. This load's error: ", inp.lake.path],
+    )
 
 
 def _not_mapped(inp: _Input, received: int, message: str) -> None:
@@ -491,8 +526,8 @@ def _unload(batch: _Batch, inp: _Input, prior: list[PriorLoad]) -> datetime:
     marks = ", ".join("?" for _ in ids)
     received = con.execute(
         "SELECT min(started_at) FROM loads WHERE source_file = ? "
-        "AND status IN ('ok', 'superseded')",
-        [inp.lake.path],
+        "AND status IN ('ok', 'superseded') AND coalesce(message, '') NOT LIKE ?",
+        [inp.lake.path, FAILED_THEN_LOADED + "%"],
     ).fetchall()[0][0]
     pattern = f"csv:{in_force.file_sha256[:16]}:%"
     for table, (version_table, _, entity) in VERSIONED.items():

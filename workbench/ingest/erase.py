@@ -7,13 +7,18 @@
    charges, payment intents, subscriptions whose ``customer`` is them) the fields that
    hold a name, e-mail, phone, address or free text about them are set to null, and any
    remaining occurrence of the name or e-mail they had is replaced by ``[erased]``; in CSV
-   files the same values are blanked on the rows that mention the customer. Lines that do
-   not mention the customer keep their bytes.
+   files the same values are blanked on the rows that mention the customer, and so are the
+   columns that the file's mappings (every mapping it was loaded with, from the receipts)
+   read as a name or e-mail on the rows that hold the customer's id as a value (``[erased]``
+   where the mapping requires a value, so the row still loads), so rows that never reached
+   ``accounts`` (quarantined ones, a file that failed) are covered too.
+   Lines that do not mention the customer keep their bytes.
 2. Each rewrite is appended to ``lake/_erasures.jsonl`` first (who, why, when, file, old
    and new SHA-256, how many values), then the file is replaced atomically.
 3. The warehouse is rebuilt from the lake, so ``accounts`` and every other table agree with
    the rewritten lake and ``verify`` still passes (the lake hashes are checked against the
-   erasure log).
+   erasure log). Quarantine rows are rebuilt from the rewritten files, so their values and
+   messages no longer hold what was erased.
 
 Rerunning an interrupted erasure finishes it; rerunning a finished one changes nothing.
 """
@@ -33,6 +38,7 @@ from typing import Any
 
 import duckdb
 
+from workbench import csv_mapping
 from workbench.config import Settings, load_settings
 from workbench.ingest.lake import Lake
 from workbench.ingest.rebuild import RebuildReport, rebuild_locked
@@ -120,6 +126,16 @@ class _Scrubber:
                 text = text.replace(known, ERASED)
         return text
 
+    def personal(self, value: str, *, required: bool) -> str:
+        """A CSV field a mapping reads as the customer's name or e-mail: blanked, and learnt
+        (``[erased]`` where the mapping requires a value, so the row still loads)."""
+        if not value.strip() or value == ERASED:
+            return value
+        if len(value) >= 3:
+            self.known.add(value)
+        self.count += 1
+        return ERASED if required else ""
+
     def field(self, value: str) -> str:
         """A CSV field: erased when it is a known value or holds a known e-mail."""
         if value in self.known:
@@ -171,21 +187,48 @@ def _is_json_line(line: str) -> bool:
     return True
 
 
-def _scrub_csv(data: bytes, scrubber: _Scrubber) -> bytes:
+def _scrub_csv(data: bytes, scrubber: _Scrubber, mappings: list[Any] | None = None) -> bytes:
+    """Blank the customer's values in a CSV file; ``mappings``: those it was loaded with."""
     if scrubber.customer_id.encode() not in data:
         return data
+    mappings = mappings or []
+    delimiter = mappings[0].delimiter if mappings else ","
     text = data.decode("utf-8", errors="surrogateescape")
     lines = text.split("\n")
+    header = next(csv.reader([lines[0]], delimiter=delimiter), [])
+    personal: dict[int, bool] = {}  # position -> a mapping requires a value there
+    for m in mappings:
+        for j, required in csv_mapping.personal_positions(m, header).items():
+            personal[j] = personal.get(j, False) or required
     for i, line in enumerate(lines):
         if scrubber.customer_id not in line:
             continue
-        row = next(csv.reader([line]), [])
-        new = [scrubber.field(f) for f in row]
+        row = next(csv.reader([line], delimiter=delimiter), [])
+        theirs = i > 0 and scrubber.customer_id in (f.strip() for f in row)
+        new = [
+            scrubber.personal(f, required=personal[j])
+            if theirs and j in personal
+            else scrubber.field(f)
+            for j, f in enumerate(row)
+        ]
         if new != row:
             buf = io.StringIO()
-            csv.writer(buf, lineterminator="").writerow(new)
-            lines[i] = buf.getvalue()
+            csv.writer(buf, delimiter=delimiter, lineterminator="").writerow(new)
+            lines[i] = buf.getvalue() + ("\r" if line.endswith("\r") else "")
     return "\n".join(lines).encode("utf-8", errors="surrogateescape")
+
+
+def _csv_mappings(lake: Lake) -> dict[str, list[Any]]:
+    """Per CSV lake file, every mapping it was loaded with (from the load receipts)."""
+    used: dict[str, dict[str, Any]] = {}  # lake file -> mapping's lake path -> mapping
+    parsed: dict[str, Any] = {}
+    for receipt in lake.receipts():
+        for f in receipt.files:
+            if f.mapping and f.mapping not in parsed:
+                parsed[f.mapping] = csv_mapping.load_mapping(lake.path(f.mapping))
+            if f.mapping:
+                used.setdefault(f.lake_path, {})[f.mapping] = parsed[f.mapping]
+    return {rel: list(by_path.values()) for rel, by_path in used.items()}
 
 
 def _known_values(wh: Any, customer_id: str) -> set[str]:
@@ -239,13 +282,14 @@ def erase_customer(
         # Two passes: the first learns every name/e-mail the customer ever had from the
         # customer objects, the second also replaces those values in free text elsewhere.
         objects = lake.objects()
+        mappings = _csv_mappings(lake)
         files_rewritten = values = 0
         for _ in range(2):
             for rel in objects:
                 scrubber = _Scrubber(customer_id, known)
                 old = lake.read(rel)
                 new = (
-                    _scrub_csv(old, scrubber)
+                    _scrub_csv(old, scrubber, mappings.get(rel))
                     if rel.endswith(".csv")
                     else _scrub_json(old, scrubber)
                 )

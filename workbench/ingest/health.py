@@ -131,12 +131,18 @@ def ingest_health(
 
     Returns:
         ``arrivals``, ``quarantine_reasons``, ``freshness``, ``conservation`` and
-        ``quarantine_sample`` (the 50 most recent quarantined rows).
+        ``quarantine_sample`` (the 50 most recent quarantined rows); both quarantine frames
+        leave out the rows of ``superseded`` loads.
     """
     settings = settings or load_settings()
     with open_warehouse(settings).read(step="ingest-health") as con:
         events = con.execute("SELECT source, type, disposition, created FROM events").df()
-        quarantine = con.execute("SELECT * FROM quarantine").df()
+        # a rejection of a superseded load no longer stands (the file loaded since)
+        quarantine = con.execute(
+            "SELECT * FROM quarantine q WHERE NOT EXISTS (SELECT 1 FROM loads l "
+            "WHERE l.load_id = q.load_id AND l.source_file = q.source_file "
+            "AND l.status = 'superseded')"
+        ).df()
         loads = con.execute("SELECT * FROM loads").df()
     now = now or datetime.now().astimezone()
     return {
