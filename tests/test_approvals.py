@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import sqlite3
 import threading
@@ -579,6 +580,57 @@ def test_a_rollback_interrupted_mid_run_is_on_record_and_closed(store) -> None:
     later = NOW + pd.Timedelta(minutes=20)
     assert ap.recover_interrupted(store, who=ap.ENGINE, now=later) == [out.item_id]
     assert ap.get_item(store, out.item_id).status == "rollback_failed"
+    assert audit.verify(store).ok
+
+
+def test_a_recover_rollback_hook_says_whether_an_interrupted_rollback_took_effect(store) -> None:
+    """``recover_rollback`` is asked about interrupted rollbacks (``recover`` only about
+    executions): one that took effect is recorded as rolled back, by whoever started it; one
+    that did not is ``executed`` again, as after a refused rollback; otherwise a person checks."""
+
+    def killed(item, ctx):
+        raise KeyboardInterrupt
+
+    asked_about_executions = []
+
+    def processor(item, ctx):
+        assert ap.get_item(ctx.store, item.item_id).status == "rolled_back"  # hooks may read
+        return {
+            "in_refunded": ap.Recovered(True, "refund found", {"refund_id": "re_1"}),
+            "in_charged": ap.Recovered(False, "no refund"),
+            "in_unsure": None,
+        }[item.subject_id]
+
+    ap.register_executor("retry_payment", ap.record_only, rollback=killed,
+                         recover=lambda item, ctx: asked_about_executions.append(item),
+                         recover_rollback=processor)  # fmt: skip
+    ids = {}
+    for invoice in ("in_refunded", "in_charged", "in_unsure"):
+        ids[invoice] = auto_retry(store, subject=invoice, amount=500).item_id
+        with pytest.raises(KeyboardInterrupt):
+            ap.rollback(store, ids[invoice], who=BOB, reason="customer called", now=NOW)
+    later = NOW + pd.Timedelta(minutes=20)
+    assert sorted(ap.recover_interrupted(store, who=ap.ENGINE, now=later)) == sorted(ids.values())
+    assert asked_about_executions == []
+    status = {k: ap.get_item(store, v).status for k, v in ids.items()}
+    assert status == {"in_refunded": "rolled_back", "in_charged": "executed",
+                      "in_unsure": "rollback_failed"}  # fmt: skip
+    ex = ap.executions_frame(store)
+    [rollback] = ex[ex["kind"] == "rollback"].to_dict("records")
+    assert (rollback["item_id"], rollback["actor"]) == (ids["in_refunded"], "bob")
+    assert json.loads(rollback["result"]) == {"reason": "customer called", "refund_id": "re_1"}
+    notes = {
+        k: audit.audit_frame(store, item_id=v, event_prefix="action.interrupted").iloc[0]
+        for k, v in ids.items()
+    }
+    notes = {k: json.loads(entry["details"])["message"] for k, entry in notes.items()}
+    assert "took effect (refund found): recorded as rolled back" in notes["in_refunded"]
+    assert "did not take effect (no refund): nothing changed" in notes["in_charged"]
+    assert "unknown" in notes["in_unsure"]
+    # back to executed: it can be rolled back again within its window
+    ap.register_executor("retry_payment", ap.record_only, rollback=lambda i, c: {"cancelled": True})
+    again = ap.rollback(store, ids["in_charged"], who=CAROL, reason="again", now=later)
+    assert again.code == "rolled_back", again.message
     assert audit.verify(store).ok
 
 

@@ -301,15 +301,19 @@ def die_at_the_policy_files_replace(src, dst):
     real_replace(src, dst)
 pc.os.replace = die_at_the_policy_files_replace
 store = ap.open_store(settings)
-ap.approve(store, sys.argv[1], who=ap.Identity("bob", ap.Role.APPROVER),
-           current_state=ap.CurrentState(store))
+if sys.argv[3] == "rollback":
+    ap.rollback(store, sys.argv[1], who=ap.Identity("carol", ap.Role.APPROVER), reason="too strict")
+else:
+    ap.approve(store, sys.argv[1], who=ap.Identity("bob", ap.Role.APPROVER),
+               current_state=ap.CurrentState(store))
 """
 
 
-def crash_while_approving(item_id: str, when: str) -> None:
-    """Approve ``item_id`` in a child process that dies just ``before`` or just ``after``
-    the policy file is replaced (the history copy is written either way)."""
-    run = subprocess.run([sys.executable, "-c", CRASH, item_id, when], cwd=REPO,
+def crash_while_approving(item_id: str, when: str, step: str = "approve") -> None:
+    """Approve ``item_id`` (or, ``step="rollback"``, roll it back as carol) in a child
+    process that dies just ``before`` or just ``after`` the policy file is replaced (the
+    history copy is written either way)."""
+    run = subprocess.run([sys.executable, "-c", CRASH, item_id, when, step], cwd=REPO,
                          capture_output=True, text=True)  # fmt: skip
     assert run.returncode == 9, run.stderr
 
@@ -407,6 +411,152 @@ def test_a_recovered_policy_change_is_failed_when_the_file_does_not_say(
     assert [e["item_id"] for e in ap.executions_frame(store).to_dict("records")] == (
         [again.item_id] if after == "written_by_another_item" else []
     )
+
+
+def executed_just_now(pc, settings) -> ap.ActionItem:
+    """A policy change approved and written just now (the crashing child process uses the
+    clock, so the change's override window must be open for it)."""
+    proposal = propose(pc, settings)
+    store = ap.open_store(settings)
+    out = ap.approve(store, proposal.item_id, who=BOB, current_state=ap.CurrentState(store))
+    assert out.code == "executed", out.message
+    return ap.get_item(store, proposal.item_id)
+
+
+def test_a_rollback_that_died_right_after_the_replace_is_recovered_as_rolled_back(
+    pc, settings
+) -> None:
+    """The old policy was back when the rollback's process died: recovery records the
+    rollback as the rollback would have (its entry and audit by the person who started it)."""
+    executed = executed_just_now(pc, settings)
+    crash_while_approving(executed.item_id, "after", "rollback")
+    path = Path(settings.policy_file)
+    assert path.read_text() == DEFAULT
+    store = ap.open_store(settings)
+    assert ap.get_item(store, executed.item_id).status == "rolled_back"  # claimed, not recorded
+    assert list(ap.executions_frame(store)["kind"]) == ["execute"]
+    later = pd.Timestamp.now(tz="UTC") + pd.Timedelta(hours=1)
+    assert ap.recover_interrupted(store, who=ap.ENGINE, now=later) == [executed.item_id]
+    item = ap.get_item(store, executed.item_id)
+    assert item.status == "rolled_back" and item.rollback_until == executed.rollback_until
+    _, rollback = ap.executions_frame(store).to_dict("records")
+    assert (rollback["kind"], rollback["actor"]) == ("rollback", "carol")  # who started it
+    kept = pc.history_dir(settings) / f"{pc.sha256_bytes(DEFAULT.encode())}.yaml"
+    result = {
+        "policy_file": str(path),
+        "old_sha256": pc.sha256_bytes(PROPOSED.encode()),
+        "new_sha256": pc.sha256_bytes(DEFAULT.encode()),
+        "version": load_policy(settings=settings).version,
+        "restored_from": str(kept),
+    }  # what a rollback that returned records
+    assert json.loads(rollback["result"]) == {"reason": "too strict", **result}
+    [entry] = [e for e in audit.iter_entries(store) if e.event == "action.rolled_back"]
+    details = json.loads(entry.details)
+    assert entry.actor == "carol" and details["reason"] == "too strict"
+    assert (details["execution_id"], details["result"]) == (rollback["execution_id"], result)
+    assert details["recovered"]["by"] == "system:dunning"
+    assert details["recovered"]["after"] == "an interruption"
+    [note] = interrupted_notes(store)
+    assert "was being rolled back" in note and "took effect" in note
+    assert "recorded as rolled back" in note and "unknown" not in note
+    assert audit.verify(store).ok
+    # as after any rollback, the same change can be proposed again
+    again = pc.propose_policy_change(settings, PROPOSED, who=ALICE, reason="again", now=later)
+    assert again.outcome.code == "queued"
+
+
+def test_a_rollback_that_died_before_the_replace_leaves_the_change_executed(pc, settings) -> None:
+    """Nothing was restored: as after a refused rollback, the change stays executed (its
+    window unchanged) and can be rolled back again while the window is open."""
+    executed = executed_just_now(pc, settings)
+    crash_while_approving(executed.item_id, "before", "rollback")
+    path = Path(settings.policy_file)
+    assert path.read_text() == PROPOSED
+    store = ap.open_store(settings)
+    assert ap.get_item(store, executed.item_id).status == "rolled_back"
+    later = pd.Timestamp.now(tz="UTC") + pd.Timedelta(hours=1)
+    assert ap.recover_interrupted(store, who=ap.ENGINE, now=later) == [executed.item_id]
+    item = ap.get_item(store, executed.item_id)
+    assert item.status == "executed" and item.can_roll_back(later)
+    assert (item.executed_at, item.rollback_until) == (
+        executed.executed_at, executed.rollback_until
+    )  # fmt: skip
+    assert list(ap.executions_frame(store)["kind"]) == ["execute"]
+    [note] = interrupted_notes(store)
+    assert "was being rolled back" in note and "did not take effect" in note
+    assert "nothing changed" in note and "rolled back again" in note and "unknown" not in note
+    [details] = [json.loads(e.details) for e in audit.iter_entries(store)
+                 if e.event == "action.interrupted"]  # fmt: skip
+    assert (details["was"], details["now"]) == ("rolled_back", "executed")
+    out = ap.rollback(store, executed.item_id, who=BOB, reason="still too strict", now=later)
+    assert out.code == "rolled_back", out.message
+    assert path.read_text() == DEFAULT
+    assert audit.verify(store).ok
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_an_interrupted_rollback_of_an_edited_file_is_left_to_a_person(pc, settings, when) -> None:
+    """A file that is neither the one the change wrote nor the one it replaced says nothing
+    about the rollback: rollback_failed with the hint, and the hash that was found."""
+    executed = executed_just_now(pc, settings)
+    crash_while_approving(executed.item_id, when, "rollback")
+    path = Path(settings.policy_file)
+    edited = (DEFAULT if when == "after" else PROPOSED).replace(
+        "after_days_idle: 60", "after_days_idle: 90"
+    )
+    path.write_text(edited)
+    store = ap.open_store(settings)
+    later = pd.Timestamp.now(tz="UTC") + pd.Timedelta(hours=1)
+    assert ap.recover_interrupted(store, who=ap.ENGINE, now=later) == [executed.item_id]
+    assert ap.get_item(store, executed.item_id).status == "rollback_failed"
+    [note] = interrupted_notes(store)
+    assert "unknown" in note and "workbench policy show" in note
+    assert pc.sha256_bytes(edited.encode())[:12] in note and "neither" in note
+    assert path.read_text() == edited
+    assert list(ap.executions_frame(store)["kind"]) == ["execute"]
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_an_interrupted_rollback_is_left_to_a_person_when_another_change_wrote_the_file(
+    pc, settings, when
+) -> None:
+    """After the rollback died, another change wrote the very text the hash would point to
+    (the replaced policy proposed back, or this change proposed again): either may have
+    written it, so a person checks."""
+    executed = executed_just_now(pc, settings)
+    crash_while_approving(executed.item_id, when, "rollback")
+    path = Path(settings.policy_file)
+    later = pd.Timestamp.now(tz="UTC") + pd.Timedelta(minutes=5)
+    text = DEFAULT if when == "before" else PROPOSED  # the other hash of the interrupted item
+    other = pc.propose_policy_change(settings, text, who=ALICE, reason="by hand", now=later)
+    store = ap.open_store(settings)
+    out = ap.approve(store, other.item_id, who=BOB, current_state=ap.CurrentState(store),
+                     now=later)  # fmt: skip
+    assert out.code == "executed", out.message
+    assert path.read_text() == text
+    much_later = later + pd.Timedelta(hours=1)
+    assert ap.recover_interrupted(store, who=ap.ENGINE, now=much_later) == [executed.item_id]
+    assert ap.get_item(store, executed.item_id).status == "rollback_failed"
+    [note] = interrupted_notes(store)
+    assert "unknown" in note and other.item_id in note
+
+
+def test_an_earlier_change_that_wrote_the_replaced_file_does_not_count(pc, settings) -> None:
+    """Every change but the first replaces a file an earlier change wrote: no reason to doubt
+    that an interrupted rollback restored it."""
+    first = propose(pc, settings)
+    assert approve(settings, first.item_id).code == "executed"
+    back = pc.propose_policy_change(settings, DEFAULT, who=ALICE, reason="back",
+                                    now=NOW + pd.Timedelta(hours=1))  # fmt: skip
+    store = ap.open_store(settings)
+    out = ap.approve(store, back.item_id, who=BOB, current_state=ap.CurrentState(store))
+    assert out.code == "executed", out.message
+    crash_while_approving(back.item_id, "after", "rollback")
+    assert Path(settings.policy_file).read_text() == PROPOSED  # what the first change wrote
+    later = pd.Timestamp.now(tz="UTC") + pd.Timedelta(hours=1)
+    assert ap.recover_interrupted(store, who=ap.ENGINE, now=later) == [back.item_id]
+    assert ap.get_item(store, back.item_id).status == "rolled_back"
+    assert ap.get_item(store, first.item_id).status == "executed"
 
 
 def test_cli_policy_show_and_propose(pc, settings, tmp_path, monkeypatch) -> None:

@@ -458,7 +458,7 @@ def test_cell_timeout_option_wins_over_the_setting(
     _slow_second_step(project, 3)
     cli = CliRunner()
     monkeypatch.setenv("WORKBENCH_CELL_TIMEOUT_S", "1")
-    monkeypatch.setenv("WORKBENCH_LOCK_TIMEOUT_S", "0.5")  # below the cell timeout
+    monkeypatch.setenv("WORKBENCH_LOCK_TIMEOUT_S", "0.5")  # below the setting and --cell-timeout 1
     result = cli.invoke(main, ["run", "02", "--cell-timeout", "0", "--run-id", "no-limit",
                                "--no-progress"])  # fmt: skip
     assert result.exit_code == 0, result.output  # 0: no limit
@@ -470,6 +470,31 @@ def test_cell_timeout_option_wins_over_the_setting(
     assert "1 s cell timeout" in result.output and "time.sleep(3)" in result.output
     saved = json.loads((project / "reports" / "limited" / "manifest.json").read_text())
     assert [s["status"] for s in saved["steps"]] == ["ok", "failed", "skipped"]
+
+
+def test_a_cell_timeout_option_not_above_the_lock_wait_is_refused(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flag is checked as the setting is: a step waiting for the warehouse lock must get
+    the lock's own message (naming the holder), not be stopped by the cell timeout first."""
+    cli = CliRunner()
+    result = cli.invoke(main, ["run", "03", "--cell-timeout", "600", "--no-progress"])
+    assert result.exit_code == 2, result.output  # a usage error: nothing ran
+    assert "--cell-timeout" in result.output
+    assert (
+        "lock_timeout_s (600 s, default) must be below the cell timeout (600 s, --cell-timeout)"
+        in result.output
+    )
+    assert not (project / "reports").exists()
+    monkeypatch.setenv("WORKBENCH_LOCK_TIMEOUT_S", "30")
+    result = cli.invoke(main, ["run", "03", "--cell-timeout", "10", "--no-progress"])
+    assert result.exit_code == 2, result.output
+    assert "lock_timeout_s (30 s, $WORKBENCH_LOCK_TIMEOUT_S) must be below" in result.output
+    assert "(10 s, --cell-timeout)" in result.output
+    assert not (project / "reports").exists()
+    result = cli.invoke(main, ["run", "03", "--cell-timeout", "31", "--run-id", "above",
+                               "--no-progress"])  # fmt: skip
+    assert result.exit_code == 0, result.output  # above the lock wait: runs
 
 
 @pytest.mark.parametrize("bad", ["-5", "1.5", "soon"])

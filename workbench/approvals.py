@@ -718,16 +718,21 @@ ExecuteFn = Callable[[ActionItem, ExecutionContext], Mapping[str, Any] | None]
 
 @dataclass(frozen=True)
 class Recovered:
-    """What an action type's ``recover`` hook found out about an execution whose process
-    stopped before its outcome was recorded (see :func:`recover_interrupted`).
+    """What an action type's ``recover`` (or ``recover_rollback``) hook found out about an
+    execution (or a rollback) whose process stopped before its outcome was recorded (see
+    :func:`recover_interrupted`).
 
-    ``took_effect``: the effect is there (the item is recorded as ``executed``, with
-    ``result`` as the execution's result, what the executor would have returned) or it is
-    known not to be (the item is ``failed``, as when nothing can be told). ``note`` says how
-    the hook knows, for the audit entry.
+    ``took_effect``: the effect is there, or it is known not to be; ``None``: the hook
+    cannot tell (a person checks, as without a hook). An execution that took effect is
+    recorded as ``executed`` with ``result`` as its result (what the executor would have
+    returned); one that did not is ``failed``. A rollback that took effect is recorded as
+    rolled back with ``result`` as the rollback's result (what the rollback executor would
+    have returned); one that did not leaves the item ``executed``, as
+    :class:`RollbackRefused` does. ``note`` says how the hook knows (or what it found), for
+    the audit entry.
     """
 
-    took_effect: bool
+    took_effect: bool | None
     note: str
     result: Mapping[str, Any] = field(default_factory=dict)
 
@@ -746,7 +751,8 @@ class Executor:
 
     execute: ExecuteFn
     rollback: ExecuteFn | None = None
-    recover: RecoverFn | None = None
+    recover: RecoverFn | None = None  # about an interrupted execution
+    recover_rollback: RecoverFn | None = None  # about an interrupted rollback
 
 
 def record_only(item: ActionItem, ctx: ExecutionContext) -> dict[str, Any]:
@@ -790,17 +796,19 @@ def register_executor(
     rollback: ExecuteFn | None = None,
     interrupted_hint: str | None = None,
     recover: RecoverFn | None = None,
+    recover_rollback: RecoverFn | None = None,
 ) -> None:
     """Register (or replace) the executor run when an ``action_type`` item is approved.
 
     ``recover`` tells, where it can, whether an execution interrupted before its outcome was
-    recorded took effect (:func:`recover_interrupted`); ``interrupted_hint`` says where a
-    person checks when it cannot (default: the payment processor or the ledger).
+    recorded took effect (:func:`recover_interrupted`), and ``recover_rollback`` the same of
+    an interrupted ``rollback``; ``interrupted_hint`` says where a person checks when they
+    cannot (default: the payment processor or the ledger).
     """
     if action_type not in ACTION_TYPES:
         raise ValueError(f"unknown action type {action_type!r}; known: {', '.join(ACTION_TYPES)}")
     with _EXECUTORS_LOCK:
-        _EXECUTORS[action_type] = Executor(execute, rollback, recover)
+        _EXECUTORS[action_type] = Executor(execute, rollback, recover, recover_rollback)
         if interrupted_hint is not None:
             _INTERRUPTED_HINTS[action_type] = interrupted_hint
 
@@ -1466,7 +1474,11 @@ def recover_interrupted(
     unless the action type's ``recover`` hook (:func:`register_executor`) can tell from
     the subject: an execution that took effect is then recorded as ``executed`` (its
     override window counted from the approval that ran it), one that did not is ``failed``
-    with a note saying nothing changed. A
+    with a note saying nothing changed. Likewise its ``recover_rollback`` hook for a
+    rollback: one that took effect is recorded as a rollback records it (the entry and its
+    ``action.rolled_back`` audit entry by whoever started it, with the reason they gave),
+    one that did not leaves the item ``executed`` with a note saying nothing changed (as a
+    refused rollback does: it can be rolled back again while its window is open). A
     closed ``failed`` item that a person had approved gives up its idempotency key, so the
     engine proposes it again for approval if it is still needed; one the policy ran
     automatically keeps it (no automatic second run; the invoice's next change brings a new
@@ -1493,13 +1505,16 @@ def recover_interrupted(
         )
         for row in rows:
             item = ActionItem.from_row(row)
-            ran = f"the process stopped while {item.action_type} for {item.subject_id} ran"
-            found = (
-                _recovered(item, ExecutionContext(store, who.user, now))
-                if item.status == "approved"
-                else None
-            )
-            if found is not None and found.took_effect:
+            rolling_back = item.status == "rolled_back"
+            step = "was being rolled back" if rolling_back else "ran"
+            ran = f"the process stopped while {item.action_type} for {item.subject_id} {step}"
+            found = _recovered(item, ExecutionContext(store, who.user, now))
+            known = found is not None and found.took_effect is not None
+            if known and rolling_back:
+                if _close_interrupted_rollback(tx, item, found, who=who, now=now, ran=ran):
+                    closed.append(item.item_id)
+                continue
+            if known and found.took_effect:
                 recorded = {"by": who.user, "after": "an interruption", "note": found.note}
                 if not _record_execution(tx, item, found.result, now=now, recovered=recorded,
                                          actor=item.decided_by or who.user,
@@ -1525,16 +1540,13 @@ def recover_interrupted(
             )
             if not n:
                 continue
-            if found is not None:  # known not to have taken effect
+            if known:  # an execution known not to have taken effect
                 message = f"{ran}; it did not take effect ({found.note}): nothing changed"
             else:
-                step = "ran" if new == "failed" else "was being rolled back"
                 _load_owner(row["action_type"], _EXECUTORS)
                 hint = _INTERRUPTED_HINTS.get(row["action_type"], _INTERRUPTED_HINT)
-                message = (
-                    f"the process stopped while {row['action_type']} for {row['subject_id']} "
-                    f"{step}; whether it took effect is unknown: {hint}"
-                )
+                seen = f" ({found.note})" if found is not None else ""  # what the hook found
+                message = f"{ran}; whether it took effect is unknown{seen}: {hint}"
             audit.append(tx, actor=who.user, event="action.interrupted", item_id=row["item_id"], at=now,
                          details={"was": row["status"], "now": new, "message": message})  # fmt: skip
             closed.append(row["item_id"])
@@ -1545,8 +1557,10 @@ def recover_interrupted(
 
 def _recovered(item: ActionItem, ctx: ExecutionContext) -> Recovered | None:
     """What the action type's ``recover`` hook says about an interrupted execution of
-    ``item``; ``None`` without a hook, when it cannot tell, or when it fails (logged)."""
-    recover = executor_for(item.action_type).recover
+    ``item`` (its ``recover_rollback`` hook, about a rollback: ``item`` is ``rolled_back``);
+    ``None`` without a hook, when it cannot tell, or when it fails (logged)."""
+    executor = executor_for(item.action_type)
+    recover = executor.recover_rollback if item.status == "rolled_back" else executor.recover
     if recover is None:
         return None
     try:
@@ -1554,6 +1568,82 @@ def _recovered(item: ActionItem, ctx: ExecutionContext) -> Recovered | None:
     except Exception:  # noqa: BLE001 - a person checks, as without a hook
         log.exception("recover hook for %s failed on %s", item.action_type, item.item_id)
         return None
+
+
+def _close_interrupted_rollback(
+    tx: Any, item: ActionItem, found: Recovered, *, who: Identity, now: pd.Timestamp, ran: str
+) -> bool:
+    """In :func:`recover_interrupted`'s ``tx``: close an interrupted rollback that the
+    ``recover_rollback`` hook could tell about (``found.took_effect`` is not ``None``).
+
+    Took effect: recorded as :func:`rollback` records it (:func:`_record_rollback`), by whoever
+    started it (their ``action.rollback_started`` entry) with their reason. Did not: back to
+    ``executed``, as after :class:`RollbackRefused` (its window unchanged). ``False``, nothing
+    written, if the item is no longer ``rolled_back``.
+    """
+    at = audit.utc_text(now)
+    new = "rolled_back" if found.took_effect else "executed"
+    n = tx.execute(
+        "UPDATE actions SET status = :new, updated_at = :at WHERE item_id = :id "
+        "AND status = 'rolled_back'",
+        {"new": new, "at": at, "id": item.item_id},
+    )
+    if n != 1:
+        return False
+    if found.took_effect:
+        started = tx.fetchone(
+            "SELECT actor, details FROM audit_log WHERE item_id = :id "
+            "AND event = 'action.rollback_started' ORDER BY seq DESC LIMIT 1",
+            {"id": item.item_id},
+        )
+        _record_rollback(tx, item, found.result, now=now,
+                         actor=started["actor"] if started else who.user,
+                         reason=json.loads(started["details"]).get("reason", "") if started else "",
+                         recovered={"by": who.user, "after": "an interruption", "note": found.note})  # fmt: skip
+        message = f"{ran}; it took effect ({found.note}): recorded as rolled back"
+    else:
+        again = (
+            f"it can be rolled back again until {audit.utc_text(item.rollback_until)}"
+            if item.rollback_until is not None and now <= item.rollback_until
+            else "its override window has closed, so it cannot be rolled back again"
+        )
+        message = (
+            f"{ran}; it did not take effect ({found.note}): nothing changed, the item is "
+            f"executed again and {again}"
+        )
+    audit.append(tx, actor=who.user, event="action.interrupted", item_id=item.item_id, at=now,
+                 details={"was": "rolled_back", "now": new, "message": message})  # fmt: skip
+    return True
+
+
+def _record_rollback(
+    tx: Any,
+    item: ActionItem,
+    result: Mapping[str, Any],
+    *,
+    actor: str,
+    reason: str,
+    now: pd.Timestamp,
+    recovered: Mapping[str, Any] | None = None,
+) -> str:
+    """In ``tx``: the rollback entry of a rolled-back item (its result with the ``reason``)
+    and its ``action.rolled_back`` audit entry; returns the entry's id. ``recovered`` (who
+    recorded it after an interruption, and how it was known) goes into the audit entry."""
+    execution_id = uuid.uuid4().hex
+    tx.execute(
+        "INSERT INTO executions (execution_id, item_id, kind, action_type, subject_id, amount_minor, currency, "
+        "reason_code, actor, at, result) VALUES (:eid, :id, 'rollback', :type, :subject, :amount, :currency, "
+        "NULL, :actor, :at, :result)",
+        {"eid": execution_id, "id": item.item_id, "type": item.action_type, "subject": item.subject_id,
+         "amount": item.amount_minor, "currency": item.currency, "actor": actor,
+         "at": audit.utc_text(now), "result": audit.canonical_json({"reason": reason, **result})},
+    )  # fmt: skip
+    details = {"execution_id": execution_id, "reason": reason, "result": dict(result)}
+    if recovered is not None:
+        details["recovered"] = dict(recovered)
+    audit.append(tx, actor=actor, event="action.rolled_back", item_id=item.item_id, at=now,
+                 details=details)  # fmt: skip
+    return execution_id
 
 
 class RollbackRefused(RuntimeError):
@@ -1630,18 +1720,8 @@ def rollback(
             audit.append(tx, actor=who.user, event="action.rollback_failed", item_id=item_id, at=now,
                          details={"reason": reason, "error": f"{type(exc).__name__}: {exc}"})  # fmt: skip
         return Outcome(False, "failed", f"rollback failed: {type(exc).__name__}: {exc}", item_id)
-    execution_id = uuid.uuid4().hex
     with store.transaction() as tx:
-        tx.execute(
-            "INSERT INTO executions (execution_id, item_id, kind, action_type, subject_id, amount_minor, currency, "
-            "reason_code, actor, at, result) VALUES (:eid, :id, 'rollback', :type, :subject, :amount, :currency, "
-            "NULL, :actor, :at, :result)",
-            {"eid": execution_id, "id": item_id, "type": item.action_type, "subject": item.subject_id,
-             "amount": item.amount_minor, "currency": item.currency, "actor": who.user, "at": at,
-             "result": audit.canonical_json({"reason": reason, **result})},
-        )  # fmt: skip
-        audit.append(tx, actor=who.user, event="action.rolled_back", item_id=item_id, at=now,
-                     details={"execution_id": execution_id, "reason": reason, "result": result})  # fmt: skip
+        _record_rollback(tx, item, result, actor=who.user, reason=reason, now=now)
     return Outcome(
         True, "rolled_back", f"{item.action_type} for {item.subject_id} rolled back", item_id
     )

@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any
 import click
 import yaml
 
-from workbench.config import ConfigError, Settings, check_cell_timeout, load_settings
+from workbench.config import (
+    ConfigError,
+    Settings,
+    check_cell_timeout,
+    check_lock_wait,
+    load_settings,
+)
 
 if TYPE_CHECKING:
     from workbench.approvals import Identity
@@ -143,7 +149,7 @@ def params_cmd(ctx: click.Context, step: str) -> None:
     metavar="SECONDS",
     callback=lambda ctx, param, value: _cell_timeout(value),
     help="Fail a step whose cell runs longer than this (0: no limit; default: the "
-    "cell_timeout_s setting, 3600).",
+    "cell_timeout_s setting, 3600). Must be above lock_timeout_s unless 0.",
 )
 @click.pass_context
 def run_cmd(
@@ -159,6 +165,17 @@ def run_cmd(
     from workbench.runner import RunnerError, StepBlocked, StepFailed, run_pipeline
 
     settings = _settings(ctx)
+    if cell_timeout is not None:  # checked as the cell_timeout_s setting is
+        try:
+            check_lock_wait(
+                settings.lock_timeout_s,
+                cell_timeout,
+                lock_source=settings.sources.get("lock_timeout_s", "default"),
+                cell_source="--cell-timeout",
+                cell_name="the cell timeout",
+            )
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), param_hint="--cell-timeout") from exc
     try:
         manifest = run_pipeline(
             list(steps) or None,

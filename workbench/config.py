@@ -106,7 +106,7 @@ def check_cell_timeout(seconds: Any, *, name: str = "cell_timeout_s") -> int:
     fails the scheduled run within the hour instead of hanging it for good. It is above
     ``lock_timeout_s`` (600 s), so a step waiting for the warehouse's writer lock fails
     with the lock's own message (naming the holder) first; :func:`load_settings` refuses
-    settings where the lock wait is not below a cell timeout.
+    settings where the lock wait is not below a cell timeout (:func:`check_lock_wait`).
 
     Args:
         seconds: Whole seconds (text from an environment variable or a flag is parsed).
@@ -124,6 +124,37 @@ def check_cell_timeout(seconds: Any, *, name: str = "cell_timeout_s") -> int:
             f"{name} must be a whole number of seconds per cell, 0 for no limit; {seconds!r} is not"
         )
     return value
+
+
+def check_lock_wait(
+    lock_s: float,
+    cell_s: int,
+    *,
+    lock_source: str,
+    cell_source: str,
+    cell_name: str = "cell_timeout_s",
+) -> None:
+    """Refuse a lock wait that does not end before a per-cell timeout (0: no cell limit).
+
+    A step waiting for the warehouse lock must fail with the lock's message naming its
+    holder, not be stopped by the cell timeout first. :func:`load_settings` checks the
+    settings; ``workbench run --cell-timeout`` checks its flag against ``lock_timeout_s``.
+
+    Args:
+        lock_s, cell_s: ``lock_timeout_s`` and the cell timeout, in seconds.
+        lock_source, cell_source: Where each value came from, for the message.
+        cell_name: What the message calls the cell timeout.
+
+    Raises:
+        ConfigError: ``cell_s`` is not 0 and ``lock_s`` is not below it.
+    """
+    if cell_s and lock_s >= cell_s:
+        raise ConfigError(
+            f"lock_timeout_s ({lock_s:g} s, {lock_source}) must be below {cell_name} "
+            f"({cell_s} s, {cell_source}): a step waiting for the warehouse lock would be "
+            "stopped by the cell timeout before the lock wait says who holds the lock; lower "
+            f"lock_timeout_s or raise {cell_name} (0: no cell limit)"
+        )
 
 
 def _absolute_sqlite(url: str, root: Path) -> str:
@@ -215,16 +246,12 @@ def load_settings(root: Path | None = None, *, overrides: dict[str, Any] | None 
         values["cell_timeout_s"] = check_cell_timeout(
             values["cell_timeout_s"], name=f"cell_timeout_s ({sources['cell_timeout_s']})"
         )
-    lock_s = values.get("lock_timeout_s", defaults.lock_timeout_s)
-    cell_s = values.get("cell_timeout_s", defaults.cell_timeout_s)
-    if cell_s and lock_s >= cell_s:
-        raise ConfigError(
-            f"lock_timeout_s ({lock_s:g} s, {sources.get('lock_timeout_s', 'default')}) must be "
-            f"below cell_timeout_s ({cell_s} s, {sources.get('cell_timeout_s', 'default')}): a "
-            "step waiting for the warehouse lock would be stopped by the cell timeout before the "
-            "lock wait says who holds the lock; lower lock_timeout_s or raise cell_timeout_s "
-            "(0: no cell limit)"
-        )
+    check_lock_wait(
+        values.get("lock_timeout_s", defaults.lock_timeout_s),
+        values.get("cell_timeout_s", defaults.cell_timeout_s),
+        lock_source=sources.get("lock_timeout_s", "default"),
+        cell_source=sources.get("cell_timeout_s", "default"),
+    )
     if values.get("engine", defaults.engine) not in ("duckdb", "spark"):
         raise ConfigError(f"engine must be 'duckdb' or 'spark', not {values['engine']!r}")
     values["reporting_currency"] = str(

@@ -19,7 +19,9 @@ kept file, but only while the policy file is still the one this change wrote.
 
 An approval whose process died before its outcome was recorded is told apart by the file's
 hash when the queue recovers it: the proposal's hash (and the replaced file kept) means it
-was written, so it is recorded as executed; the old hash means nothing was written.
+was written, so it is recorded as executed; the old hash means nothing was written. So is a
+rollback: the old hash means the kept file was restored, so it is recorded as rolled back;
+the proposal's hash means nothing was restored, so the change stays executed.
 
 Importing this module registers the executor and the state provider (the approvals queue
 imports it on first use of a ``policy_change`` item, see ``approvals._OWNERS``).
@@ -448,24 +450,33 @@ def _recover(item: ActionItem, ctx: ExecutionContext) -> approvals.Recovered | N
     kept = keep_dir / f"{p['old_sha256']}.yaml"
     if now_sha != p["new_sha256"] or file_sha256(kept) != p["old_sha256"]:
         return None
-    same_subject = approvals.list_items(
-        ctx.store, action_types=[ACTION_TYPE], subject_id=item.subject_id
-    )
-    also_wrote = [
-        i.item_id
-        for i in same_subject
-        if i.item_id != item.item_id
-        and i.payload.get("new_sha256") == now_sha
-        and i.status in ("approved", "executed", "rolled_back", "rollback_failed")
-    ]
-    if also_wrote:  # the same text proposed again and approved: either may have written it
-        return None
+    if _others_that_wrote(item, ctx, now_sha):  # the same text proposed again and approved:
+        return None  # either may have written it
     return approvals.Recovered(
         True,
         f"{path} has the approved text's hash, {now_sha[:12]}, and the file it replaced is kept "
         f"at {kept}",
         _executed(p, path, kept, old_version=p["old_version"], version=p["new_version"]),
     )
+
+
+def _others_that_wrote(
+    item: ActionItem, ctx: ExecutionContext, sha: str, *, since: pd.Timestamp | None = None
+) -> list[str]:
+    """Ids of other policy changes of ``item``'s policy file that wrote the text hashing to
+    ``sha`` (approved, whatever happened next), only those approved at or after ``since``
+    when given."""
+    same_subject = approvals.list_items(
+        ctx.store, action_types=[ACTION_TYPE], subject_id=item.subject_id
+    )
+    return [
+        i.item_id
+        for i in same_subject
+        if i.item_id != item.item_id
+        and i.payload.get("new_sha256") == sha
+        and i.status in ("approved", "executed", "rolled_back", "rollback_failed")
+        and (since is None or (i.decided_at is not None and i.decided_at >= since))
+    ]
 
 
 def _rollback(item: ActionItem, ctx: ExecutionContext) -> dict[str, Any]:
@@ -500,13 +511,61 @@ def _rollback(item: ActionItem, ctx: ExecutionContext) -> dict[str, Any]:
         _atomic_write(path, old_bytes)
     log.warning("policy change %s rolled back: %s restored to %s by %s",
                 item.item_id, p["old_version"], path, ctx.actor)  # fmt: skip
+    return _rolled_back(p, path, kept)
+
+
+def _rolled_back(p: Mapping[str, Any], path: Path, kept: Path) -> dict[str, Any]:
+    """The result a rolled-back policy change records (payload ``p``): the file went from
+    the text the change wrote back to the one it replaced, restored from ``kept``."""
     return {
         "policy_file": str(path),
-        "old_sha256": now_sha,
+        "old_sha256": p["new_sha256"],
         "new_sha256": p["old_sha256"],
         "version": p["old_version"],
         "restored_from": str(kept),
     }
+
+
+def _recover_rollback(item: ActionItem, ctx: ExecutionContext) -> approvals.Recovered:
+    """Whether a rollback interrupted before its outcome was recorded restored the file the
+    change replaced (:func:`approvals.recover_interrupted`), told by the file's hash now.
+
+    A rollback writes only the kept file, and only while the policy file is the one the
+    change wrote, so the hash the change was proposed against means it restored it (recorded
+    as rolled back, with the result :func:`_rollback` returns) and the hash of the text the
+    change wrote means nothing was restored (the change stays executed). Either tells only
+    if no other change approved since this one was proposed wrote that text (either may have
+    written it then); otherwise, or with any other hash, the hook cannot tell
+    (``took_effect`` ``None``) and says what it found.
+    """
+    p = item.payload
+    path, keep_dir = Path(p["policy_file"]), Path(p["history_dir"])
+    kept = keep_dir / f"{p['old_sha256']}.yaml"
+    now_sha = file_sha256(path)
+    if now_sha not in (p["old_sha256"], p["new_sha256"]):
+        found = f"has the hash {now_sha[:12]}" if now_sha else "is missing"
+        return approvals.Recovered(
+            None,
+            f"{path} {found}: neither the text this change wrote ({p['new_sha256'][:12]}) nor "
+            f"the file it replaced ({p['old_sha256'][:12]})",
+        )
+    others = _others_that_wrote(item, ctx, now_sha, since=item.requested_at)
+    if others:
+        return approvals.Recovered(
+            None,
+            f"{path} has the hash {now_sha[:12]}, which {', '.join(others)} also wrote after this "
+            "change was proposed",
+        )
+    if now_sha == p["old_sha256"]:
+        return approvals.Recovered(
+            True,
+            f"{path} has the hash of the file the change replaced, {now_sha[:12]}, restored "
+            f"from {kept}",
+            _rolled_back(p, path, kept),
+        )
+    return approvals.Recovered(
+        False, f"{path} still has the hash of the text this change wrote, {now_sha[:12]}"
+    )
 
 
 def register_approval_executors() -> None:
@@ -517,6 +576,7 @@ def register_approval_executors() -> None:
         _execute,
         rollback=_rollback,
         recover=_recover,
+        recover_rollback=_recover_rollback,
         interrupted_hint=(
             "run `workbench policy show`: if its sha256 is the item's new_sha256 the new policy "
             "is in force (to go back, propose the kept file data/policies/history/<old_sha256>"
