@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -245,3 +246,152 @@ def test_erase_keeps_a_csv_account_whose_mapping_requires_a_name(tmp_path):
     lake = Lake(Path(settings.data_dir) / "lake")
     assert not [rel for rel in lake.objects() if f"{cid},{name},".encode() in lake.read(rel)]
     assert verify(settings).ok
+
+
+def test_erase_covers_the_landing_zone(tmp_path):
+    """``data/landing/`` is the inbox that ``ingest_landing`` (``01_ingest``, every nightly run)
+    reads again each time: webhook bodies, Stripe exports, CSV exports stay there after they
+    are loaded. Erase rewrites them as it rewrites the lake (the same scrubber; a copy already
+    loaded becomes its erased lake object), logs each rewrite, and the next ingest knows the
+    rewritten files as the ones it loaded: nothing new is stored, nothing counted twice."""
+    from workbench.ingest import ingest_landing
+    from workbench.ingest.lake import sha256_file
+    from workbench.webhooks import compute_signature, make_server
+
+    settings = load_settings(root=tmp_path, overrides={"data_dir": str(tmp_path / "data")})
+    data = Path(settings.data_dir)
+    landing = data / "landing"
+    events = sample_events(accounts=4, months=3, seed=7)
+    customer = next(
+        e["data"]["object"]
+        for e in events
+        if e["type"] == "customer.created" and "1" in e["data"]["object"]["name"]
+    )
+    cid, name, email = customer["id"], customer["name"], customer["email"]
+    theirs = [e for e in events if cid in json.dumps(e)]
+    assert name == "Customer 1" and len(theirs) > 3
+    # a Stripe export of everything, and a card number in a line that is not about them
+    other = next(e for e in events if cid not in json.dumps(e))
+    with_card = json.loads(json.dumps(other))
+    with_card["id"] = "evt_card_in_text"
+    with_card["data"]["object"]["metadata"] = {"note": "card 4242 4242 4242 4242"}
+    export = write_jsonl(events, landing / "stripe" / "events.jsonl")
+    cards = write_jsonl([with_card], landing / "stripe" / "cards.jsonl")
+    # a customers export (its mapping is detected from the header)
+    customers = landing / "csv" / "customers.csv"
+    customers.parent.mkdir(parents=True)
+    customers.write_text(
+        f"id,Name,Email,Created (UTC),Currency\n{cid},{name},{email},2023-01-20 10:25,usd\n"
+        "cus_zz,Zed Zulu,zed@example.com,2023-01-21 10:25,usd\n"
+    )
+    # their events received as webhooks, through the receiver
+    server = make_server(0, settings=settings, secrets=["whsec_x"], tolerance=None)
+    server.server_close()
+    rx = server.receiver
+
+    def deliver(event: dict):
+        body = json.dumps(event).encode()
+        header = f"t=1700000000,v1={compute_signature('whsec_x', 1700000000, body)}"
+        return rx.handle(body, header, remote="127.0.0.1")
+
+    for event in theirs[:-1]:
+        assert deliver(event).status == 200
+    ingest_landing(settings, progress=False)
+    # the last one lands after the ingest: not loaded yet when the erasure comes
+    late = deliver(theirs[-1]).path
+    before = {p: p.read_bytes() for p in landing.rglob("*") if p.is_file()}
+    assert sum(email.encode() in b for b in before.values()) >= 4
+    lake = Lake(data / "lake")
+    lake_objects = set(lake.objects())
+
+    report = erase_customer(cid, who="dpo@example.com", why="ticket GDPR-20", settings=settings)
+    after = {p: p.read_bytes() for p in landing.rglob("*") if p.is_file()}
+    assert set(after) == set(before)  # nothing added or removed
+    left = [p for p, b in after.items() if email.encode() in b or name.encode() in b]
+    assert not left, left
+    # lines not about them keep their bytes, card numbers included (not the erasure's business)
+    assert after[cards] == before[cards]
+    kept = [ln for ln in before[export].split(b"\n") if cid.encode() not in ln]
+    assert [ln for ln in after[export].split(b"\n") if cid.encode() not in ln] == kept
+    # every rewrite is in the erasure log, with the hashes before and after
+    logged = {e["landing_file"]: e for e in lake.erasures() if e.get("landing_file")}
+    rewritten = {str(p.relative_to(data)) for p in after if after[p] != before[p]}
+    assert set(logged) == rewritten and len(rewritten) == report.landing_files_rewritten
+    assert {str(late.relative_to(data)), "landing/stripe/events.jsonl"} <= rewritten
+    assert "landing/csv/customers.csv" in rewritten
+    for rel, entry in logged.items():
+        assert entry["old_sha256"] == hashlib.sha256(before[data / rel]).hexdigest()
+        assert entry["new_sha256"] == sha256_file(data / rel)
+        assert (entry["who"], entry["why"], entry["customer_id"]) == (
+            "dpo@example.com",
+            "ticket GDPR-20",
+            cid,
+        )
+    assert verify(settings).ok
+    # a second erasure changes nothing
+    assert (
+        erase_customer(cid, who="dpo", why="again", settings=settings).landing_files_rewritten == 0
+    )
+    assert {p: p.read_bytes() for p in landing.rglob("*") if p.is_file()} == after
+
+    # the next ingest knows every rewritten copy as the file it loaded: only the late body is new
+    reports = ingest_landing(settings, progress=False)
+    assert set(lake.objects()) - lake_objects == {
+        f.lake_path for _, r in reports for f in r.files if f.path == str(late)
+    }
+    for _, r in reports:
+        for f in r.files:
+            if f.path != str(late):
+                assert (f.accepted, f.quarantined, f.duplicates) == (0, 0, f.received), f
+    assert not [rel for rel in lake.objects() if email.encode() in lake.read(rel)]
+    # Stripe delivering one of their events again does not bring the data back into landing
+    again = deliver(theirs[0])
+    assert again.status == 200 and again.body["duplicate"]
+    assert {p: p.read_bytes() for p in landing.rglob("*") if p.is_file()} == after
+    assert rows(settings, "SELECT name, email FROM accounts WHERE account_id = ?", [cid]) == [
+        (None, None)
+    ]
+    assert verify(settings).ok
+    before = table_checksums(settings)
+    rebuild(settings)
+    assert table_checksums(settings) == before
+
+
+def test_an_erasure_stopped_in_the_landing_zone_is_finished_by_a_rerun(tmp_path, monkeypatch):
+    """Killed after the first landing file was rewritten: the store is consistent (the lake
+    erased and logged, the warehouse not rebuilt yet) and a rerun finishes the landing zone."""
+    from workbench.ingest import erase as erase_module
+    from workbench.ingest import ingest_landing
+
+    settings = load_settings(root=tmp_path, overrides={"data_dir": str(tmp_path / "data")})
+    landing = Path(settings.data_dir) / "landing"
+    events = sample_events(accounts=4, months=3, seed=7)
+    write_jsonl(events[0::2], landing / "stripe" / "a.jsonl")
+    write_jsonl(events[1::2], landing / "stripe" / "b.jsonl")
+    ingest_landing(settings, progress=False)
+    ((cid, email),) = rows(
+        settings, "SELECT account_id, email FROM accounts WHERE name = 'Customer 1'"
+    )
+    files = sorted(landing.rglob("*.jsonl"))
+    assert all(email.encode() in p.read_bytes() for p in files)
+    real = erase_module.atomic_write_bytes
+    written = []
+
+    def stop_after_one(path, data):
+        if written:
+            raise OSError("killed")
+        written.append(path)
+        real(path, data)
+
+    monkeypatch.setattr(erase_module, "atomic_write_bytes", stop_after_one)
+    with pytest.raises(OSError, match="killed"):
+        erase_customer(cid, who="dpo@example.com", why="ticket GDPR-21", settings=settings)
+    monkeypatch.undo()
+    assert [email.encode() in p.read_bytes() for p in files] == [False, True]
+    assert verify(settings).ok
+    report = erase_customer(cid, who="dpo@example.com", why="ticket GDPR-21", settings=settings)
+    assert (report.files_rewritten, report.landing_files_rewritten) == (0, 1)
+    assert not [p for p in files if email.encode() in p.read_bytes()]
+    assert verify(settings).ok
+    for _, r in ingest_landing(settings, progress=False):
+        assert len(r.files) == 2 and all(f.duplicates == f.received > 0 for f in r.files)

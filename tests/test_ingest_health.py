@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -102,3 +103,38 @@ def test_conservation_flags_unbalanced_rows():
         }
     )
     assert conservation(loads)["balanced"].tolist() == [True, False]
+
+
+def test_conservation_counts_a_remapped_or_failed_then_loaded_file_once(tmp_path):
+    """A file re-mapped (or that failed and loaded later) has a ``superseded`` load beside
+    the load in force: conservation counts the file once, with the counts now in force."""
+    from test_csv_remap import EXPORT, MAPPING, RIGHT, WRONG
+
+    from workbench.config import load_settings
+    from workbench.ingest import ingest
+    from workbench.ingest.health import ingest_health
+
+    settings = load_settings(root=tmp_path, overrides={"data_dir": str(tmp_path / "data")})
+    export, failed = tmp_path / "export.csv", tmp_path / "failed.csv"
+    export.write_text(EXPORT)
+    failed.write_text(EXPORT.replace("cus_", "cus_f"))
+    wrong, right, broken = (tmp_path / f"{n}.yaml" for n in ("wrong", "right", "broken"))
+    wrong.write_text(MAPPING.format(**WRONG))
+    right.write_text(MAPPING.format(**RIGHT))
+    broken.write_text(right.read_text().replace("headers: [Calls]", "headers: [Calls Made]"))
+
+    def load(path: Path, mapping: Path, **kw):
+        return ingest(path, source="csv", mapping=mapping, settings=settings, progress=False, **kw)
+
+    load(export, wrong)  # 2 accepted, 2 quarantined
+    load(export, right, remap=True)  # now 3 accepted, 1 quarantined; the first is superseded
+    assert load(failed, broken).files[0].status == "failed"  # 4 quarantined as one rejection
+    assert load(failed, right).files[0].status == "ok"  # 3 accepted, 1 quarantined
+
+    health = ingest_health(settings)
+    frame = health["conservation"]
+    per_file = frame.groupby("source_file")[["received", "accepted", "quarantined"]].sum()
+    assert per_file.values.tolist() == [[4, 3, 1], [4, 3, 1]]  # each file once, as in force
+    totals = frame.groupby("source")[["received", "accepted", "quarantined", "duplicates"]].sum()
+    assert totals.loc["csv"].tolist() == [8, 6, 2, 0]
+    assert (frame["status"] == "ok").all() and frame["balanced"].all()

@@ -16,7 +16,11 @@ written atomically and fsynced to
 ``<data_dir>/landing/webhooks/<yyyy-mm-dd>/<event id>.json`` (the day is the event's
 ``created`` day in UTC, so a retry on another day lands in the same file; a body
 without an id is named by its sha256). Only then does the receiver answer 200.
-A second delivery of the same event id answers 200 and changes nothing. A rejected
+A second delivery of the same event id answers 200 and changes nothing (with other bytes,
+it is kept beside the first as ``<id>.variant-<hash>.json``, unless ``workbench erase``
+rewrote the first: then the delivery would bring back what was erased, and nothing of it is
+kept). The signature is checked here, once: the header is not stored, so a landed file is
+never verified again (and may be rewritten by an erasure). A rejected
 request gets a 400 naming the reason, and one JSON line (time, remote address,
 reason, sha256 and size of the body, never the body) is appended durably to
 ``<data_dir>/landing/webhooks/rejected.jsonl``.
@@ -285,6 +289,27 @@ def landing_dir(settings: Settings) -> Path:
     return Path(settings.data_dir) / "landing" / "webhooks"
 
 
+def erased_landing(settings: Settings) -> Callable[[bytes], bool]:
+    """A test of a landed file's bytes: are they what ``workbench erase`` rewrote a landing
+    file to (a ``new_sha256`` of a ``landing_file`` entry of the lake's erasure log)?"""
+    log_path = Path(settings.data_dir) / "lake" / "_erasures.jsonl"
+
+    def erased(data: bytes) -> bool:
+        if not log_path.exists():
+            return False
+        sha = hashlib.sha256(data).hexdigest()
+        for line in log_path.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # a torn last line
+            if entry.get("landing_file") and entry.get("new_sha256") == sha:
+                return True
+        return False
+
+    return erased
+
+
 def landing_path(root: Path, *, event: dict[str, Any], sha256: str, received_at: datetime) -> Path:
     """The file an event lands in: ``<root>/<yyyy-mm-dd>/<id or sha256>.json``.
 
@@ -352,6 +377,8 @@ class WebhookReceiver:
         on_event: Called as ``on_event(event, path)`` after a new event is durably written;
             ``event`` is the parsed, PAN-redacted body. Errors are logged, never raised.
         clock: Returns the current unix time (tests may pin it).
+        erased: Tells whether the bytes of a landed file are what ``workbench erase`` rewrote
+            it to (a re-delivery of that event is then not kept); none: never.
     """
 
     def __init__(
@@ -363,8 +390,10 @@ class WebhookReceiver:
         max_body_bytes: int = MAX_BODY_BYTES,
         on_event: OnEvent | None = None,
         clock: Callable[[], float] = time.time,
+        erased: Callable[[bytes], bool] | None = None,
     ) -> None:
         self.root = Path(root)
+        self.erased = erased
         self.secrets = [s for s in secrets if s]
         if not self.secrets:
             raise ConfigError(
@@ -452,7 +481,14 @@ class WebhookReceiver:
         with self._lock:
             if path.exists():
                 new = False
-                if path.read_bytes() != redacted:
+                landed = path.read_bytes()
+                if landed != redacted and self.erased is not None and self.erased(landed):
+                    log.warning(
+                        "event %s delivered again after an erasure rewrote %s; not kept",
+                        verified.event_id,
+                        path.name,
+                    )
+                elif landed != redacted:
                     # Same id, different bytes: keep the first as the event and this one beside
                     # it, so nothing received is lost.
                     variant = path.with_name(
@@ -664,6 +700,7 @@ def make_server(
         max_body_bytes=max_body_bytes,
         on_event=on_event,
         clock=clock,
+        erased=erased_landing(settings),
     )
     return WebhookServer((host, port), receiver)
 

@@ -15,7 +15,19 @@
    Lines that do not mention the customer keep their bytes.
 2. Each rewrite is appended to ``lake/_erasures.jsonl`` first (who, why, when, file, old
    and new SHA-256, how many values), then the file is replaced atomically.
-3. The warehouse is rebuilt from the lake, so ``accounts`` and every other table agree with
+3. The landing zone (``data/landing/``: webhook bodies kept by ``workbench receive``, Stripe
+   and CSV exports) is the inbox ``ingest_landing`` reads again on every run, so its files
+   stay after they are loaded. Every JSON or CSV file there that mentions the customer is
+   rewritten too, after the lake, each rewrite logged first (``landing_file``, old and new
+   SHA-256) and then made atomically: a copy of a file already loaded gets its erased lake
+   object's bytes (so the next ingest finds it as the same lake object and counts its
+   records as duplicates: nothing new is stored); a file not loaded yet is scrubbed like a
+   lake file (a CSV file with the bundled mapping its header fits), so it loads without
+   what was erased. Webhook bodies can be rewritten: their signature was checked when they
+   arrived and is never checked again (the header is not kept, and the body was already
+   stored with card numbers redacted). The receiver answers a re-delivery of an erased
+   body as a duplicate and keeps nothing of it.
+4. The warehouse is rebuilt from the lake, so ``accounts`` and every other table agree with
    the rewritten lake and ``verify`` still passes (the lake hashes are checked against the
    erasure log). Quarantine rows are rebuilt from the rewritten files, so their values and
    messages no longer hold what was erased.
@@ -29,6 +41,7 @@ import csv
 import io
 import json
 import logging
+import stat
 import time
 import uuid
 from dataclasses import dataclass
@@ -42,7 +55,9 @@ from workbench import csv_mapping
 from workbench.config import Settings, load_settings
 from workbench.ingest.lake import Lake
 from workbench.ingest.rebuild import RebuildReport, rebuild_locked
+from workbench.ingest.records import redact_cards
 from workbench.lakehouse import open_warehouse
+from workbench.store import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +88,13 @@ class ErasureReport:
     values_erased: int
     rebuild: RebuildReport | None
     seconds: float
+    landing_files_rewritten: int = 0
 
     def __str__(self) -> str:
         return (
             f"erased {self.customer_id}: {self.values_erased} values in {self.files_rewritten} lake files "
-            f"(erasure {self.erasure_id}), warehouse rebuilt in {self.seconds:.1f} s"
+            f"and {self.landing_files_rewritten} landing files (erasure {self.erasure_id}), "
+            f"warehouse rebuilt in {self.seconds:.1f} s"
         )
 
 
@@ -231,6 +248,69 @@ def _csv_mappings(lake: Lake) -> dict[str, list[Any]]:
     return {rel: list(by_path.values()) for rel, by_path in used.items()}
 
 
+#: Files of the landing zone that can hold a payload (what ``ingest`` reads there).
+LANDING_SUFFIXES = (".json", ".jsonl", ".ndjson", ".csv")
+
+
+def _scrub(name: str, data: bytes, scrubber: _Scrubber, mappings: list[Any] | None) -> bytes:
+    if name.lower().endswith(".csv"):
+        return _scrub_csv(data, scrubber, mappings)
+    return _scrub_json(data, scrubber)
+
+
+def _landing_files(landing: Path) -> list[Path]:
+    """The landing zone's JSON and CSV files (hidden ones, such as the temporary file of a
+    write in progress, left out)."""
+    if not landing.is_dir():
+        return []
+    return [
+        p
+        for p in sorted(landing.rglob("*"))
+        if p.is_file()
+        and p.suffix.lower() in LANDING_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(landing).parts)
+    ]
+
+
+def _lake_copies(lake: Lake) -> dict[str, str]:
+    """Content hash -> lake object, for every hash an object has had: the one it was
+    received with (its name) and those the erasure log recorded."""
+    out = {Path(rel).name.split(".", 1)[0]: rel for rel in lake.objects()}
+    out.update(lake.erased_hashes())
+    return out
+
+
+def _detected_mappings(path: Path) -> list[Any]:
+    """The bundled mapping a CSV file's header fits (as ``ingest`` picks it), if any."""
+    name = csv_mapping.detect_mapping(path) if path.suffix.lower() == ".csv" else None
+    return [csv_mapping.load_mapping(name)] if name else []
+
+
+def _landing_rewrite(
+    path: Path,
+    old: bytes,
+    scrubber: _Scrubber,
+    lake: Lake,
+    copies: dict[str, str],
+    mappings: dict[str, list[Any]],
+) -> tuple[bytes, str | None]:
+    """The bytes a landing file gets, and the lake object it is a copy of (None: a file not
+    loaded yet).
+
+    A copy of a loaded file (its bytes, card numbers redacted as ingest does, are a lake
+    object's, now or before an erasure) gets that object's bytes as they are now, so the next
+    ingest finds it as the same object; while the object is as the copy was, the copy keeps
+    its bytes. Any other file is scrubbed like a lake file.
+    """
+    kept, _ = redact_cards(old)
+    rel = copies.get(_sha(kept))
+    if rel is None:
+        return _scrub(path.name, old, scrubber, _detected_mappings(path)), None
+    _scrub(rel, kept, scrubber, mappings.get(rel))  # learns and counts what the copy held
+    current = lake.read(rel)
+    return (old if current == kept else current), rel
+
+
 def _known_values(wh: Any, customer_id: str) -> set[str]:
     """The customer's names and e-mails in the warehouse (the caller holds its lock)."""
     from workbench.lakehouse import SparkWarehouse
@@ -255,7 +335,7 @@ def _known_values(wh: Any, customer_id: str) -> set[str]:
 def erase_customer(
     customer_id: str, *, who: str, why: str, settings: Settings | None = None
 ) -> ErasureReport:
-    """Remove a customer's personal data from the lake and the warehouse.
+    """Remove a customer's personal data from the lake, the landing zone and the warehouse.
 
     Args:
         customer_id: The account id (e.g. ``cus_…``).
@@ -264,7 +344,7 @@ def erase_customer(
         settings: Where the data directory and the warehouse are.
 
     Returns:
-        How many lake files and values were changed.
+        How many lake files, values and landing files were changed.
 
     Raises:
         ValueError: ``who`` or ``why`` is empty.
@@ -277,22 +357,31 @@ def erase_customer(
     wh = open_warehouse(settings)  # DuckDB, or the Spark warehouse (engine = "spark")
     lake = Lake(Path(settings.data_dir) / "lake")
     erasure_id = f"er_{datetime.now(UTC):%Y%m%dT%H%M%S}_{uuid.uuid4().hex[:8]}"
+    landing = Path(settings.data_dir) / "landing"
     with wh.lock.hold(step="erase"):
         known = _known_values(wh, customer_id)
-        # Two passes: the first learns every name/e-mail the customer ever had from the
-        # customer objects, the second also replaces those values in free text elsewhere.
         objects = lake.objects()
         mappings = _csv_mappings(lake)
+        # The landing files that mention the customer first teach what they hold (a file not
+        # loaded yet may carry a name or e-mail the lake never saw); nothing is written here.
+        landing_files = []
+        copies = _lake_copies(lake)
+        for path in _landing_files(landing):
+            data = path.read_bytes()
+            if customer_id.encode() not in data:
+                continue  # as in the lake: a file that does not name them is not theirs
+            landing_files.append(path)
+            scrubber = _Scrubber(customer_id, known)
+            _landing_rewrite(path, data, scrubber, lake, copies, mappings)
+            known |= scrubber.known
+        # Two passes: the first learns every name/e-mail the customer ever had from the
+        # customer objects, the second also replaces those values in free text elsewhere.
         files_rewritten = values = 0
         for _ in range(2):
             for rel in objects:
                 scrubber = _Scrubber(customer_id, known)
                 old = lake.read(rel)
-                new = (
-                    _scrub_csv(old, scrubber, mappings.get(rel))
-                    if rel.endswith(".csv")
-                    else _scrub_json(old, scrubber)
-                )
+                new = _scrub(rel, old, scrubber, mappings.get(rel))
                 known |= scrubber.known
                 if new == old:
                     continue
@@ -311,6 +400,34 @@ def erase_customer(
                 lake.replace(rel, new)
                 files_rewritten += 1
                 values += scrubber.count
+        # Then the landing zone, now that the lake objects its files are copies of are erased.
+        landing_rewritten = 0
+        copies = _lake_copies(lake)
+        for path in landing_files:
+            scrubber = _Scrubber(customer_id, known)
+            old = path.read_bytes()
+            new, copy_of = _landing_rewrite(path, old, scrubber, lake, copies, mappings)
+            if new == old:
+                continue
+            lake.log_erasure(
+                {
+                    "erasure_id": erasure_id,
+                    "customer_id": customer_id,
+                    "who": who,
+                    "why": why,
+                    "erased_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "lake_file": None,
+                    "landing_file": str(path.relative_to(Path(settings.data_dir))),
+                    "copy_of": copy_of,
+                    "old_sha256": _sha(old),
+                    "new_sha256": _sha(new),
+                    "values_erased": scrubber.count,
+                }
+            )
+            mode = stat.S_IMODE(path.stat().st_mode)
+            atomic_write_bytes(path, new)
+            path.chmod(mode)
+            landing_rewritten += 1
         lake.log_erasure(
             {
                 "erasure_id": erasure_id,
@@ -322,6 +439,7 @@ def erase_customer(
                 "old_sha256": None,
                 "new_sha256": None,
                 "values_erased": values,
+                "landing_files_rewritten": landing_rewritten,
             }
         )
         rebuilt = (
@@ -336,6 +454,7 @@ def erase_customer(
         values_erased=values,
         rebuild=rebuilt,
         seconds=time.perf_counter() - started,
+        landing_files_rewritten=landing_rewritten,
     )
     log.info("%s", report)
     return report

@@ -102,12 +102,17 @@ def freshness(events: pd.DataFrame, loads: pd.DataFrame, *, now: datetime) -> pd
 def conservation(loads: pd.DataFrame) -> pd.DataFrame:
     """The conservation table: per load and file, the counts and whether they balance.
 
+    Only loads in force count: a ``superseded`` load (a CSV file re-mapped since, or a file
+    that failed and loaded later) was replaced by the load that superseded it, which counts
+    the same records again, so its row is left out and the file is counted once.
+
     Args:
         loads: ``load_id``, ``source``, ``source_file``, ``received``, ``accepted``,
             ``quarantined``, ``duplicates``, ``status``.
 
     Returns:
-        Those columns plus ``balanced`` (received = accepted + quarantined + duplicates).
+        Those columns plus ``balanced`` (received = accepted + quarantined + duplicates),
+        without the ``superseded`` loads.
     """
     cols = [
         "load_id",
@@ -119,7 +124,7 @@ def conservation(loads: pd.DataFrame) -> pd.DataFrame:
         "quarantined",
         "duplicates",
     ]
-    out = loads[cols].copy()
+    out = loads.loc[loads["status"] != "superseded", cols].copy()
     out["balanced"] = out["received"] == out["accepted"] + out["quarantined"] + out["duplicates"]
     return out.sort_values(["load_id", "source_file"], ignore_index=True)
 
@@ -131,8 +136,9 @@ def ingest_health(
 
     Returns:
         ``arrivals``, ``quarantine_reasons``, ``freshness``, ``conservation`` and
-        ``quarantine_sample`` (the 50 most recent quarantined rows); both quarantine frames
-        leave out the rows of ``superseded`` loads.
+        ``quarantine_sample`` (the 50 most recent quarantined rows); ``conservation`` and
+        both quarantine frames leave out ``superseded`` loads (each file counts once, as the
+        load in force left it).
     """
     settings = settings or load_settings()
     with open_warehouse(settings).read(step="ingest-health") as con:

@@ -6,6 +6,7 @@ Layout under ``<data_dir>/lake/``::
     _receipts/<load_id>.json       one per committed load: its files in arrival order
     _mappings/<sha256>.yaml        the CSV mappings loads used (so a rebuild maps the same way)
     _erasures.jsonl                the one sanctioned rewrite: who, why, which file, old/new hash
+                                   (also of the copies in ``data/landing/`` it rewrote)
 
 Files are content-addressed: a file received again with the same bytes is the same
 lake object (wherever and whenever it was first received), so re-delivery and a rerun
@@ -95,6 +96,7 @@ class Lake:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
+        self._erased_cache: tuple[tuple[int, int], dict[str, str]] | None = None
 
     # ------------------------------------------------------------------ objects
     def path(self, rel: str) -> Path:
@@ -102,13 +104,19 @@ class Lake:
         return self.root / rel
 
     def find(self, source: str, sha256: str) -> str | None:
-        """The lake path of an object of ``source`` with this content hash, if stored."""
+        """The lake path of an object of ``source`` with this content hash, if stored.
+
+        An object keeps the name of the hash it was received with; after an erasure rewrote
+        it, the hashes it had since (from the erasure log) find it too, so a copy of the
+        file that was erased the same way (e.g. in ``data/landing/``) is the same object.
+        """
         base = self.root / source
         if not base.is_dir():
             return None
         for match in sorted(base.glob(f"*/{sha256}.*")):
             return str(match.relative_to(self.root))
-        return None
+        rel = self.erased_hashes().get(sha256)
+        return rel if rel is not None and rel.startswith(f"{source}/") else None
 
     def put(self, data: bytes, *, source: str, received_at: datetime, ext: str) -> LakeObject:
         """Store ``data`` (already redacted) unless an identical object of ``source`` exists.
@@ -219,6 +227,23 @@ class Lake:
             except ValueError:
                 log.warning("skipping a torn line in %s", self.erasure_log)
         return out
+
+    def erased_hashes(self) -> dict[str, str]:
+        """Every hash an erased object had before or after a rewrite -> its lake path."""
+        try:
+            st = self.erasure_log.stat()
+        except FileNotFoundError:
+            return {}
+        key = (st.st_mtime_ns, st.st_size)
+        if self._erased_cache is None or self._erased_cache[0] != key:
+            out: dict[str, str] = {}
+            for entry in self.erasures():
+                if entry.get("lake_file"):
+                    for sha in (entry.get("old_sha256"), entry.get("new_sha256")):
+                        if sha:
+                            out[sha] = entry["lake_file"]
+            self._erased_cache = (key, out)
+        return self._erased_cache[1]
 
     def expected_sha(self) -> dict[str, str]:
         """Lake path -> the hash its content must have now (after any erasures)."""

@@ -151,9 +151,12 @@ def build_on_engine(
 
 
 def load_erasures(con: duckdb.DuckDBPyConnection | Engine, lake: Lake) -> None:
-    """Copy the lake's erasure log into the ``erasures`` table."""
+    """Copy the lake's erasure log into the ``erasures`` table (its lake rewrites and
+    summaries; the rewrites of ``data/landing/`` files are in the log only)."""
     con.execute("DELETE FROM erasures")
     for e in lake.erasures():
+        if e.get("landing_file"):
+            continue
         con.execute(
             "INSERT INTO erasures VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
