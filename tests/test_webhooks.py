@@ -433,3 +433,25 @@ def test_no_secret_configured_refuses_to_start(settings, monkeypatch) -> None:
         assert server.server_address[0] == "127.0.0.1"
     finally:
         server.server_close()
+
+
+def test_the_rejection_log_is_not_ingested_as_events(running, settings) -> None:
+    from workbench.ingest.landing import ingest_landing
+    from workbench.store import Warehouse
+
+    body = (EVENTS / "setup_intent.created.json").read_bytes()
+    rx = running()
+    assert rx.post(body, signed(body))[0] == 200
+    junk = b"not json at all"
+    assert rx.post(junk, signed(junk))[0] == 400
+    assert rx.post(body, {"Content-Type": "application/json"})[0] == 400
+    assert len(rx.rejections()) == 2
+    ((source, report),) = ingest_landing(settings, progress=False)
+    totals = report.totals()
+    assert source == "webhook" and (totals["received"], totals["quarantined"]) == (1, 0)
+    assert len(report.files) == 1
+    with Warehouse(settings).read(step="test") as con:
+        assert con.execute("SELECT count(*) FROM quarantine").fetchone()[0] == 0
+        files = [r[0] for r in con.execute("SELECT source_file FROM loads").fetchall()]
+    assert not any("rejected" in f for f in files)  # the senders' addresses stay out of the lake
+    assert not any("rejected" in str(p) for p in (settings.data_dir / "lake").rglob("*"))

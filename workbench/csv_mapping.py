@@ -54,7 +54,7 @@ import json
 import logging
 import re
 import string
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from collections.abc import Mapping as MappingABC
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
@@ -2240,16 +2240,20 @@ def _rejects_frame(
 
 def _personal_headers(mapping: Mapping, resolved: _Resolved, headers: list[str]) -> set[str]:
     """Headers of source columns that feed personal canonical columns (names, e-mails)."""
-    out: set[str] = set()
+    return {
+        headers[resolved.positions[ref.column]]
+        for ref in _personal_refs(mapping)
+        if ref.column in resolved.positions
+    }
+
+
+def _personal_refs(mapping: Mapping) -> Iterator[Ref]:
+    """The source-column references of ``mapping`` that feed personal canonical columns."""
     for table_name, spec in mapping.tables.items():
         personal = set(TABLES[table_name].personal)
         for col_name, expr in spec.columns.items():
-            if col_name not in personal:
-                continue
-            for e in _walk([expr]):
-                if isinstance(e, Ref) and e.column in resolved.positions:
-                    out.add(headers[resolved.positions[e.column]])
-    return out
+            if col_name in personal:
+                yield from (e for e in _walk([expr]) if isinstance(e, Ref))
 
 
 def personal_positions(mapping: Mapping, headers: list[str]) -> dict[int, bool]:
@@ -2258,22 +2262,17 @@ def personal_positions(mapping: Mapping, headers: list[str]) -> dict[int, bool]:
     for a file the mapping does not fit (erasure reads the files that failed too)."""
     normalized = [_norm_header(h) for h in headers]
     out: dict[int, bool] = {}
-    for table_name, spec in mapping.tables.items():
-        personal = set(TABLES[table_name].personal)
-        for col_name, expr in spec.columns.items():
-            if col_name not in personal:
-                continue
-            for e in _walk([expr]):
-                col = mapping.columns.get(e.column) if isinstance(e, Ref) else None
-                for alias in col.headers if col else ():
-                    if alias.startswith("re:"):
-                        rx = re.compile(alias[3:], re.IGNORECASE)
-                        hit = {i for i, h in enumerate(headers) if rx.fullmatch(h.strip())}
-                    else:
-                        hit = {i for i, h in enumerate(normalized) if h == _norm_header(alias)}
-                    out.update({i: out.get(i, False) or col.required for i in hit})
-                    if hit:
-                        break
+    for ref in _personal_refs(mapping):
+        col = mapping.columns.get(ref.column)
+        for alias in col.headers if col else ():
+            if alias.startswith("re:"):
+                rx = re.compile(alias[3:], re.IGNORECASE)
+                hit = {i for i, h in enumerate(headers) if rx.fullmatch(h.strip())}
+            else:
+                hit = {i for i, h in enumerate(normalized) if h == _norm_header(alias)}
+            out.update({i: out.get(i, False) or col.required for i in hit})
+            if hit:
+                break
     return out
 
 

@@ -284,6 +284,11 @@ def secrets_from_env(environ: dict[str, str] | None = None) -> list[str]:
     return [s.strip() for s in raw.split(",") if s.strip()]
 
 
+#: The receiver's log of rejected requests, in the landing folder beside the bodies; not a
+#: body: ``ingest`` leaves it out (it holds senders' addresses, never an event).
+REJECTED_LOG = "rejected.jsonl"
+
+
 def landing_dir(settings: Settings) -> Path:
     """``<data_dir>/landing/webhooks``: where verified events land."""
     return Path(settings.data_dir) / "landing" / "webhooks"
@@ -404,7 +409,7 @@ class WebhookReceiver:
         self.max_body_bytes = max_body_bytes
         self.on_event = on_event
         self.clock = clock
-        self.rejected_log = self.root / "rejected.jsonl"
+        self.rejected_log = self.root / REJECTED_LOG
         self._lock = threading.Lock()
 
     # -- records

@@ -215,12 +215,20 @@ def _files(path: str | Path | Sequence[str | Path], source: str) -> list[Path]:
     paths = [path] if isinstance(path, str | Path) else list(path)
     out: list[Path] = []
     suffixes = (".csv",) if source in CSV_SOURCES else _JSON_SUFFIXES
+    skip = set()
+    if source == "webhook":  # the receiver's log of rejected requests is not a body
+        from workbench.webhooks import REJECTED_LOG
+
+        skip.add(REJECTED_LOG)
     for p in map(Path, paths):
         if p.is_dir():
             found = sorted(
                 f
                 for f in p.rglob("*")
-                if f.is_file() and f.suffix.lower() in suffixes and not f.name.startswith(".")
+                if f.is_file()
+                and f.suffix.lower() in suffixes
+                and not f.name.startswith(".")
+                and f.name not in skip
             )
             out.extend(found)
         elif p.is_file():
