@@ -267,6 +267,22 @@ def test_open_failed_invoices_daily_follows_each_invoice_over_the_period() -> No
     assert before.empty and list(before.columns) == [*INPUT_COLUMNS, "as_of"]
 
 
+def test_open_failed_invoices_without_a_time_says_what_to_do() -> None:
+    """An empty warehouse has no newest event: 07_dunning's default time is then None."""
+    import duckdb
+
+    from workbench.failed_invoices import open_failed_invoices, open_failed_invoices_daily
+    from workbench.schema import create_all
+
+    con = duckdb.connect()
+    create_all(con)
+    for missing in (None, pd.NaT):
+        with pytest.raises(ValueError, match="no events yet.*01_ingest"):
+            open_failed_invoices(con, as_of=missing)
+        with pytest.raises(ValueError, match="no events yet.*01_ingest"):
+            open_failed_invoices_daily(con, until=missing, period_days=3)
+
+
 def test_decisions_to_store_names_the_run_and_types_every_text_column() -> None:
     import duckdb
 

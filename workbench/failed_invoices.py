@@ -50,6 +50,18 @@ def to_reporting_minor(
     )
 
 
+def _utc_time(value: datetime | pd.Timestamp | str | None) -> pd.Timestamp:
+    """``value`` in UTC (a time without a zone is UTC); a clear error when there is none."""
+    when = pd.Timestamp(value) if value is not None else pd.NaT
+    if pd.isna(when):
+        raise ValueError(
+            "no decision time: the warehouse has no events yet (its newest event is the "
+            "default). Load some first (`workbench run 01_ingest`, or `workbench ingest`), or "
+            "pass the time"
+        )
+    return when.tz_localize("UTC") if when.tzinfo is None else when.tz_convert("UTC")
+
+
 def open_failed_invoices(
     con: duckdb.DuckDBPyConnection,
     *,
@@ -65,8 +77,7 @@ def open_failed_invoices(
         ``model_versions`` empty (no model has scored them yet); ``amount_due_reporting``
         is null when no FX rate is known for the invoice's currency.
     """
-    as_of = pd.Timestamp(as_of)
-    as_of = as_of.tz_localize("UTC") if as_of.tzinfo is None else as_of.tz_convert("UTC")
+    as_of = _utc_time(as_of)
     frame = con.execute(
         """
         WITH attempts AS (
@@ -139,8 +150,7 @@ def open_failed_invoices_daily(
         that had open failed invoices, in day order (an invoice open on several days appears
         once per day); empty, with those columns, when no day had any.
     """
-    end = pd.Timestamp(until)
-    end = end.tz_localize("UTC") if end.tzinfo is None else end.tz_convert("UTC")
+    end = _utc_time(until)
     days = pd.date_range(end - pd.Timedelta(days=period_days), end, freq="D")
     parts = [
         open_failed_invoices(con, as_of=day, reporting_currency=reporting_currency).assign(
