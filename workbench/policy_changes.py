@@ -438,12 +438,23 @@ def _recover(item: ActionItem, ctx: ExecutionContext) -> approvals.Recovered | N
     The proposal's hash: the change took effect, if the file it replaced is kept in the
     history (written before the replace) and no other item wrote the same text; recorded as
     executed with the result :func:`_execute` returns. The hash it was proposed against:
-    nothing was written. Anything else (``None``): a person checks.
+    nothing was written, unless another change approved since this one was proposed wrote
+    that text (it may have put back what this one wrote). Anything else (``None``): a person
+    checks.
     """
     p = item.payload
     path, keep_dir = Path(p["policy_file"]), Path(p["history_dir"])
     now_sha = file_sha256(path)
     if now_sha == p["old_sha256"]:
+        # written and then put back by a later change (the replaced text proposed again)
+        # looks the same as never written: only without such a change does it tell
+        others = _others_that_wrote(item, ctx, now_sha, since=item.requested_at)
+        if others:
+            return approvals.Recovered(
+                None,
+                f"{path} has the hash it was proposed against, {now_sha[:12]}, which "
+                f"{', '.join(others)} also wrote after this change was proposed",
+            )
         return approvals.Recovered(
             False, f"{path} still has the hash it was proposed against, {now_sha[:12]}"
         )

@@ -337,9 +337,10 @@ def _qrow(
     message: str,
     value: Any,
 ) -> dict[str, Any]:
-    from workbench.ingest.loader import quarantine_id, redact_value
+    from workbench.ingest.loader import _missing, quarantine_id, redact_value
 
-    line = None if line is None or line != line else int(line)
+    line = None if _missing(line) else int(line)
+    column = None if _missing(column) else str(column)  # pandas' NA (a malformed row)
     return {
         "quarantine_id": quarantine_id(inp.lake.path, line, None, table, column, rule),
         "load_id": batch.load_id,
@@ -348,7 +349,7 @@ def _qrow(
         "line": line,
         "event_id": None,
         "table_name": table,
-        "column_name": None if column is None or column != column else str(column),
+        "column_name": column,
         "rule": str(rule),
         "message": str(message),
         "value_redacted": redact_value(value),

@@ -44,6 +44,7 @@ import logging
 import stat
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -204,6 +205,24 @@ def _is_json_line(line: str) -> bool:
     return True
 
 
+def _csv_records(lines: list[str], delimiter: str) -> Iterator[tuple[int, int, list[str]]]:
+    """The CSV records of ``lines`` (a file split at ``\\n``) as ``csv`` reads them, each with
+    the physical lines it spans (``[start, end)``): a quoted field may hold a line break,
+    so a record is not always one line (the mappings read the file with ``csv`` too)."""
+    pos = 0
+
+    def feed() -> Iterator[str]:
+        nonlocal pos
+        while pos < len(lines):
+            pos += 1
+            yield lines[pos - 1] + "\n"
+
+    start = 0
+    for row in csv.reader(feed(), delimiter=delimiter):
+        yield start, pos, row
+        start = pos
+
+
 def _scrub_csv(data: bytes, scrubber: _Scrubber, mappings: list[Any] | None = None) -> bytes:
     """Blank the customer's values in a CSV file; ``mappings``: those it was loaded with."""
     if scrubber.customer_id.encode() not in data:
@@ -212,27 +231,32 @@ def _scrub_csv(data: bytes, scrubber: _Scrubber, mappings: list[Any] | None = No
     delimiter = mappings[0].delimiter if mappings else ","
     text = data.decode("utf-8", errors="surrogateescape")
     lines = text.split("\n")
-    header = next(csv.reader([lines[0]], delimiter=delimiter), [])
+    records = list(_csv_records(lines, delimiter))
+    header = records[0][2] if records else []
     personal: dict[int, bool] = {}  # position -> a mapping requires a value there
     for m in mappings:
         for j, required in csv_mapping.personal_positions(m, header).items():
             personal[j] = personal.get(j, False) or required
-    for i, line in enumerate(lines):
-        if scrubber.customer_id not in line:
+    out: list[str] = []
+    for start, end, row in records:
+        if scrubber.customer_id not in "\n".join(lines[start:end]):
+            out.extend(lines[start:end])
             continue
-        row = next(csv.reader([line], delimiter=delimiter), [])
-        theirs = i > 0 and scrubber.customer_id in (f.strip() for f in row)
+        theirs = start > 0 and scrubber.customer_id in (f.strip() for f in row)
         new = [
             scrubber.personal(f, required=personal[j])
             if theirs and j in personal
             else scrubber.field(f)
             for j, f in enumerate(row)
         ]
-        if new != row:
-            buf = io.StringIO()
-            csv.writer(buf, delimiter=delimiter, lineterminator="").writerow(new)
-            lines[i] = buf.getvalue() + ("\r" if line.endswith("\r") else "")
-    return "\n".join(lines).encode("utf-8", errors="surrogateescape")
+        if new == row:
+            out.extend(lines[start:end])
+            continue
+        buf = io.StringIO()
+        # "\r\n" as the terminator: a field holding either is quoted (stripped after)
+        csv.writer(buf, delimiter=delimiter, lineterminator="\r\n").writerow(new)
+        out.append(buf.getvalue()[:-2] + ("\r" if lines[end - 1].endswith("\r") else ""))
+    return "\n".join(out).encode("utf-8", errors="surrogateescape")
 
 
 def _csv_mappings(lake: Lake) -> dict[str, list[Any]]:

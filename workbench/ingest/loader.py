@@ -187,10 +187,17 @@ def quarantine_id(
 ) -> str:
     """Stable id of a quarantine row."""
     key = "|".join(
-        "" if v is None or v != v else str(v)
-        for v in (source_file, line, event_id, table, column, rule)
+        "" if _missing(v) else str(v) for v in (source_file, line, event_id, table, column, rule)
     )
     return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def _missing(v: Any) -> bool:
+    """None, NaN, NaT or pandas' NA (whose comparisons raise when asked for a bool)."""
+    try:
+        return v is None or bool(v != v)
+    except (TypeError, ValueError):
+        return True
 
 
 def new_load_id(now: datetime) -> str:
