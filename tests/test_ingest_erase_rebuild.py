@@ -395,3 +395,29 @@ def test_an_erasure_stopped_in_the_landing_zone_is_finished_by_a_rerun(tmp_path,
     assert verify(settings).ok
     for _, r in ingest_landing(settings, progress=False):
         assert len(r.files) == 2 and all(f.duplicates == f.received > 0 for f in r.files)
+
+
+def test_erase_covers_a_csv_row_with_a_quoted_line_break(tmp_path) -> None:
+    """A Stripe customers export whose Description holds a line break (valid CSV, which the
+    mapping reads as one row): the name and e-mail sit on the row's second physical line,
+    which does not hold the customer's id, so the line-by-line scrub never looks at them."""
+    from workbench.ingest import erase_customer, ingest_landing, verify
+    from workbench.ingest.lake import Lake
+
+    settings = load_settings(root=tmp_path, overrides={"data_dir": str(tmp_path / "data")})
+    landing = Path(settings.data_dir) / "landing" / "csv"
+    landing.mkdir(parents=True)
+    export = landing / "customers.csv"
+    export.write_text(
+        "id,Description,Name,Email,Created (UTC),Currency\n"
+        'cus_ml1,"VIP\nsince 2020",Jane Roe,jane@roe.example.com,2023-01-20 10:25,usd\n'
+        "cus_zz,,Zed Zulu,zed@example.com,2023-01-21 10:25,usd\n"
+    )
+    [(_, report)] = ingest_landing(settings, progress=False)
+    assert report.files[0].accepted == 2, report.files[0]
+    erase_customer("cus_ml1", who="dpo@example.com", why="ticket R14", settings=settings)
+    lake = Lake(Path(settings.data_dir) / "lake")
+    left = [rel for rel in lake.objects() if b"Jane Roe" in lake.read(rel)]
+    left += [str(export)] if b"Jane Roe" in export.read_bytes() else []
+    assert not left, left
+    assert verify(settings).ok

@@ -653,3 +653,79 @@ def test_a_change_proposed_for_another_policy_file_is_not_written(
     outcome = approve(settings, proposal.item_id)
     assert not outcome.ok and "this workbench's policy file is" in outcome.message
     assert theirs.read_text() == DEFAULT and ours.read_text() == DEFAULT
+
+
+def test_an_interrupted_change_reverted_by_a_later_change_is_not_recorded_as_nothing_changed(
+    pc, settings
+) -> None:
+    """A wrote PROPOSED and died before recording; B (proposed against PROPOSED) put DEFAULT
+    back. The file has A's old hash again, but A did take effect: the hook cannot tell
+    "never written" from "written, then reverted by B", so a person must check."""
+    first = propose(pc, settings)
+    crash_while_approving(first.item_id, "after")
+    path = Path(settings.policy_file)
+    assert path.read_text() == PROPOSED
+    store = ap.open_store(settings)
+    soon = pd.Timestamp.now(tz="UTC") + pd.Timedelta(minutes=5)
+    back = pc.propose_policy_change(settings, DEFAULT, who=ALICE, reason="back", now=soon)
+    assert back.outcome.code == "queued", back.outcome.message
+    out = ap.approve(store, back.item_id, who=BOB, current_state=ap.CurrentState(store), now=soon)
+    assert out.code == "executed", out.message
+    assert path.read_text() == DEFAULT
+    later = soon + pd.Timedelta(hours=1)
+    assert ap.recover_interrupted(store, who=ap.ENGINE, now=later) == [first.item_id]
+    [note] = interrupted_notes(store)
+    assert "did not take effect" not in note, note
+    assert "unknown" in note
+
+
+def _slow_rollback(pc, settings, *, recover_first: bool):
+    """Roll back a fresh change whose rollback executor is slow: recovery (older_than 0)
+    runs while it works, before (``recover_first``) or after it restored the file."""
+    proposal = propose(pc, settings)
+    store = ap.open_store(settings)
+    out = ap.approve(store, proposal.item_id, who=BOB, current_state=ap.CurrentState(store),
+                     now=NOW)  # fmt: skip
+    assert out.code == "executed", out.message
+    later = NOW + pd.Timedelta(hours=1)
+
+    def slow_rollback(item, ctx):
+        if not recover_first:
+            result = pc._rollback(item, ctx)
+        # meanwhile, the queue counts the rollback's process as gone
+        assert ap.recover_interrupted(ctx.store, who=ap.ENGINE, older_than=pd.Timedelta(0),
+                                      now=later) == [item.item_id]  # fmt: skip
+        return pc._rollback(item, ctx) if recover_first else result
+
+    ap.register_executor("policy_change", pc._execute, rollback=slow_rollback,
+                         recover=pc._recover, recover_rollback=pc._recover_rollback)  # fmt: skip
+    try:
+        outcome = ap.rollback(store, proposal.item_id, who=BOB, reason="too strict", now=NOW)
+    finally:
+        pc.register_approval_executors()
+    assert Path(settings.policy_file).read_text() == DEFAULT
+    return store, proposal.item_id, outcome
+
+
+def test_a_slow_rollback_that_a_recovery_recorded_is_not_recorded_twice(pc, settings) -> None:
+    """Recovery found the replaced file's hash and recorded the rollback; the slow process
+    then finishes: one rollback entry, an outcome (not the executions table's UNIQUE
+    error)."""
+    store, item_id, outcome = _slow_rollback(pc, settings, recover_first=False)
+    assert outcome.code == "rolled_back" and "already recorded" in outcome.message
+    assert ap.get_item(store, item_id).status == "rolled_back"
+    assert list(ap.executions_frame(store)["kind"]).count("rollback") == 1
+
+
+def test_a_slow_rollback_that_a_recovery_closed_as_not_taken_effect_is_corrected(
+    pc, settings
+) -> None:
+    """Recovery ran before the slow rollback restored the file (the change's hash: back to
+    ``executed``); the rollback then restored it: the item is ``rolled_back`` with one
+    rollback entry, and the audit says the recovery's answer was corrected."""
+    store, item_id, outcome = _slow_rollback(pc, settings, recover_first=True)
+    assert outcome.code == "rolled_back" and "corrected" in outcome.message
+    assert ap.get_item(store, item_id).status == "rolled_back"
+    assert list(ap.executions_frame(store)["kind"]).count("rollback") == 1
+    assert any("finished after a recovery closed it as executed" in n
+               for n in interrupted_notes(store))  # fmt: skip

@@ -497,6 +497,28 @@ def test_a_cell_timeout_option_not_above_the_lock_wait_is_refused(
     assert result.exit_code == 0, result.output  # above the lock wait: runs
 
 
+def test_a_cell_timeout_setting_not_above_the_lock_wait_stops_a_run_not_other_commands(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The settings' pair is checked by the run (its message names both and where they were
+    set); other commands load such settings, and ``--cell-timeout 0`` lifts the limit."""
+    monkeypatch.setenv("WORKBENCH_LOCK_TIMEOUT_S", "4000")  # above the default 3600 s
+    cli = CliRunner()
+    assert cli.invoke(main, ["config"]).exit_code == 0
+    result = cli.invoke(main, ["run", "01", "--no-progress"])
+    assert result.exit_code == 1, result.output
+    assert (
+        "lock_timeout_s (4000 s, $WORKBENCH_LOCK_TIMEOUT_S) must be below cell_timeout_s "
+        "(3600 s, default)" in result.output
+    )
+    assert not (project / "reports").exists()
+    with pytest.raises(RunnerError, match=r"below the cell timeout \(60 s, argument\)"):
+        run_pipeline(["01"], settings=load_settings(project), cell_timeout_s=60, progress=False)
+    result = cli.invoke(main, ["run", "01", "--cell-timeout", "0", "--run-id", "nolimit",
+                               "--no-progress"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+
+
 @pytest.mark.parametrize("bad", ["-5", "1.5", "soon"])
 def test_a_cell_timeout_that_is_not_whole_seconds_is_refused(project: Path, bad: str) -> None:
     result = CliRunner().invoke(main, ["run", "03", "--cell-timeout", bad, "--no-progress"])

@@ -1721,7 +1721,45 @@ def rollback(
                          details={"reason": reason, "error": f"{type(exc).__name__}: {exc}"})  # fmt: skip
         return Outcome(False, "failed", f"rollback failed: {type(exc).__name__}: {exc}", item_id)
     with store.transaction() as tx:
-        _record_rollback(tx, item, result, actor=who.user, reason=reason, now=now)
+        note = _finish_rollback(tx, item, result, actor=who.user, reason=reason, now=now)
     return Outcome(
-        True, "rolled_back", f"{item.action_type} for {item.subject_id} rolled back", item_id
+        True,
+        "rolled_back",
+        f"{item.action_type} for {item.subject_id} rolled back{note}",
+        item_id,
     )
+
+
+def _finish_rollback(
+    tx: Any, item: ActionItem, result: Mapping[str, Any], *, actor: str, reason: str,
+    now: pd.Timestamp,
+) -> str:  # fmt: skip
+    """In ``tx``: record a rollback whose executor finished, whatever a recovery did while
+    it ran (a slow process counted as gone by :func:`recover_interrupted`). Recorded by the
+    recovery already: nothing more. Set back to ``executed`` or ``rollback_failed`` by it:
+    the rollback did happen, so the item is ``rolled_back`` again and the audit says why.
+    Returns a note for the outcome's message ("" in the usual case)."""
+    done = tx.fetchone(
+        "SELECT 1 AS x FROM executions WHERE item_id = :id AND kind = 'rollback'",
+        {"id": item.item_id},
+    )
+    if done is not None:
+        return " (already recorded by the recovery of an interruption)"
+    row = tx.fetchone("SELECT status FROM actions WHERE item_id = :id", {"id": item.item_id})
+    status = row["status"] if row is not None else None
+    note = ""
+    if status != "rolled_back":
+        tx.execute(
+            "UPDATE actions SET status = 'rolled_back', updated_at = :at WHERE item_id = :id",
+            {"at": audit.utc_text(now), "id": item.item_id},
+        )
+        note = (
+            f" (a recovery had closed it as {status} while the rollback was still running; "
+            "corrected: it took effect)"
+        )
+        audit.append(tx, actor=actor, event="action.interrupted", item_id=item.item_id, at=now,
+                     details={"was": status, "now": "rolled_back",
+                              "message": f"the rollback finished after a recovery closed it as "
+                                         f"{status}: it took effect"})  # fmt: skip
+    _record_rollback(tx, item, result, actor=actor, reason=reason, now=now)
+    return note

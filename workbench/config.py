@@ -62,7 +62,7 @@ class Settings:
     reporting_currency: str = "usd"
     lock_timeout_s: float = 600.0  # how long a second writer waits for the lock
     # how long one notebook cell of `workbench run` may run before the step fails (0: no
-    # limit); when set, it must be above lock_timeout_s
+    # limit); `workbench run` needs it above lock_timeout_s
     cell_timeout_s: int = 3600
     root: Path = Path(".")
     sources: dict[str, str] = field(default_factory=dict, compare=False)
@@ -105,8 +105,8 @@ def check_cell_timeout(seconds: Any, *, name: str = "cell_timeout_s") -> int:
     leaves room for production volumes, yet a cell stuck on a lock or a network call still
     fails the scheduled run within the hour instead of hanging it for good. It is above
     ``lock_timeout_s`` (600 s), so a step waiting for the warehouse's writer lock fails
-    with the lock's own message (naming the holder) first; :func:`load_settings` refuses
-    settings where the lock wait is not below a cell timeout (:func:`check_lock_wait`).
+    with the lock's own message (naming the holder) first; ``workbench run`` refuses a lock
+    wait that is not below the cell timeout it runs with (:func:`check_lock_wait`).
 
     Args:
         seconds: Whole seconds (text from an environment variable or a flag is parsed).
@@ -137,8 +137,10 @@ def check_lock_wait(
     """Refuse a lock wait that does not end before a per-cell timeout (0: no cell limit).
 
     A step waiting for the warehouse lock must fail with the lock's message naming its
-    holder, not be stopped by the cell timeout first. :func:`load_settings` checks the
-    settings; ``workbench run --cell-timeout`` checks its flag against ``lock_timeout_s``.
+    holder, not be stopped by the cell timeout first. Checked where the timeout applies, by
+    :func:`workbench.runner.run_pipeline` (and ``workbench run --cell-timeout`` as a usage
+    error), not by :func:`load_settings`: every other command works with any pair, and the
+    flag can lift a setting that conflicts (``--cell-timeout 0``).
 
     Args:
         lock_s, cell_s: ``lock_timeout_s`` and the cell timeout, in seconds.
@@ -175,8 +177,7 @@ def load_settings(root: Path | None = None, *, overrides: dict[str, Any] | None 
         Settings with absolute paths and a ``sources`` map naming each value's origin.
 
     Raises:
-        ConfigError: An unknown key in the toml file, a value of the wrong type, or a
-            ``lock_timeout_s`` not below a ``cell_timeout_s`` other than 0.
+        ConfigError: An unknown key in the toml file or a value of the wrong type.
     """
     root = (root or find_root()).resolve()
     defaults = Settings()
@@ -246,12 +247,6 @@ def load_settings(root: Path | None = None, *, overrides: dict[str, Any] | None 
         values["cell_timeout_s"] = check_cell_timeout(
             values["cell_timeout_s"], name=f"cell_timeout_s ({sources['cell_timeout_s']})"
         )
-    check_lock_wait(
-        values.get("lock_timeout_s", defaults.lock_timeout_s),
-        values.get("cell_timeout_s", defaults.cell_timeout_s),
-        lock_source=sources.get("lock_timeout_s", "default"),
-        cell_source=sources.get("cell_timeout_s", "default"),
-    )
     if values.get("engine", defaults.engine) not in ("duckdb", "spark"):
         raise ConfigError(f"engine must be 'duckdb' or 'spark', not {values['engine']!r}")
     values["reporting_currency"] = str(

@@ -41,7 +41,13 @@ from urllib.parse import quote
 
 import nbformat
 
-from workbench.config import ConfigError, Settings, check_cell_timeout, load_settings
+from workbench.config import (
+    ConfigError,
+    Settings,
+    check_cell_timeout,
+    check_lock_wait,
+    load_settings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -574,7 +580,8 @@ def run_pipeline(
         The manifest, also written to ``reports/<run_id>/manifest.json``.
 
     Raises:
-        RunnerError: Unknown step or parameter, or a negative cell timeout (nothing was run).
+        RunnerError: Unknown step or parameter, a negative cell timeout, or a cell timeout
+            not above ``lock_timeout_s`` (nothing was run).
         StepFailed: A notebook failed or a cell timed out (the manifest and the failed
             notebook are written).
     """
@@ -587,6 +594,17 @@ def run_pipeline(
         cell_limit = check_cell_timeout(
             settings.cell_timeout_s if cell_timeout_s is None else cell_timeout_s,
             name="cell timeout" if cell_timeout_s is not None else "cell_timeout_s",
+        )
+        check_lock_wait(
+            settings.lock_timeout_s,
+            cell_limit,
+            lock_source=settings.sources.get("lock_timeout_s", "default"),
+            cell_source=(
+                settings.sources.get("cell_timeout_s", "default")
+                if cell_timeout_s is None
+                else "argument"
+            ),
+            cell_name="cell_timeout_s" if cell_timeout_s is None else "the cell timeout",
         )
     except ConfigError as exc:
         raise RunnerError(str(exc)) from exc
