@@ -283,8 +283,9 @@ def _scrub(name: str, data: bytes, scrubber: _Scrubber, mappings: list[Any] | No
 
 
 def _landing_files(landing: Path) -> list[Path]:
-    """The landing zone's JSON and CSV files (hidden ones, such as the temporary file of a
-    write in progress, left out)."""
+    """The landing zone's JSON and CSV files, as ingest finds them (files whose name starts
+    with a dot, such as the temporary file of a write in progress, left out; files in a
+    hidden folder are read by ingest, so they are included)."""
     if not landing.is_dir():
         return []
     return [
@@ -292,7 +293,7 @@ def _landing_files(landing: Path) -> list[Path]:
         for p in sorted(landing.rglob("*"))
         if p.is_file()
         and p.suffix.lower() in LANDING_SUFFIXES
-        and not any(part.startswith(".") for part in p.relative_to(landing).parts)
+        and not p.name.startswith(".")  # as ingest reads them
     ]
 
 
