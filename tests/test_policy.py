@@ -232,3 +232,17 @@ def test_an_explicit_policy_file_is_used_as_given(
     override = load_settings(overrides={"policy_file": str(missing)})
     assert load_policy(settings=override).label == "ops"
     assert not data_policy.exists()
+
+
+def test_a_data_folder_where_the_policy_cannot_be_created_is_a_policy_error(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workbench import policy as policy_mod
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(policy_mod, "open", read_only, raising=False)
+    with pytest.raises(PolicyError, match="creating it from the packaged default"):
+        load_policy(settings=load_settings())
+    assert not (isolated_env / "data" / "policy.yaml").exists()

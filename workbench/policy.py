@@ -625,10 +625,24 @@ def policy_file_in_force(settings: Settings) -> Path:
     """``settings.policy_file``, created from :data:`PACKAGED_POLICY` first if it is the
     default ``<data_dir>/policy.yaml`` and does not exist yet (:func:`seed_policy_file`:
     once, never overwriting). A ``policy_file`` that was set is returned as given, whether
-    or not it exists."""
+    or not it exists.
+
+    Raises:
+        PolicyError: The default file is missing and could not be created.
+    """
     path = Path(settings.policy_file)
     if _is_default_policy_file(settings) and not path.exists():
-        seed_policy_file(path)
+        try:
+            seed_policy_file(path)
+        except OSError as exc:  # e.g. a read-only data folder
+            raise PolicyError(
+                str(path),
+                [
+                    f"file not found, and creating it from the packaged default "
+                    f"{PACKAGED_POLICY} failed ({exc}); make the data folder writable, or set "
+                    "policy_file (WORKBENCH_POLICY_FILE) to a policy YAML"
+                ],
+            ) from exc
     return path
 
 
