@@ -14,7 +14,7 @@ help:
 	@echo "make serve  - serve the Voila dashboards on http://127.0.0.1:$(PORT)/"
 	@echo "make lab    - start JupyterLab with the project's environment"
 	@echo "make bench  - run every benchmark and rewrite benchmarks/RESULTS.md"
-	@echo "make clean-data - delete data/ and reports/ (warehouse, models, approvals, runs) to start over"
+	@echo "make clean-data - delete data/ and reports/ (warehouse, models, approvals, policy in force, runs) to start over"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)

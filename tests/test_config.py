@@ -127,3 +127,40 @@ def test_the_lock_wait_must_end_before_the_cell_timeout(
     toml.unlink()
     defaults = load_settings(tmp_path)  # 600 s below 3600 s
     assert (defaults.lock_timeout_s, defaults.cell_timeout_s) == (600, 3600)
+
+
+def test_policy_file_lives_in_the_data_folder_unless_set(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The policy in force is data, not the packaged file: it follows data_dir, and a
+    policy_file set anywhere (toml, environment, override) is used as given."""
+    from click.testing import CliRunner
+
+    from workbench.cli import main
+
+    for key in ("WORKBENCH_DATA_DIR", "WORKBENCH_CONFIG", "WORKBENCH_HOME",
+                "WORKBENCH_POLICY_FILE"):  # fmt: skip
+        monkeypatch.delenv(key, raising=False)
+    s = load_settings(tmp_path)
+    assert s.policy_file == tmp_path / "data" / "policy.yaml"
+    assert "policy_file" not in s.sources
+    moved = load_settings(tmp_path, overrides={"data_dir": "elsewhere"})
+    assert moved.policy_file == tmp_path / "elsewhere" / "policy.yaml"
+    (tmp_path / "workbench.toml").write_text('[workbench]\npolicy_file = "ops/dunning.yaml"\n')
+    assert load_settings(tmp_path).policy_file == tmp_path / "ops" / "dunning.yaml"
+    monkeypatch.setenv("WORKBENCH_POLICY_FILE", "/srv/policy/dunning.yaml")
+    assert load_settings(tmp_path).policy_file == Path("/srv/policy/dunning.yaml")
+    given = load_settings(tmp_path, overrides={"policy_file": "mine.yaml", "data_dir": "x"})
+    assert (
+        given.policy_file == tmp_path / "mine.yaml" and given.sources["policy_file"] == "override"
+    )
+
+    # `workbench config` says where the default comes from, and creates nothing
+    monkeypatch.delenv("WORKBENCH_POLICY_FILE")
+    (tmp_path / "workbench.toml").unlink()
+    monkeypatch.setenv("WORKBENCH_HOME", str(tmp_path))
+    out = CliRunner().invoke(main, ["config"])
+    assert out.exit_code == 0, out.output
+    [line] = [row for row in out.output.splitlines() if row.startswith("policy_file")]
+    assert str(tmp_path / "data" / "policy.yaml") in line and "policies/default.yaml" in line
+    assert not (tmp_path / "data" / "policy.yaml").exists()

@@ -160,3 +160,89 @@ def test_high_risk_actions_can_never_be_made_automatic(action: str, level: str) 
     with pytest.raises(ValueError, match="assisted or insight"):
         Automation(levels={action: level})
     assert parse_policy({"automation": {"levels": {action: "insight"}}}).level(action) == "insight"
+
+
+# --------------------------------------------------------------------------- the file in force
+
+
+def test_the_default_policy_file_is_seeded_in_the_data_folder_once(
+    isolated_env: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An existing data folder without policy.yaml gets the packaged default on first use
+    (so it keeps the policy it had), logged; later uses never overwrite it."""
+    data = isolated_env / "data"
+    (data / "warehouse").mkdir(parents=True)  # a data folder from before policy.yaml
+    settings = load_settings()
+    in_force = data / "policy.yaml"
+    assert settings.policy_file == in_force and not in_force.exists()
+    shipped = DEFAULT.read_bytes()
+    with caplog.at_level("INFO", logger="workbench.policy"):
+        assert load_policy(settings=settings) == load_policy(DEFAULT)
+    assert in_force.read_bytes() == shipped
+    assert [r for r in caplog.records if "policy.yaml" in r.getMessage()], caplog.text
+    assert not list(data.glob(".policy.yaml.*.tmp"))  # no temporary file left behind
+
+    edited = shipped.replace(b'label: "default"', b'label: "ours"')
+    in_force.write_bytes(edited)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="workbench.policy"):
+        assert load_policy(settings=load_settings()).label == "ours"
+        assert load_policy().label == "ours"  # the settings it loads itself
+    assert in_force.read_bytes() == edited and not caplog.records
+    assert DEFAULT.read_bytes() == shipped
+
+
+def test_seeding_never_overwrites_a_file_that_appears_meanwhile(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes starting at once: whoever creates the file first wins, the other keeps
+    it (no rename over it)."""
+    from workbench import policy as policy_mod
+
+    settings = load_settings()
+    in_force = Path(settings.policy_file)
+    theirs = DEFAULT.read_text().replace('label: "default"', 'label: "theirs"')
+    real_link = policy_mod.os.link
+
+    def someone_else_first(src, dst):
+        Path(dst).write_text(theirs)
+        return real_link(src, dst)
+
+    monkeypatch.setattr(policy_mod.os, "link", someone_else_first)
+    assert load_policy(settings=settings).label == "theirs"
+    assert in_force.read_text() == theirs
+    assert [p.name for p in in_force.parent.iterdir()] == ["policy.yaml"]
+
+
+def test_an_explicit_policy_file_is_used_as_given(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data_policy = isolated_env / "data" / "policy.yaml"
+    missing = isolated_env / "ops" / "dunning.yaml"
+    monkeypatch.setenv("WORKBENCH_POLICY_FILE", str(missing))
+    with pytest.raises(PolicyError, match="file not found"):
+        load_policy(settings=load_settings())
+    assert not missing.exists() and not data_policy.exists()  # nothing seeded anywhere
+
+    missing.parent.mkdir()
+    missing.write_text(DEFAULT.read_text().replace('label: "default"', 'label: "ops"'))
+    assert load_policy(settings=load_settings()).label == "ops"
+    monkeypatch.delenv("WORKBENCH_POLICY_FILE")
+    # the notebook's policy_file parameter is an override
+    override = load_settings(overrides={"policy_file": str(missing)})
+    assert load_policy(settings=override).label == "ops"
+    assert not data_policy.exists()
+
+
+def test_a_data_folder_where_the_policy_cannot_be_created_is_a_policy_error(
+    isolated_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from workbench import policy as policy_mod
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(policy_mod, "open", read_only, raising=False)
+    with pytest.raises(PolicyError, match="creating it from the packaged default"):
+        load_policy(settings=load_settings())
+    assert not (isolated_env / "data" / "policy.yaml").exists()

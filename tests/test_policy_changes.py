@@ -729,3 +729,47 @@ def test_a_slow_rollback_that_a_recovery_closed_as_not_taken_effect_is_corrected
     assert list(ap.executions_frame(store)["kind"]).count("rollback") == 1
     assert any("finished after a recovery closed it as executed" in n
                for n in interrupted_notes(store))  # fmt: skip
+
+
+def test_with_default_settings_an_approved_change_writes_the_data_folders_policy(
+    pc, isolated_env: Path
+) -> None:
+    """The policy in force lives in the data folder: approving a change leaves the packaged
+    default (tracked in git) byte for byte as shipped, so the checkout stays clean."""
+    packaged = REPO / "workbench" / "policies" / "default.yaml"
+    shipped = packaged.read_bytes()
+    settings = load_settings()
+    in_force = isolated_env / "data" / "policy.yaml"
+    try:
+        proposal = propose(pc, settings)
+        assert proposal.outcome.code == "queued"
+        approved = approve(settings, proposal.item_id)
+    finally:
+        changed = packaged.read_bytes() != shipped
+        if changed:  # put the checkout back before failing
+            packaged.write_bytes(shipped)
+    assert not changed, "approving edited the packaged workbench/policies/default.yaml"
+    assert approved.ok, approved.message
+    assert in_force.read_text() == PROPOSED
+    assert load_policy(settings=load_settings()).label == "2024-06 stricter retries"
+    kept = isolated_env / "data" / "policies" / "history" / f"{pc.sha256_bytes(shipped)}.yaml"
+    assert kept.read_bytes() == shipped
+    assert not list(packaged.parent.glob(".default.yaml*"))  # no lock beside the packaged file
+    [item] = items(settings)
+    assert item.subject_id == f"policy:{in_force}"
+
+
+def test_an_approver_with_another_data_folder_does_not_write_either_policy(
+    pc, isolated_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the default settings each data folder has its own policy in force: a change
+    proposed for one is not written by an approver whose settings name another."""
+    settings = load_settings()
+    proposal = propose(pc, settings)
+    theirs = Path(settings.policy_file)
+    monkeypatch.setenv("WORKBENCH_DATA_DIR", str(isolated_env / "other"))
+    outcome = approve(settings, proposal.item_id)
+    assert not outcome.ok and "this workbench's policy file is" in outcome.message
+    assert "<data_dir>/policy.yaml" in outcome.message
+    assert theirs.read_text() == DEFAULT
+    assert not (isolated_env / "other" / "policy.yaml").exists()

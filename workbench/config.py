@@ -58,7 +58,9 @@ class Settings:
     spark_master: str = "local[2]"
     # where the Spark warehouse's Parquet tables live: a folder or a URL (s3a://, hdfs://)
     spark_warehouse: str = "data/spark-warehouse"
-    policy_file: Path = Path("workbench/policies/default.yaml")
+    # the dunning policy in force: data, changed through the approvals queue; created from
+    # the packaged workbench/policies/default.yaml on first use (workbench.policy)
+    policy_file: Path = Path("data/policy.yaml")
     reporting_currency: str = "usd"
     lock_timeout_s: float = 600.0  # how long a second writer waits for the lock
     # how long one notebook cell of `workbench run` may run before the step fails (0: no
@@ -69,11 +71,15 @@ class Settings:
 
     def describe(self) -> list[tuple[str, str, str]]:
         """Rows of (setting, value, where it came from) for display."""
-        return [
-            (f.name, str(getattr(self, f.name)), self.sources.get(f.name, "default"))
-            for f in fields(self)
-            if f.name not in ("sources",)
-        ]
+        rows = []
+        for f in fields(self):
+            if f.name == "sources":
+                continue
+            source = self.sources.get(f.name, "default")
+            if f.name == "policy_file" and source == "default" and not self.policy_file.exists():
+                source = "default; created from workbench/policies/default.yaml on first use"
+            rows.append((f.name, str(getattr(self, f.name)), source))
+        return rows
 
 
 _PATH_FIELDS = {"data_dir", "warehouse_path", "snapshot_dir", "reports_dir", "policy_file"}
@@ -222,6 +228,7 @@ def load_settings(root: Path | None = None, *, overrides: dict[str, Any] | None 
     for key, rel in (
         ("warehouse_path", "warehouse/warehouse.duckdb"),
         ("snapshot_dir", "snapshots"),
+        ("policy_file", "policy.yaml"),
     ):
         if key not in values:
             values[key] = data_dir / rel

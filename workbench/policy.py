@@ -1,7 +1,12 @@
 """Policy as code: the guardrails the decision engine and the approval queue obey.
 
-A policy is a YAML file (``workbench/policies/default.yaml`` unless the ``policy_file``
-setting names another). Loading validates every field and collects *all* problems
+A policy is a YAML file. The one in force is ``settings.policy_file``: by default
+``<data_dir>/policy.yaml``, created from the packaged default
+(``workbench/policies/default.yaml``, :data:`PACKAGED_POLICY`) the first time it is used
+(:func:`policy_file_in_force`) and from then on changed only through the approvals queue
+(``workbench.policy_changes``), so the packaged file stays as shipped. A ``policy_file`` set
+in ``workbench.toml``, ``$WORKBENCH_POLICY_FILE`` or an override is used as given.
+Loading validates every field and collects *all* problems
 into one :class:`PolicyError`, each naming the offending key and what is allowed.
 Missing keys take the defaults below, so a policy file only needs what it changes.
 
@@ -15,12 +20,15 @@ the reporting currency (a policy written in usd cents must not be read as yen).
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import hashlib
 import json
 import logging
 import math
+import os
+import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +40,11 @@ if TYPE_CHECKING:
     from workbench.config import Settings
 
 log = logging.getLogger(__name__)
+
+#: The policy the package ships: what a data folder's policy file starts as.
+PACKAGED_POLICY = Path(__file__).resolve().parent / "policies" / "default.yaml"
+#: The default policy file's name inside the data folder.
+POLICY_FILE_NAME = "policy.yaml"
 
 #: Action types the approval queue knows. The decision engine produces the first four.
 ACTION_TYPES: tuple[str, ...] = (
@@ -547,11 +560,99 @@ def parse_policy(
     return Policy(**values, source=source)
 
 
+def _is_default_policy_file(settings: Settings) -> bool:
+    """Whether ``settings.policy_file`` is the default ``<data_dir>/policy.yaml`` (not set
+    in the toml file, the environment or an override)."""
+    return "policy_file" not in settings.sources and Path(settings.policy_file) == (
+        Path(settings.data_dir) / POLICY_FILE_NAME
+    )
+
+
+def seed_policy_file(path: Path | str, source: Path | str = PACKAGED_POLICY) -> bool:
+    """Create ``path`` as a copy of ``source`` unless it exists; never overwrite it.
+
+    Atomic: the copy is written to a temporary file in the same folder, fsynced and then
+    hard-linked to ``path``, which fails if ``path`` exists (so a file another process
+    created meanwhile is kept, and a reader never sees half a file). On a filesystem without
+    hard links the file is created exclusively (``O_EXCL``) and written in place instead.
+
+    Returns:
+        Whether this call created the file.
+    """
+    path, source = Path(path), Path(source)
+    if path.exists():
+        return False
+    data = source.read_bytes()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "xb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links here: create it exclusively instead
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    with contextlib.suppress(OSError):  # the new name survives a power cut
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    log.warning(
+        "created the policy file in force, %s, from the packaged default %s; change it with "
+        "`workbench policy propose FILE`",
+        path,
+        source,
+    )
+    return True
+
+
+def policy_file_in_force(settings: Settings) -> Path:
+    """``settings.policy_file``, created from :data:`PACKAGED_POLICY` first if it is the
+    default ``<data_dir>/policy.yaml`` and does not exist yet (:func:`seed_policy_file`:
+    once, never overwriting). A ``policy_file`` that was set is returned as given, whether
+    or not it exists.
+
+    Raises:
+        PolicyError: The default file is missing and could not be created.
+    """
+    path = Path(settings.policy_file)
+    if _is_default_policy_file(settings) and not path.exists():
+        try:
+            seed_policy_file(path)
+        except OSError as exc:  # e.g. a read-only data folder
+            raise PolicyError(
+                str(path),
+                [
+                    f"file not found, and creating it from the packaged default "
+                    f"{PACKAGED_POLICY} failed ({exc}); make the data folder writable, or set "
+                    "policy_file (WORKBENCH_POLICY_FILE) to a policy YAML"
+                ],
+            ) from exc
+    return path
+
+
 def load_policy(path: Path | str | None = None, *, settings: Settings | None = None) -> Policy:
     """Read and validate a policy file.
 
     Args:
-        path: The YAML file; defaults to ``settings.policy_file``.
+        path: The YAML file; defaults to the policy in force,
+            :func:`policy_file_in_force` (``settings.policy_file``, the default one
+            created from the packaged policy on first use).
         settings: Supplies the default path and the reporting currency the policy must use.
 
     Raises:
@@ -562,7 +663,9 @@ def load_policy(path: Path | str | None = None, *, settings: Settings | None = N
             from workbench.config import load_settings
 
             settings = load_settings()
-        path = settings.policy_file
+        path = policy_file_in_force(settings)
+    elif settings is not None and Path(path) == Path(settings.policy_file):
+        path = policy_file_in_force(settings)
     path = Path(path)
     if not path.is_file():
         raise PolicyError(

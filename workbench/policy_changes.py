@@ -1,6 +1,9 @@
 """Policy changes through the approvals queue: propose, approve, apply, roll back.
 
-The dunning policy is a YAML file (``settings.policy_file``). Changing it is a high-risk
+The dunning policy in force is a YAML file, ``settings.policy_file``: by default
+``<data_dir>/policy.yaml``, created from the packaged ``workbench/policies/default.yaml``
+on first use (:func:`~workbench.policy.policy_file_in_force`), so an approved change writes
+the data folder, never the package's file. Changing it is a high-risk
 action (``policy_change`` is one of :data:`~workbench.policy.HUMAN_ONLY_ACTION_TYPES`), so
 it never happens by editing the file in place: :func:`propose_policy_change` validates the
 proposed YAML, computes what it would change (:func:`~workbench.policy.policy_diff`) and
@@ -45,7 +48,13 @@ from filelock import FileLock, Timeout
 from workbench import approvals
 from workbench.approvals import ActionItem, ExecutionContext, Identity, Outcome, StoreLike
 from workbench.config import Settings
-from workbench.policy import PolicyError, load_policy, parse_policy_text, policy_diff
+from workbench.policy import (
+    PolicyError,
+    load_policy,
+    parse_policy_text,
+    policy_diff,
+    policy_file_in_force,
+)
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +171,7 @@ def current_policy(settings: Settings) -> PolicyFileInfo:
     Raises:
         PolicyError: The file is missing or invalid.
     """
-    path = Path(settings.policy_file)
+    path = policy_file_in_force(settings)  # the default one is created on first use
     if not path.is_file():
         load_policy(path, settings=settings)  # raises PolicyError saying how to set it
     data = path.read_bytes()  # hashed and parsed from one read
@@ -294,7 +303,7 @@ def propose_policy_change(
         raise PolicyChangeError("a policy change needs a reason (shown to the approver)")
     text, source = _read_proposal(new_policy_path_or_text)
     new = parse_policy_text(text, source=source, reporting_currency=settings.reporting_currency)
-    path = Path(settings.policy_file)
+    path = policy_file_in_force(settings)  # the default one is created on first use
     if not path.is_file():
         load_policy(path, settings=settings)  # raises PolicyError saying how to set it
     old_bytes = path.read_bytes()  # hashed and parsed from one read
@@ -379,12 +388,15 @@ def _execute(item: ActionItem, ctx: ExecutionContext) -> dict[str, Any]:
 
     p = item.payload
     path, keep_dir = Path(p["policy_file"]), Path(p["history_dir"])
-    in_force = Path(load_settings().policy_file)
+    mine = load_settings()
+    in_force = Path(mine.policy_file)
     if in_force.resolve() != path.resolve():
+        where = mine.sources.get("policy_file", "the default, <data_dir>/policy.yaml")
         raise PolicyChangeError(
             f"{item.item_id} was proposed for {path}, but this workbench's policy file is "
-            f"{in_force}; nothing was written: propose the change where that policy is used "
-            "(or set policy_file / WORKBENCH_POLICY_FILE to it)"
+            f"{in_force} ({where}); nothing was written: propose the change where that policy "
+            "is used, or set policy_file / WORKBENCH_POLICY_FILE (or data_dir, for the "
+            "default) so both name the same file"
         )
     text = p["proposed_yaml"]
     new_bytes = text.encode("utf-8")
