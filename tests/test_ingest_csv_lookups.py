@@ -171,6 +171,17 @@ def test_a_missing_lookup_fails_the_file_naming_where_it_was_looked_for(settings
     f = _load(settings, export)
     assert f.status == "failed"
     assert str(export.parent / "ravenstack_subscriptions.csv") in f.message
+    before = table_checksums(settings)
+    (export.parent / "ravenstack_subscriptions.csv").write_text(SUBSCRIPTIONS)
+    rebuild(settings)  # the load failed then: it fails the same way now the file is there
+    assert table_checksums(settings) == before
+    again = _load(settings, export)  # loading it again with the file there maps it
+    assert again.status == "ok" and again.accepted == 3
+    assert _usage(settings) == USAGE_ROWS
+    before = table_checksums(settings)
+    rebuild(settings)
+    assert table_checksums(settings) == before
+    assert verify(settings).ok
 
 
 def test_verify_checks_the_lake_copy_of_a_lookup(settings, export):
