@@ -388,7 +388,7 @@ def pin_lookups(
         else:
             lookups[key] = {**spec, "file": got[0], "sha256": got[1]}
     head = (
-        f"# {origin}, its lookup files pinned to the copies kept beside it by content hash\n"
+        f"# The mapping {origin}, its lookups pinned to copies of their files kept beside it\n"
         "# (workbench.csv_mapping.Lookup: a lookup with sha256 reads file beside this mapping).\n"
     )
     return (head + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)).encode("utf-8")
