@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import csv
 import difflib
+import hashlib
 import io
 import json
 import logging
@@ -160,12 +161,22 @@ class SourceColumn:
 
 @dataclass(frozen=True)
 class Lookup:
-    """A key → value table read from another CSV (e.g. subscription id → account id)."""
+    """A key → value table read from another CSV (e.g. subscription id → account id).
+
+    ``file`` is read beside the CSV being mapped (or is an absolute path). A lookup with a
+    ``sha256`` is pinned: ``file`` is relative to the mapping file itself and must have that
+    hash. The lake stores mappings that way (:func:`pin_lookups`), with copies of the
+    lookup files the load read, so a rebuild maps with the same lookup tables; ``missing``
+    marks a lookup whose file was not there when the mapping was stored, so mapping with it
+    fails as it did then (even if a file is there now).
+    """
 
     name: str
     file: str
     key: str
     value: str
+    sha256: str | None = None
+    missing: bool = False
 
 
 @dataclass(frozen=True)
@@ -348,6 +359,41 @@ def load_mapping(name_or_path: str | Path) -> Mapping:
     return parse_mapping(data, name=path.stem, path=path)
 
 
+def pin_lookups(
+    text: bytes, pinned: MappingABC[str, tuple[str, str] | None], *, name: str, origin: str
+) -> bytes:
+    """The YAML of a mapping whose lookups read fixed copies instead of files beside the CSV.
+
+    Args:
+        text: The mapping's YAML.
+        pinned: Lookup name -> (the copy's path relative to where the new YAML is kept, the
+            copy's SHA-256), or None for a lookup whose file is missing (``missing: true``);
+            see :class:`Lookup`.
+        name: The mapping's name (kept, so a YAML without ``name:`` keeps its file's stem).
+        origin: Where the YAML came from, for the comment heading the new one.
+
+    Returns:
+        The new YAML (comments of the original are not kept; ``origin`` should say where
+        it is).
+    """
+    data = yaml.safe_load(text.decode("utf-8"))
+    data.setdefault("name", name)
+    lookups = data.get("lookups") or {}
+    for key, spec in lookups.items():
+        if str(key) not in pinned:
+            continue
+        got = pinned[str(key)]
+        if got is None:
+            lookups[key] = {**spec, "missing": True}
+        else:
+            lookups[key] = {**spec, "file": got[0], "sha256": got[1]}
+    head = (
+        f"# The mapping {origin}, its lookups pinned to copies of their files kept beside it\n"
+        "# (workbench.csv_mapping.Lookup: a lookup with sha256 reads file beside this mapping).\n"
+    )
+    return (head + yaml.safe_dump(data, sort_keys=False, allow_unicode=True)).encode("utf-8")
+
+
 _TOP_KEYS = {
     "name",
     "description",
@@ -484,12 +530,20 @@ def parse_mapping(data: Any, *, name: str = "mapping", path: Path | None = None)
 
     lookups: dict[str, Lookup] = {}
     for lookup_name, spec in (top.get("lookups") or {}).items():
-        spec = v.keys(spec, {"file", "key", "value"}, f"lookups.{lookup_name}")
+        spec = v.keys(spec, {"file", "key", "value", "sha256", "missing"}, f"lookups.{lookup_name}")
         missing = {"file", "key", "value"} - set(spec)
         if missing:
             raise v.fail(f"lookups.{lookup_name}", f"needs {', '.join(sorted(missing))}")
+        sha = spec.get("sha256")
+        if sha is not None and not re.fullmatch(r"[0-9a-f]{64}", str(sha)):
+            raise v.fail(f"lookups.{lookup_name}", "sha256 must be 64 lowercase hex digits")
         lookups[str(lookup_name)] = Lookup(
-            str(lookup_name), str(spec["file"]), str(spec["key"]), str(spec["value"])
+            str(lookup_name),
+            str(spec["file"]),
+            str(spec["key"]),
+            str(spec["value"]),
+            None if sha is None else str(sha),
+            bool(spec.get("missing", False)),
         )
 
     defaults = dict(top.get("defaults") or {})
@@ -1921,42 +1975,67 @@ def _load_lookups(
                 out[name] = {str(k): str(v) for k, v in value.items()}
                 continue
             path = Path(value)
+        elif spec.sha256 is not None:
+            out[name] = _pinned_lookup(mapping, spec)
+            continue
         else:
             path = Path(spec.file) if Path(spec.file).is_absolute() else base / spec.file
-        if not path.is_file():
+        if spec.missing or not path.is_file():
             raise _FileError(
-                f"lookup {name!r} needs {path.name} (looked for {path}); put it beside the file "
-                f"or pass lookups={{{name!r}: path or dict}}"
+                f"lookup {name!r} needs {path.name} (looked for {path}); put it beside the CSV "
+                f"file (map_csv: or pass lookups={{{name!r}: path or dict}})"
             )
-        sub = Mapping(
-            name=f"{mapping.name}:{name}",
-            description="",
-            columns={},
-            tables={},
-            encoding=mapping.encoding,
-            delimiter=mapping.delimiter,
-        )
-        raw = _read_csv(path, sub)
-        normalized = [_norm_header(h) for h in raw.headers]
-        try:
-            ki = normalized.index(_norm_header(spec.key))
-            vi = normalized.index(_norm_header(spec.value))
-        except ValueError:
-            raise _FileError(
-                f"lookup {name!r}: {path.name} needs headers {spec.key!r} and {spec.value!r}; "
-                f"found {', '.join(raw.headers)}"
-            ) from None
-        table: dict[str, str] = {}
-        for row in raw.rows:
-            key, value = row[ki].strip(), row[vi].strip()
-            if not key or not value:
-                continue
-            if table.setdefault(key, value) != value:
-                raise _FileError(
-                    f"lookup {name!r}: {spec.key} {key!r} maps to both {table[key]!r} and {value!r} in {path.name}"
-                )
-        out[name] = table
+        out[name] = _read_lookup(mapping, spec, path)
     return out
+
+
+def _pinned_lookup(mapping: Mapping, spec: Lookup) -> dict[str, str]:
+    """A pinned lookup's table: its file beside the mapping, checked against its hash."""
+    if mapping.path is None:
+        raise _FileError(
+            f"lookup {spec.name!r} is pinned to a file beside the mapping, which has no path"
+        )
+    path = Path(mapping.path).parent / spec.file
+    if not path.is_file():
+        raise _FileError(f"lookup {spec.name!r}: its copy {path} (sha256 {spec.sha256}) is missing")
+    if hashlib.sha256(path.read_bytes()).hexdigest() != spec.sha256:
+        raise _FileError(
+            f"lookup {spec.name!r}: its copy {path} no longer has sha256 {spec.sha256} "
+            "(it was changed)"
+        )
+    return _read_lookup(mapping, spec, path)
+
+
+def _read_lookup(mapping: Mapping, spec: Lookup, path: Path) -> dict[str, str]:
+    name = spec.name
+    sub = Mapping(
+        name=f"{mapping.name}:{name}",
+        description="",
+        columns={},
+        tables={},
+        encoding=mapping.encoding,
+        delimiter=mapping.delimiter,
+    )
+    raw = _read_csv(path, sub)
+    normalized = [_norm_header(h) for h in raw.headers]
+    try:
+        ki = normalized.index(_norm_header(spec.key))
+        vi = normalized.index(_norm_header(spec.value))
+    except ValueError:
+        raise _FileError(
+            f"lookup {name!r}: {path.name} needs headers {spec.key!r} and {spec.value!r}; "
+            f"found {', '.join(raw.headers)}"
+        ) from None
+    table: dict[str, str] = {}
+    for row in raw.rows:
+        key, value = row[ki].strip(), row[vi].strip()
+        if not key or not value:
+            continue
+        if table.setdefault(key, value) != value:
+            raise _FileError(
+                f"lookup {name!r}: {spec.key} {key!r} maps to both {table[key]!r} and {value!r} in {path.name}"
+            )
+    return table
 
 
 def _empty_result(
@@ -1986,7 +2065,8 @@ def map_csv(
         path: The CSV file.
         mapping: A :class:`Mapping` or a name/path for :func:`load_mapping`.
         lookups: For mappings with ``lookups``: name -> a ``{key: value}`` dict or the path of
-            the CSV to read it from (default: the mapping's file name, beside ``path``).
+            the CSV to read it from (default: the mapping's file name, beside ``path``; a
+            pinned lookup, as the lake stores them, reads its copy beside the mapping).
 
     Returns:
         A :class:`MappedFile`: frames for every table of the mapping with exactly the

@@ -30,7 +30,9 @@ Stripe events:
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import posixpath
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -40,7 +42,8 @@ import pandas as pd
 
 from workbench import csv_mapping
 from workbench.ingest import contracts
-from workbench.ingest.lake import Lake
+from workbench.ingest.lake import Lake, sha256_file
+from workbench.ingest.records import redact_cards
 from workbench.ingest.tables import INTERNAL
 from workbench.schema import TABLES
 
@@ -136,14 +139,87 @@ def _mapping_for(batch: _Batch, inp: _Input, path: Path) -> Any:
     return obj
 
 
-def _lookups(mapping: Any, original: Path) -> dict[str, Path] | None:
+def _pin_lookups(batch: _Batch, inp: _Input, mapping: Any) -> Any:
+    """The mapping ``inp`` is mapped with, its lookup files kept in the lake.
+
+    A mapping as given reads its lookup files beside the CSV file (or at absolute paths).
+    Here each file's bytes (card numbers redacted, as in every lake file) are kept as
+    ``_mappings/lookups/<sha256>.<ext>`` and the mapping is stored pinned to those copies
+    (:func:`workbench.csv_mapping.pin_lookups`); that stored mapping is the load's
+    (``inp.mapping_lake``, in ``loads`` and the receipt). So a rebuild, a re-map and an
+    erasure map with the copies this load read, whatever became of the files, and the same
+    file loaded again beside an edited lookup file counts as loaded under another mapping.
+    A lookup file that is not there is recorded as missing (``missing: true``): the file
+    fails, naming where it was looked for, and a rebuild fails it the same way.
+
+    A replayed load (``inp.replay``) keeps the mapping its receipt names.
+    """
+    lookups = getattr(mapping, "lookups", None)
+    if inp.replay or not lookups or inp.mapping_lake is None:
+        return mapping
+    todo = {n: lk for n, lk in lookups.items() if lk.sha256 is None and not lk.missing}
+    if not todo:  # a mapping already pinned (e.g. one taken from a lake)
+        return mapping
+    lake, base = batch.lake, Path(inp.display).parent
+    pinned: dict[str, tuple[str, str] | None] = {}
+    for name, lk in todo.items():
+        path = base / lk.file
+        if not path.is_file():
+            pinned[name] = None
+            continue
+        data, _ = redact_cards(path.read_bytes())
+        rel = lake.put_lookup(data, ext=path.suffix.lower().lstrip(".") or "csv")
+        pinned[name] = (posixpath.relpath(rel, "_mappings"), hashlib.sha256(data).hexdigest())
+    text = csv_mapping.pin_lookups(
+        lake.read(inp.mapping_lake), pinned, name=mapping.name, origin=inp.mapping_lake
+    )
+    inp.mapping_lake = lake.put_mapping(text)
+    return csv_mapping.load_mapping(lake.path(inp.mapping_lake))
+
+
+def _lookups(batch: _Batch, inp: _Input, mapping: Any) -> dict[str, Path] | None:
+    """Where the lookups not kept in the lake are read: beside the CSV file as received.
+
+    Only loads made before lookup files were kept in the lake have such lookups (and a
+    mapping whose lookup file was missing, which fails as it did). Replaying one of those
+    loads needs the file where it was: without it the file would fail, or map differently
+    than it did, so the replay stops with an error saying what to put back.
+
+    A replayed load's lookup copies in the lake are checked first: one that is missing or
+    changed would also fail the file or map it differently, so the replay stops too.
+
+    Raises:
+        IngestError: A replayed load's lookup file (or its lake copy) is not there, or the
+            copy changed.
+    """
     if not getattr(mapping, "lookups", None):
         return None
-    return {
-        name: original.parent / lk.file
-        for name, lk in mapping.lookups.items()
-        if (original.parent / lk.file).exists()
-    } or None
+    from workbench.ingest.loader import IngestError
+
+    out = {}
+    for name, lk in mapping.lookups.items():
+        if lk.sha256 is not None:
+            copy = Path(mapping.path).parent / lk.file
+            if inp.replay and (not copy.is_file() or sha256_file(copy) != lk.sha256):
+                raise IngestError(
+                    f"the lake's copy of lookup {name!r} ({copy}, sha256 {lk.sha256}), which "
+                    f"load {batch.load_id} used to map {inp.display}, is "
+                    f"{'changed' if copy.is_file() else 'missing'}: the lake is damaged "
+                    "(`workbench verify` lists what). Restore it from a backup of the lake and "
+                    "run this again; the warehouse was left as it was."
+                )
+            continue
+        path = Path(inp.display).parent / lk.file
+        if inp.replay and not lk.missing and not path.is_file():
+            raise IngestError(
+                f"the lookup file {path} is missing: load {batch.load_id} mapped {inp.display} "
+                f"with mapping {inp.mapping_lake}, whose lookup {name!r} reads it from beside the "
+                "CSV file (the load was made before lookup files were kept in the lake, so the "
+                "lake has no copy). Put the file back at that path (from a backup, as it was "
+                "when loaded) and run this again; the warehouse was left as it was."
+            )
+        out[name] = path
+    return out or None
 
 
 def load_csv(batch: _Batch, inp: _Input) -> None:
@@ -165,7 +241,8 @@ def load_csv(batch: _Batch, inp: _Input) -> None:
             message="no mapping given and none of the bundled mappings fits this file's header",
         )
         return
-    mapped = csv_mapping.map_csv(path, mapping, lookups=_lookups(mapping, Path(inp.display)))
+    mapping = _pin_lookups(batch, inp, mapping)
+    mapped = csv_mapping.map_csv(path, mapping, lookups=_lookups(batch, inp, mapping))
     if mapped.error:
         _fail(batch, inp, received=mapped.received, message=mapped.error)
         return

@@ -5,6 +5,10 @@ Layout under ``<data_dir>/lake/``::
     <source>/<yyyy-mm-dd of receipt>/<sha256 of content>.<ext>   the received files
     _receipts/<load_id>.json       one per committed load: its files in arrival order
     _mappings/<sha256>.yaml        the CSV mappings loads used (so a rebuild maps the same way)
+    _mappings/lookups/<sha256>.<ext>   the lookup files those mappings read (card numbers
+                                   redacted); a mapping with lookups is stored pinned to them
+                                   (``file: lookups/<sha256>.<ext>``, ``sha256:``), see
+                                   :func:`workbench.csv_mapping.pin_lookups`
     _erasures.jsonl                the one sanctioned rewrite: who, why, which file, old/new hash
                                    (also of the copies in ``data/landing/`` it rewrote)
 
@@ -33,6 +37,9 @@ from typing import Any
 from workbench.store import atomic_write_bytes
 
 log = logging.getLogger(__name__)
+
+#: Where lookup files of CSV mappings are kept, relative to the lake root.
+LOOKUPS = "_mappings/lookups"
 
 
 @dataclass(frozen=True)
@@ -181,6 +188,13 @@ class Lake:
         if not target.exists():
             atomic_write_bytes(target, text)
             _read_only(target)
+        return rel
+
+    def put_lookup(self, data: bytes, *, ext: str) -> str:
+        """Keep a lookup file's bytes (content-addressed, beside the mappings); returns its
+        lake path (``_mappings/lookups/<sha256>.<ext>``)."""
+        rel = f"{LOOKUPS}/{hashlib.sha256(data).hexdigest()}.{ext}"
+        self.write_object(rel, data)
         return rel
 
     # ------------------------------------------------------------------ receipts

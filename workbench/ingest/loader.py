@@ -160,6 +160,7 @@ class _Input:
     mapping_lake: str | None = None
     mapping_name: str | None = None
     remap_by: str | None = None  # who asked to re-map an already loaded CSV file
+    replay: bool = False  # a load replayed from its receipt (rebuild): the mapping as stored
     report: FileReport | None = None
     records: Records | None = None
 

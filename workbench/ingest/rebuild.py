@@ -66,6 +66,7 @@ def _inputs(lake: Lake, receipt) -> list[_Input]:  # noqa: ANN001 - a LoadReceip
                 mapping_lake=f.mapping,
                 mapping_name=f.mapping_name,
                 remap_by=f.remap_by,
+                replay=True,
             )
         )
     return out

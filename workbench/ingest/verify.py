@@ -11,6 +11,10 @@ Checks (each a row of the report):
 * ``events_accepted``: the events table holds exactly the events the JSON loads accepted;
 * ``lake_files``: every file a load used is in the lake with the content hash it was
   received with (or, after an erasure, the hash the erasure log recorded);
+* ``lake_mappings``: every CSV mapping a load used is in the lake (``_mappings/``) with the
+  hash it is named by, and so is every lookup file it is pinned to (with its ``sha256``), so a
+  rebuild maps every file the same way; mappings stored before lookup files were kept in the
+  lake, which read them beside the original CSV, are counted in the detail;
 * ``receipts``: every load has its receipt in the lake (so ``rebuild`` can replay it), except
   at most the newest, committed just before a stop (the next ingest or rebuild writes it);
 * ``no_card_numbers``: no lake file and no quarantine value holds a Luhn-valid card number;
@@ -26,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from workbench.config import Settings, load_settings
 from workbench.engines import table_names
@@ -85,6 +90,10 @@ def _lake_checks(loads: pd.DataFrame, lake: Lake) -> list[Check]:
             changed.append(rel)
         if redact_cards(path.read_bytes())[1]:
             cards.append(rel)
+    mappings, lookup_copies = _mapping_check(loads, lake)
+    for rel in lookup_copies:
+        if redact_cards(lake.read(rel))[1]:
+            cards.append(rel)
     out = [
         Check(
             "lake_files",
@@ -98,8 +107,55 @@ def _lake_checks(loads: pd.DataFrame, lake: Lake) -> list[Check]:
             not cards,
             f"card numbers in {cards[:3]}" if cards else "no card numbers in the lake files",
         ),
+        mappings,
     ]
     return out
+
+
+def _mapping_check(loads: pd.DataFrame, lake: Lake) -> tuple[Check, list[str]]:
+    """The ``lake_mappings`` check, and the lake paths of the lookup copies it found."""
+    missing, changed, copies = [], [], []
+    outside = 0
+    used = loads["mapping"].dropna().unique() if "mapping" in loads else []
+    for rel in sorted(used):
+        path = lake.path(rel)
+        if not path.is_file():
+            missing.append(rel)
+            continue
+        if sha256_file(path) != Path(rel).stem:
+            changed.append(rel)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            lookups = dict(data.get("lookups") or {})
+        except (yaml.YAMLError, UnicodeDecodeError, AttributeError, TypeError, ValueError):
+            changed.append(rel)
+            continue
+        for spec in lookups.values():
+            spec = spec if isinstance(spec, dict) else {}
+            if spec.get("missing"):
+                continue  # the file was missing when loaded; the load failed
+            if not spec.get("sha256"):
+                outside += 1
+                continue
+            copy = (Path(rel).parent / str(spec.get("file"))).as_posix()
+            if not lake.path(copy).is_file():
+                missing.append(copy)
+            elif sha256_file(lake.path(copy)) != spec["sha256"]:
+                changed.append(copy)
+            else:
+                copies.append(copy)
+    ok = not missing and not changed
+    detail = (
+        f"{len(used)} mappings, {len(copies)} lookup copies"
+        + ("" if ok else f"; missing: {missing[:3]}; changed: {changed[:3]}")
+        + (
+            f"; {outside} lookups of mappings stored before lookup files were kept in the lake "
+            "are read beside the original CSV files (rebuild needs them there)"
+            if outside
+            else ""
+        )
+    )
+    return Check("lake_mappings", ok, detail), sorted(set(copies))
 
 
 def verify(settings: Settings | None = None, *, check_lake: bool = True) -> VerifyReport:

@@ -1,0 +1,222 @@
+"""CSV mappings with lookups: the lookup files are kept in the lake with the mapping, so a
+rebuild, a re-map and an erasure read the copies the loads used, not the files beside the
+original CSV (which may have been edited, moved or deleted since)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import yaml
+from test_ingest_csv import rows
+
+from workbench.config import load_settings
+from workbench.ingest import (
+    IngestError,
+    csv_files,
+    erase_customer,
+    ingest,
+    rebuild,
+    table_checksums,
+    verify,
+)
+from workbench.ingest.lake import Lake
+
+USAGE = (
+    "usage_id,subscription_id,usage_date,feature_name,usage_count,usage_duration_secs,"
+    "error_count,is_beta_feature\n"
+    "U-1,S-aa,2024-01-02,feature_1,3,10,0,False\n"
+    "U-2,S-bb,2024-01-02,feature_1,4,10,0,False\n"
+    "U-3,S-cc,2024-01-03,feature_2,5,10,0,False\n"
+)
+SUBSCRIPTIONS = "subscription_id,account_id,plan_tier\nS-aa,A-1,Pro\nS-bb,A-1,Pro\nS-cc,A-2,Basic\n"
+EDITED = "subscription_id,account_id,plan_tier\nS-aa,A-9,Pro\nS-bb,A-9,Pro\nS-cc,A-9,Basic\n"
+USAGE_ROWS = [("A-1", "2024-01-02", "feature_1", 7), ("A-2", "2024-01-03", "feature_2", 5)]
+USAGE_SQL = "SELECT account_id, CAST(date AS VARCHAR), metric, quantity FROM usage ORDER BY 1, 2"
+
+
+@pytest.fixture()
+def settings(tmp_path: Path):
+    return load_settings(root=tmp_path, overrides={"data_dir": str(tmp_path / "data")})
+
+
+@pytest.fixture()
+def export(tmp_path: Path) -> Path:
+    """A usage export with its subscriptions file beside it (the bundled mapping's lookup)."""
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "ravenstack_subscriptions.csv").write_text(SUBSCRIPTIONS)
+    path = folder / "usage.csv"
+    path.write_text(USAGE)
+    return path
+
+
+def _load(settings, path: Path, mapping: str | Path = "ravenstack_feature_usage", **kw):
+    report = ingest(path, source="csv", mapping=mapping, settings=settings, progress=False, **kw)
+    (f,) = report.files
+    return f
+
+
+def _usage(settings) -> list[tuple]:
+    return [(a, d, m, int(q)) for a, d, m, q in rows(settings, USAGE_SQL)]
+
+
+def test_rebuild_maps_with_the_lookup_as_loaded_when_it_was_edited(settings, export):
+    f = _load(settings, export)
+    assert f.status == "ok" and (f.received, f.accepted) == (3, 3)
+    assert _usage(settings) == USAGE_ROWS
+    before = table_checksums(settings)
+    (export.parent / "ravenstack_subscriptions.csv").write_text(EDITED)
+    rebuild(settings)
+    assert _usage(settings) == USAGE_ROWS  # not A-9: the lake's copy of the lookup
+    assert table_checksums(settings) == before
+    assert verify(settings).ok
+
+
+def test_rebuild_works_when_the_lookup_file_is_gone(settings, export):
+    _load(settings, export)
+    before = table_checksums(settings)
+    (export.parent / "ravenstack_subscriptions.csv").unlink()
+    export.unlink()
+    rebuild(settings)
+    assert table_checksums(settings) == before
+    assert _usage(settings) == USAGE_ROWS
+    assert verify(settings).ok
+
+
+def test_the_lookup_is_kept_once_and_a_rerun_is_a_no_op(settings, export):
+    _load(settings, export)
+    lake = Lake(settings.data_dir / "lake")
+    kept = sorted(
+        p.relative_to(lake.root).as_posix() for p in (lake.root / "_mappings").rglob("*.*")
+    )
+    lookup = (export.parent / "ravenstack_subscriptions.csv").read_bytes()
+    sha = hashlib.sha256(lookup).hexdigest()
+    assert f"_mappings/lookups/{sha}.csv" in kept
+    assert lake.read(f"_mappings/lookups/{sha}.csv") == lookup  # the exact bytes
+    (mapping,) = {r[0] for r in rows(settings, "SELECT mapping FROM loads")}
+    stored = yaml.safe_load(lake.read(mapping))
+    assert stored["lookups"]["subscription_account"]["sha256"] == sha
+    again = _load(settings, export)
+    assert (again.duplicates, again.message) == (3, None)  # the same mapping and lookup
+    assert _usage(settings) == USAGE_ROWS
+    assert (
+        sorted(p.relative_to(lake.root).as_posix() for p in (lake.root / "_mappings").rglob("*.*"))
+        == kept
+    )
+
+
+def test_an_edited_lookup_is_another_mapping_and_a_remap_uses_it(settings, export):
+    _load(settings, export)
+    (export.parent / "ravenstack_subscriptions.csv").write_text(EDITED)
+    again = _load(settings, export)
+    assert again.duplicates == 3 and "another mapping" in again.message
+    assert _usage(settings) == USAGE_ROWS
+    remapped = _load(settings, export, remap=True, who="tester")
+    assert remapped.accepted == 3
+    assert _usage(settings) == [
+        ("A-9", "2024-01-02", "feature_1", 7),
+        ("A-9", "2024-01-03", "feature_2", 5),
+    ]
+    before = table_checksums(settings)
+    (export.parent / "ravenstack_subscriptions.csv").unlink()
+    rebuild(settings)  # both loads replayed, each with its own lookup
+    assert table_checksums(settings) == before
+
+
+def test_a_custom_mapping_with_a_lookup_survives_erase_after_both_are_gone(settings, tmp_path):
+    folder = tmp_path / "x"
+    folder.mkdir()
+    (folder / "owners.csv").write_text("sub,owner\nS-aa,cus_1\nS-bb,cus_2\n")
+    (folder / "usage.csv").write_text(
+        "Sub,Day,Calls,Name\nS-aa,2024-01-31,3,Ann Smith\nS-bb,2024-02-01,4,Bob Jones\n"
+    )
+    mapping = tmp_path / "usage_x.yaml"
+    mapping.write_text(
+        "name: usage_x\n"
+        "lookups:\n  owner: {file: owners.csv, key: sub, value: owner}\n"
+        "columns:\n"
+        "  sub: {headers: [Sub], required: true}\n"
+        "  day: {headers: [Day], type: date, required: true}\n"
+        "  calls: {headers: [Calls], type: number, required: true}\n"
+        "  name: {headers: [Name]}\n"
+        "tables:\n"
+        "  accounts:\n"
+        "    columns: {account_id: {lookup: owner, key: sub}, name: name}\n"
+        "  usage:\n"
+        "    columns: {account_id: {lookup: owner, key: sub}, date: day, quantity: calls,"
+        " metric: {const: api_calls}}\n"
+    )
+    f = _load(settings, folder / "usage.csv", mapping=mapping)
+    assert f.status == "ok" and f.accepted == 2
+    (folder / "owners.csv").unlink()
+    mapping.unlink()
+    erase_customer("cus_1", who="tester", why="test", settings=settings)
+    assert rows(settings, "SELECT account_id, name FROM accounts ORDER BY 1") == [
+        ("cus_1", None),
+        ("cus_2", "Bob Jones"),
+    ]
+    assert [r[0] for r in rows(settings, "SELECT account_id FROM usage ORDER BY 1")] == [
+        "cus_1",
+        "cus_2",
+    ]
+    assert verify(settings).ok
+
+
+def test_a_missing_lookup_fails_the_file_naming_where_it_was_looked_for(settings, export):
+    (export.parent / "ravenstack_subscriptions.csv").unlink()
+    f = _load(settings, export)
+    assert f.status == "failed"
+    assert str(export.parent / "ravenstack_subscriptions.csv") in f.message
+    before = table_checksums(settings)
+    (export.parent / "ravenstack_subscriptions.csv").write_text(SUBSCRIPTIONS)
+    rebuild(settings)  # the load failed then: it fails the same way now the file is there
+    assert table_checksums(settings) == before
+    again = _load(settings, export)  # loading it again with the file there maps it
+    assert again.status == "ok" and again.accepted == 3
+    assert _usage(settings) == USAGE_ROWS
+    before = table_checksums(settings)
+    rebuild(settings)
+    assert table_checksums(settings) == before
+    assert verify(settings).ok
+
+
+def test_verify_checks_the_lake_copy_of_a_lookup(settings, export):
+    _load(settings, export)
+    lake = Lake(settings.data_dir / "lake")
+    (copy,) = (lake.root / "_mappings" / "lookups").iterdir()
+    os.chmod(copy, copy.stat().st_mode | stat.S_IWUSR)
+    copy.write_text(EDITED)
+    report = verify(settings)
+    assert not report.ok and [c.name for c in report.failed()] == ["lake_mappings"]
+    with pytest.raises(Exception, match="lookup"):
+        rebuild(settings)  # it would map differently: refused, the warehouse kept
+    assert _usage(settings) == USAGE_ROWS
+
+
+def test_loads_made_before_lookups_were_kept_read_the_file_beside_the_csv(
+    settings, export, monkeypatch
+):
+    """A lake whose loads predate this: the stored mapping names the file, not a lake copy."""
+    monkeypatch.setattr(csv_files, "_pin_lookups", lambda batch, inp, mapping: mapping)
+    _load(settings, export)
+    monkeypatch.undo()
+    (mapping,) = {r[0] for r in rows(settings, "SELECT mapping FROM loads")}
+    assert (
+        "sha256"
+        not in yaml.safe_load(Lake(settings.data_dir / "lake").read(mapping))["lookups"][
+            "subscription_account"
+        ]
+    )
+    before = table_checksums(settings)
+    rebuild(settings)  # the file is still beside the CSV: as before
+    assert table_checksums(settings) == before
+    lookup = export.parent / "ravenstack_subscriptions.csv"
+    lookup.unlink()
+    with pytest.raises(IngestError, match=str(lookup)) as err:
+        rebuild(settings)
+    assert "put" in str(err.value).lower() and "back" in str(err.value).lower()
+    assert table_checksums(settings) == before  # the warehouse was kept
