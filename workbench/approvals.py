@@ -1707,16 +1707,20 @@ def rollback(
         )
     except RollbackRefused as exc:
         with store.transaction() as tx:
+            # not if another rollback (or a recovery) recorded one meanwhile: it stands
             tx.execute("UPDATE actions SET status = 'executed', updated_at = :at WHERE item_id = :id "
-                       "AND status = 'rolled_back'", {"at": at, "id": item_id})  # fmt: skip
+                       "AND status = 'rolled_back' AND NOT EXISTS (SELECT 1 FROM executions e "
+                       "WHERE e.item_id = :id AND e.kind = 'rollback')",
+                       {"at": at, "id": item_id})  # fmt: skip
             audit.append(tx, actor=who.user, event="action.rollback_refused", item_id=item_id, at=now,
                          details={"reason": reason, "refused": str(exc)})  # fmt: skip
         return Outcome(False, "refused", f"not rolled back, nothing changed: {exc}", item_id)
     except Exception as exc:  # noqa: BLE001 - recorded
         log.exception("rollback executor for %s failed on %s", item.action_type, item_id)
         with store.transaction() as tx:
-            tx.execute("UPDATE actions SET status = 'rollback_failed', updated_at = :at WHERE item_id = :id",
-                       {"at": at, "id": item_id})  # fmt: skip
+            tx.execute("UPDATE actions SET status = 'rollback_failed', updated_at = :at WHERE item_id = :id "
+                       "AND NOT EXISTS (SELECT 1 FROM executions e WHERE e.item_id = :id "
+                       "AND e.kind = 'rollback')", {"at": at, "id": item_id})  # fmt: skip
             audit.append(tx, actor=who.user, event="action.rollback_failed", item_id=item_id, at=now,
                          details={"reason": reason, "error": f"{type(exc).__name__}: {exc}"})  # fmt: skip
         return Outcome(False, "failed", f"rollback failed: {type(exc).__name__}: {exc}", item_id)

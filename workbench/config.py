@@ -154,9 +154,10 @@ def check_lock_wait(
         cell_name: What the message calls the cell timeout.
 
     Raises:
-        ConfigError: ``cell_s`` is not 0 and ``lock_s`` is not below it.
+        ConfigError: ``cell_s`` is not 0 and ``lock_s`` is not below it (a negative or NaN
+            ``lock_s`` waits for ever, so it is not below any limit).
     """
-    if cell_s and lock_s >= cell_s:
+    if cell_s and not 0 <= lock_s < cell_s:  # negative or NaN: filelock waits for ever
         raise ConfigError(
             f"lock_timeout_s ({lock_s:g} s, {lock_source}) must be below {cell_name} "
             f"({cell_s} s, {cell_source}): a step waiting for the warehouse lock would be "

@@ -658,6 +658,8 @@ def run_pipeline(
             "WORKBENCH_DATA_DIR": str(settings.data_dir),
             "WORKBENCH_REPORTS_DIR": str(settings.reports_dir),
             "WORKBENCH_RUN_ID": run_id,
+            # the lock wait checked against the cell timeout above is the one the steps use
+            "WORKBENCH_LOCK_TIMEOUT_S": repr(float(settings.lock_timeout_s)),
         }
     )
     t_run = time.perf_counter()
