@@ -164,3 +164,18 @@ def test_policy_file_lives_in_the_data_folder_unless_set(
     [line] = [row for row in out.output.splitlines() if row.startswith("policy_file")]
     assert str(tmp_path / "data" / "policy.yaml") in line and "policies/default.yaml" in line
     assert not (tmp_path / "data" / "policy.yaml").exists()
+
+
+@pytest.mark.parametrize("lock_s", [-1.0, float("nan")])
+def test_a_lock_wait_without_end_is_refused_under_a_cell_timeout(lock_s):
+    """filelock waits for ever for a negative timeout (and for NaN, which never compares
+    above the time waited): the lock's message would never come, the cell timeout kills
+    the step instead, which is what the check exists to prevent."""
+    from filelock import FileLock
+
+    from workbench.config import ConfigError, check_lock_wait
+
+    assert FileLock("x").timeout == -1  # filelock's own "wait for ever"
+    with pytest.raises(ConfigError, match="lock_timeout_s"):
+        check_lock_wait(lock_s, 3600, lock_source="x", cell_source="y")
+    check_lock_wait(lock_s, 0, lock_source="x", cell_source="y")  # no cell limit: fine

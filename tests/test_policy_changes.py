@@ -773,3 +773,67 @@ def test_an_approver_with_another_data_folder_does_not_write_either_policy(
     assert "<data_dir>/policy.yaml" in outcome.message
     assert theirs.read_text() == DEFAULT
     assert not (isolated_env / "other" / "policy.yaml").exists()
+
+
+CAROL = Identity("carol", Role.APPROVER)
+
+
+def test_a_refused_rollback_does_not_reopen_a_change_another_rollback_recorded(settings):
+    """R1 is slow; a recovery counts it as gone (the file is still the change's: back to
+    ``executed``); R2 by carol then rolls back for real and is recorded. R1's executor
+    finds the file restored and refuses: the item must stay ``rolled_back`` (the file is
+    the old policy and a rollback entry exists), not go back to ``executed``."""
+    from workbench import policy_changes as pc
+
+    proposal = propose(pc, settings)
+    store = ap.open_store(settings)
+    out = ap.approve(store, proposal.item_id, who=BOB, current_state=ap.CurrentState(store),
+                     now=NOW)  # fmt: skip
+    assert out.code == "executed", out.message
+    later = NOW + pd.Timedelta(hours=1)
+    calls = []
+
+    def slow_rollback(item, ctx):
+        calls.append(item.item_id)
+        if len(calls) == 1:  # R1: meanwhile a recovery, then carol's rollback R2
+            assert ap.recover_interrupted(ctx.store, who=ap.ENGINE, older_than=pd.Timedelta(0),
+                                          now=later) == [item.item_id]  # fmt: skip
+            second = ap.rollback(ctx.store, item.item_id, who=CAROL, reason="again", now=NOW)
+            assert second.code == "rolled_back", second.message
+        return pc._rollback(item, ctx)
+
+    ap.register_executor("policy_change", pc._execute, rollback=slow_rollback,
+                         recover=pc._recover, recover_rollback=pc._recover_rollback)  # fmt: skip
+    try:
+        first = ap.rollback(store, proposal.item_id, who=BOB, reason="too strict", now=NOW)
+    finally:
+        pc.register_approval_executors()
+    assert Path(settings.policy_file).read_text() == DEFAULT
+    assert list(ap.executions_frame(store)["kind"]).count("rollback") == 1
+    assert ap.get_item(store, proposal.item_id).status == "rolled_back", first.message
+
+
+# --------------------------------------------------------------------------- lock wait
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the policy_change executor compares the payload's file "
+    "with load_settings() from the environment, not the settings the approving "
+    "caller uses: with the policy file now under data_dir, a data_dir given as an "
+    "override (Python API) makes a process refuse its own proposal",
+)
+def test_a_change_proposed_and_approved_with_the_same_overridden_data_dir_is_written(
+    isolated_env,
+):
+
+    from workbench import policy_changes as pc
+
+    mine = load_settings(overrides={"data_dir": str(isolated_env / "billing")})
+    proposal = pc.propose_policy_change(mine, PROPOSED, who=ALICE, reason="r", now=NOW)
+    assert proposal.outcome.code == "queued", proposal.outcome.message
+    store = ap.open_store(mine)
+    out = ap.approve(store, proposal.item_id, who=BOB, current_state=ap.CurrentState(store),
+                     now=NOW)  # fmt: skip
+    assert out.code == "executed", out.message
+    assert Path(mine.policy_file).read_text() == PROPOSED

@@ -551,3 +551,26 @@ def test_nbclients_output_timeout_is_not_blamed_on_the_cell_timeout(
     message = str(info.value)
     assert "not the cell timeout" in message and "print less" in message
     assert "still running after" not in message
+
+
+def test_the_steps_wait_for_the_lock_as_long_as_the_checked_setting(
+    tmp_path, isolated_env, monkeypatch
+):
+    """run_pipeline checks ``settings.lock_timeout_s`` against the cell timeout, but the
+    kernels load their settings from the environment: a value given as an override is
+    checked and not used (here the kernels wait 600 s under a 60 s cell timeout)."""
+    import json
+
+    from workbench.runner import run_pipeline
+
+    root = tmp_path / "proj"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "workbench.toml").write_text("[workbench]\n")
+    monkeypatch.setenv("WORKBENCH_HOME", str(root))
+    _notebook(root / "notebooks" / "01_lock.ipynb", 'run_id: str = ""  # run id',
+              "from workbench.config import load_settings\n"
+              "print('LOCK-WAIT', load_settings().lock_timeout_s)")  # fmt: skip
+    settings = load_settings(root, overrides={"lock_timeout_s": 5})
+    run_pipeline(settings=settings, run_id="lock", progress=False, cell_timeout_s=60)
+    out = json.dumps(json.loads((settings.reports_dir / "lock" / "01_lock.ipynb").read_text()))
+    assert "LOCK-WAIT 5.0" in out
