@@ -237,12 +237,12 @@ def test_an_explicit_policy_file_is_used_as_given(
 def test_a_data_folder_where_the_policy_cannot_be_created_is_a_policy_error(
     isolated_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from workbench import policy as policy_mod
+    from workbench import store  # where the file is written (tests run as root: no chmod)
 
     def read_only(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(policy_mod, "open", read_only, raising=False)
+    monkeypatch.setattr(store, "open", read_only, raising=False)
     with pytest.raises(PolicyError, match="creating it from the packaged default"):
         load_policy(settings=load_settings())
     assert not (isolated_env / "data" / "policy.yaml").exists()

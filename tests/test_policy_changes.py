@@ -679,14 +679,20 @@ def test_an_interrupted_change_reverted_by_a_later_change_is_not_recorded_as_not
     assert "unknown" in note
 
 
-def _slow_rollback(pc, settings, *, recover_first: bool):
-    """Roll back a fresh change whose rollback executor is slow: recovery (older_than 0)
-    runs while it works, before (``recover_first``) or after it restored the file."""
+def _approved_change(pc, settings):
+    """A change proposed by alice and approved (executed) by bob at NOW, and the store."""
     proposal = propose(pc, settings)
     store = ap.open_store(settings)
     out = ap.approve(store, proposal.item_id, who=BOB, current_state=ap.CurrentState(store),
                      now=NOW)  # fmt: skip
     assert out.code == "executed", out.message
+    return proposal, store
+
+
+def _slow_rollback(pc, settings, *, recover_first: bool):
+    """Roll back a fresh change whose rollback executor is slow: recovery (older_than 0)
+    runs while it works, before (``recover_first``) or after it restored the file."""
+    proposal, store = _approved_change(pc, settings)
     later = NOW + pd.Timedelta(hours=1)
 
     def slow_rollback(item, ctx):
@@ -697,14 +703,20 @@ def _slow_rollback(pc, settings, *, recover_first: bool):
                                       now=later) == [item.item_id]  # fmt: skip
         return pc._rollback(item, ctx) if recover_first else result
 
-    ap.register_executor("policy_change", pc._execute, rollback=slow_rollback,
-                         recover=pc._recover, recover_rollback=pc._recover_rollback)  # fmt: skip
-    try:
-        outcome = ap.rollback(store, proposal.item_id, who=BOB, reason="too strict", now=NOW)
-    finally:
-        pc.register_approval_executors()
+    outcome = _roll_back_with(pc, store, proposal.item_id, slow_rollback)
     assert Path(settings.policy_file).read_text() == DEFAULT
     return store, proposal.item_id, outcome
+
+
+def _roll_back_with(pc, store, item_id: str, executor) -> ap.Outcome:
+    """bob rolls ``item_id`` back with ``executor`` as the policy change's rollback executor
+    (the module's own executors registered again afterwards)."""
+    ap.register_executor("policy_change", pc._execute, rollback=executor,
+                         recover=pc._recover, recover_rollback=pc._recover_rollback)  # fmt: skip
+    try:
+        return ap.rollback(store, item_id, who=BOB, reason="too strict", now=NOW)
+    finally:
+        pc.register_approval_executors()
 
 
 def test_a_slow_rollback_that_a_recovery_recorded_is_not_recorded_twice(pc, settings) -> None:
@@ -785,11 +797,7 @@ def test_a_refused_rollback_does_not_reopen_a_change_another_rollback_recorded(s
     the old policy and a rollback entry exists), not go back to ``executed``."""
     from workbench import policy_changes as pc
 
-    proposal = propose(pc, settings)
-    store = ap.open_store(settings)
-    out = ap.approve(store, proposal.item_id, who=BOB, current_state=ap.CurrentState(store),
-                     now=NOW)  # fmt: skip
-    assert out.code == "executed", out.message
+    proposal, store = _approved_change(pc, settings)
     later = NOW + pd.Timedelta(hours=1)
     calls = []
 
@@ -802,12 +810,7 @@ def test_a_refused_rollback_does_not_reopen_a_change_another_rollback_recorded(s
             assert second.code == "rolled_back", second.message
         return pc._rollback(item, ctx)
 
-    ap.register_executor("policy_change", pc._execute, rollback=slow_rollback,
-                         recover=pc._recover, recover_rollback=pc._recover_rollback)  # fmt: skip
-    try:
-        first = ap.rollback(store, proposal.item_id, who=BOB, reason="too strict", now=NOW)
-    finally:
-        pc.register_approval_executors()
+    first = _roll_back_with(pc, store, proposal.item_id, slow_rollback)
     assert Path(settings.policy_file).read_text() == DEFAULT
     assert list(ap.executions_frame(store)["kind"]).count("rollback") == 1
     assert ap.get_item(store, proposal.item_id).status == "rolled_back", first.message

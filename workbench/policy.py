@@ -20,7 +20,6 @@ the reporting currency (a policy written in usd cents must not be read as yen).
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import functools
 import hashlib
@@ -28,7 +27,6 @@ import json
 import logging
 import math
 import os
-import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -582,14 +580,10 @@ def seed_policy_file(path: Path | str, source: Path | str = PACKAGED_POLICY) -> 
     path, source = Path(path), Path(source)
     if path.exists():
         return False
+    from workbench.store import fsync_dir, fsynced_temp
+
     data = source.read_bytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+    with fsynced_temp(path, data) as tmp:
         try:
             os.link(tmp, path)
         except FileExistsError:
@@ -603,15 +597,7 @@ def seed_policy_file(path: Path | str, source: Path | str = PACKAGED_POLICY) -> 
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-    with contextlib.suppress(OSError):  # the new name survives a power cut
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    fsync_dir(path.parent)  # the new name survives a power cut
     log.warning(
         "created the policy file in force, %s, from the packaged default %s; change it with "
         "`workbench policy propose FILE`",

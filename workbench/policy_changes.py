@@ -36,7 +36,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +54,7 @@ from workbench.policy import (
     policy_diff,
     policy_file_in_force,
 )
+from workbench.store import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -93,29 +93,6 @@ def file_sha256(path: Path | str) -> str | None:
 def history_dir(settings: Settings) -> Path:
     """``<data_dir>/policies/history``: every policy file a change replaced, named by hash."""
     return Path(settings.data_dir) / "policies" / "history"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never
-    part of either: a temporary file in the same folder, fsync, ``os.replace``, fsync of
-    the folder. The temporary file is removed if anything fails before the rename."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    with contextlib.suppress(OSError):  # the rename itself survives a power cut
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 @contextlib.contextmanager
@@ -422,8 +399,8 @@ def _execute(item: ActionItem, ctx: ExecutionContext) -> dict[str, Any]:
         kept = keep_dir / f"{now_sha}.yaml"
         if file_sha256(kept) != now_sha:
             keep_dir.mkdir(parents=True, exist_ok=True)
-            _atomic_write(kept, old_bytes)
-        _atomic_write(path, new_bytes)
+            atomic_write_bytes(kept, old_bytes)
+        atomic_write_bytes(path, new_bytes)
     log.warning("policy %s -> %s written to %s (approvals item %s, by %s)",
                 old.version, new.version, path, item.item_id, ctx.actor)  # fmt: skip
     return _executed(p, path, kept, old_version=old.version, version=new.version)
@@ -531,7 +508,7 @@ def _rollback(item: ActionItem, ctx: ExecutionContext) -> dict[str, Any]:
             raise approvals.RollbackRefused(
                 f"the kept copy {kept} was altered; nothing was restored"
             )
-        _atomic_write(path, old_bytes)
+        atomic_write_bytes(path, old_bytes)
     log.warning("policy change %s rolled back: %s restored to %s by %s",
                 item.item_id, p["old_version"], path, ctx.actor)  # fmt: skip
     return _rolled_back(p, path, kept)

@@ -54,15 +54,34 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old or the new file, never half of one."""
+@contextlib.contextmanager
+def fsynced_temp(path: Path, data: bytes) -> Iterator[Path]:
+    """``data`` in a hidden temporary file beside ``path``, written and fsynced, for the
+    caller to move into place (rename or link); removed afterwards if it is still there."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "xb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        yield tmp
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or link in folder ``path`` survive a power cut (where the platform
+    allows: errors are ignored)."""
+    with contextlib.suppress(OSError):
+        _fsync_dir(path)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old or the new file, never half of one."""
+    with fsynced_temp(path, data) as tmp:
+        os.replace(tmp, path)
     _fsync_dir(path.parent)
 
 

@@ -399,6 +399,11 @@ def erase_customer(
             scrubber = _Scrubber(customer_id, known)
             _landing_rewrite(path, data, scrubber, lake, copies, mappings)
             known |= scrubber.known
+
+        def logged() -> dict[str, Any]:  # what every entry of this erasure says
+            return {"erasure_id": erasure_id, "customer_id": customer_id, "who": who,
+                    "why": why, "erased_at": datetime.now(UTC).isoformat(timespec="seconds")}  # fmt: skip
+
         # Two passes: the first learns every name/e-mail the customer ever had from the
         # customer objects, the second also replaces those values in free text elsewhere.
         files_rewritten = values = 0
@@ -411,11 +416,7 @@ def erase_customer(
                 if new == old:
                     continue
                 entry = {
-                    "erasure_id": erasure_id,
-                    "customer_id": customer_id,
-                    "who": who,
-                    "why": why,
-                    "erased_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                    **logged(),
                     "lake_file": rel,
                     "old_sha256": _sha(old),
                     "new_sha256": _sha(new),
@@ -436,11 +437,7 @@ def erase_customer(
                 continue
             lake.log_erasure(
                 {
-                    "erasure_id": erasure_id,
-                    "customer_id": customer_id,
-                    "who": who,
-                    "why": why,
-                    "erased_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                    **logged(),
                     "lake_file": None,
                     "landing_file": str(path.relative_to(Path(settings.data_dir))),
                     "copy_of": copy_of,
@@ -455,11 +452,7 @@ def erase_customer(
             landing_rewritten += 1
         lake.log_erasure(
             {
-                "erasure_id": erasure_id,
-                "customer_id": customer_id,
-                "who": who,
-                "why": why,
-                "erased_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                **logged(),
                 "lake_file": None,
                 "old_sha256": None,
                 "new_sha256": None,
