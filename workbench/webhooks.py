@@ -297,20 +297,13 @@ def landing_dir(settings: Settings) -> Path:
 def erased_landing(settings: Settings) -> Callable[[bytes], bool]:
     """A test of a landed file's bytes: are they what ``workbench erase`` rewrote a landing
     file to (a ``new_sha256`` of a ``landing_file`` entry of the lake's erasure log)?"""
-    log_path = Path(settings.data_dir) / "lake" / "_erasures.jsonl"
+    from workbench.ingest.lake import Lake
+
+    lake = Lake(Path(settings.data_dir) / "lake")
 
     def erased(data: bytes) -> bool:
-        if not log_path.exists():
-            return False
         sha = hashlib.sha256(data).hexdigest()
-        for line in log_path.read_text(encoding="utf-8").splitlines():
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue  # a torn last line
-            if entry.get("landing_file") and entry.get("new_sha256") == sha:
-                return True
-        return False
+        return any(e.get("landing_file") and e.get("new_sha256") == sha for e in lake.erasures())
 
     return erased
 
