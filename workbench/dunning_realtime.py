@@ -576,9 +576,11 @@ class PinnedSqliteStore(ApprovalStore):
 
     Args:
         url: ``sqlite:////abs/path.sqlite``.
+        settings: The receiver's settings, handed to executors (see
+            :class:`~workbench.approvals.ApprovalStore`).
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, settings: Settings | None = None) -> None:
         path = url[len("sqlite:///") :]
         self._lock = threading.RLock()
         self._depth = 0
@@ -595,7 +597,17 @@ class PinnedSqliteStore(ApprovalStore):
             "PRAGMA synchronous = NORMAL",
         ):
             self._conn.execute(pragma)
-        super().__init__(url)
+        super().__init__(url, settings=settings)
+
+    def with_settings(self, settings: Settings) -> ApprovalStore:
+        """Not for this store: a copy would share the connection but not the nesting depth
+        of its transactions. Give the settings when creating it."""
+        if settings == self.settings:
+            return self
+        raise TypeError(
+            "a PinnedSqliteStore cannot be bound to other settings; create one with "
+            "PinnedSqliteStore(url, settings=...) (or pinned_store(settings))"
+        )
 
     def close(self) -> None:
         """Close the connection (the store is unusable afterwards)."""
@@ -641,7 +653,7 @@ def pinned_store(settings: Settings) -> ApprovalStore:
     as :func:`workbench.approvals.open_store` gives them."""
     url = settings.approvals_url
     if url.startswith("sqlite:///") and url[len("sqlite:///") :] not in ("", ":memory:"):
-        return PinnedSqliteStore(url)
+        return PinnedSqliteStore(url, settings=settings)
     return open_store(settings)
 
 
