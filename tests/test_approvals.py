@@ -373,6 +373,26 @@ def test_a_failing_executor_marks_the_item_failed(store) -> None:
     assert events(store)[-1][0] == "action.failed"
 
 
+def test_executors_get_the_settings_the_store_was_opened_with(isolated_env: Path) -> None:
+    """Two workbenches in one process sharing an approvals URL, not a policy file: each
+    approval's executor sees the settings of the store it was approved through (not the
+    first opener's); a store opened from a URL has none."""
+    seen = []
+    ap.register_executor("write_off", lambda item, ctx: seen.append(ctx.settings) or {})
+    first = load_settings(overrides={"policy_file": str(isolated_env / "a.yaml")})
+    second = load_settings(overrides={"policy_file": str(isolated_env / "b.yaml")})
+    assert first.approvals_url == second.approvals_url
+    mine, theirs, bare = (ap.open_store(w) for w in (first, second, first.approvals_url))
+    assert (mine.settings, theirs.settings, bare.settings) == (first, second, None)
+    for store, subject in ((theirs, "in_2"), (mine, "in_1"), (bare, "in_3")):
+        item_id = request_write_off(store, subject=subject).item_id
+        out = ap.approve(store, item_id, who=BOB, current_state=same_state, now=NOW)
+        assert out.code == "executed", out.message
+    assert [s and s.policy_file for s in seen] == [second.policy_file, first.policy_file, None]
+    # one database: every item is seen through any of them
+    assert len(ap.list_items(bare)) == 3
+
+
 def test_write_off_executor_refuses_a_missing_reason_code(store) -> None:
     item_id = request_write_off(store).item_id
     item = ap.get_item(store, item_id)

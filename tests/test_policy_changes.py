@@ -639,19 +639,28 @@ def test_an_approved_policy_with_non_ascii_text_loads_in_any_locale(pc, settings
     assert done.stdout.strip() == "juin – révisé"
 
 
+@pytest.mark.parametrize("opened_from", ["settings", "url"])
 def test_a_change_proposed_for_another_policy_file_is_not_written(
-    pc, settings, tmp_path, monkeypatch
+    pc, settings, tmp_path, monkeypatch, opened_from
 ) -> None:
     """A proposer with other settings (another checkout) sharing the approvals store: the
-    approving workbench writes only its own policy file, and not someone else's either."""
-    proposal = propose(pc, settings)
+    approving workbench writes only its own policy file, and not someone else's either.
+    The approver's settings are those its store was opened with, even in the process that
+    opened the same approvals URL with the proposer's settings first; a store opened from
+    a URL falls back to the environment's."""
+    proposal = propose(pc, settings)  # opens (and caches) the store with the proposer's
     theirs = Path(settings.policy_file)
     ours = tmp_path / "service" / "dunning.yaml"
     ours.parent.mkdir()
     ours.write_text(DEFAULT)
     monkeypatch.setenv("WORKBENCH_POLICY_FILE", str(ours))  # the approving process's settings
-    outcome = approve(settings, proposal.item_id)
+    approver = load_settings()
+    assert approver.approvals_url == settings.approvals_url  # one shared store
+    store = ap.open_store(approver if opened_from == "settings" else approver.approvals_url)
+    outcome = ap.approve(store, proposal.item_id, who=BOB, current_state=ap.CurrentState(store),
+                         now=NOW)  # fmt: skip
     assert not outcome.ok and "this workbench's policy file is" in outcome.message
+    assert str(ours) in outcome.message
     assert theirs.read_text() == DEFAULT and ours.read_text() == DEFAULT
 
 
@@ -779,8 +788,10 @@ def test_an_approver_with_another_data_folder_does_not_write_either_policy(
     settings = load_settings()
     proposal = propose(pc, settings)
     theirs = Path(settings.policy_file)
+    # the approver's workbench: another data folder, the same approvals store
     monkeypatch.setenv("WORKBENCH_DATA_DIR", str(isolated_env / "other"))
-    outcome = approve(settings, proposal.item_id)
+    monkeypatch.setenv("WORKBENCH_APPROVALS_URL", settings.approvals_url)
+    outcome = approve(load_settings(), proposal.item_id)
     assert not outcome.ok and "this workbench's policy file is" in outcome.message
     assert "<data_dir>/policy.yaml" in outcome.message
     assert theirs.read_text() == DEFAULT
@@ -816,20 +827,15 @@ def test_a_refused_rollback_does_not_reopen_a_change_another_rollback_recorded(s
     assert ap.get_item(store, proposal.item_id).status == "rolled_back", first.message
 
 
-# --------------------------------------------------------------------------- lock wait
+# --------------------------------------------------------------------------- overrides
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the policy_change executor compares the payload's file "
-    "with load_settings() from the environment, not the settings the approving "
-    "caller uses: with the policy file now under data_dir, a data_dir given as an "
-    "override (Python API) makes a process refuse its own proposal",
-)
 def test_a_change_proposed_and_approved_with_the_same_overridden_data_dir_is_written(
     isolated_env,
 ):
-
+    """The executor compares the proposal's policy file with the settings the approving
+    store was opened with, not the environment's: a data folder given as an override
+    (Python API) names the same policy file for the proposal and for its approval."""
     from workbench import policy_changes as pc
 
     mine = load_settings(overrides={"data_dir": str(isolated_env / "billing")})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from datetime import date
 from pathlib import Path
@@ -574,3 +575,47 @@ def test_the_steps_wait_for_the_lock_as_long_as_the_checked_setting(
     run_pipeline(settings=settings, run_id="lock", progress=False, cell_timeout_s=60)
     out = json.dumps(json.loads((settings.reports_dir / "lock" / "01_lock.ipynb").read_text()))
     assert "LOCK-WAIT 5.0" in out
+
+
+def test_the_steps_use_the_policy_file_of_the_settings_given(tmp_path, isolated_env, monkeypatch):
+    """A ``policy_file`` given as an override (not in the environment or the toml file)
+    is the policy the steps decide under, not ``<data_dir>/policy.yaml``."""
+    import json
+
+    from workbench.runner import run_pipeline
+
+    root = tmp_path / "proj"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "workbench.toml").write_text("[workbench]\n")
+    monkeypatch.setenv("WORKBENCH_HOME", str(root))
+    policy = tmp_path / "ops" / "dunning.yaml"
+    policy.parent.mkdir()
+    shipped = Path(__file__).resolve().parents[1] / "workbench" / "policies" / "default.yaml"
+    policy.write_text(shipped.read_text().replace('label: "default"', 'label: "ops-policy"'))
+    _notebook(root / "notebooks" / "01_policy.ipynb", 'run_id: str = ""  # run id',
+              "from workbench.config import load_settings\n"
+              "from workbench.policy import load_policy\n"
+              "s = load_settings()\n"
+              "print('POLICY', s.policy_file, load_policy(settings=s).label)")  # fmt: skip
+    settings = load_settings(root, overrides={"policy_file": str(policy), "lock_timeout_s": 5})
+    run_pipeline(settings=settings, run_id="pol", progress=False, cell_timeout_s=60)
+    out = json.dumps(json.loads((settings.reports_dir / "pol" / "01_policy.ipynb").read_text()))
+    assert f"POLICY {policy} ops-policy" in out
+    assert not (settings.data_dir / "policy.yaml").exists()  # the default was not seeded
+
+
+def test_the_steps_use_the_default_policy_file_when_the_settings_given_do(project, monkeypatch):
+    """Settings whose policy file is the default ``<data_dir>/policy.yaml``: a
+    ``$WORKBENCH_POLICY_FILE`` set after they were loaded does not reach the kernels (they
+    follow the settings given), and the environment is put back after the run."""
+    import papermill
+
+    seen = []
+    monkeypatch.setattr(papermill, "execute_notebook",
+                        lambda *a, **k: seen.append(os.environ.get("WORKBENCH_POLICY_FILE")))  # fmt: skip
+    settings = load_settings(project)
+    assert "policy_file" not in settings.sources
+    monkeypatch.setenv("WORKBENCH_POLICY_FILE", str(project / "stale.yaml"))
+    run_pipeline(["01"], settings=settings, run_id="dflt", progress=False)
+    assert seen == [None]
+    assert os.environ["WORKBENCH_POLICY_FILE"] == str(project / "stale.yaml")

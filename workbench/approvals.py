@@ -26,6 +26,7 @@ the browser sends. Denied attempts are written to the audit log.
 from __future__ import annotations
 
 import contextlib
+import copy
 import getpass
 import hashlib
 import importlib
@@ -342,10 +343,14 @@ class ApprovalStore:
     Args:
         url: ``sqlite:////abs/path.sqlite`` (WAL mode, created on first use) or a
             SQLAlchemy PostgreSQL URL such as ``postgresql+psycopg://user@host/db``.
+        settings: The settings of the workbench using the store, passed on to executors
+            (:attr:`ExecutionContext.settings`); :func:`open_store` sets them when it is
+            given settings. ``None``: executors that need settings read the environment's.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, settings: Settings | None = None) -> None:
         self.url = url
+        self.settings = settings
         self._local = threading.local()  # PostgreSQL: this thread's open transaction, if any
         if url.startswith("sqlite:///"):
             self.dialect = "sqlite"
@@ -379,6 +384,14 @@ class ApprovalStore:
 
     def __repr__(self) -> str:
         return f"ApprovalStore({self.url!r})"
+
+    def with_settings(self, settings: Settings) -> ApprovalStore:
+        """This store as used by a workbench with ``settings``: the same database and
+        connections (its schema is not checked again), with :attr:`settings` set, so the
+        executors of what is approved through it act for that workbench."""
+        bound = copy.copy(self)  # shares the engine and the thread's open transaction
+        bound.settings = settings
+        return bound
 
     def _sqlite_connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -468,7 +481,12 @@ StoreLike = ApprovalStore | Settings | str
 def open_store(where: StoreLike) -> ApprovalStore:
     """The store for settings (``approvals_url``), a URL, or a store (returned as is).
 
-    Stores are cached per URL in this process (the schema is checked once).
+    Stores are cached per URL in this process (the schema is checked once). A store opened
+    from settings carries them (:attr:`ApprovalStore.settings`, handed to executors as
+    :attr:`ExecutionContext.settings`): it is the cached store bound to *these* settings
+    (:meth:`ApprovalStore.with_settings`), so two workbenches in one process that share an
+    approvals URL but not a policy file (or a data folder) each execute with their own
+    settings, whichever opened the URL first. A store opened from a URL carries none.
     """
     if isinstance(where, ApprovalStore):
         return where
@@ -476,7 +494,8 @@ def open_store(where: StoreLike) -> ApprovalStore:
     with _STORES_LOCK:
         if url not in _STORES:
             _STORES[url] = ApprovalStore(url)
-        return _STORES[url]
+        store = _STORES[url]
+    return store.with_settings(where) if isinstance(where, Settings) else store
 
 
 # --------------------------------------------------------------------------- items
@@ -706,11 +725,19 @@ def executions_frame(store: StoreLike, *, item_id: str | None = None) -> pd.Data
 
 @dataclass(frozen=True)
 class ExecutionContext:
-    """Passed to executors: who triggered the execution and when."""
+    """Passed to executors: who triggered the execution and when, and through which store."""
 
     store: ApprovalStore
     actor: str
     now: pd.Timestamp
+
+    @property
+    def settings(self) -> Settings | None:
+        """The settings of the workbench executing: those its store was opened with
+        (:func:`open_store` given settings, e.g. by the approvals dashboard), ``None`` for a
+        store opened from a URL (an executor then reads the environment's,
+        ``load_settings()``)."""
+        return self.store.settings
 
 
 ExecuteFn = Callable[[ActionItem, ExecutionContext], Mapping[str, Any] | None]

@@ -3,9 +3,13 @@ webhooks land.
 
 :class:`RealtimeHandler` is the receiver's ``on_event`` callback (see
 :func:`workbench.webhooks.serve`). Everything slow is loaded once per process and cached:
-the policy, the approvals store, the recovery model (registry alias ``champion``, else
-``challenger``, else none: the policy's own rules), the Feast store, the recovery curve that
-times retries, and FX rates.
+the approvals store, the recovery model (registry alias ``champion``, else ``challenger``,
+else none: the policy's own rules), the Feast store, the recovery curve that times retries,
+and FX rates. The policy is loaded at start and again when its file changes (an approved
+``policy_change`` takes effect at the next event, no restart): each event costs one
+``stat()`` of the policy file, the file is read only when that changed, and a file that is
+missing or invalid leaves the last good policy deciding (logged as an error saying what to
+do).
 
 - ``charge.failed`` / ``payment_intent.payment_failed``: the decline code is remembered for
   the invoice (the invoice event itself does not carry it).
@@ -32,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import sqlite3
 import threading
 import time
@@ -57,7 +62,7 @@ from workbench.approvals import (
 from workbench.config import Settings
 from workbench.dunning import STATE_SCOPE, apply_decision, decide_invoice, invoice_state
 from workbench.failed_invoices import to_reporting_minor
-from workbench.policy import load_policy
+from workbench.policy import Policy, PolicyError, parse_policy_text, policy_file_in_force
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +114,24 @@ class RealtimeDecision:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
+def _file_stamp(path: Path) -> tuple[int, int, int, int] | None:
+    """What tells that a file changed without reading it: ``(inode, size, mtime_ns,
+    ctime_ns)`` from one ``stat()``, ``None`` when it cannot be stat'ed (missing). An atomic
+    replace (how approved policy changes are written) always gives a new inode."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
 class RealtimeHandler:
     """``on_event`` for the webhook receiver (thread safe; resources cached per process).
+
+    The policy in force (:attr:`policy`, from ``settings.policy_file``) is checked at every
+    event (:meth:`current_policy`): a changed file is read again, so an approved policy
+    change decides the next event; a file that is missing or does not parse keeps the last
+    good policy deciding.
 
     Args:
         settings: Data directory, policy file, approvals store, MLflow registry.
@@ -128,7 +149,11 @@ class RealtimeHandler:
         anomalies: bool = True,
     ) -> None:
         self.settings = settings
-        self.policy = load_policy(settings=settings)
+        self.policy_file = policy_file_in_force(settings)  # the default one created if missing
+        self._policy_lock = threading.Lock()
+        self._policy_stamp = _file_stamp(self.policy_file)  # taken before the read
+        #: The last good policy, the one decisions use (see :meth:`current_policy`).
+        self.policy: Policy = self._read_policy()
         self.store = pinned_store(settings)
         self.declines: dict[str, str] = {}
         self.first_failed: dict[str, pd.Timestamp] = {}
@@ -223,6 +248,68 @@ class RealtimeHandler:
             log.warning("Feast online store not ready (%s): account features will be missing", exc)
             self.account_features = []
 
+    # -- the policy in force
+
+    def _read_policy(self) -> Policy:
+        """Read and validate the policy file (one read: what is hashed is what is parsed).
+
+        Raises:
+            PolicyError: Missing, not YAML, or invalid.
+        """
+        try:
+            data = self.policy_file.read_bytes()
+        except FileNotFoundError:
+            raise PolicyError(
+                str(self.policy_file),
+                ["file not found; set policy_file (WORKBENCH_POLICY_FILE) to a policy YAML"],
+            ) from None
+        return parse_policy_text(
+            data, source=str(self.policy_file), reporting_currency=self.settings.reporting_currency
+        )
+
+    def current_policy(self) -> Policy:
+        """The policy to decide an event with: :attr:`policy`, read again first if its file
+        changed since it was read (one ``stat()`` per call; a re-read only on a change).
+
+        A changed file that is missing or invalid is not used: the last good policy keeps
+        deciding, and an error is logged once per change of the file, saying how to fix it.
+        """
+        stamp = _file_stamp(self.policy_file)
+        if stamp == self._policy_stamp:
+            return self.policy
+        with self._policy_lock:
+            stamp = _file_stamp(self.policy_file)  # another thread may have read it meanwhile
+            if stamp == self._policy_stamp:
+                return self.policy
+            old = self.policy
+            try:
+                new = self._read_policy()
+            except (PolicyError, OSError) as exc:
+                from workbench.policy_changes import history_dir
+
+                self._policy_stamp = stamp  # read once per change of the file, not per event
+                log.error(
+                    "the policy file %s changed but cannot be used, so real-time decisions "
+                    "keep the last good policy, %s: put a valid policy back (`workbench policy "
+                    "show` checks it; files replaced by approved changes are kept in %s) and "
+                    "the next event picks it up, no restart needed. %s",
+                    self.policy_file,
+                    old.version,
+                    history_dir(self.settings),
+                    exc,
+                )
+                return old
+            self.policy = new
+            self._policy_stamp = stamp  # after the policy: a reader seeing it sees the policy
+        if new.version != old.version:
+            log.warning(
+                "the policy file %s changed: real-time decisions now use policy %s (was %s)",
+                self.policy_file,
+                new.version,
+                old.version,
+            )
+        return new
+
     def paused(self) -> frozenset[str]:
         """Paused action types, re-read at most once a second."""
         at, value = self._paused
@@ -269,7 +356,7 @@ class RealtimeHandler:
             changed = self.declines.get(str(invoice)) != str(code)
             self.declines[str(invoice)] = str(code)
             earlier = self.decided.get(str(invoice))
-        hard = str(code) in self.policy.retries.no_retry_decline_codes
+        hard = str(code) in self.current_policy().retries.no_retry_decline_codes
         if earlier is None or not changed or not hard:
             return None
         decision = self.decide_event(earlier)
@@ -381,13 +468,16 @@ class RealtimeHandler:
         info = self.model_info or {}
         return p, f"{info.get('name')}@{self.model_alias}:{info.get('version')}", timings
 
-    def _timing(self, invoice: dict[str, Any]) -> tuple[pd.Timestamp | None, float]:
-        """Next retry time planned on the recovery curve, and the curve's recovery chance."""
+    def _timing(
+        self, invoice: dict[str, Any], policy: Policy | None = None
+    ) -> tuple[pd.Timestamp | None, float]:
+        """Next retry time planned on the recovery curve under ``policy`` (default:
+        :attr:`policy`), and the curve's recovery chance."""
         if self.curve is None:
             return None, float("nan")
         from workbench.retry_curve import remaining_recovery
 
-        r = self.policy.retries
+        r = (self.policy if policy is None else policy).retries
         left = max(r.max_auto_retries - (int(invoice["attempt_count"]) - 1), 0)
         if left == 0:
             return None, 0.0
@@ -412,6 +502,7 @@ class RealtimeHandler:
     def decide_event(self, event: dict[str, Any]) -> RealtimeDecision:
         """Score, decide and store one ``invoice.payment_failed``."""
         started = time.perf_counter()
+        policy = self.current_policy()  # one policy for the whole decision
         invoice, now, first = self.invoice_record(event)
         with self._lock:
             self.decided[str(invoice["invoice_id"])] = event
@@ -419,7 +510,7 @@ class RealtimeHandler:
                 self.decided.popitem(last=False)
         p, versions, timings = self.score(invoice, first, now)
         t = time.perf_counter()
-        preferred, p_curve = self._timing(invoice)
+        preferred, p_curve = self._timing(invoice, policy)
         timings["curve_ms"] = (time.perf_counter() - t) * 1e3
         if not np.isfinite(p) and self.curve is not None:
             p, versions = p_curve, self.curve.version  # no model: the curve's own estimate
@@ -427,10 +518,10 @@ class RealtimeHandler:
             recovery_probability=p, model_versions=versions, preferred_retry_at=preferred
         )
         t = time.perf_counter()
-        d = decide_invoice(invoice, as_of=now, policy=self.policy, paused=self.paused())
+        d = decide_invoice(invoice, as_of=now, policy=policy, paused=self.paused())
         timings["decide_ms"] = (time.perf_counter() - t) * 1e3
         t = time.perf_counter()
-        stored = self._store(d, invoice, now, started)
+        stored = self._store(d, invoice, now, started, policy)
         timings["store_ms"] = (time.perf_counter() - t) * 1e3
         latency = (time.perf_counter() - started) * 1e3
         return RealtimeDecision(
@@ -448,10 +539,16 @@ class RealtimeHandler:
         )
 
     def _store(
-        self, d: dict[str, Any], invoice: dict[str, Any], now: pd.Timestamp, started: float
+        self,
+        d: dict[str, Any],
+        invoice: dict[str, Any],
+        now: pd.Timestamp,
+        started: float,
+        policy: Policy | None = None,
     ) -> str:
-        """The audit entry and (unless a wait) the queue item or execution of one decision,
-        in one transaction."""
+        """The audit entry and (unless a wait) the queue item or execution of one decision
+        taken under ``policy`` (default: :attr:`policy`), in one transaction."""
+        policy = self.policy if policy is None else policy
         details = audit.jsonable(
             {
                 "invoice_id": d["invoice_id"],
@@ -473,7 +570,7 @@ class RealtimeHandler:
             audit.append(tx, actor=ENGINE.user, event="decision.realtime", at=now, details=details)
             if d["action_type"] is None:
                 return "audit"
-            summary = apply_decision(self.store, d, invoice, policy=self.policy, as_of=now)
+            summary = apply_decision(self.store, d, invoice, policy=policy, as_of=now)
         if summary.shadowed:
             return "shadow"
         if summary.executed:
@@ -576,9 +673,11 @@ class PinnedSqliteStore(ApprovalStore):
 
     Args:
         url: ``sqlite:////abs/path.sqlite``.
+        settings: The receiver's settings, handed to executors (see
+            :class:`~workbench.approvals.ApprovalStore`).
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, settings: Settings | None = None) -> None:
         path = url[len("sqlite:///") :]
         self._lock = threading.RLock()
         self._depth = 0
@@ -595,7 +694,17 @@ class PinnedSqliteStore(ApprovalStore):
             "PRAGMA synchronous = NORMAL",
         ):
             self._conn.execute(pragma)
-        super().__init__(url)
+        super().__init__(url, settings=settings)
+
+    def with_settings(self, settings: Settings) -> ApprovalStore:
+        """Not for this store: a copy would share the connection but not the nesting depth
+        of its transactions. Give the settings when creating it."""
+        if settings == self.settings:
+            return self
+        raise TypeError(
+            "a PinnedSqliteStore cannot be bound to other settings; create one with "
+            "PinnedSqliteStore(url, settings=...) (or pinned_store(settings))"
+        )
 
     def close(self) -> None:
         """Close the connection (the store is unusable afterwards)."""
@@ -641,7 +750,7 @@ def pinned_store(settings: Settings) -> ApprovalStore:
     as :func:`workbench.approvals.open_store` gives them."""
     url = settings.approvals_url
     if url.startswith("sqlite:///") and url[len("sqlite:///") :] not in ("", ":memory:"):
-        return PinnedSqliteStore(url)
+        return PinnedSqliteStore(url, settings=settings)
     return open_store(settings)
 
 

@@ -355,6 +355,11 @@ def current_state(item: ActionItem) -> dict[str, Any] | None:
 def _execute(item: ActionItem, ctx: ExecutionContext) -> dict[str, Any]:
     """Replace the policy file with the approved text (see the module docstring).
 
+    "This workbench" is the one executing: the settings its approvals store was opened with
+    (``ctx.settings``: ``approvals.open_store(settings)``, as the approvals dashboard and
+    :func:`propose_policy_change` open it), else, for a store opened from a URL, the
+    environment's (``load_settings()``).
+
     Raises:
         PolicyChangeError: The file changed since the proposal (stale), the item does not
             hold what a proposal holds, or it was proposed for another policy file than the
@@ -365,7 +370,7 @@ def _execute(item: ActionItem, ctx: ExecutionContext) -> dict[str, Any]:
 
     p = item.payload
     path, keep_dir = Path(p["policy_file"]), Path(p["history_dir"])
-    mine = load_settings()
+    mine = ctx.settings if ctx.settings is not None else load_settings()
     in_force = Path(mine.policy_file)
     if in_force.resolve() != path.resolve():
         where = mine.sources.get("policy_file", "the default, <data_dir>/policy.yaml")

@@ -568,7 +568,9 @@ def run_pipeline(
     Args:
         steps: Step names (``"01"``, ``"ingest"``, ``"01_ingest"``); all when empty.
         parameters: Values by parameter name; each notebook gets those it declares, typed.
-        settings: Paths (reports folder, data folder); the environment's when omitted.
+        settings: Paths (reports folder, data folder, policy file) and the lock wait the
+            steps use (the kernels get them through the environment); the environment's
+            when omitted.
         run_id: Defaults to a fresh sortable id. The id of an earlier run adds these steps
             to it: a step run again replaces its record, the others keep theirs.
         progress: Show papermill's cell progress bar.
@@ -662,6 +664,13 @@ def run_pipeline(
             "WORKBENCH_LOCK_TIMEOUT_S": repr(float(settings.lock_timeout_s)),
         }
     )
+    # the policy the steps decide under is these settings' policy file: one that was set
+    # (toml, environment, or an override from Python) is passed as set; the default one
+    # follows WORKBENCH_DATA_DIR in the kernels (and is created there on first use)
+    if "policy_file" in settings.sources:
+        os.environ["WORKBENCH_POLICY_FILE"] = str(settings.policy_file)
+    else:
+        os.environ.pop("WORKBENCH_POLICY_FILE", None)
     t_run = time.perf_counter()
     failure: StepFailed | StepBlocked | None = None
     interrupted: BaseException | None = None  # Ctrl-C or an exit: re-raised as it is
