@@ -619,3 +619,29 @@ def test_the_steps_use_the_default_policy_file_when_the_settings_given_do(projec
     run_pipeline(["01"], settings=settings, run_id="dflt", progress=False)
     assert seen == [None]
     assert os.environ["WORKBENCH_POLICY_FILE"] == str(project / "stale.yaml")
+
+
+def test_every_setting_given_reaches_the_kernels(project, monkeypatch):
+    """Settings given as overrides from Python (not in the environment or the toml file)
+    reach the kernels as the values ``load_settings`` there must rebuild; a setting left at
+    its default is not passed (the kernels derive it from the data folder), even if its
+    variable was set after the settings were loaded."""
+    import papermill
+
+    seen = []
+    monkeypatch.setattr(papermill, "execute_notebook",
+                        lambda *a, **k: seen.append(load_settings(project)))  # fmt: skip
+    elsewhere = project / "elsewhere"
+    settings = load_settings(project, overrides={
+        "data_dir": str(project / "billing"), "reporting_currency": "EUR",
+        "warehouse_path": str(elsewhere / "wh.duckdb"),
+        "mlflow_tracking_uri": f"sqlite:///{elsewhere / 'mlflow.db'}",
+    })  # fmt: skip
+    monkeypatch.setenv("WORKBENCH_SNAPSHOT_DIR", str(project / "stale"))
+    run_pipeline(["01"], settings=settings, run_id="envs", progress=False)
+    (kernel,) = seen
+    for name in ("data_dir", "reporting_currency", "warehouse_path", "mlflow_tracking_uri",
+                 "snapshot_dir", "approvals_url", "policy_file"):  # fmt: skip
+        assert getattr(kernel, name) == getattr(settings, name), name
+    assert kernel.snapshot_dir == project / "billing" / "snapshots"
+    assert os.environ["WORKBENCH_SNAPSHOT_DIR"] == str(project / "stale")  # put back

@@ -82,6 +82,24 @@ class Settings:
         return rows
 
 
+#: The names of the settings (``WORKBENCH_<NAME>`` in the environment).
+SETTING_NAMES = tuple(f.name for f in fields(Settings) if f.name not in ("root", "sources"))
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """The environment variables that make :func:`load_settings` in another process (a
+    notebook kernel, a subprocess) give the values of ``settings`` that were set: one
+    ``WORKBENCH_<NAME>`` per setting in ``settings.sources`` (toml, environment or an
+    override), with its resolved value (absolute paths and database URLs). Settings left
+    at their defaults are not included: the other process derives them as ``settings``
+    did (paths under the data folder) when it is given the same data folder."""
+    return {
+        ENV_PREFIX + name.upper(): str(getattr(settings, name))
+        for name in SETTING_NAMES
+        if name in settings.sources
+    }
+
+
 _PATH_FIELDS = {"data_dir", "warehouse_path", "snapshot_dir", "reports_dir", "policy_file"}
 _SQLITE_URL_FIELDS = {"approvals_url", "mlflow_tracking_uri"}
 

@@ -42,11 +42,14 @@ from urllib.parse import quote
 import nbformat
 
 from workbench.config import (
+    ENV_PREFIX,
+    SETTING_NAMES,
     ConfigError,
     Settings,
     check_cell_timeout,
     check_lock_wait,
     load_settings,
+    settings_environment,
 )
 
 log = logging.getLogger(__name__)
@@ -652,8 +655,15 @@ def run_pipeline(
         ),
     )
     manifest_path.write_text(manifest.to_json())
-    # Settings reach the kernels through the environment (they inherit it).
+    # Settings reach the kernels through the environment (they inherit it): every setting
+    # that was set (toml, environment, or an override from Python) is passed as set; one left
+    # at its default is removed, so the kernels derive it as these settings did (paths under
+    # WORKBENCH_DATA_DIR) even if the variable was set after they were loaded
     env_backup = dict(os.environ)
+    os.environ.update(settings_environment(settings))
+    for name in SETTING_NAMES:
+        if name not in settings.sources and name != "data_dir":
+            os.environ.pop(ENV_PREFIX + name.upper(), None)
     os.environ.update(
         {
             "WORKBENCH_HOME": str(root),
@@ -664,13 +674,6 @@ def run_pipeline(
             "WORKBENCH_LOCK_TIMEOUT_S": repr(float(settings.lock_timeout_s)),
         }
     )
-    # the policy the steps decide under is these settings' policy file: one that was set
-    # (toml, environment, or an override from Python) is passed as set; the default one
-    # follows WORKBENCH_DATA_DIR in the kernels (and is created there on first use)
-    if "policy_file" in settings.sources:
-        os.environ["WORKBENCH_POLICY_FILE"] = str(settings.policy_file)
-    else:
-        os.environ.pop("WORKBENCH_POLICY_FILE", None)
     t_run = time.perf_counter()
     failure: StepFailed | StepBlocked | None = None
     interrupted: BaseException | None = None  # Ctrl-C or an exit: re-raised as it is
