@@ -549,7 +549,9 @@ class ActionItem:
         return (_now(now) - self.requested_at).total_seconds() / 3600.0
 
     def can_roll_back(self, now: pd.Timestamp) -> bool:
-        """Executed automatically with an override window that is still open."""
+        """Executed with an override window that is still open: run automatically under
+        ``automated_with_override``, or approved with a window in its payload
+        (``override_window_hours``: policy changes, model promotions and model rollbacks)."""
         return (
             self.status == "executed"
             and self.rollback_until is not None
@@ -725,11 +727,13 @@ def executions_frame(store: StoreLike, *, item_id: str | None = None) -> pd.Data
 
 @dataclass(frozen=True)
 class ExecutionContext:
-    """Passed to executors: who triggered the execution and when, and through which store."""
+    """Passed to executors: who triggered the execution and when, through which store (and,
+    to a rollback executor, the reason they gave for the rollback)."""
 
     store: ApprovalStore
     actor: str
     now: pd.Timestamp
+    reason: str = ""
 
     @property
     def settings(self) -> Settings | None:
@@ -1682,10 +1686,12 @@ class RollbackRefused(RuntimeError):
 def rollback(
     store: StoreLike, item_id: str, *, who: Identity, reason: str, now: pd.Timestamp | None = None
 ) -> Outcome:
-    """Roll back an automatically executed action within its override window.
+    """Roll back an executed action within its override window (see
+    :meth:`ActionItem.can_roll_back`).
 
     The rollback is a new execution entry (kind ``rollback``), never an edit; the
-    action type's rollback executor runs if one is registered.
+    action type's rollback executor runs if one is registered (given ``reason`` in its
+    :class:`ExecutionContext`).
     """
     store, now = open_store(store), _now(now)
     item = get_item(store, item_id)
@@ -1728,7 +1734,7 @@ def rollback(
     executor = executor_for(item.action_type)
     try:
         result = (
-            dict(executor.rollback(item, ExecutionContext(store, who.user, now)) or {})
+            dict(executor.rollback(item, ExecutionContext(store, who.user, now, reason)) or {})
             if executor.rollback
             else {"recorded": True}
         )

@@ -15,7 +15,9 @@ tracking store is ``settings.mlflow_tracking_uri`` (default: an embedded SQLite 
   the executor of the approvals queue's ``model_promotion`` action:
   :func:`request_promotion` queues the request, an approver approves it in the queue,
   and the queue runs :func:`promote` (registered by :func:`register_approval_executors`,
-  which importing this module does). ``model_rollback`` moves ``champion`` back.
+  which importing this module does). ``model_rollback`` moves ``champion`` back. Either,
+  once approved, can be rolled back from the queue within the policy's override window
+  (:func:`_undo_promotion`), as long as ``champion`` is still where the approval put it.
 * :func:`model_card` renders a version's card (markdown) from what was logged.
 """
 
@@ -545,7 +547,8 @@ def promote(
     alias on the same version is removed (it is the champion now).
 
     Returns:
-        ``model``, ``version``, ``previous_champion``, ``who``, ``at``, ``via``.
+        ``model``, ``version``, ``previous_champion``, ``who``, ``at``, ``via`` and
+        ``challenger_removed`` (whether the version was ``challenger`` until now).
     """
     if not str(who).strip():
         raise ValueError("promote needs who: the person (or approval) promoting the model")
@@ -557,9 +560,11 @@ def promote(
         previous = str(_version(c, model, "champion").version)
     at = pd.Timestamp.now(tz="UTC").isoformat()
     c.set_registered_model_alias(model, "champion", version)
+    challenger_removed = False
     with contextlib.suppress(RegistryError):
         if str(_version(c, model, "challenger").version) == version:
             c.delete_registered_model_alias(model, "challenger")
+            challenger_removed = True
     for k, v in {
         "promoted_by": who,
         "promoted_at": at,
@@ -568,18 +573,8 @@ def promote(
         "previous_champion": previous or "",
     }.items():
         c.set_model_version_tag(model, version, k, str(v))
-    history = _history(c, model)
-    history.append(
-        {
-            "version": version,
-            "previous": previous,
-            "who": who,
-            "at": at,
-            "via": via,
-            "reason": reason,
-        }
-    )
-    c.set_registered_model_tag(model, "champion_history", json.dumps(history[-50:]))
+    _append_history(c, model, version=version, previous=previous, who=who, at=at, via=via,
+                    reason=reason)  # fmt: skip
     log.info("%s: champion %s -> %s by %s (%s)", model, previous, version, who, via)
     return {
         "model": model,
@@ -588,6 +583,7 @@ def promote(
         "who": who,
         "at": at,
         "via": via,
+        "challenger_removed": challenger_removed,
     }
 
 
@@ -597,8 +593,24 @@ def _history(c, model: str) -> list[dict[str, Any]]:  # noqa: ANN001
     return json.loads(raw) if raw else []
 
 
+def _append_history(c, model: str, *, version: str | None, previous: str | None, who: str,  # noqa: ANN001
+                    at: str, via: str, reason: str) -> None:  # fmt: skip
+    """Add a champion change to ``model``'s ``champion_history`` tag (the newest 50 kept);
+    ``version`` ``None``: the ``champion`` alias was removed."""
+    history = _history(c, model)
+    history.append(
+        {"version": version, "previous": previous, "who": who, "at": at, "via": via,
+         "reason": reason}
+    )  # fmt: skip
+    c.set_registered_model_tag(model, "champion_history", json.dumps(history[-50:]))
+
+
 def champion_history(model: str, *, settings: Settings | None = None) -> pd.DataFrame:
-    """Every champion change: ``version``, ``previous``, ``who``, ``at``, ``via``, ``reason``."""
+    """Every champion change: ``version``, ``previous``, ``who``, ``at``, ``via``, ``reason``.
+
+    ``version`` is ``None`` where the ``champion`` alias was removed (the undo, from the
+    approvals queue, of the promotion that made a model's first champion); ``via`` is
+    ``approvals:<item id>:rollback`` for such undos (:func:`_undo_promotion`)."""
     return pd.DataFrame(
         _history(client(settings), model),
         columns=["version", "previous", "who", "at", "via", "reason"],
@@ -631,15 +643,19 @@ def rollback_target(model: str, *, settings: Settings | None = None) -> str | No
 
     Unlike "the champion before the current one", this never flips back to a version that
     an earlier rollback moved away from (after an automatic rollback from v3 to v2, the
-    champion "before" v2 is v3, the version just found wanting).
+    champion "before" v2 is v3, the version just found wanting). A queued rollback that was
+    itself undone from the approvals queue does not count: the version it moved away from
+    was not found wanting after all.
     """
     history = champion_history(model, settings=settings)
     current = alias_version(model, "champion", settings=settings)
     if history.empty or current is None:
         return None
-    rolled = history["reason"].fillna("").str.startswith("rollback:")
+    via = history["via"].fillna("").astype(str)
+    undone = {v.removesuffix(":rollback") for v in via if v.endswith(":rollback")}
+    rolled = history["reason"].fillna("").str.startswith("rollback:") & ~via.isin(undone)
     bad = set(history.loc[rolled, "previous"].dropna().astype(str)) | {str(current)}
-    for version in reversed(history["version"].astype(str).tolist()):
+    for version in reversed(history["version"].dropna().astype(str).tolist()):
         if version not in bad:
             return version
     return None
@@ -662,7 +678,7 @@ def _rollback_version(model: str, to_version: str | int | None, settings: Settin
     target = str(to_version)
     if target == str(current):
         raise RegistryError(f"{model}: version {target} is already the champion")
-    former = set(champion_history(model, settings=settings)["version"].astype(str))
+    former = set(champion_history(model, settings=settings)["version"].dropna().astype(str))
     if target not in former:
         raise RegistryError(
             f"{model}: version {target} was never champion; a rollback returns to an earlier "
@@ -683,18 +699,26 @@ def _queue_champion_change(
     policy,
     now: pd.Timestamp | None,  # noqa: ANN001
 ):  # noqa: ANN202 - workbench.approvals.Outcome
-    """Queue a change of ``model``'s champion alias (promotion or rollback) for an approver."""
+    """Queue a change of ``model``'s champion alias (promotion or rollback) for an approver.
+
+    The payload gets the override window of the policy in force
+    (``automation.override_window_hours``), as a policy change's does: once approved, the
+    change can be rolled back from the approvals queue (and its dashboard) within it
+    (:func:`_undo_promotion`); later, request a rollback or a promotion.
+    """
     from workbench import approvals
     from workbench.policy import load_policy
 
+    policy = policy or load_policy(settings=settings)
+    window = {"override_window_hours": policy.automation.override_window_hours}
     return approvals.request_action(
         settings,
         who=who,
         action_type=action_type,
         subject_id=f"{model}@champion",
         state=state,
-        policy=policy or load_policy(settings=settings),
-        payload=payload,
+        policy=policy,
+        payload={**payload, **window},
         state_scope=STATE_SCOPE,
         risk="medium",
         now=now,
@@ -733,7 +757,8 @@ def request_promotion(
     """Queue "promote ``model`` ``version`` to champion" in the approvals queue.
 
     An approver other than the requester approves it there; approval runs
-    :func:`promote` with the approver as ``who``.
+    :func:`promote` with the approver as ``who``. Within the policy's override window after
+    that, an approver can roll it back from the queue (:func:`_undo_promotion`).
 
     Returns:
         The queue's ``Outcome`` (``queued``, ``duplicate``, ``denied``...).
@@ -767,7 +792,10 @@ def request_rollback(
     policy=None,  # noqa: ANN001
     now: pd.Timestamp | None = None,
 ):  # noqa: ANN201
-    """Queue "roll ``model``'s champion back" (``model_rollback``) in the approvals queue."""
+    """Queue "roll ``model``'s champion back" (``model_rollback``) in the approvals queue.
+
+    Like a promotion, once approved it can be rolled back from the queue within the
+    policy's override window (:func:`_undo_promotion`)."""
 
     settings = settings or load_settings()
     current = alias_version(model, "champion", settings=settings)
@@ -829,28 +857,199 @@ def _execute_rollback(item, ctx) -> dict[str, Any]:  # noqa: ANN001
     return _execute_promotion(item, ctx, prefix="rollback: ")
 
 
-def _undo_promotion(item, ctx) -> dict[str, Any]:  # noqa: ANN001
+def _executed(item, ctx) -> tuple[str, str | None, dict[str, Any]]:  # noqa: ANN001
+    """``(version, before, result)`` of an executed champion change: the version it made
+    champion, the one that was champion before it (``None``: there was none) and the result
+    its execution recorded (:func:`promote`'s). The result says what the execution found
+    and did; the payload (what the request saw, which the approval checked) stands in for an
+    execution recorded without it."""
+    from workbench import approvals
+
     p = item.payload
-    if not p.get("previous_champion"):
-        raise RegistryError(f"{p['model']}: there was no champion before version {p['version']}")
-    return promote(
-        p["model"],
-        p["previous_champion"],
-        who=ctx.actor,
-        reason=f"rollback of {item.item_id}",
-        via=f"approvals:{item.item_id}:rollback",
-        settings=_settings_for(p["tracking_uri"]),
+    runs = approvals.executions_frame(ctx.store, item_id=item.item_id)
+    done = runs[runs["kind"] == "execute"]
+    result = json.loads(done["result"].iloc[-1]) if len(done) else {}
+    version = str(result.get("version") or p["version"])
+    before = result.get("previous_champion", p.get("previous_champion"))
+    return version, None if before is None else str(before), result
+
+
+def _label(version: str | None) -> str:
+    return "none" if version is None else f"v{version}"
+
+
+def _undo_promotion(item, ctx) -> dict[str, Any]:  # noqa: ANN001
+    """Roll back an executed ``model_promotion`` or ``model_rollback`` from the approvals
+    queue (within its override window, :func:`_queue_champion_change`).
+
+    ``champion`` goes back to the version that was champion before the execution (as its
+    result recorded it); if there was none (the promotion made the model's first champion),
+    the alias is removed: the model has no champion again, as before, and scoring by
+    ``champion`` fails as it did then (real-time dunning falls back to the challenger). A
+    ``challenger`` alias the execution took from the version it promoted is put back, unless
+    another version is challenger now.
+
+    In the champion history (``via`` ``approvals:<item id>:rollback``, ``who`` the person
+    rolling back, with their reason), undoing a promotion is a rollback (``rollback:``
+    reason: :func:`rollback_target` never returns to the promoted version); undoing a
+    ``model_rollback`` is not (``undo of rollback:``), and the rollback it undoes no longer
+    counts as one. The entry is written last, so it says that the alias moved
+    (:func:`_recover_undo`).
+
+    Returns:
+        ``model``, ``version`` (the champion now, ``None`` for none), ``previous_champion``
+        (the version rolled back from), ``who``, ``at``, ``via`` and ``challenger`` (the
+        version the alias points at now, or ``None``).
+
+    Raises:
+        approvals.RollbackRefused: ``champion`` no longer points at the version the
+            execution made champion (someone changed it since: undoing would discard that
+            change), or the version to return to is no longer in the registry. Nothing was
+            changed then.
+    """
+    from workbench import approvals
+
+    p = item.payload
+    model = p["model"]
+    version, before, result = _executed(item, ctx)
+    c = client(_settings_for(p["tracking_uri"]))
+    champion = _alias(c, model, "champion")
+    if champion != version:
+        if champion == before:
+            again = ": it is already as it was before"
+        elif before is not None:
+            again = (
+                f": to make v{before} champion again, request a rollback (`workbench models "
+                f"rollback {model} --to {before} --reason ...`)"
+            )
+        else:
+            again = ""
+        raise approvals.RollbackRefused(
+            f"{model}'s champion is now {_label(champion)}, not v{version} as {item.item_id} "
+            f"left it (someone changed it since, and undoing this would discard that); nothing "
+            f"was changed{again}"
+        )
+    if before is not None:
+        try:
+            _version(c, model, before)
+        except RegistryError:
+            raise approvals.RollbackRefused(
+                f"{model} v{before}, the champion before {item.item_id}, is no longer in the "
+                "registry; nothing was changed"
+            ) from None
+    if result.get("challenger_removed") and _alias(c, model, "challenger") is None:
+        c.set_registered_model_alias(model, "challenger", version)
+    via = f"approvals:{item.item_id}:rollback"
+    undoing = "undo of rollback" if item.action_type == "model_rollback" else "rollback"
+    reason = f"{undoing}: {ctx.reason or 'no reason given'} (approvals item {item.item_id})"
+    if before is not None:
+        moved = promote(model, before, who=ctx.actor, reason=reason, via=via,
+                        settings=_settings_for(p["tracking_uri"]))  # fmt: skip
+        at = moved["at"]
+    else:
+        at = pd.Timestamp.now(tz="UTC").isoformat()
+        c.delete_registered_model_alias(model, "champion")
+        _append_history(c, model, version=None, previous=version, who=ctx.actor, at=at, via=via,
+                        reason=reason)  # fmt: skip
+        log.info("%s: champion %s removed by %s (%s)", model, version, ctx.actor, via)
+    return _undone(c, model, version=before, previous=version, who=ctx.actor, at=at, via=via)
+
+
+def _alias(c, model: str, alias: str) -> str | None:  # noqa: ANN001
+    """The version ``alias`` points at, or ``None``."""
+    try:
+        return str(_version(c, model, alias).version)
+    except RegistryError:
+        return None
+
+
+def _undone(c, model: str, *, version: str | None, previous: str, who: str, at: str, via: str):  # noqa: ANN001, ANN202
+    """The result an undone champion change records (:func:`_undo_promotion`): ``version``
+    is the champion now (``None``: none), ``previous`` the version rolled back from."""
+    return {
+        "model": model,
+        "version": version,
+        "previous_champion": previous,
+        "who": who,
+        "at": at,
+        "via": via,
+        "challenger": _alias(c, model, "challenger"),
+    }
+
+
+def _recover_undo(item, ctx):  # noqa: ANN001, ANN202 - approvals.Recovered
+    """Whether a rollback from the queue (:func:`_undo_promotion`) interrupted before its
+    outcome was recorded moved ``champion`` back (:func:`approvals.recover_interrupted`).
+
+    The champion history tells: the undo writes its entry (``via``
+    ``approvals:<item id>:rollback``, a via no one else writes) only after moving the
+    alias, so the entry means it took effect (recorded as rolled back, with the result
+    :func:`_undo_promotion` returns, ``challenger`` as it is now). Without the entry,
+    ``champion`` still on the version the execution made champion means the alias did not
+    move (the change stays executed); anything else (the alias moved but the entry is
+    missing, or someone changed the champion since) the hook cannot tell, and says what
+    it found.
+    """
+    from workbench import approvals
+
+    p = item.payload
+    model = p["model"]
+    c = client(_settings_for(p["tracking_uri"]))
+    via = f"approvals:{item.item_id}:rollback"
+    mine = [e for e in _history(c, model) if e.get("via") == via]
+    if mine:
+        e = mine[-1]
+        return approvals.Recovered(
+            True,
+            f"{model}'s champion history has this rollback: {_label(e['previous'])} -> "
+            f"{_label(e['version'])} by {e['who']} at {e['at']}",
+            _undone(
+                c,
+                model,
+                version=e["version"],
+                previous=e["previous"],
+                who=e["who"],
+                at=e["at"],
+                via=via,
+            ),
+        )
+    version, _, _ = _executed(item, ctx)
+    champion = _alias(c, model, "champion")
+    if champion == version:
+        return approvals.Recovered(
+            False,
+            f"{model}'s champion is still v{version}, and its champion history has no entry "
+            "of this rollback",
+        )
+    return approvals.Recovered(
+        None,
+        f"{model}'s champion is {_label(champion)}, not v{version} as {item.item_id} left it, "
+        "and its champion history has no entry of this rollback",
     )
+
+
+INTERRUPTED_HINT = (
+    "see which version is champion (`workbench models list`) and the model's champion "
+    "history (registry.champion_history; `via` names the approvals item, with `:rollback` for "
+    "a rollback from the queue) before approving or rolling back again"
+)
 
 
 def register_approval_executors() -> None:
     """Make the approvals queue run :func:`promote` for ``model_promotion`` and
-    ``model_rollback`` items and check them against the registry now (:func:`current_state`)
-    (idempotent; done when this module is imported, which the queue does on first use)."""
+    ``model_rollback`` items, roll them back (:func:`_undo_promotion`, with
+    :func:`_recover_undo` for an interrupted rollback) and check them against the registry
+    now (:func:`current_state`) (idempotent; done when this module is imported, which the
+    queue does on first use)."""
     from workbench import approvals
 
-    approvals.register_executor("model_promotion", _execute_promotion, rollback=_undo_promotion)
-    approvals.register_executor("model_rollback", _execute_rollback, rollback=_undo_promotion)
+    for action_type, execute in (
+        ("model_promotion", _execute_promotion),
+        ("model_rollback", _execute_rollback),
+    ):
+        approvals.register_executor(action_type, execute, rollback=_undo_promotion,
+                                    recover_rollback=_recover_undo,
+                                    interrupted_hint=INTERRUPTED_HINT)  # fmt: skip
     approvals.register_state_provider(STATE_SCOPE, current_state)
 
 
