@@ -223,7 +223,7 @@ class Running:
         return sorted(p for p in self.root.rglob("*.json"))
 
     def rejections(self) -> list[dict]:
-        log = self.root / "rejected.jsonl"
+        log = self.server.receiver.rejected_log
         return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
@@ -281,7 +281,7 @@ def test_invalid_signature_is_400_with_a_rejection_record_and_nothing_landed(run
     assert record["sha256"] == hashlib.sha256(body).hexdigest()
     assert record["size"] == len(body)
     assert record["remote"] == "127.0.0.1"
-    raw_log = (rx.root / "rejected.jsonl").read_text()
+    raw_log = rx.server.receiver.rejected_log.read_text()
     assert not contains_pan(raw_log) and "evt_bad" not in raw_log  # never the body
 
 
@@ -455,3 +455,24 @@ def test_the_rejection_log_is_not_ingested_as_events(running, settings) -> None:
         files = [r[0] for r in con.execute("SELECT source_file FROM loads").fetchall()]
     assert not any("rejected" in f for f in files)  # the senders' addresses stay out of the lake
     assert not any("rejected" in str(p) for p in (settings.data_dir / "lake").rglob("*"))
+    # the log is beside the landing folder, not in it
+    assert (
+        rx.server.receiver.rejected_log == settings.data_dir / "landing" / "webhooks-rejected.jsonl"
+    )
+    assert not list(rx.root.rglob("*.jsonl"))
+
+
+def test_a_rejection_log_left_in_the_landing_folder_is_not_ingested(settings) -> None:
+    """Landing folders from before the log moved out keep ``rejected.jsonl`` among the
+    bodies: ingest still leaves it out."""
+    from workbench.ingest.landing import ingest_landing
+    from workbench.webhooks import REJECTED_LOG, landing_dir
+
+    day = landing_dir(settings) / "2026-01-01"
+    day.mkdir(parents=True)
+    (day / "evt_1.json").write_bytes((EVENTS / "setup_intent.created.json").read_bytes())
+    old = {"remote": "10.0.0.1", "reason": "no_header", "sha256": None, "size": 3}
+    (landing_dir(settings) / REJECTED_LOG).write_text(json.dumps(old) + "\n")
+    ((source, report),) = ingest_landing(settings, progress=False)
+    assert source == "webhook" and report.totals()["received"] == 1
+    assert [Path(f.path).name for f in report.files] == ["evt_1.json"]

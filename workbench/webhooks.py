@@ -23,7 +23,8 @@ kept). The signature is checked here, once: the header is not stored, so a lande
 never verified again (and may be rewritten by an erasure). A rejected
 request gets a 400 naming the reason, and one JSON line (time, remote address,
 reason, sha256 and size of the body, never the body) is appended durably to
-``<data_dir>/landing/webhooks/rejected.jsonl``.
+``<data_dir>/landing/webhooks-rejected.jsonl``, beside the landing folder, not in it (it is
+not an event: ingest reads the folder).
 
 Example:
     >>> server = make_server(0, secrets=["whsec_test"])      # port 0: any free port
@@ -284,9 +285,18 @@ def secrets_from_env(environ: dict[str, str] | None = None) -> list[str]:
     return [s.strip() for s in raw.split(",") if s.strip()]
 
 
-#: The receiver's log of rejected requests, in the landing folder beside the bodies; not a
-#: body: ``ingest`` leaves it out (it holds senders' addresses, never an event).
+#: The name of the receiver's log of rejected requests in landing folders written before it
+#: moved beside the folder (:func:`rejected_log_for`); not a body: ``ingest`` still leaves a
+#: file of this name in a webhook folder out (it holds senders' addresses, never an event).
 REJECTED_LOG = "rejected.jsonl"
+
+
+def rejected_log_for(root: Path) -> Path:
+    """The receiver's log of rejected requests for the landing folder ``root``:
+    ``<root>-rejected.jsonl`` beside it (``<data_dir>/landing/webhooks-rejected.jsonl``),
+    outside the folder that ingest reads."""
+    root = Path(root)
+    return root.with_name(f"{root.name}-rejected.jsonl")
 
 
 def landing_dir(settings: Settings) -> Path:
@@ -402,7 +412,7 @@ class WebhookReceiver:
         self.max_body_bytes = max_body_bytes
         self.on_event = on_event
         self.clock = clock
-        self.rejected_log = self.root / REJECTED_LOG
+        self.rejected_log = rejected_log_for(self.root)
         self._lock = threading.Lock()
 
     # -- records
@@ -417,8 +427,8 @@ class WebhookReceiver:
         size: int,
         path: str = WEBHOOK_PATH,
     ) -> None:
-        """Append one line to ``rejected.jsonl`` and fsync it. The body itself is never
-        written: only its sha256 and size."""
+        """Append one line to the rejection log (:func:`rejected_log_for`) and fsync it.
+        The body itself is never written: only its sha256 and size."""
         record = {
             "received_at": datetime.fromtimestamp(self.clock(), UTC).isoformat(
                 timespec="microseconds"
@@ -434,7 +444,7 @@ class WebhookReceiver:
         # the message never holds body text, but redact anyway: nothing card-like is written
         line, _ = redact_pan_bytes(line)
         with self._lock:
-            self.root.mkdir(parents=True, exist_ok=True)
+            self.rejected_log.parent.mkdir(parents=True, exist_ok=True)
             created = not self.rejected_log.exists()
             fd = os.open(self.rejected_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
@@ -443,7 +453,7 @@ class WebhookReceiver:
             finally:
                 os.close(fd)
             if created:
-                _fsync_dir(self.root)
+                _fsync_dir(self.rejected_log.parent)
         log.warning("rejected webhook from %s: %s (%s)", remote, reason, message)
 
     # -- handling

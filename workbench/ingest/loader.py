@@ -224,7 +224,7 @@ def _files(path: str | Path | Sequence[str | Path], source: str) -> list[Path]:
     out: list[Path] = []
     suffixes = (".csv",) if source in CSV_SOURCES else _JSON_SUFFIXES
     skip = set()
-    if source == "webhook":  # the receiver's log of rejected requests is not a body
+    if source == "webhook":  # the receiver's rejection log, in folders from before it moved out
         from workbench.webhooks import REJECTED_LOG
 
         skip.add(REJECTED_LOG)
