@@ -209,3 +209,20 @@ def test_stored_write_off_proposals(con) -> None:
     got = bz.stored_write_off_proposals(con)
     assert got["invoice_id"].tolist() == ["w1"]
     assert pd.Timestamp(got["as_of"].iloc[0]) == pd.Timestamp("2024-02-01", tz="UTC")
+
+
+def test_a_window_with_an_empty_end_is_refused() -> None:
+    """`workbench monitor --current '2024-01-01, '` used to give an end of NaT, which every
+    comparison let through (a window up to nothing); now it names the missing end."""
+    from workbench.monitoring.review import _window
+
+    fallback = (pd.Timestamp("2023-01-01", tz=UTC), pd.Timestamp("2023-06-01", tz=UTC))
+    assert _window("", fallback) == fallback
+    assert _window("2024-01-01, 2024-03-01T00:00+02:00", fallback) == (
+        pd.Timestamp("2024-01-01", tz=UTC),
+        pd.Timestamp("2024-02-29 22:00", tz=UTC),
+    )
+    with pytest.raises(ValueError, match=r"no end of window '2024-01-01, '"):
+        _window("2024-01-01, ", fallback)
+    with pytest.raises(ValueError, match=r"no start of window ' ,2024-03-01'"):
+        _window(" ,2024-03-01", fallback)

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.revenue.engine import currency_exponent
+from workbench.timeutil import utc_time
 
 INPUT_COLUMNS = [
     "invoice_id",
@@ -50,16 +51,14 @@ def to_reporting_minor(
     )
 
 
-def _utc_time(value: datetime | pd.Timestamp | str | None) -> pd.Timestamp:
+def _decision_time(value: datetime | pd.Timestamp | str | None) -> pd.Timestamp:
     """``value`` in UTC (a time without a zone is UTC); a clear error when there is none."""
-    when = pd.Timestamp(value) if value is not None else pd.NaT
-    if pd.isna(when):
-        raise ValueError(
-            "no decision time: the warehouse has no events yet (its newest event is the "
-            "default). Load some first (`workbench run 01_ingest`, or `workbench ingest`), or "
-            "pass the time"
-        )
-    return when.tz_localize("UTC") if when.tzinfo is None else when.tz_convert("UTC")
+    return utc_time(
+        value,
+        what="decision time",
+        hint="the warehouse has no events yet (its newest event is the default). Load some "
+        "first (`workbench run 01_ingest`, or `workbench ingest`), or pass the time",
+    )
 
 
 def open_failed_invoices(
@@ -77,7 +76,7 @@ def open_failed_invoices(
         ``model_versions`` empty (no model has scored them yet); ``amount_due_reporting``
         is null when no FX rate is known for the invoice's currency.
     """
-    as_of = _utc_time(as_of)
+    as_of = _decision_time(as_of)
     frame = con.execute(
         """
         WITH attempts AS (
@@ -150,7 +149,7 @@ def open_failed_invoices_daily(
         that had open failed invoices, in day order (an invoice open on several days appears
         once per day); empty, with those columns, when no day had any.
     """
-    end = _utc_time(until)
+    end = _decision_time(until)
     days = pd.date_range(end - pd.Timedelta(days=period_days), end, freq="D")
     parts = [
         open_failed_invoices(con, as_of=day, reporting_currency=reporting_currency).assign(

@@ -28,6 +28,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from workbench.config import Settings
+from workbench.timeutil import utc_time, utc_time_or_now
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +39,12 @@ def _has_table(con: duckdb.DuckDBPyConnection, table: str) -> bool:
     return table.lower() in table_names(con)
 
 
-def _utc(value) -> pd.Timestamp:  # noqa: ANN001
-    ts = pd.Timestamp(value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-
-
 def data_horizon(con: duckdb.DuckDBPyConnection) -> pd.Timestamp | None:
     """The newest event time in the warehouse (None when there are no events)."""
     if not _has_table(con, "events"):
         return None
     value = con.execute("SELECT max(created) FROM events").fetchall()[0][0]
-    return None if value is None else _utc(value)
+    return None if value is None else utc_time(value)
 
 
 # --------------------------------------------------------------------------- MRR forecasts
@@ -184,7 +180,7 @@ def recovery_by_cohort(
     cols = ["cohort", "failed_invoices", "recovered", "recovery_rate", "matured"]
     if not (_has_table(con, "payment_attempts") and _has_table(con, "invoices")):
         return pd.DataFrame(columns=cols)
-    as_of = _utc(as_of) if as_of is not None else data_horizon(con)
+    as_of = utc_time(as_of, what="as_of") if as_of is not None else data_horizon(con)
     frame = con.execute(
         """
         WITH first_fail AS (
@@ -232,7 +228,7 @@ def replay_write_off_proposals(
 
     parts = []
     for day in days:
-        day = _utc(day)
+        day = utc_time(day, what="day")
         invoices = open_failed_invoices(con, as_of=day, reporting_currency=reporting_currency)
         if invoices.empty:
             continue
@@ -279,7 +275,7 @@ def write_off_false_positives(
     Returns:
         ``proposals`` plus ``paid_at``, ``paid_later``, ``matured``.
     """
-    as_of = _utc(as_of) if as_of is not None else data_horizon(con)
+    as_of = utc_time(as_of, what="as_of") if as_of is not None else data_horizon(con)
     out = proposals.copy()
     if out.empty:
         return out.assign(paid_at=pd.Series(dtype="datetime64[ns, UTC]"), paid_later=False,
@@ -314,7 +310,7 @@ def feature_freshness(
     """
     from workbench.features import serving
 
-    now = _utc(now) if now is not None else pd.Timestamp.now(tz="UTC")
+    now = utc_time_or_now(now)
     repo = serving.feature_repo(settings)
     rows = []
     for entity in serving.ENTITIES:
@@ -324,7 +320,8 @@ def feature_freshness(
             table = pq.read_table(path, columns=[entity, serving.EVENT_TS])
             n = table.num_rows
             if n:
-                offline_newest = _utc(pd.Series(table.column(serving.EVENT_TS).to_pandas()).max())
+                newest = pd.Series(table.column(serving.EVENT_TS).to_pandas())
+                offline_newest = pd.to_datetime(newest, utc=True).max()  # NaT: no times
                 ids = [str(x) for x in table.column(entity).to_pylist()[:sample]]
                 online_newest = _online_newest(settings, entity, ids, now)
         for store, newest in (("offline", offline_newest), ("online", online_newest)):

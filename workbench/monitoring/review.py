@@ -22,6 +22,7 @@ from workbench.config import Settings
 from workbench.monitoring import alerts as al
 from workbench.monitoring import business, golden
 from workbench.monitoring import rollback as rb
+from workbench.timeutil import utc_time
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,10 @@ def _window(
     start, _, end = text.partition(",")
     if not end:
         raise ValueError(f"window {text!r}: use 'YYYY-MM-DD,YYYY-MM-DD' (start,end) or leave empty")
-    return business._utc(start.strip()), business._utc(end.strip())
+    return (
+        utc_time(start.strip(), what=f"start of window {text!r}"),
+        utc_time(end.strip(), what=f"end of window {text!r}"),
+    )
 
 
 # --------------------------------------------------------------------------- model frames
