@@ -177,6 +177,41 @@ def test_replayed_write_offs_use_the_dunning_policy() -> None:
     ]
 
 
+def test_replayed_write_offs_are_the_first_proposal_per_invoice() -> None:
+    """Two hard-declined invoices idle long enough on the later days; days given out of
+    order and twice are replayed once each, in day order."""
+    from workbench.dunning import decide_daily
+    from workbench.failed_invoices import open_failed_invoices_on
+    from workbench.policy import load_policy
+
+    policy = load_policy(settings=load_settings(REPO))
+    con = duckdb.connect()
+    create_all(con)
+    con.execute(
+        "INSERT INTO invoices (invoice_id, account_id, currency, created, amount_due) VALUES "
+        "('in_1', 'a1', 'usd', TIMESTAMPTZ '2024-01-01 00:00:00+00', 5000), "
+        "('in_2', 'a2', 'usd', TIMESTAMPTZ '2024-01-20 00:00:00+00', 7000)"
+    )
+    con.execute(
+        "INSERT INTO payment_attempts (attempt_id, invoice_id, created, amount, currency, status, "
+        "decline_code) VALUES "
+        "('ch_1', 'in_1', TIMESTAMPTZ '2024-01-02 00:00:00+00', 5000, 'usd', 'failed', 'stolen_card'), "
+        "('ch_2', 'in_2', TIMESTAMPTZ '2024-01-21 00:00:00+00', 7000, 'usd', 'failed', 'stolen_card')"
+    )  # fmt: skip
+    con.execute("INSERT INTO fx_rates VALUES (DATE '2024-01-01', 'usd', 1)")
+    days = ["2024-04-01", "2024-02-01", "2024-03-10T00:00:00+01:00", "2024-04-01"]
+    out = bz.replay_write_off_proposals(con, policy=policy, days=days)
+    assert out["invoice_id"].tolist() == ["in_1", "in_2"]
+    assert out["as_of"].tolist() == [
+        pd.Timestamp("2024-03-09 23:00", tz=UTC),  # idle 60 days from 2024-01-02
+        pd.Timestamp("2024-04-01", tz=UTC),
+    ]
+    assert out["amount_due_reporting"].tolist() == [5000, 7000]
+    # the same as the day-by-day replay of the dunning notebook, narrowed to write-offs
+    replay = decide_daily(open_failed_invoices_on(con, days=days[:3]), policy=policy)
+    assert (replay["action"] == "propose_write_off").sum() == 3
+
+
 def test_feature_freshness_without_a_feature_store(tmp_path: Path) -> None:
     settings = load_settings(REPO, overrides={"data_dir": str(tmp_path / "data")})
     fresh = bz.feature_freshness(settings, horizon=pd.Timestamp("2024-06-30", tz=UTC))

@@ -8,6 +8,7 @@ Scores (recovery probability, uplift) are joined on by the caller when a model e
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
 import duckdb
@@ -131,6 +132,31 @@ def open_failed_invoices(
     return frame[INPUT_COLUMNS]
 
 
+def open_failed_invoices_on(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    days: Iterable[datetime | pd.Timestamp | str],
+    reporting_currency: str = "usd",
+) -> pd.DataFrame:
+    """:func:`open_failed_invoices` as of each of ``days``, stacked: the dunning engine's
+    input for a replay of the policy (:func:`workbench.dunning.decide_daily`).
+
+    Returns:
+        :data:`INPUT_COLUMNS` plus ``as_of`` (the day's time, UTC), one block of rows per day
+        that had open failed invoices, in the order of ``days`` (an invoice open on several
+        days appears once per day); empty, with those columns, when no day had any.
+    """
+    parts = []
+    for day in days:
+        as_of = _decision_time(day)
+        invoices = open_failed_invoices(con, as_of=as_of, reporting_currency=reporting_currency)
+        if len(invoices):
+            parts.append(invoices.assign(as_of=as_of))
+    if not parts:
+        return pd.DataFrame(columns=[*INPUT_COLUMNS, "as_of"])
+    return pd.concat(parts, ignore_index=True)
+
+
 def open_failed_invoices_daily(
     con: duckdb.DuckDBPyConnection,
     *,
@@ -138,8 +164,8 @@ def open_failed_invoices_daily(
     period_days: int,
     reporting_currency: str = "usd",
 ) -> pd.DataFrame:
-    """:func:`open_failed_invoices` as of every day of a period, stacked: the dunning
-    engine's input for a day-by-day (shadow) replay of the policy.
+    """:func:`open_failed_invoices_on` every day of a period: the input of a day-by-day
+    (shadow) replay of the policy.
 
     The days are ``until - period_days``, the next day at the same time of day, and so on
     up to ``until``: ``period_days + 1`` snapshots.
@@ -151,13 +177,4 @@ def open_failed_invoices_daily(
     """
     end = _decision_time(until)
     days = pd.date_range(end - pd.Timedelta(days=period_days), end, freq="D")
-    parts = [
-        open_failed_invoices(con, as_of=day, reporting_currency=reporting_currency).assign(
-            as_of=day
-        )
-        for day in days
-    ]
-    parts = [p for p in parts if len(p)]
-    if not parts:
-        return pd.DataFrame(columns=[*INPUT_COLUMNS, "as_of"])
-    return pd.concat(parts, ignore_index=True)
+    return open_failed_invoices_on(con, days=days, reporting_currency=reporting_currency)

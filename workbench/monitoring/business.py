@@ -217,29 +217,24 @@ def replay_write_off_proposals(
     days: Sequence,
     reporting_currency: str = "usd",
 ) -> pd.DataFrame:
-    """Write-offs the dunning policy would have proposed on each of ``days``.
+    """Write-offs the dunning policy would have proposed on each of ``days``: a replay
+    (:func:`workbench.dunning.decide_daily`) narrowed to ``propose_write_off``.
 
     Returns:
         ``invoice_id, account_id, as_of, amount_due_reporting`` (the first proposal per
         invoice).
     """
-    from workbench.dunning import decide
-    from workbench.failed_invoices import open_failed_invoices
+    from workbench.dunning import decide_daily
+    from workbench.failed_invoices import open_failed_invoices_on
 
-    parts = []
-    for day in days:
-        day = utc_time(day, what="day")
-        invoices = open_failed_invoices(con, as_of=day, reporting_currency=reporting_currency)
-        if invoices.empty:
-            continue
-        decided = decide(invoices, as_of=day, policy=policy)
-        hit = decided[decided["action"] == "propose_write_off"]
-        parts.append(hit[["invoice_id", "account_id", "amount_due_reporting"]].assign(as_of=day))
     cols = ["invoice_id", "account_id", "as_of", "amount_due_reporting"]
-    if not parts:
+    days = sorted({utc_time(day, what="day") for day in days})  # a day given twice: once
+    history = open_failed_invoices_on(con, days=days, reporting_currency=reporting_currency)
+    decided = decide_daily(history, policy=policy)
+    if decided.empty:
         return pd.DataFrame(columns=cols)
-    out = pd.concat(parts, ignore_index=True).sort_values("as_of")
-    return out.drop_duplicates("invoice_id", keep="first")[cols].reset_index(drop=True)
+    hit = decided[decided["action"] == "propose_write_off"]  # in day order
+    return hit.drop_duplicates("invoice_id", keep="first")[cols].reset_index(drop=True)
 
 
 def stored_write_off_proposals(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
