@@ -37,17 +37,17 @@ def _events(con, last: str) -> None:
     )
 
 
-def test_data_horizon_is_the_newest_event_in_utc(con) -> None:
+def test_newest_event_time_is_in_utc(con) -> None:
     """The scoring and decision time of 05-07 when none is given."""
-    assert bz.data_horizon(con) is None  # no events yet
+    assert bz.newest_event_time(con) is None  # no events yet
     con.execute(
         "INSERT INTO events VALUES ('e1', TIMESTAMPTZ '2024-06-30 12:00:00+00'), "
         "('e2', TIMESTAMPTZ '2024-07-01 01:30:00+02')"
     )
     con.execute("SET TimeZone = 'America/New_York'")  # the session's zone does not leak out
-    newest = bz.data_horizon(con)
+    newest = bz.newest_event_time(con)
     assert newest == pd.Timestamp("2024-06-30 23:30", tz=UTC) and str(newest.tz) == UTC
-    assert bz.data_horizon(duckdb.connect()) is None  # no events table
+    assert bz.newest_event_time(duckdb.connect()) is None  # no events table
 
 
 def test_forecast_vs_realized_every_run_and_month(con) -> None:

@@ -39,8 +39,12 @@ def _has_table(con: duckdb.DuckDBPyConnection, table: str) -> bool:
     return table.lower() in table_names(con)
 
 
-def data_horizon(con: duckdb.DuckDBPyConnection) -> pd.Timestamp | None:
-    """The newest event time in the warehouse (None when there are no events)."""
+def newest_event_time(con: duckdb.DuckDBPyConnection) -> pd.Timestamp | None:
+    """The newest event time in the warehouse, UTC (None when there are no events).
+
+    Only ``events`` counts: :func:`workbench.features.offline.data_horizon` is the newest
+    time of any table (invoices, payments, subscription changes too).
+    """
     if not _has_table(con, "events"):
         return None
     value = con.execute("SELECT max(created) FROM events").fetchall()[0][0]
@@ -72,7 +76,7 @@ def realized_mrr(con: duckdb.DuckDBPyConnection, *, scale: float = 100.0) -> pd.
         """,
         [scale],
     ).df()
-    horizon = data_horizon(con)
+    horizon = newest_event_time(con)
     if horizon is not None and len(frame):
         month_start = horizon.tz_localize(None).to_period("M").to_timestamp()
         if horizon.tz_localize(None) < month_start + pd.offsets.MonthEnd(0):
@@ -175,12 +179,12 @@ def recovery_by_cohort(
 
     Returns:
         ``cohort, failed_invoices, recovered, recovery_rate, matured`` (a cohort is matured
-        when its last member's window has closed by ``as_of``, default the data horizon).
+        when its last member's window has closed by ``as_of``, default the newest event).
     """
     cols = ["cohort", "failed_invoices", "recovered", "recovery_rate", "matured"]
     if not (_has_table(con, "payment_attempts") and _has_table(con, "invoices")):
         return pd.DataFrame(columns=cols)
-    as_of = utc_time(as_of, what="as_of") if as_of is not None else data_horizon(con)
+    as_of = utc_time(as_of, what="as_of") if as_of is not None else newest_event_time(con)
     frame = con.execute(
         """
         WITH first_fail AS (
@@ -264,13 +268,13 @@ def write_off_false_positives(
 ) -> pd.DataFrame:
     """Which proposed write-offs were paid later (false positives).
 
-    Only proposals at least ``maturity_days`` old at ``as_of`` (default: the data horizon)
+    Only proposals at least ``maturity_days`` old at ``as_of`` (default: the newest event)
     are judged; younger ones are ``matured = False`` and left out of the rate.
 
     Returns:
         ``proposals`` plus ``paid_at``, ``paid_later``, ``matured``.
     """
-    as_of = utc_time(as_of, what="as_of") if as_of is not None else data_horizon(con)
+    as_of = utc_time(as_of, what="as_of") if as_of is not None else newest_event_time(con)
     out = proposals.copy()
     if out.empty:
         return out.assign(paid_at=pd.Series(dtype="datetime64[ns, UTC]"), paid_later=False,
