@@ -207,6 +207,8 @@ def test_replayed_write_offs_are_the_first_proposal_per_invoice() -> None:
         pd.Timestamp("2024-04-01", tz=UTC),
     ]
     assert out["amount_due_reporting"].tolist() == [5000, 7000]
+    with pytest.raises(ValueError, match=r"no day \(got NaT\)"):
+        open_failed_invoices_on(con, days=["2024-02-01", pd.NaT])
     # the same as the day-by-day replay of the dunning notebook, narrowed to write-offs
     replay = decide_daily(open_failed_invoices_on(con, days=days[:3]), policy=policy)
     assert (replay["action"] == "propose_write_off").sum() == 3

@@ -148,7 +148,7 @@ def open_failed_invoices_on(
     """
     parts = []
     for day in days:
-        as_of = _decision_time(day)
+        as_of = utc_time(day, what="day")
         invoices = open_failed_invoices(con, as_of=as_of, reporting_currency=reporting_currency)
         if len(invoices):
             parts.append(invoices.assign(as_of=as_of))
