@@ -22,6 +22,8 @@ def test_a_time_without_a_zone_is_read_as_utc() -> None:
     assert str(utc_timestamp("2025-06-01T12:30+02:00").tz) == "UTC"
     with pytest.raises(RunnerError, match="not an ISO-8601 date or time"):
         utc_timestamp("June")
+    with pytest.raises(RunnerError, match="NaT is not an ISO-8601 date or time"):
+        utc_timestamp(pd.NaT)  # it used to come back as NaT, a time that is no time
 
 
 def test_07_decides_as_of_a_date_given_without_a_zone(isolated_env: Path) -> None:

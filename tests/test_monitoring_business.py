@@ -37,17 +37,17 @@ def _events(con, last: str) -> None:
     )
 
 
-def test_data_horizon_is_the_newest_event_in_utc(con) -> None:
+def test_newest_event_time_is_in_utc(con) -> None:
     """The scoring and decision time of 05-07 when none is given."""
-    assert bz.data_horizon(con) is None  # no events yet
+    assert bz.newest_event_time(con) is None  # no events yet
     con.execute(
         "INSERT INTO events VALUES ('e1', TIMESTAMPTZ '2024-06-30 12:00:00+00'), "
         "('e2', TIMESTAMPTZ '2024-07-01 01:30:00+02')"
     )
     con.execute("SET TimeZone = 'America/New_York'")  # the session's zone does not leak out
-    newest = bz.data_horizon(con)
+    newest = bz.newest_event_time(con)
     assert newest == pd.Timestamp("2024-06-30 23:30", tz=UTC) and str(newest.tz) == UTC
-    assert bz.data_horizon(duckdb.connect()) is None  # no events table
+    assert bz.newest_event_time(duckdb.connect()) is None  # no events table
 
 
 def test_forecast_vs_realized_every_run_and_month(con) -> None:
@@ -177,6 +177,43 @@ def test_replayed_write_offs_use_the_dunning_policy() -> None:
     ]
 
 
+def test_replayed_write_offs_are_the_first_proposal_per_invoice() -> None:
+    """Two hard-declined invoices idle long enough on the later days; days given out of
+    order and twice are replayed once each, in day order."""
+    from workbench.dunning import decide_daily
+    from workbench.failed_invoices import open_failed_invoices_on
+    from workbench.policy import load_policy
+
+    policy = load_policy(settings=load_settings(REPO))
+    con = duckdb.connect()
+    create_all(con)
+    con.execute(
+        "INSERT INTO invoices (invoice_id, account_id, currency, created, amount_due) VALUES "
+        "('in_1', 'a1', 'usd', TIMESTAMPTZ '2024-01-01 00:00:00+00', 5000), "
+        "('in_2', 'a2', 'usd', TIMESTAMPTZ '2024-01-20 00:00:00+00', 7000)"
+    )
+    con.execute(
+        "INSERT INTO payment_attempts (attempt_id, invoice_id, created, amount, currency, status, "
+        "decline_code) VALUES "
+        "('ch_1', 'in_1', TIMESTAMPTZ '2024-01-02 00:00:00+00', 5000, 'usd', 'failed', 'stolen_card'), "
+        "('ch_2', 'in_2', TIMESTAMPTZ '2024-01-21 00:00:00+00', 7000, 'usd', 'failed', 'stolen_card')"
+    )  # fmt: skip
+    con.execute("INSERT INTO fx_rates VALUES (DATE '2024-01-01', 'usd', 1)")
+    days = ["2024-04-01", "2024-02-01", "2024-03-10T00:00:00+01:00", "2024-04-01"]
+    out = bz.replay_write_off_proposals(con, policy=policy, days=days)
+    assert out["invoice_id"].tolist() == ["in_1", "in_2"]
+    assert out["as_of"].tolist() == [
+        pd.Timestamp("2024-03-09 23:00", tz=UTC),  # idle 60 days from 2024-01-02
+        pd.Timestamp("2024-04-01", tz=UTC),
+    ]
+    assert out["amount_due_reporting"].tolist() == [5000, 7000]
+    with pytest.raises(ValueError, match=r"no day \(got NaT\)"):
+        open_failed_invoices_on(con, days=["2024-02-01", pd.NaT])
+    # the same as the day-by-day replay of the dunning notebook, narrowed to write-offs
+    replay = decide_daily(open_failed_invoices_on(con, days=days[:3]), policy=policy)
+    assert (replay["action"] == "propose_write_off").sum() == 3
+
+
 def test_feature_freshness_without_a_feature_store(tmp_path: Path) -> None:
     settings = load_settings(REPO, overrides={"data_dir": str(tmp_path / "data")})
     fresh = bz.feature_freshness(settings, horizon=pd.Timestamp("2024-06-30", tz=UTC))
@@ -209,3 +246,20 @@ def test_stored_write_off_proposals(con) -> None:
     got = bz.stored_write_off_proposals(con)
     assert got["invoice_id"].tolist() == ["w1"]
     assert pd.Timestamp(got["as_of"].iloc[0]) == pd.Timestamp("2024-02-01", tz="UTC")
+
+
+def test_a_window_with_an_empty_end_is_refused() -> None:
+    """`workbench monitor --current '2024-01-01, '` used to give an end of NaT, which every
+    comparison let through (a window up to nothing); now it names the missing end."""
+    from workbench.monitoring.review import _window
+
+    fallback = (pd.Timestamp("2023-01-01", tz=UTC), pd.Timestamp("2023-06-01", tz=UTC))
+    assert _window("", fallback) == fallback
+    assert _window("2024-01-01, 2024-03-01T00:00+02:00", fallback) == (
+        pd.Timestamp("2024-01-01", tz=UTC),
+        pd.Timestamp("2024-02-29 22:00", tz=UTC),
+    )
+    with pytest.raises(ValueError, match=r"no end of window '2024-01-01, '"):
+        _window("2024-01-01, ", fallback)
+    with pytest.raises(ValueError, match=r"no start of window ' ,2024-03-01'"):
+        _window(" ,2024-03-01", fallback)

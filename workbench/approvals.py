@@ -39,7 +39,6 @@ import tomllib
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from enum import IntEnum
 from pathlib import Path
 from typing import Any
@@ -50,6 +49,7 @@ import yaml
 from workbench import audit
 from workbench.config import Settings
 from workbench.policy import ACTION_TYPES, AUTOMATIC_LEVELS, WRITE_OFF_REASON_CODES, Policy
+from workbench.timeutil import utc_time_or_now
 
 log = logging.getLogger(__name__)
 
@@ -510,11 +510,6 @@ def _ts(text: str | None) -> pd.Timestamp | None:
     return None if text is None else pd.Timestamp(text).tz_convert("UTC")
 
 
-def _now(now: datetime | pd.Timestamp | None) -> pd.Timestamp:
-    ts = pd.Timestamp.now(tz="UTC") if now is None else pd.Timestamp(now)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-
-
 @dataclass(frozen=True)
 class ActionItem:
     """One queued action as stored."""
@@ -546,7 +541,7 @@ class ActionItem:
         return str(self.payload.get("reason", ""))
 
     def age_hours(self, now: pd.Timestamp) -> float:
-        return (_now(now) - self.requested_at).total_seconds() / 3600.0
+        return (utc_time_or_now(now) - self.requested_at).total_seconds() / 3600.0
 
     def can_roll_back(self, now: pd.Timestamp) -> bool:
         """Executed with an override window that is still open: run automatically under
@@ -555,7 +550,7 @@ class ActionItem:
         return (
             self.status == "executed"
             and self.rollback_until is not None
-            and _now(now) <= self.rollback_until
+            and utc_time_or_now(now) <= self.rollback_until
         )
 
     @classmethod
@@ -645,7 +640,7 @@ def queue_frame(store: StoreLike, *, statuses: Iterable[str] | None = None, now:
         One row per item with :data:`QUEUE_COLUMNS` (scores and reasons come from the
         payload the requester stored; missing ones are NaN / empty).
     """
-    now = _now(now)
+    now = utc_time_or_now(now)
     rows = []
     for item in list_items(store, statuses=statuses, limit=limit):
         p = item.payload
@@ -891,7 +886,7 @@ def record_states(
     Returns:
         How many pending items were superseded (each audited).
     """
-    store, now = open_store(store), _now(now)
+    store, now = open_store(store), utc_time_or_now(now)
     if who.role < Role.ANALYST:
         raise PermissionError(f"{who.user} ({who.role.label}) cannot record states")
     at = audit.utc_text(now)
@@ -1024,7 +1019,7 @@ def set_automation_paused(
     Resuming one type while ``*`` is paused leaves it paused. Admins and system
     identities (e.g. monitoring's automatic rollback) only; every call is audited.
     """
-    store, now = open_store(store), _now(now)
+    store, now = open_store(store), utc_time_or_now(now)
     if action_type != "*" and action_type not in ACTION_TYPES:
         raise ValueError(
             f"unknown action type {action_type!r}; known: *, {', '.join(ACTION_TYPES)}"
@@ -1134,7 +1129,7 @@ def request_action(
         ``queued`` (new pending item), ``duplicate`` (same key already queued; nothing
         changed), ``executed`` / ``failed`` (automatic), ``paused`` or ``denied``.
     """
-    store, now = open_store(store), _now(now)
+    store, now = open_store(store), utc_time_or_now(now)
     if action_type not in ACTION_TYPES:
         raise ValueError(f"unknown action type {action_type!r}; known: {', '.join(ACTION_TYPES)}")
     payload = dict(payload or {})
@@ -1344,7 +1339,7 @@ def approve(
     transaction, so concurrent approvals of one item execute it once. Denials are
     audited.
     """
-    store, now = open_store(store), _now(now)
+    store, now = open_store(store), utc_time_or_now(now)
     item = get_item(store, item_id)
     if item is None:
         return Outcome(False, "not_found", f"no action {item_id}", item_id)
@@ -1402,7 +1397,7 @@ def reject(
     store: StoreLike, item_id: str, *, who: Identity, comment: str, now: pd.Timestamp | None = None
 ) -> Outcome:
     """Reject a pending item (approver or admin; a comment saying why is required)."""
-    store, now = open_store(store), _now(now)
+    store, now = open_store(store), utc_time_or_now(now)
     item = get_item(store, item_id)
     if item is None:
         return Outcome(False, "not_found", f"no action {item_id}", item_id)
@@ -1441,7 +1436,7 @@ def bulk_approve(
     """Approve several items at once where the policy allows it (low risk, listed action
     types, at most ``bulk_approval.max_amount_minor``). Every item still goes through
     :func:`approve` (roles, maker-checker, state check, execute-once)."""
-    store, now = open_store(store), _now(now)
+    store, now = open_store(store), utc_time_or_now(now)
     ids = list(item_ids)
     if who.role < Role.APPROVER:
         reason = f"role {who.role.label} cannot approve; approver or admin needed"
@@ -1518,7 +1513,7 @@ def recover_interrupted(
     Returns:
         The item ids closed.
     """
-    store, now = open_store(store), _now(now)
+    store, now = open_store(store), utc_time_or_now(now)
     if who.role < Role.APPROVER and not who.system:
         raise PermissionError(f"{who.user} ({who.role.label}) cannot close interrupted items")
     cutoff = audit.utc_text(now - older_than)
@@ -1693,7 +1688,7 @@ def rollback(
     action type's rollback executor runs if one is registered (given ``reason`` in its
     :class:`ExecutionContext`).
     """
-    store, now = open_store(store), _now(now)
+    store, now = open_store(store), utc_time_or_now(now)
     item = get_item(store, item_id)
     if item is None:
         return Outcome(False, "not_found", f"no action {item_id}", item_id)

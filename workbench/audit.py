@@ -25,11 +25,13 @@ import logging
 import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
+
+from workbench.timeutil import utc_time_or_now
 
 if TYPE_CHECKING:
     from workbench.config import Settings
@@ -64,11 +66,7 @@ class Store(Protocol):
 
 def utc_text(ts: datetime | pd.Timestamp | None = None) -> str:
     """A UTC time as fixed-width ISO text with microseconds (sortable, portable)."""
-    if ts is None:
-        ts = datetime.now(UTC)
-    ts = pd.Timestamp(ts)
-    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-    return ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return utc_time_or_now(ts).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def jsonable(value: Any) -> Any:

@@ -8,6 +8,7 @@ Scores (recovery probability, uplift) are joined on by the caller when a model e
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 
 import duckdb
@@ -15,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.revenue.engine import currency_exponent
+from workbench.timeutil import utc_time
 
 INPUT_COLUMNS = [
     "invoice_id",
@@ -50,16 +52,14 @@ def to_reporting_minor(
     )
 
 
-def _utc_time(value: datetime | pd.Timestamp | str | None) -> pd.Timestamp:
+def _decision_time(value: datetime | pd.Timestamp | str | None) -> pd.Timestamp:
     """``value`` in UTC (a time without a zone is UTC); a clear error when there is none."""
-    when = pd.Timestamp(value) if value is not None else pd.NaT
-    if pd.isna(when):
-        raise ValueError(
-            "no decision time: the warehouse has no events yet (its newest event is the "
-            "default). Load some first (`workbench run 01_ingest`, or `workbench ingest`), or "
-            "pass the time"
-        )
-    return when.tz_localize("UTC") if when.tzinfo is None else when.tz_convert("UTC")
+    return utc_time(
+        value,
+        what="decision time",
+        hint="the warehouse has no events yet (its newest event is the default). Load some "
+        "first (`workbench run 01_ingest`, or `workbench ingest`), or pass the time",
+    )
 
 
 def open_failed_invoices(
@@ -77,7 +77,7 @@ def open_failed_invoices(
         ``model_versions`` empty (no model has scored them yet); ``amount_due_reporting``
         is null when no FX rate is known for the invoice's currency.
     """
-    as_of = _utc_time(as_of)
+    as_of = _decision_time(as_of)
     frame = con.execute(
         """
         WITH attempts AS (
@@ -132,6 +132,31 @@ def open_failed_invoices(
     return frame[INPUT_COLUMNS]
 
 
+def open_failed_invoices_on(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    days: Iterable[datetime | pd.Timestamp | str],
+    reporting_currency: str = "usd",
+) -> pd.DataFrame:
+    """:func:`open_failed_invoices` as of each of ``days``, stacked: the dunning engine's
+    input for a replay of the policy (:func:`workbench.dunning.decide_daily`).
+
+    Returns:
+        :data:`INPUT_COLUMNS` plus ``as_of`` (the day's time, UTC), one block of rows per day
+        that had open failed invoices, in the order of ``days`` (an invoice open on several
+        days appears once per day); empty, with those columns, when no day had any.
+    """
+    parts = []
+    for day in days:
+        as_of = utc_time(day, what="day")
+        invoices = open_failed_invoices(con, as_of=as_of, reporting_currency=reporting_currency)
+        if len(invoices):
+            parts.append(invoices.assign(as_of=as_of))
+    if not parts:
+        return pd.DataFrame(columns=[*INPUT_COLUMNS, "as_of"])
+    return pd.concat(parts, ignore_index=True)
+
+
 def open_failed_invoices_daily(
     con: duckdb.DuckDBPyConnection,
     *,
@@ -139,8 +164,8 @@ def open_failed_invoices_daily(
     period_days: int,
     reporting_currency: str = "usd",
 ) -> pd.DataFrame:
-    """:func:`open_failed_invoices` as of every day of a period, stacked: the dunning
-    engine's input for a day-by-day (shadow) replay of the policy.
+    """:func:`open_failed_invoices_on` every day of a period: the input of a day-by-day
+    (shadow) replay of the policy.
 
     The days are ``until - period_days``, the next day at the same time of day, and so on
     up to ``until``: ``period_days + 1`` snapshots.
@@ -150,15 +175,6 @@ def open_failed_invoices_daily(
         that had open failed invoices, in day order (an invoice open on several days appears
         once per day); empty, with those columns, when no day had any.
     """
-    end = _utc_time(until)
+    end = _decision_time(until)
     days = pd.date_range(end - pd.Timedelta(days=period_days), end, freq="D")
-    parts = [
-        open_failed_invoices(con, as_of=day, reporting_currency=reporting_currency).assign(
-            as_of=day
-        )
-        for day in days
-    ]
-    parts = [p for p in parts if len(p)]
-    if not parts:
-        return pd.DataFrame(columns=[*INPUT_COLUMNS, "as_of"])
-    return pd.concat(parts, ignore_index=True)
+    return open_failed_invoices_on(con, days=days, reporting_currency=reporting_currency)

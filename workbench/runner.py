@@ -271,15 +271,14 @@ def utc_timestamp(value: str | datetime) -> Any:
     is read as UTC (``2025-06-01`` is midnight UTC); one with a zone is converted to UTC.
 
     Raises:
-        RunnerError: The value is not an ISO-8601 date or time.
+        RunnerError: The value is not an ISO-8601 date or time (or is NaT).
     """
-    import pandas as pd
+    from workbench.timeutil import utc_time  # imports pandas: not at the runner's import
 
     try:
-        ts = pd.Timestamp(value if isinstance(value, datetime) else datetime.fromisoformat(value))
+        return utc_time(value if isinstance(value, datetime) else datetime.fromisoformat(value))
     except (TypeError, ValueError) as exc:
         raise RunnerError(f"{value!r} is not an ISO-8601 date or time") from exc
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
 # --------------------------------------------------------------------------- steps

@@ -23,6 +23,7 @@ from sklearn.ensemble import IsolationForest
 
 from workbench.anomalies.findings import empty_findings, finding_id, utc_now
 from workbench.anomalies.rules import Relations, period_relations
+from workbench.timeutil import utc_time
 
 log = logging.getLogger(__name__)
 
@@ -506,11 +507,6 @@ class InvoiceAnomalyDetector:
         return pd.DataFrame(out)
 
 
-def _utc(value: Any) -> pd.Timestamp:
-    ts = pd.Timestamp(value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-
-
 def detect_unusual_invoices(
     con: Any,
     *,
@@ -543,7 +539,9 @@ def detect_unusual_invoices(
         contamination=contamination, max_samples=max_samples, random_state=random_state
     ).fit(train)
     window = (
-        train if start is None else train[train["created"] >= _utc(start)].reset_index(drop=True)
+        train
+        if start is None
+        else train[train["created"] >= utc_time(start, what="start")].reset_index(drop=True)
     )
     scored = det.score(window)
     scores = window.assign(

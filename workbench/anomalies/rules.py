@@ -32,6 +32,7 @@ from typing import Any
 import pandas as pd
 
 from workbench.anomalies.findings import empty_findings, finding_id, rank_findings, utc_now
+from workbench.timeutil import utc_time
 
 log = logging.getLogger(__name__)
 
@@ -521,8 +522,7 @@ def sql_literal(value: str | datetime | date | pd.Timestamp) -> str:
     """A SQL literal for a string or a time (times become UTC ``TIMESTAMPTZ`` literals)."""
     if isinstance(value, str):
         return "'" + value.replace("'", "''") + "'"
-    ts = pd.Timestamp(value)
-    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    ts = utc_time(value)
     return f"TIMESTAMPTZ '{ts.strftime('%Y-%m-%d %H:%M:%S.%f')}+00'"
 
 

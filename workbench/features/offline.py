@@ -789,7 +789,8 @@ def known_at(t, *, tables: Iterable[str] | None = None) -> dict[str, str]:
 def data_horizon(con: duckdb.DuckDBPyConnection | Engine) -> pd.Timestamp | None:
     """The latest time the warehouse has seen (max of event and fact times), or None if empty.
 
-    Labels are only defined where ``as_of + horizon <= data_horizon``.
+    Labels are only defined where ``as_of + horizon <= data_horizon``. (The newest event
+    alone is :func:`workbench.monitoring.business.newest_event_time`.)
     """
     row = (
         as_engine(con)

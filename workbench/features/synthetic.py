@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from workbench.schema import create_all
+from workbench.timeutil import utc_time
 
 log = logging.getLogger(__name__)
 
@@ -123,9 +124,7 @@ def _insert(con: duckdb.DuckDBPyConnection, table: str, frame: pd.DataFrame) -> 
 
 
 def _epoch_us(t) -> int:
-    ts = pd.Timestamp(t)
-    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-    return int(ts.value // 1000)
+    return int(utc_time(t).value // 1000)
 
 
 def _round(us: np.ndarray, resolution_us: int) -> np.ndarray:

@@ -42,6 +42,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from workbench.timeutil import utc_time
+
 log = logging.getLogger(__name__)
 
 DAY_S = 86_400.0
@@ -127,9 +129,7 @@ def retry_history(frame: pd.DataFrame, *, before: Any) -> pd.DataFrame:
         seconds), ``retry_days`` (days since the invoice's first failure) and
         ``succeeded`` (0/1).
     """
-    cut = pd.Timestamp(before)
-    cut = cut.tz_localize("UTC") if cut.tzinfo is None else cut.tz_convert("UTC")
-    cut_s = cut.value / 1e9
+    cut_s = utc_time(before, what="before").value / 1e9
     f = frame.sort_values(["invoice_id", "as_of"], kind="stable")
     t_s = _epoch_s(f["as_of"])
     nxt = pd.Series(t_s, index=f.index).groupby(f["invoice_id"].to_numpy()).shift(-1).to_numpy()

@@ -28,6 +28,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from workbench.config import Settings
+from workbench.timeutil import utc_time, utc_time_or_now
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +39,16 @@ def _has_table(con: duckdb.DuckDBPyConnection, table: str) -> bool:
     return table.lower() in table_names(con)
 
 
-def _utc(value) -> pd.Timestamp:  # noqa: ANN001
-    ts = pd.Timestamp(value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+def newest_event_time(con: duckdb.DuckDBPyConnection) -> pd.Timestamp | None:
+    """The newest event time in the warehouse, UTC (None when there are no events).
 
-
-def data_horizon(con: duckdb.DuckDBPyConnection) -> pd.Timestamp | None:
-    """The newest event time in the warehouse (None when there are no events)."""
+    Only ``events`` counts: :func:`workbench.features.offline.data_horizon` is the newest
+    time of any table (invoices, payments, subscription changes too).
+    """
     if not _has_table(con, "events"):
         return None
     value = con.execute("SELECT max(created) FROM events").fetchall()[0][0]
-    return None if value is None else _utc(value)
+    return None if value is None else utc_time(value)
 
 
 # --------------------------------------------------------------------------- MRR forecasts
@@ -76,7 +76,7 @@ def realized_mrr(con: duckdb.DuckDBPyConnection, *, scale: float = 100.0) -> pd.
         """,
         [scale],
     ).df()
-    horizon = data_horizon(con)
+    horizon = newest_event_time(con)
     if horizon is not None and len(frame):
         month_start = horizon.tz_localize(None).to_period("M").to_timestamp()
         if horizon.tz_localize(None) < month_start + pd.offsets.MonthEnd(0):
@@ -179,12 +179,12 @@ def recovery_by_cohort(
 
     Returns:
         ``cohort, failed_invoices, recovered, recovery_rate, matured`` (a cohort is matured
-        when its last member's window has closed by ``as_of``, default the data horizon).
+        when its last member's window has closed by ``as_of``, default the newest event).
     """
     cols = ["cohort", "failed_invoices", "recovered", "recovery_rate", "matured"]
     if not (_has_table(con, "payment_attempts") and _has_table(con, "invoices")):
         return pd.DataFrame(columns=cols)
-    as_of = _utc(as_of) if as_of is not None else data_horizon(con)
+    as_of = utc_time(as_of, what="as_of") if as_of is not None else newest_event_time(con)
     frame = con.execute(
         """
         WITH first_fail AS (
@@ -221,29 +221,24 @@ def replay_write_off_proposals(
     days: Sequence,
     reporting_currency: str = "usd",
 ) -> pd.DataFrame:
-    """Write-offs the dunning policy would have proposed on each of ``days``.
+    """Write-offs the dunning policy would have proposed on each of ``days``: a replay
+    (:func:`workbench.dunning.decide_daily`) narrowed to ``propose_write_off``.
 
     Returns:
         ``invoice_id, account_id, as_of, amount_due_reporting`` (the first proposal per
         invoice).
     """
-    from workbench.dunning import decide
-    from workbench.failed_invoices import open_failed_invoices
+    from workbench.dunning import decide_daily
+    from workbench.failed_invoices import open_failed_invoices_on
 
-    parts = []
-    for day in days:
-        day = _utc(day)
-        invoices = open_failed_invoices(con, as_of=day, reporting_currency=reporting_currency)
-        if invoices.empty:
-            continue
-        decided = decide(invoices, as_of=day, policy=policy)
-        hit = decided[decided["action"] == "propose_write_off"]
-        parts.append(hit[["invoice_id", "account_id", "amount_due_reporting"]].assign(as_of=day))
     cols = ["invoice_id", "account_id", "as_of", "amount_due_reporting"]
-    if not parts:
+    days = sorted({utc_time(day, what="day") for day in days})  # a day given twice: once
+    history = open_failed_invoices_on(con, days=days, reporting_currency=reporting_currency)
+    decided = decide_daily(history, policy=policy)
+    if decided.empty:
         return pd.DataFrame(columns=cols)
-    out = pd.concat(parts, ignore_index=True).sort_values("as_of")
-    return out.drop_duplicates("invoice_id", keep="first")[cols].reset_index(drop=True)
+    hit = decided[decided["action"] == "propose_write_off"]  # in day order
+    return hit.drop_duplicates("invoice_id", keep="first")[cols].reset_index(drop=True)
 
 
 def stored_write_off_proposals(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
@@ -273,13 +268,13 @@ def write_off_false_positives(
 ) -> pd.DataFrame:
     """Which proposed write-offs were paid later (false positives).
 
-    Only proposals at least ``maturity_days`` old at ``as_of`` (default: the data horizon)
+    Only proposals at least ``maturity_days`` old at ``as_of`` (default: the newest event)
     are judged; younger ones are ``matured = False`` and left out of the rate.
 
     Returns:
         ``proposals`` plus ``paid_at``, ``paid_later``, ``matured``.
     """
-    as_of = _utc(as_of) if as_of is not None else data_horizon(con)
+    as_of = utc_time(as_of, what="as_of") if as_of is not None else newest_event_time(con)
     out = proposals.copy()
     if out.empty:
         return out.assign(paid_at=pd.Series(dtype="datetime64[ns, UTC]"), paid_later=False,
@@ -314,7 +309,7 @@ def feature_freshness(
     """
     from workbench.features import serving
 
-    now = _utc(now) if now is not None else pd.Timestamp.now(tz="UTC")
+    now = utc_time_or_now(now)
     repo = serving.feature_repo(settings)
     rows = []
     for entity in serving.ENTITIES:
@@ -324,7 +319,8 @@ def feature_freshness(
             table = pq.read_table(path, columns=[entity, serving.EVENT_TS])
             n = table.num_rows
             if n:
-                offline_newest = _utc(pd.Series(table.column(serving.EVENT_TS).to_pandas()).max())
+                newest = pd.Series(table.column(serving.EVENT_TS).to_pandas())
+                offline_newest = pd.to_datetime(newest, utc=True).max()  # NaT: no times
                 ids = [str(x) for x in table.column(entity).to_pylist()[:sample]]
                 online_newest = _online_newest(settings, entity, ids, now)
         for store, newest in (("offline", offline_newest), ("online", online_newest)):

@@ -22,6 +22,7 @@ from workbench.config import Settings
 from workbench.monitoring import alerts as al
 from workbench.monitoring import business, golden
 from workbench.monitoring import rollback as rb
+from workbench.timeutil import utc_time
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +118,10 @@ def _window(
     start, _, end = text.partition(",")
     if not end:
         raise ValueError(f"window {text!r}: use 'YYYY-MM-DD,YYYY-MM-DD' (start,end) or leave empty")
-    return business._utc(start.strip()), business._utc(end.strip())
+    return (
+        utc_time(start.strip(), what=f"start of window {text!r}"),
+        utc_time(end.strip(), what=f"end of window {text!r}"),
+    )
 
 
 # --------------------------------------------------------------------------- model frames
@@ -197,7 +201,7 @@ def run_monitoring(
         run_id: The pipeline run (alerts, golden scores and reports are tagged with it).
         model: Registered model to watch.
         reference, current: Windows ``"start,end"`` (ISO dates); empty: the 6 months before
-            the current window, and the last 3 months up to the data horizon.
+            the current window, and the last 3 months up to the newest event.
         alias: The alias to watch; ``fallback_alias`` is scored when it does not exist.
         act: Raise alerts, roll back and pause automation (False: compute only).
         out_dir: Where drift reports go (default ``<reports_dir>/<run_id>/monitoring``).
@@ -218,7 +222,7 @@ def run_monitoring(
     steps = tqdm(total=6, desc="monitoring", disable=not progress)
 
     with open_warehouse(settings).read(step="monitor") as con:
-        horizon = business.data_horizon(con)
+        horizon = business.newest_event_time(con)
         if horizon is None:
             raise ValueError("the warehouse has no events: run the pipeline (00-03) first")
         res.schema = rb.guard_schema(settings, con, rules=rules, run_id=run_id, now=now) if act else (

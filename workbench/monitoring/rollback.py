@@ -251,7 +251,7 @@ def heal_stale_features(
             newest event that is still fine.
     """
     from workbench.features import serving
-    from workbench.monitoring.business import data_horizon
+    from workbench.monitoring.business import newest_event_time
 
     online = freshness[freshness["store"] == "online"]
     lag = online["lag_hours"]
@@ -261,7 +261,7 @@ def heal_stale_features(
     missing = unpublished_features(settings)
     if (worst is None or worst <= max_lag_hours) and not missing:
         return HealResult("fresh", worst)
-    horizon = data_horizon(con)
+    horizon = newest_event_time(con)
     if horizon is None:
         return HealResult("failed", worst, message="the warehouse has no events to publish from")
     try:
