@@ -1965,7 +1965,10 @@ def _condition(cond: Cond, ctx: _Context) -> np.ndarray:
 
 
 def _load_lookups(
-    mapping: Mapping, base: Path, given: MappingABC[str, Any] | None
+    mapping: Mapping,
+    base: Path,
+    given: MappingABC[str, Any] | None,
+    hashes: MappingABC[str, str] | None = None,
 ) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     for name, spec in mapping.lookups.items():
@@ -1976,7 +1979,7 @@ def _load_lookups(
                 continue
             path = Path(value)
         elif spec.sha256 is not None:
-            out[name] = _pinned_lookup(mapping, spec)
+            out[name] = _pinned_lookup(mapping, spec, (hashes or {}).get(name, spec.sha256))
             continue
         else:
             path = Path(spec.file) if Path(spec.file).is_absolute() else base / spec.file
@@ -1989,8 +1992,9 @@ def _load_lookups(
     return out
 
 
-def _pinned_lookup(mapping: Mapping, spec: Lookup) -> dict[str, str]:
-    """A pinned lookup's table: its file beside the mapping, checked against its hash."""
+def _pinned_lookup(mapping: Mapping, spec: Lookup, want: str) -> dict[str, str]:
+    """A pinned lookup's table: its file beside the mapping, checked against ``want`` (its
+    pinned hash, or the one an erasure rewrote the copy to)."""
     if mapping.path is None:
         raise _FileError(
             f"lookup {spec.name!r} is pinned to a file beside the mapping, which has no path"
@@ -1998,9 +2002,10 @@ def _pinned_lookup(mapping: Mapping, spec: Lookup) -> dict[str, str]:
     path = Path(mapping.path).parent / spec.file
     if not path.is_file():
         raise _FileError(f"lookup {spec.name!r}: its copy {path} (sha256 {spec.sha256}) is missing")
-    if hashlib.sha256(path.read_bytes()).hexdigest() != spec.sha256:
+    if hashlib.sha256(path.read_bytes()).hexdigest() != want:
+        erased = "" if want == spec.sha256 else f", as an erasure rewrote it (pinned {spec.sha256})"
         raise _FileError(
-            f"lookup {spec.name!r}: its copy {path} no longer has sha256 {spec.sha256} "
+            f"lookup {spec.name!r}: its copy {path} no longer has sha256 {want}{erased} "
             "(it was changed)"
         )
     return _read_lookup(mapping, spec, path)
@@ -2058,6 +2063,7 @@ def map_csv(
     mapping: Mapping | str,
     *,
     lookups: MappingABC[str, MappingABC[str, str] | str | Path] | None = None,
+    lookup_hashes: MappingABC[str, str] | None = None,
 ) -> MappedFile:
     """Read one CSV file and map it onto canonical tables.
 
@@ -2067,6 +2073,9 @@ def map_csv(
         lookups: For mappings with ``lookups``: name -> a ``{key: value}`` dict or the path of
             the CSV to read it from (default: the mapping's file name, beside ``path``; a
             pinned lookup, as the lake stores them, reads its copy beside the mapping).
+        lookup_hashes: For pinned lookups: name -> the SHA-256 their copy must have instead
+            of the pinned one (the copy keeps its name and pin when ``workbench erase``
+            rewrites it; the lake's erasure log records the new hash).
 
     Returns:
         A :class:`MappedFile`: frames for every table of the mapping with exactly the
@@ -2089,7 +2098,7 @@ def map_csv(
     extra = {"redacted": raw.redacted, "blank_lines": raw.blank_lines}
     try:
         resolved = _resolve_headers(raw.headers, mapping)
-        lookup_tables = _load_lookups(mapping, path.parent, lookups)
+        lookup_tables = _load_lookups(mapping, path.parent, lookups, lookup_hashes)
         result = _map_rows(raw, mapping, resolved, lookup_tables)
     except _FileError as exc:
         log.warning("%s: %s", path.name, exc)
@@ -2354,6 +2363,27 @@ def personal_positions(mapping: Mapping, headers: list[str]) -> dict[int, bool]:
             if hit:
                 break
     return out
+
+
+def personal_lookup_positions(mapping: Mapping, lookup: str, headers: list[str]) -> dict[int, bool]:
+    """Positions of ``headers`` (of the file that ``mapping``'s lookup ``lookup`` reads) whose
+    values feed a personal canonical column (names, e-mails): the lookup's value column, when
+    the mapping reads a name or e-mail through the lookup. Each requires a value (like
+    :func:`personal_positions`, which it complements): a lookup row without one is no entry,
+    and the rows that look it up are rejected."""
+    spec = mapping.lookups.get(lookup)
+    used = {
+        e.lookup
+        for table_name, table in mapping.tables.items()
+        for col_name, expr in table.columns.items()
+        if col_name in TABLES[table_name].personal
+        for e in _walk([expr])
+        if isinstance(e, LookupOf)
+    }
+    if spec is None or lookup not in used:
+        return {}
+    want = _norm_header(spec.value)
+    return {i: True for i, h in enumerate(headers) if _norm_header(h) == want}
 
 
 def detect_mapping(path: str | Path, candidates: Iterable[str] | None = None) -> str | None:

@@ -186,7 +186,10 @@ def _lookups(batch: _Batch, inp: _Input, mapping: Any) -> dict[str, Path] | None
     than it did, so the replay stops with an error saying what to put back.
 
     A replayed load's lookup copies in the lake are checked first: one that is missing or
-    changed would also fail the file or map it differently, so the replay stops too.
+    changed would also fail the file or map it differently, so the replay stops too. A copy
+    that ``workbench erase`` rewrote must have the hash the erasure log recorded for it
+    (:func:`_lookup_hashes`); one whose rewrite was logged but not made (an erasure stopped
+    in between) stops the replay too, saying to run the erasure again.
 
     Raises:
         IngestError: A replayed load's lookup file (or its lake copy) is not there, or the
@@ -197,16 +200,27 @@ def _lookups(batch: _Batch, inp: _Input, mapping: Any) -> dict[str, Path] | None
     from workbench.ingest.loader import IngestError
 
     out = {}
+    hashes = _lookup_hashes(batch.lake, mapping) or {}
     for name, lk in mapping.lookups.items():
         if lk.sha256 is not None:
             copy = Path(mapping.path).parent / lk.file
-            if inp.replay and (not copy.is_file() or sha256_file(copy) != lk.sha256):
+            want = hashes.get(name, lk.sha256)
+            have = sha256_file(copy) if inp.replay and copy.is_file() else None
+            if inp.replay and have != want:
+                unfinished = want != lk.sha256 and have == lk.sha256
                 raise IngestError(
-                    f"the lake's copy of lookup {name!r} ({copy}, sha256 {lk.sha256}), which "
+                    f"the lake's copy of lookup {name!r} ({copy}, sha256 {want}), which "
                     f"load {batch.load_id} used to map {inp.display}, is "
-                    f"{'changed' if copy.is_file() else 'missing'}: the lake is damaged "
-                    "(`workbench verify` lists what). Restore it from a backup of the lake and "
-                    "run this again; the warehouse was left as it was."
+                    + (
+                        "as it was before an erasure that logged a rewrite of it (the erasure "
+                        "was stopped before it rewrote the copy): run that `workbench erase` "
+                        "again to finish it (the lake's _erasures.jsonl names the customer)"
+                        if unfinished
+                        else f"{'changed' if have else 'missing'}: the lake is damaged "
+                        "(`workbench verify` lists what). Restore it from a backup of the lake "
+                        "and run this again"
+                    )
+                    + "; the warehouse was left as it was."
                 )
             continue
         path = Path(inp.display).parent / lk.file
@@ -220,6 +234,18 @@ def _lookups(batch: _Batch, inp: _Input, mapping: Any) -> dict[str, Path] | None
             )
         out[name] = path
     return out or None
+
+
+def _lookup_hashes(lake: Lake, mapping: Any) -> dict[str, str] | None:
+    """Lookup name -> the hash its pinned copy must have now, for the copies of ``lake`` that
+    ``workbench erase`` rewrote (in place: the copy keeps its name and the mapping its pin;
+    the erasure log records the new hash)."""
+    out = {
+        name: lake.current_sha(Path(mapping.path).parent / lk.file, lk.sha256)
+        for name, lk in getattr(mapping, "lookups", {}).items()
+        if lk.sha256 is not None and mapping.path is not None
+    }
+    return {name: sha for name, sha in out.items() if sha != mapping.lookups[name].sha256} or None
 
 
 def load_csv(batch: _Batch, inp: _Input) -> None:
@@ -242,7 +268,12 @@ def load_csv(batch: _Batch, inp: _Input) -> None:
         )
         return
     mapping = _pin_lookups(batch, inp, mapping)
-    mapped = csv_mapping.map_csv(path, mapping, lookups=_lookups(batch, inp, mapping))
+    mapped = csv_mapping.map_csv(
+        path,
+        mapping,
+        lookups=_lookups(batch, inp, mapping),
+        lookup_hashes=_lookup_hashes(batch.lake, mapping),
+    )
     if mapped.error:
         _fail(batch, inp, received=mapped.received, message=mapped.error)
         return

@@ -12,9 +12,19 @@
    read as a name or e-mail on the rows that hold the customer's id as a value (``[erased]``
    where the mapping requires a value, so the row still loads), so rows that never reached
    ``accounts`` (quarantined ones, a file that failed) are covered too.
+   The lake's copies of CSV mapping lookup files (``_mappings/lookups/``) are rewritten the
+   same way: on the rows holding the customer's id (their key, usually), the value column of
+   a lookup that a mapping reads as a name or e-mail becomes ``[erased]`` (a blank value would
+   be no entry, and the rows looking it up would be rejected), and known names and e-mails
+   elsewhere on those rows are blanked.
    Lines that do not mention the customer keep their bytes.
 2. Each rewrite is appended to ``lake/_erasures.jsonl`` first (who, why, when, file, old
-   and new SHA-256, how many values), then the file is replaced atomically.
+   and new SHA-256, how many values), then the file is replaced atomically. A rewritten file
+   keeps its path, named by the hash it was stored with, and so do the receipts, ``loads``
+   rows and pinned mappings naming it; ``verify``, ``rebuild`` and a re-map take the hash it
+   must have now from the log. An erasure stopped between the two is finished by a rerun
+   (until then ``verify`` reports the file changed, and a rebuild reading a lookup copy left
+   so stops, saying to rerun the erasure).
 3. The landing zone (``data/landing/``: webhook bodies kept by ``workbench receive``, Stripe
    and CSV exports) is the inbox ``ingest_landing`` reads again on every run, so its files
    stay after they are loaded. Every JSON or CSV file there that mentions the customer is
@@ -41,10 +51,11 @@ import csv
 import io
 import json
 import logging
+import os
 import stat
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -54,7 +65,7 @@ import duckdb
 
 from workbench import csv_mapping
 from workbench.config import Settings, load_settings
-from workbench.ingest.lake import Lake
+from workbench.ingest.lake import LOOKUPS, Lake
 from workbench.ingest.rebuild import RebuildReport, rebuild_locked
 from workbench.ingest.records import redact_cards
 from workbench.lakehouse import open_warehouse
@@ -225,18 +236,53 @@ def _csv_records(lines: list[str], delimiter: str) -> Iterator[tuple[int, int, l
 
 def _scrub_csv(data: bytes, scrubber: _Scrubber, mappings: list[Any] | None = None) -> bytes:
     """Blank the customer's values in a CSV file; ``mappings``: those it was loaded with."""
+    mappings = mappings or []
+
+    def personal(header: list[str]) -> dict[int, bool]:
+        return _merged(csv_mapping.personal_positions(m, header) for m in mappings)
+
+    return _scrub_records(data, scrubber, mappings[0].delimiter if mappings else ",", personal)
+
+
+def _scrub_lookup(data: bytes, scrubber: _Scrubber, reads: list[tuple[Any, str]]) -> bytes:
+    """Erase the customer's values in the lake's copy of a lookup file; ``reads``: the
+    (mapping, lookup name) pairs of the loads' mappings pinned to it. The value column of a
+    lookup a mapping reads as a name or e-mail is set to ``[erased]`` on the rows holding the
+    customer's id (the key, usually), not blanked: a blank value is no entry, and the rows
+    looking it up would be rejected on a rebuild."""
+
+    def personal(header: list[str]) -> dict[int, bool]:
+        return _merged(csv_mapping.personal_lookup_positions(m, name, header) for m, name in reads)
+
+    return _scrub_records(data, scrubber, reads[0][0].delimiter if reads else ",", personal)
+
+
+def _merged(positions: Iterable[dict[int, bool]]) -> dict[int, bool]:
+    """Position -> whether any mapping requires a value there."""
+    out: dict[int, bool] = {}
+    for found in positions:
+        for j, required in found.items():
+            out[j] = out.get(j, False) or required
+    return out
+
+
+def _scrub_records(
+    data: bytes,
+    scrubber: _Scrubber,
+    delimiter: str,
+    personal_positions: Callable[[list[str]], dict[int, bool]],
+) -> bytes:
+    """Blank the customer's values in CSV text: on the records holding the customer's id as a
+    field, the ``personal_positions`` of the header (``[erased]`` where a value is required),
+    and elsewhere on the records mentioning them the known names and e-mails. Records that do
+    not mention the customer keep their bytes."""
     if scrubber.customer_id.encode() not in data:
         return data
-    mappings = mappings or []
-    delimiter = mappings[0].delimiter if mappings else ","
     text = data.decode("utf-8", errors="surrogateescape")
     lines = text.split("\n")
     records = list(_csv_records(lines, delimiter))
     header = records[0][2] if records else []
-    personal: dict[int, bool] = {}  # position -> a mapping requires a value there
-    for m in mappings:
-        for j, required in csv_mapping.personal_positions(m, header).items():
-            personal[j] = personal.get(j, False) or required
+    personal = personal_positions(header)  # position -> a mapping requires a value there
     out: list[str] = []
     for start, end, row in records:
         if scrubber.customer_id not in "\n".join(lines[start:end]):
@@ -274,6 +320,30 @@ def _csv_mappings(lake: Lake) -> dict[str, list[Any]]:
 
 #: Files of the landing zone that can hold a payload (what ``ingest`` reads there).
 LANDING_SUFFIXES = (".json", ".jsonl", ".ndjson", ".csv")
+
+
+def _lookup_copies(lake: Lake, mappings: dict[str, list[Any]]) -> dict[str, list[tuple[Any, str]]]:
+    """Every lookup copy in the lake (``_mappings/lookups/``) -> the (mapping, lookup name)
+    pairs of the loads' mappings (``mappings``, from the receipts) pinned to it; a copy no
+    load's mapping names (its load never committed) has none and is scrubbed as a plain CSV."""
+    folder = lake.path(LOOKUPS)
+    out: dict[str, list[tuple[Any, str]]] = {
+        f"{LOOKUPS}/{p.name}": []
+        for p in (sorted(folder.iterdir()) if folder.is_dir() else [])
+        if p.is_file() and not p.name.startswith(".")
+    }
+    seen: set[str] = set()
+    for m in (m for found in mappings.values() for m in found):
+        if m.path is None or str(m.path) in seen:
+            continue
+        seen.add(str(m.path))
+        for name, lk in m.lookups.items():
+            if lk.sha256 is None or lk.missing:
+                continue
+            copy = os.path.relpath(os.path.abspath(Path(m.path).parent / lk.file), lake.root)
+            if Path(copy).as_posix() in out:
+                out[Path(copy).as_posix()].append((m, name))
+    return out
 
 
 def _scrub(name: str, data: bytes, scrubber: _Scrubber, mappings: list[Any] | None) -> bytes:
@@ -387,6 +457,7 @@ def erase_customer(
         known = _known_values(wh, customer_id)
         objects = lake.objects()
         mappings = _csv_mappings(lake)
+        lookups = _lookup_copies(lake, mappings)
         # The landing files that mention the customer first teach what they hold (a file not
         # loaded yet may carry a name or e-mail the lake never saw); nothing is written here.
         landing_files = []
@@ -406,12 +477,19 @@ def erase_customer(
 
         # Two passes: the first learns every name/e-mail the customer ever had from the
         # customer objects, the second also replaces those values in free text elsewhere.
+        # The lookup copies of the mappings are rewritten like the received files: in place,
+        # keeping their name, which the pinned mappings name (readers take the hash they must
+        # have now from the log).
         files_rewritten = values = 0
         for _ in range(2):
-            for rel in objects:
+            for rel in [*objects, *lookups]:
                 scrubber = _Scrubber(customer_id, known)
                 old = lake.read(rel)
-                new = _scrub(rel, old, scrubber, mappings.get(rel))
+                new = (
+                    _scrub_lookup(old, scrubber, lookups[rel])
+                    if rel in lookups
+                    else _scrub(rel, old, scrubber, mappings.get(rel))
+                )
                 known |= scrubber.known
                 if new == old:
                     continue

@@ -12,6 +12,10 @@ Layout under ``<data_dir>/lake/``::
     _erasures.jsonl                the one sanctioned rewrite: who, why, which file, old/new hash
                                    (also of the copies in ``data/landing/`` it rewrote)
 
+An erasure rewrites a received file or a lookup copy in place: it keeps its path, so its name
+(and the receipts, ``loads`` rows and pinned mappings naming it) keep the hash it was stored
+with, and the erasure log says which hash its bytes must have now (:meth:`Lake.expected_sha`).
+
 Files are content-addressed: a file received again with the same bytes is the same
 lake object (wherever and whenever it was first received), so re-delivery and a rerun
 after a crash write nothing new. Objects are written atomically and made read-only.
@@ -40,6 +44,9 @@ log = logging.getLogger(__name__)
 
 #: Where lookup files of CSV mappings are kept, relative to the lake root.
 LOOKUPS = "_mappings/lookups"
+
+#: What the erasure log says: (erased object hash -> lake path, lake path -> hash now).
+_LogIndex = tuple[dict[str, str], dict[str, str]]
 
 
 @dataclass(frozen=True)
@@ -103,7 +110,7 @@ class Lake:
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        self._erased_cache: tuple[tuple[int, int], dict[str, str]] | None = None
+        self._erased_cache: tuple[tuple[int, int], _LogIndex] | None = None
 
     # ------------------------------------------------------------------ objects
     def path(self, rel: str) -> Path:
@@ -243,29 +250,48 @@ class Lake:
         return out
 
     def erased_hashes(self) -> dict[str, str]:
-        """Every hash an erased object had before or after a rewrite -> its lake path."""
+        """Every hash an erased object had before or after a rewrite -> its lake path (received
+        files only, as :meth:`objects` lists them: not the lookup copies under ``_mappings/``,
+        which no received file is found as)."""
+        return self._log_index()[0]
+
+    def expected_sha(self) -> dict[str, str]:
+        """Lake path -> the hash its content must have now (after any erasures), for every
+        file an erasure rewrote (received files and lookup copies)."""
+        return dict(self._log_index()[1])
+
+    def _log_index(self) -> _LogIndex:
+        """(:meth:`erased_hashes`, :meth:`expected_sha`), read again when the log changed."""
         try:
             st = self.erasure_log.stat()
         except FileNotFoundError:
-            return {}
+            return {}, {}
         key = (st.st_mtime_ns, st.st_size)
         if self._erased_cache is None or self._erased_cache[0] != key:
-            out: dict[str, str] = {}
+            erased: dict[str, str] = {}
+            expected: dict[str, str] = {}
             for entry in self.erasures():
-                if entry.get("lake_file"):
+                rel = entry.get("lake_file")
+                if not rel:
+                    continue
+                if entry.get("new_sha256"):
+                    expected[rel] = entry["new_sha256"]
+                if not rel.startswith("_"):
                     for sha in (entry.get("old_sha256"), entry.get("new_sha256")):
                         if sha:
-                            out[sha] = entry["lake_file"]
-            self._erased_cache = (key, out)
+                            erased[sha] = rel
+            self._erased_cache = (key, (erased, expected))
         return self._erased_cache[1]
 
-    def expected_sha(self) -> dict[str, str]:
-        """Lake path -> the hash its content must have now (after any erasures)."""
-        out: dict[str, str] = {}
-        for entry in self.erasures():
-            if entry.get("lake_file") and entry.get("new_sha256"):
-                out[entry["lake_file"]] = entry["new_sha256"]
-        return out
+    def current_sha(self, path: Path, stored: str) -> str:
+        """The hash the file at ``path`` must have now: the last one the erasure log recorded
+        for it, else ``stored`` (the hash it was stored with; also for a file outside this
+        lake, e.g. a lookup copy beside a mapping taken from another lake)."""
+        try:
+            rel = Path(os.path.abspath(path)).relative_to(os.path.abspath(self.root)).as_posix()
+        except ValueError:
+            return stored
+        return self._log_index()[1].get(rel, stored)
 
 
 def _read_only(path: Path) -> None:

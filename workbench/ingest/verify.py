@@ -12,9 +12,10 @@ Checks (each a row of the report):
 * ``lake_files``: every file a load used is in the lake with the content hash it was
   received with (or, after an erasure, the hash the erasure log recorded);
 * ``lake_mappings``: every CSV mapping a load used is in the lake (``_mappings/``) with the
-  hash it is named by, and so is every lookup file it is pinned to (with its ``sha256``), so a
-  rebuild maps every file the same way; mappings stored before lookup files were kept in the
-  lake, which read them beside the original CSV, are counted in the detail;
+  hash it is named by, and so is every lookup file it is pinned to (with its ``sha256``, or,
+  after an erasure rewrote the copy, the hash the erasure log recorded), so a rebuild maps
+  every file the same way; mappings stored before lookup files were kept in the lake, which
+  read them beside the original CSV, are counted in the detail;
 * ``receipts``: every load has its receipt in the lake (so ``rebuild`` can replay it), except
   at most the newest, committed just before a stop (the next ingest or rebuild writes it);
 * ``no_card_numbers``: no lake file and no quarantine value holds a Luhn-valid card number;
@@ -140,7 +141,7 @@ def _mapping_check(loads: pd.DataFrame, lake: Lake) -> tuple[Check, list[str]]:
             copy = (Path(rel).parent / str(spec.get("file"))).as_posix()
             if not lake.path(copy).is_file():
                 missing.append(copy)
-            elif sha256_file(lake.path(copy)) != spec["sha256"]:
+            elif sha256_file(lake.path(copy)) != lake.current_sha(lake.path(copy), spec["sha256"]):
                 changed.append(copy)
             else:
                 copies.append(copy)
