@@ -79,9 +79,12 @@ SEASON = 12
 # automatic models (sMAPE 19.1 vs AutoETS 15.4) and no ensemble with it beat the best one
 # without it, while it costs ~0.85 CPU s per fit (~12x AutoETS; about an hour of CPU for
 # the 1,428 series x 3 fits). Add it with --models to try it. GlobalLightGBM is the
-# global model (one LightGBM across all series; workbench.forecast_global).
+# global model (one LightGBM across all series; workbench.forecast_global). BaggedETS
+# (AutoETS over 20 bootstrapped copies; workbench.forecast_bagged) joined in session 15 by
+# a rule written before its backtest (docs/forecasting.md); it costs 20 AutoETS fits.
 MODELS = (
     "AutoETS",
+    "BaggedETS",
     "DynamicOptimizedTheta",
     "Theta",
     "DynamicTheta",

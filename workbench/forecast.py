@@ -126,7 +126,8 @@ def make_model(name: str, *, season_length: int = 12) -> Any:
             (seasonal level, no trend) and ``AutoETSDamped`` (AutoETS restricted to
             damped-trend models); with ``AutoETS``, ``DynamicOptimizedTheta`` and a trimmed
             mean these make the ensemble chosen on the M3 monthly backtest
-            (:data:`M3_ENSEMBLE`).
+            (:data:`M3_ENSEMBLE`). ``BaggedETS``: AutoETS averaged over 20 bootstrapped
+            copies of the series (:mod:`workbench.forecast_bagged`; 20 times AutoETS's cost).
         season_length: Seasonal period (12 for monthly data).
 
     Returns:
@@ -152,9 +153,13 @@ def make_model(name: str, *, season_length: int = 12) -> Any:
         return getattr(sf_models, name)(season_length=season_length, alias=name)
     if name == "AutoETSDamped":
         return sf_models.AutoETS(season_length=season_length, damped=True, alias=name)
+    if name == "BaggedETS":
+        from workbench.forecast_bagged import BaggedETS
+
+        return BaggedETS(season_length=season_length, alias=name)
     if name in plain:
         return getattr(sf_models, name)(alias=name)
-    known = sorted(seasonal | plain | {"AutoETSDamped"})
+    known = sorted(seasonal | plain | {"AutoETSDamped", "BaggedETS"})
     raise ValueError(f"unknown model {name!r}; use one of {known}")
 
 
