@@ -181,7 +181,8 @@ def test_a_missing_lookup_fails_the_file_naming_where_it_was_looked_for(settings
     before = table_checksums(settings)
     rebuild(settings)
     assert table_checksums(settings) == before
-    assert verify(settings).ok
+    report = verify(settings)
+    assert report.ok, [(c.name, c.detail) for c in report.failed()]
 
 
 def test_verify_checks_the_lake_copy_of_a_lookup(settings, export):

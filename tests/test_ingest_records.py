@@ -92,3 +92,21 @@ def test_bare_objects_become_snapshots_with_content_ids():
     lines = (json.dumps(customer) + "\n" + json.dumps(undated) + "\n").encode()
     rec = read_records(lines, received_at=7)
     assert rec.wrapped == 2 and rec.table["line"].to_pylist() == [1, 2]
+
+
+def test_load_ids_never_read_as_card_numbers(monkeypatch):
+    """A quarantine message names load ids (e.g. "the file loaded later, in load ..."), and
+    verify fails on anything in quarantine that reads as a card number: no load id may."""
+    import uuid
+    from datetime import UTC, datetime
+
+    from workbench.ingest.loader import new_load_id
+    from workbench.redact import contains_pan
+
+    monkeypatch.setattr(uuid, "uuid4", lambda: uuid.UUID("90a6f610" + "0" * 24))
+    ids = [
+        new_load_id(datetime(2026, 11, 27, 10, 58, 39, 409000 + us, tzinfo=UTC))
+        for us in range(200)
+    ]
+    assert len(set(ids)) == 200 and ids == sorted(ids)
+    assert not [i for i in ids if contains_pan(f"in load {i} (mapping ...)")]
