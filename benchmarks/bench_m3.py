@@ -17,8 +17,10 @@ the best backtest score (the engine's ``ensemble="blend"``). The configuration w
 lowest backtest sMAPE/SNaive + MASE/SNaive is the one reported as "ours". Test scores of
 the top configurations are recorded too (as information: picking among them by test
 score would be peeking). The configuration the backtest picks is available in the engine
-as ``workbench.forecast.M3_GLOBAL`` (the best statistical-only one as ``M3_ENSEMBLE``, the
-blend as ``M3_BLEND``; the run logs whether they agree).
+as ``workbench.forecast.M3_GLOBAL`` (the run logs whether they agree). ``M3_ENSEMBLE`` is
+the best statistical-only configuration without BaggedETS (chosen before it joined the pool;
+BaggedETS costs 20 AutoETS fits a series), ``M3_BLEND`` that ensemble blended with the global
+model, and ``M3_GLOBAL_TRIMMED`` the choice before BaggedETS (docs/forecasting.md).
 
 As a check of the data mapping and the scoring, Naive2 (the M3 benchmark method:
 naive on classically deseasonalized data when a 90 % seasonality test passes) is

@@ -11,6 +11,7 @@ from workbench.forecast import (
     M3_BLEND,
     M3_ENSEMBLE,
     M3_GLOBAL,
+    M3_GLOBAL_TRIMMED,
     RevenueForecaster,
     build_hierarchy,
     coherence_error,
@@ -284,12 +285,18 @@ def test_engine_options_are_checked(panel: pd.DataFrame) -> None:
 
 
 def test_m3_presets_with_the_global_model() -> None:
-    # M3_GLOBAL: a trimmed mean whose members include the global model.
-    assert M3_GLOBAL["ensemble"] == "trimmed" and G in M3_GLOBAL["ensemble_members"]
-    assert set(M3_GLOBAL["ensemble_members"]) <= set(M3_GLOBAL["models"])
-    engine = RevenueForecaster(**M3_GLOBAL, h=18, n_windows=2, step_size=6)
-    engine._check()
-    assert engine._members(list(M3_GLOBAL["models"])) == list(M3_GLOBAL["ensemble_members"])
+    # M3_GLOBAL: the global model blended with the median of statistical members (BaggedETS
+    # among them); M3_GLOBAL_TRIMMED, its form before: a trimmed mean including the global model.
+    assert M3_GLOBAL["ensemble"] == "blend" and M3_GLOBAL["blend_base"] == "median"
+    assert G in M3_GLOBAL["models"] and G not in M3_GLOBAL["ensemble_members"]
+    assert "BaggedETS" in M3_GLOBAL["ensemble_members"]
+    assert M3_GLOBAL["blend_weight"] in BLEND_GRID
+    assert M3_GLOBAL_TRIMMED["ensemble"] == "trimmed" and G in M3_GLOBAL_TRIMMED["ensemble_members"]
+    for preset in (M3_GLOBAL, M3_GLOBAL_TRIMMED):
+        assert set(preset["ensemble_members"]) <= set(preset["models"])
+        engine = RevenueForecaster(**preset, h=18, n_windows=2, step_size=6)
+        engine._check()
+        assert engine._members(list(preset["models"])) == list(preset["ensemble_members"])
     # M3_BLEND: the statistical preset blended with the global model at a grid weight.
     assert M3_BLEND["models"] == (*M3_ENSEMBLE["models"], G)
     assert M3_BLEND["ensemble_members"] == M3_ENSEMBLE["ensemble_members"]
