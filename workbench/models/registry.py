@@ -576,15 +576,18 @@ def promote(
     _append_history(c, model, version=version, previous=previous, who=who, at=at, via=via,
                     reason=reason)  # fmt: skip
     log.info("%s: champion %s -> %s by %s (%s)", model, previous, version, who, via)
-    return {
-        "model": model,
-        "version": version,
-        "previous_champion": previous,
-        "who": who,
-        "at": at,
-        "via": via,
-        "challenger_removed": challenger_removed,
-    }
+    return _champion_change(model, version, previous, who=who, at=at, via=via,
+                            challenger_removed=challenger_removed)  # fmt: skip
+
+
+def _champion_change(
+    model: str, version: str | None, previous: str | None, *, who: str, at: str, via: str,
+    **extra: Any,
+) -> dict[str, Any]:  # fmt: skip
+    """What a champion change records: ``model``, ``version`` (champion now; ``None``:
+    none), ``previous_champion``, ``who``, ``at``, ``via``, then ``extra``."""
+    return {"model": model, "version": version, "previous_champion": previous, "who": who,
+            "at": at, "via": via, **extra}  # fmt: skip
 
 
 def _history(c, model: str) -> list[dict[str, Any]]:  # noqa: ANN001
@@ -966,15 +969,8 @@ def _alias(c, model: str, alias: str) -> str | None:  # noqa: ANN001
 def _undone(c, model: str, *, version: str | None, previous: str, who: str, at: str, via: str):  # noqa: ANN001, ANN202
     """The result an undone champion change records (:func:`_undo_promotion`): ``version``
     is the champion now (``None``: none), ``previous`` the version rolled back from."""
-    return {
-        "model": model,
-        "version": version,
-        "previous_champion": previous,
-        "who": who,
-        "at": at,
-        "via": via,
-        "challenger": _alias(c, model, "challenger"),
-    }
+    return _champion_change(model, version, previous, who=who, at=at, via=via,
+                            challenger=_alias(c, model, "challenger"))  # fmt: skip
 
 
 def _recover_undo(item, ctx):  # noqa: ANN001, ANN202 - approvals.Recovered
