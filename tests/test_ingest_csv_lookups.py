@@ -276,13 +276,17 @@ def _email_load(settings, tmp_path: Path, emails: str = EMAILS, accts: str = ACC
     folder.mkdir(exist_ok=True)
     (folder / "emails.csv").write_text(emails)
     (folder / "accts.csv").write_text(accts)
-    mapping = tmp_path / "accts_x.yaml"
-    mapping.write_text(EMAIL_MAPPING)
-    (f,) = ingest(
-        folder / "accts.csv", source="csv", mapping=mapping, settings=settings, progress=False
-    ).files
+    (tmp_path / "accts_x.yaml").write_text(EMAIL_MAPPING)
+    f = _load_accts(settings, folder / "accts.csv", tmp_path)
     assert f.status == "ok", f.message
     return folder
+
+
+def _load_accts(settings, csv: Path, tmp_path: Path):  # noqa: ANN202 - a FileReport
+    """Load ``csv`` with the e-mail lookup mapping ``_email_load`` wrote; its file report."""
+    mapping = tmp_path / "accts_x.yaml"
+    (f,) = ingest(csv, source="csv", mapping=mapping, settings=settings, progress=False).files
+    return f
 
 
 def _copies(settings) -> dict[str, bytes]:
@@ -380,13 +384,7 @@ def test_a_lookup_copy_without_the_customer_is_not_rewritten(csv_settings, tmp_p
     others.mkdir()
     (others / "emails.csv").write_text("account,email\ncus_7,gil@example.com\n")
     (others / "accts.csv").write_text("Account,Plan\ncus_7,pro\n")
-    (f,) = ingest(
-        others / "accts.csv",
-        source="csv",
-        mapping=tmp_path / "accts_x.yaml",
-        settings=csv_settings,
-        progress=False,
-    ).files
+    f = _load_accts(csv_settings, others / "accts.csv", tmp_path)
     assert f.status == "ok", f.message
     before = _copies(csv_settings)
     assert len(before) == 2
@@ -423,13 +421,7 @@ def test_loading_the_file_again_beside_the_original_lookup_after_erase(csv_setti
     folder = _email_load(csv_settings, tmp_path)
     erase_customer("cus_1", who="tester", why="test", settings=csv_settings)
     erased = _copies(csv_settings)
-    (again,) = ingest(
-        folder / "accts.csv",
-        source="csv",
-        mapping=tmp_path / "accts_x.yaml",
-        settings=csv_settings,
-        progress=False,
-    ).files
+    again = _load_accts(csv_settings, folder / "accts.csv", tmp_path)
     assert (again.status, again.duplicates, again.message) == ("ok", 2, None)
     assert _copies(csv_settings) == erased
     assert rows(csv_settings, "SELECT account_id, email FROM accounts ORDER BY 1") == [
