@@ -464,13 +464,6 @@ def test_an_erasure_stopped_before_rewriting_a_lookup_copy_is_finished_by_a_reru
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a load made before lookups were kept stored the "
-    "unpinned mapping; loading the same file again beside the same lookup file "
-    "now stores a pinned one, a different lake path, so it is reported as "
-    "'already loaded with another mapping' and told to --remap",
-)
 def test_a_file_loaded_before_lookups_were_kept_is_a_duplicate_when_loaded_again(
     csv_settings, tmp_path, monkeypatch
 ):

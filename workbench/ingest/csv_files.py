@@ -148,8 +148,9 @@ def _pin_lookups(batch: _Batch, inp: _Input, mapping: Any) -> Any:
     (:func:`workbench.csv_mapping.pin_lookups`); that stored mapping is the load's
     (``inp.mapping_lake``, in ``loads`` and the receipt). So a rebuild, a re-map and an
     erasure map with the copies this load read, whatever became of the files, and the same
-    file loaded again beside an edited lookup file counts as loaded under another mapping.
-    A lookup file that is not there is recorded as missing (``missing: true``): the file
+    file loaded again beside an edited lookup file counts as loaded under another mapping
+    (a file loaded before lookup files were kept, whose load stored the mapping unpinned,
+    counts as loaded under this one: ``inp.unpinned_mapping_lake``). A lookup file that is not there is recorded as missing (``missing: true``): the file
     fails, naming where it was looked for, and a rebuild fails it the same way.
 
     A replayed load (``inp.replay``) keeps the mapping its receipt names.
@@ -173,7 +174,7 @@ def _pin_lookups(batch: _Batch, inp: _Input, mapping: Any) -> Any:
     text = csv_mapping.pin_lookups(
         lake.read(inp.mapping_lake), pinned, name=mapping.name, origin=inp.mapping_lake
     )
-    inp.mapping_lake = lake.put_mapping(text)
+    inp.unpinned_mapping_lake, inp.mapping_lake = inp.mapping_lake, lake.put_mapping(text)
     return csv_mapping.load_mapping(lake.path(inp.mapping_lake))
 
 
@@ -282,7 +283,9 @@ def load_csv(batch: _Batch, inp: _Input) -> None:
     version_at = batch.received_at
     if prior:
         in_force = prior[0]
-        if in_force.mapping == inp.mapping_lake:
+        # A load made before lookup files were kept in the lake stored the mapping unpinned:
+        # the same mapping, so the same file is a duplicate (as it was then), not a re-map.
+        if in_force.mapping in (inp.mapping_lake, inp.unpinned_mapping_lake):
             report.duplicates = mapped.received
             if inp.remap_by is not None:
                 report.message = (

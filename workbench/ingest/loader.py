@@ -159,6 +159,9 @@ class _Input:
     mapping: Any = None  # csv_mapping.Mapping
     mapping_lake: str | None = None
     mapping_name: str | None = None
+    # the mapping as given, before its lookup files were pinned (loads made before lookups
+    # were kept in the lake stored this one)
+    unpinned_mapping_lake: str | None = None
     remap_by: str | None = None  # who asked to re-map an already loaded CSV file
     replay: bool = False  # a load replayed from its receipt (rebuild): the mapping as stored
     report: FileReport | None = None
