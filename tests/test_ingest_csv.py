@@ -262,3 +262,36 @@ def test_a_csv_file_with_a_malformed_row_loads_and_rebuilds(tmp_path) -> None:
     before = table_checksums(settings)
     rebuild(settings)
     assert table_checksums(settings) == before
+
+
+def test_verify_does_not_read_an_old_load_id_in_quarantine_as_a_card_number(settings, tmp_path):
+    """Load ids made before they were joined by ``_`` (``<time>-<hex>``) sometimes pass the
+    Luhn check; a warehouse whose quarantine names such a load must still verify, and a real
+    card number beside it must still be found."""
+    from workbench.redact import contains_pan
+
+    path = tmp_path / "payments.csv"
+    path.write_text(PAYMENTS)
+    ingest(path, source="stripe-csv", mapping="stripe_payments", settings=settings, progress=False)
+    old = next(
+        i
+        for i in (f"20250301T101500123456-{n:08x}" for n in range(1000))
+        if contains_pan(f"in load {i} (mapping x)")
+    )
+
+    def card_checks() -> list[str]:
+        return [c.name for c in verify(settings).checks if "card" in c.name and not c.ok]
+
+    con = duckdb.connect(str(settings.warehouse_path))
+    try:
+        con.execute("UPDATE loads SET load_id = ?", [old])
+        con.execute("UPDATE quarantine SET load_id = ?, message = ?", [old, f"in load {old}"])
+    finally:
+        con.close()
+    assert card_checks() == []
+    con = duckdb.connect(str(settings.warehouse_path))
+    try:
+        con.execute("UPDATE quarantine SET message = message || ' card 4242 4242 4242 4242'")
+    finally:
+        con.close()
+    assert card_checks() == ["no_card_numbers_quarantine"]

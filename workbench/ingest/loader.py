@@ -212,7 +212,8 @@ def new_load_id(now: datetime) -> str:
     (:mod:`workbench.redact`), and one id in about ten passed the Luhn check, so a quarantine
     message naming a load failed ``verify``'s card-number check. With ``_`` the longest run
     is the time's twelve digits, too short for a card number. (Loads stored with a dash keep
-    their ids; both sort by time.)"""
+    their ids; both sort by time; ``verify`` takes the warehouse's own load ids out of
+    quarantine text before looking for card numbers.)"""
     return f"{now:%Y%m%dT%H%M%S%f}_{uuid.uuid4().hex[:8]}"
 
 
