@@ -263,6 +263,73 @@ def test_an_interrupted_rollback_is_left_to_a_person_when_the_champion_moved(set
     assert champion(settings, model) == v3
 
 
+def interrupted_promotion(settings, out: ap.Outcome, *, dies_in, now: pd.Timestamp) -> None:
+    """bob's approval of ``out`` runs the promotion, whose process stops in ``dies_in``
+    (``"start"``: before it; ``"history"``: after the alias moved, before the champion
+    history entry; ``"end"``: after the promotion, before the outcome was recorded)."""
+
+    def dies(it, ctx):
+        if dies_in == "end":
+            registry._execute_promotion(it, ctx)
+        raise Died
+
+    def history_dies(*a, **kw):
+        raise Died
+
+    if dies_in == "history":
+        ap.register_executor("model_promotion", registry._execute_promotion)
+        patch = pytest.MonkeyPatch()
+        patch.setattr(registry, "_append_history", history_dies)
+    else:
+        ap.register_executor("model_promotion", dies)
+        patch = None
+    try:
+        with pytest.raises(Died):
+            ap.approve(settings, out.item_id, who=BOB, current_state=ap.CurrentState(settings),
+                       now=now)  # fmt: skip
+    finally:
+        if patch is not None:
+            patch.undo()
+        registry.register_approval_executors()
+    assert ap.get_item(settings, out.item_id).status == "approved"  # claimed, not recorded
+
+
+@pytest.mark.parametrize("dies_in", ["start", "history", "end"])
+def test_an_interrupted_promotion_is_recovered_from_the_champion_history(settings, dies_in) -> None:
+    model = {"start": "recovery_3d", "history": "recovery_5d", "end": "recovery_9d"}[dies_in]
+    v1, v2, _ = new_model(settings, model)
+    registry.promote(model, v1, who="alice", reason="first", settings=settings)
+    registry.client(settings).set_registered_model_alias(model, "challenger", v2)
+    now = pd.Timestamp.now(tz="UTC")
+    out = registry.request_promotion(model, v2, who=ANN, reason="beats v1", settings=settings,
+                                     now=now)  # fmt: skip
+    interrupted_promotion(settings, out, dies_in=dies_in, now=now)
+    later = now + pd.Timedelta(hours=1)
+
+    assert ap.recover_interrupted(settings, who=ap.ENGINE, now=later) == [out.item_id]
+    note = interrupted_note(settings, out.item_id)
+    status = ap.get_item(settings, out.item_id).status
+    if dies_in == "end":
+        assert status == "executed" and "took effect" in note
+        result = json.loads(ap.executions_frame(settings, item_id=out.item_id)["result"].iloc[-1])
+        assert (result["version"], result["previous_champion"], result["via"]) == (
+            v2, v1, f"approvals:{out.item_id}",
+        )  # fmt: skip
+        assert result["challenger_removed"] is True
+        # the recovered result is what a rollback needs: v1 champion, v2 challenger again
+        back = ap.rollback(settings, out.item_id, who=CAROL, reason="too early", now=later)
+        assert back.code == "rolled_back", back.message
+        assert champion(settings, model) == v1
+        assert registry.alias_version(model, "challenger", settings=settings) == v2
+    elif dies_in == "start":
+        assert status == "failed" and "did not take effect" in note
+        assert champion(settings, model) == v1
+    else:  # the alias moved, the history has no entry: a person checks
+        assert status == "failed" and "unknown" in note
+        assert f"champion is v{v2}" in note and "workbench models list" in note
+        assert champion(settings, model) == v2
+
+
 def test_the_dashboards_roll_back_button_undoes_a_promotion(settings, monkeypatch) -> None:
     from workbench.dashboards.approvals import ApprovalsDashboard
 

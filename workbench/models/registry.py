@@ -573,8 +573,10 @@ def promote(
         "previous_champion": previous or "",
     }.items():
         c.set_model_version_tag(model, version, k, str(v))
+    # written last: the entry says the alias moved (and what else changed), so an
+    # interrupted execution from the approvals queue can be told apart (_recover_promotion)
     _append_history(c, model, version=version, previous=previous, who=who, at=at, via=via,
-                    reason=reason)  # fmt: skip
+                    reason=reason, challenger_removed=challenger_removed)  # fmt: skip
     log.info("%s: champion %s -> %s by %s (%s)", model, previous, version, who, via)
     return _champion_change(model, version, previous, who=who, at=at, via=via,
                             challenger_removed=challenger_removed)  # fmt: skip
@@ -597,13 +599,14 @@ def _history(c, model: str) -> list[dict[str, Any]]:  # noqa: ANN001
 
 
 def _append_history(c, model: str, *, version: str | None, previous: str | None, who: str,  # noqa: ANN001
-                    at: str, via: str, reason: str) -> None:  # fmt: skip
+                    at: str, via: str, reason: str, **extra: Any) -> None:  # fmt: skip
     """Add a champion change to ``model``'s ``champion_history`` tag (the newest 50 kept);
-    ``version`` ``None``: the ``champion`` alias was removed."""
+    ``version`` ``None``: the ``champion`` alias was removed. ``extra`` is kept in the entry
+    (:func:`promote`: ``challenger_removed``) but not shown by :func:`champion_history`."""
     history = _history(c, model)
     history.append(
         {"version": version, "previous": previous, "who": who, "at": at, "via": via,
-         "reason": reason}
+         "reason": reason, **extra}
     )  # fmt: skip
     c.set_registered_model_tag(model, "champion_history", json.dumps(history[-50:]))
 
@@ -1024,6 +1027,52 @@ def _recover_undo(item, ctx):  # noqa: ANN001, ANN202 - approvals.Recovered
     )
 
 
+def _recover_promotion(item, ctx):  # noqa: ANN001, ANN202 - approvals.Recovered
+    """Whether an approved ``model_promotion`` or ``model_rollback`` interrupted before its
+    outcome was recorded moved ``champion`` (:func:`approvals.recover_interrupted`).
+
+    :func:`promote` writes the champion history entry (``via`` ``approvals:<item id>``, a via
+    no one else writes) after moving the alias and its tags, so the entry means it took
+    effect: recorded as executed with the result :func:`promote` returns, rebuilt from the
+    entry (``challenger_removed`` as the entry recorded it; entries written before it was
+    recorded say no, so a rollback then leaves ``challenger`` alone). Without the entry,
+    ``champion`` still on the version the request found champion means the alias did not
+    move (the item fails, nothing changed; it can be requested again). Anything else (the
+    alias moved but the entry is missing, or someone changed the champion since) the hook
+    cannot tell, and says what it found.
+    """
+    from workbench import approvals
+
+    p = item.payload
+    model = p["model"]
+    c = client(_settings_for(p["tracking_uri"]))
+    via = f"approvals:{item.item_id}"
+    mine = [e for e in _history(c, model) if e.get("via") == via]
+    if mine:
+        e = mine[-1]
+        return approvals.Recovered(
+            True,
+            f"{model}'s champion history has this change: {_label(e['previous'])} -> "
+            f"{_label(e['version'])} by {e['who']} at {e['at']}",
+            _champion_change(model, e["version"], e["previous"], who=e["who"], at=e["at"],
+                             via=via, challenger_removed=bool(e.get("challenger_removed"))),
+        )  # fmt: skip
+    champion = _alias(c, model, "champion")
+    before = p.get("previous_champion")
+    before = None if before is None else str(before)
+    if champion == before and champion != str(p["version"]):
+        return approvals.Recovered(
+            False,
+            f"{model}'s champion is still {_label(champion)}, as the request found it, and its "
+            "champion history has no entry of this change",
+        )
+    return approvals.Recovered(
+        None,
+        f"{model}'s champion is {_label(champion)} (the request found {_label(before)} and "
+        f"asked for v{p['version']}), and its champion history has no entry of this change",
+    )
+
+
 INTERRUPTED_HINT = (
     "see which version is champion (`workbench models list`) and the model's champion "
     "history (registry.champion_history; `via` names the approvals item, with `:rollback` for "
@@ -1033,8 +1082,9 @@ INTERRUPTED_HINT = (
 
 def register_approval_executors() -> None:
     """Make the approvals queue run :func:`promote` for ``model_promotion`` and
-    ``model_rollback`` items, roll them back (:func:`_undo_promotion`, with
-    :func:`_recover_undo` for an interrupted rollback) and check them against the registry
+    ``model_rollback`` items (with :func:`_recover_promotion` for an interrupted execution),
+    roll them back (:func:`_undo_promotion`, with :func:`_recover_undo` for an interrupted
+    rollback) and check them against the registry
     now (:func:`current_state`) (idempotent; done when this module is imported, which the
     queue does on first use)."""
     from workbench import approvals
@@ -1044,7 +1094,7 @@ def register_approval_executors() -> None:
         ("model_rollback", _execute_rollback),
     ):
         approvals.register_executor(action_type, execute, rollback=_undo_promotion,
-                                    recover_rollback=_recover_undo,
+                                    recover=_recover_promotion, recover_rollback=_recover_undo,
                                     interrupted_hint=INTERRUPTED_HINT)  # fmt: skip
     approvals.register_state_provider(STATE_SCOPE, current_state)
 
