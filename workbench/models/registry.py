@@ -976,6 +976,22 @@ def _undone(c, model: str, *, version: str | None, previous: str, who: str, at: 
                             challenger=_alias(c, model, "challenger"))  # fmt: skip
 
 
+def _logged_change(item, via: str):  # noqa: ANN001, ANN202
+    """``(model, client, entry)``: the queued champion change's model, a registry client and
+    the newest champion history entry written ``via`` (``None``: there is none)."""
+    p = item.payload
+    c = client(_settings_for(p["tracking_uri"]))
+    mine = [e for e in _history(c, p["model"]) if e.get("via") == via]
+    return p["model"], c, (mine[-1] if mine else None)
+
+
+def _logged_note(model: str, e: dict[str, Any], what: str) -> str:
+    return (
+        f"{model}'s champion history has this {what}: {_label(e['previous'])} -> "
+        f"{_label(e['version'])} by {e['who']} at {e['at']}"
+    )
+
+
 def _recover_undo(item, ctx):  # noqa: ANN001, ANN202 - approvals.Recovered
     """Whether a rollback from the queue (:func:`_undo_promotion`) interrupted before its
     outcome was recorded moved ``champion`` back (:func:`approvals.recover_interrupted`).
@@ -991,17 +1007,12 @@ def _recover_undo(item, ctx):  # noqa: ANN001, ANN202 - approvals.Recovered
     """
     from workbench import approvals
 
-    p = item.payload
-    model = p["model"]
-    c = client(_settings_for(p["tracking_uri"]))
     via = f"approvals:{item.item_id}:rollback"
-    mine = [e for e in _history(c, model) if e.get("via") == via]
-    if mine:
-        e = mine[-1]
+    model, c, e = _logged_change(item, via)
+    if e is not None:
         return approvals.Recovered(
             True,
-            f"{model}'s champion history has this rollback: {_label(e['previous'])} -> "
-            f"{_label(e['version'])} by {e['who']} at {e['at']}",
+            _logged_note(model, e, "rollback"),
             _undone(
                 c,
                 model,
@@ -1044,16 +1055,12 @@ def _recover_promotion(item, ctx):  # noqa: ANN001, ANN202 - approvals.Recovered
     from workbench import approvals
 
     p = item.payload
-    model = p["model"]
-    c = client(_settings_for(p["tracking_uri"]))
     via = f"approvals:{item.item_id}"
-    mine = [e for e in _history(c, model) if e.get("via") == via]
-    if mine:
-        e = mine[-1]
+    model, c, e = _logged_change(item, via)
+    if e is not None:
         return approvals.Recovered(
             True,
-            f"{model}'s champion history has this change: {_label(e['previous'])} -> "
-            f"{_label(e['version'])} by {e['who']} at {e['at']}",
+            _logged_note(model, e, "change"),
             _champion_change(model, e["version"], e["previous"], who=e["who"], at=e["at"],
                              via=via, challenger_removed=bool(e.get("challenger_removed"))),
         )  # fmt: skip
