@@ -487,3 +487,54 @@ def test_a_file_loaded_before_lookups_were_kept_is_a_duplicate_when_loaded_again
                       progress=False).files  # fmt: skip
     assert (again.status, again.duplicates) == ("ok", 1)
     assert again.message is None, again.message
+
+
+SUB_MAPPING = (
+    "name: accts_sub\n"
+    "lookups:\n  email_of: {file: emails.csv, key: subscription, value: email}\n"
+    "columns:\n"
+    "  account: {headers: [Account], required: true}\n"
+    "  subscription: {headers: [Subscription]}\n"
+    "tables:\n"
+    "  accounts:\n"
+    "    columns: {account_id: account, email: {lookup: email_of, key: subscription}}\n"
+)
+
+
+def _sub_load(settings, tmp_path: Path, accts: str) -> None:
+    """Load ``accts`` with a mapping that reads each account's e-mail from a lookup keyed by
+    subscription id (no customer id in the lookup file)."""
+    folder = tmp_path / "s"
+    folder.mkdir()
+    (folder / "emails.csv").write_text(
+        "subscription,email\nsub_1,ann@example.com\nsub_2,bob@example.com\n"
+        "team_a,team@example.com\n"
+    )
+    (folder / "accts.csv").write_text(accts)
+    (tmp_path / "accts_sub.yaml").write_text(SUB_MAPPING)
+    (f,) = ingest(folder / "accts.csv", source="csv", mapping=tmp_path / "accts_sub.yaml",
+                  settings=settings, progress=False).files  # fmt: skip
+    assert f.status == "ok", f.message
+
+
+def test_erase_reaches_a_lookup_keyed_by_the_customers_subscription(csv_settings, tmp_path):
+    _sub_load(csv_settings, tmp_path, "Account,Subscription\ncus_1,sub_1\ncus_2,sub_2\n")
+    ((name, before),) = _copies(csv_settings).items()
+    assert b"ann@example.com" in before
+    erase_customer("cus_1", who="tester", why="test", settings=csv_settings)
+    after = _copies(csv_settings)[name]
+    assert b"ann@example.com" not in after and b"sub_1,[erased]" in after
+    assert b"sub_2,bob@example.com" in after  # someone else's row keeps its bytes
+    assert verify(csv_settings).ok
+    emails = dict(rows(csv_settings, "SELECT account_id, email FROM accounts"))
+    assert emails["cus_2"] == "bob@example.com" and emails["cus_1"] in (None, "")
+
+
+def test_erase_leaves_a_lookup_key_that_other_customers_rows_use_too(csv_settings, tmp_path):
+    _sub_load(csv_settings, tmp_path, "Account,Subscription\ncus_1,team_a\ncus_3,team_a\n")
+    ((name, before),) = _copies(csv_settings).items()
+    erase_customer("cus_1", who="tester", why="test", settings=csv_settings)
+    assert _copies(csv_settings)[name] == before  # team_a is cus_3's entry too
+    assert dict(rows(csv_settings, "SELECT account_id, email FROM accounts"))["cus_3"] == (
+        "team@example.com"
+    )

@@ -2349,19 +2349,50 @@ def personal_positions(mapping: Mapping, headers: list[str]) -> dict[int, bool]:
     """Positions of ``headers`` whose column feeds a personal canonical column (names,
     e-mails) under ``mapping``, each with whether the mapping requires a value there; also
     for a file the mapping does not fit (erasure reads the files that failed too)."""
-    normalized = [_norm_header(h) for h in headers]
     out: dict[int, bool] = {}
     for ref in _personal_refs(mapping):
         col = mapping.columns.get(ref.column)
-        for alias in col.headers if col else ():
-            if alias.startswith("re:"):
-                rx = re.compile(alias[3:], re.IGNORECASE)
-                hit = {i for i, h in enumerate(headers) if rx.fullmatch(h.strip())}
-            else:
-                hit = {i for i, h in enumerate(normalized) if h == _norm_header(alias)}
-            out.update({i: out.get(i, False) or col.required for i in hit})
-            if hit:
-                break
+        out.update({i: out.get(i, False) or col.required for i in _header_hits(col, headers)})
+    return out
+
+
+def _header_hits(col: SourceColumn | None, headers: list[str]) -> set[int]:
+    """Positions of ``headers`` that source column ``col`` reads: those of its first header
+    alias found (a ``re:`` alias matches the stripped header in full, ignoring case)."""
+    normalized = [_norm_header(h) for h in headers]
+    for alias in col.headers if col else ():
+        if alias.startswith("re:"):
+            rx = re.compile(alias[3:], re.IGNORECASE)
+            hit = {i for i, h in enumerate(headers) if rx.fullmatch(h.strip())}
+        else:
+            hit = {i for i, h in enumerate(normalized) if h == _norm_header(alias)}
+        if hit:
+            return hit
+    return set()
+
+
+def _personal_lookups(mapping: Mapping) -> Iterator[LookupOf]:
+    """The lookups ``mapping`` reads a personal canonical column (names, e-mails) through."""
+    for table_name, table in mapping.tables.items():
+        personal = set(TABLES[table_name].personal)
+        for col_name, expr in table.columns.items():
+            if col_name in personal:
+                yield from (e for e in _walk([expr]) if isinstance(e, LookupOf))
+
+
+def reads_personal_lookups(mapping: Mapping) -> bool:
+    """Whether ``mapping`` reads a name or e-mail through a lookup."""
+    return next(_personal_lookups(mapping), None) is not None
+
+
+def personal_lookup_keys(mapping: Mapping, headers: list[str]) -> dict[str, set[int]]:
+    """Per lookup that ``mapping`` reads a name or e-mail through, the positions of
+    ``headers`` (of a file mapped with it) holding the key it is looked up with (e.g. a
+    subscription id): on a customer's rows, the keys of their entries in the lookup file,
+    which need not hold the customer's id (erasure reads them, :mod:`workbench.ingest.erase`)."""
+    out: dict[str, set[int]] = {}
+    for e in _personal_lookups(mapping):
+        out.setdefault(e.lookup, set()).update(_header_hits(mapping.columns.get(e.key), headers))
     return out
 
 
@@ -2372,18 +2403,18 @@ def personal_lookup_positions(mapping: Mapping, lookup: str, headers: list[str])
     :func:`personal_positions`, which it complements): a lookup row without one is no entry,
     and the rows that look it up are rejected."""
     spec = mapping.lookups.get(lookup)
-    used = {
-        e.lookup
-        for table_name, table in mapping.tables.items()
-        for col_name, expr in table.columns.items()
-        if col_name in TABLES[table_name].personal
-        for e in _walk([expr])
-        if isinstance(e, LookupOf)
-    }
-    if spec is None or lookup not in used:
+    if spec is None or lookup not in {e.lookup for e in _personal_lookups(mapping)}:
         return {}
     want = _norm_header(spec.value)
     return {i: True for i, h in enumerate(headers) if _norm_header(h) == want}
+
+
+def lookup_key_position(mapping: Mapping, lookup: str, headers: list[str]) -> int | None:
+    """The position of ``headers`` (of the file ``mapping``'s lookup ``lookup`` reads) that
+    holds the lookup's key, or ``None``."""
+    spec = mapping.lookups.get(lookup)
+    want = _norm_header(spec.key) if spec else None
+    return next((i for i, h in enumerate(headers) if _norm_header(h) == want), None)
 
 
 def detect_mapping(path: str | Path, candidates: Iterable[str] | None = None) -> str | None:

@@ -13,7 +13,9 @@
    where the mapping requires a value, so the row still loads), so rows that never reached
    ``accounts`` (quarantined ones, a file that failed) are covered too.
    The lake's copies of CSV mapping lookup files (``_mappings/lookups/``) are rewritten the
-   same way: on the rows holding the customer's id (their key, usually), the value column of
+   same way: on the rows holding the customer's id (their key, usually) or keyed by a key
+   the customer's rows in the CSV files look the lookup up with (a lookup keyed by
+   subscription id; a key others' rows use too is not theirs), the value column of
    a lookup that a mapping reads as a name or e-mail becomes ``[erased]`` (a blank value would
    be no entry, and the rows looking it up would be rejected), and known names and e-mails
    elsewhere on those rows are blanked.
@@ -56,7 +58,7 @@ import stat
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -234,27 +236,92 @@ def _csv_records(lines: list[str], delimiter: str) -> Iterator[tuple[int, int, l
         start = pos
 
 
-def _scrub_csv(data: bytes, scrubber: _Scrubber, mappings: list[Any] | None = None) -> bytes:
-    """Blank the customer's values in a CSV file; ``mappings``: those it was loaded with."""
+#: (mapping's lake path, lookup name) -> the keys a customer's rows look it up with, and the
+#: keys other rows do (:class:`LookupKeys`).
+LookupKey = tuple[str, str]
+
+
+@dataclass
+class LookupKeys:
+    """The keys that the CSV files' rows look up a name or e-mail with (e.g. subscription
+    ids), per lookup: those on the customer's rows and those on anyone else's. A lookup copy's
+    row keyed by one of the customer's keys is theirs even without their id
+    (:func:`_scrub_lookup`); a key others' rows use too is not taken as theirs."""
+
+    theirs: dict[LookupKey, set[str]] = field(default_factory=dict)
+    others: dict[LookupKey, set[str]] = field(default_factory=dict)
+
+    def of(self, key: LookupKey) -> set[str]:
+        return self.theirs.get(key, set()) - self.others.get(key, set())
+
+
+def _scrub_csv(
+    data: bytes,
+    scrubber: _Scrubber,
+    mappings: list[Any] | None = None,
+    keys: LookupKeys | None = None,
+) -> bytes:
+    """Blank the customer's values in a CSV file; ``mappings``: those it was loaded with.
+    With ``keys``, the keys its rows look up a name or e-mail with are noted there."""
     mappings = mappings or []
 
     def personal(header: list[str]) -> dict[int, bool]:
         return _merged(csv_mapping.personal_positions(m, header) for m in mappings)
 
-    return _scrub_records(data, scrubber, mappings[0].delimiter if mappings else ",", personal)
+    def noting(header: list[str]) -> Callable[[list[str], bool], None] | None:
+        where = [
+            ((str(m.path), lookup), sorted(positions))
+            for m in mappings
+            for lookup, positions in csv_mapping.personal_lookup_keys(m, header).items()
+            if positions
+        ]
+        if keys is None or not where:
+            return None
+
+        def note(row: list[str], theirs: bool) -> None:
+            book = keys.theirs if theirs else keys.others
+            for key, positions in where:
+                found = {row[j].strip() for j in positions if j < len(row) and row[j].strip()}
+                book.setdefault(key, set()).update(found)
+
+        return note
+
+    delimiter = mappings[0].delimiter if mappings else ","
+    if keys is None or not any(csv_mapping.reads_personal_lookups(m) for m in mappings):
+        return _scrub_records(data, scrubber, delimiter, personal)  # not parsed unless theirs
+    return _scrub_records(data, scrubber, delimiter, personal, noting=noting)
 
 
-def _scrub_lookup(data: bytes, scrubber: _Scrubber, reads: list[tuple[Any, str]]) -> bytes:
+def _scrub_lookup(
+    data: bytes,
+    scrubber: _Scrubber,
+    reads: list[tuple[Any, str]],
+    keys: LookupKeys | None = None,
+) -> bytes:
     """Erase the customer's values in the lake's copy of a lookup file; ``reads``: the
     (mapping, lookup name) pairs of the loads' mappings pinned to it. The value column of a
     lookup a mapping reads as a name or e-mail is set to ``[erased]`` on the rows holding the
-    customer's id (the key, usually), not blanked: a blank value is no entry, and the rows
-    looking it up would be rejected on a rebuild."""
+    customer's id, or keyed by a key their rows look it up with (``keys``, noted while the
+    CSV files were scrubbed: a lookup keyed by subscription id holds no customer id), not
+    blanked: a blank value is no entry, and the rows looking it up would be rejected on a
+    rebuild."""
 
     def personal(header: list[str]) -> dict[int, bool]:
         return _merged(csv_mapping.personal_lookup_positions(m, name, header) for m, name in reads)
 
-    return _scrub_records(data, scrubber, reads[0][0].delimiter if reads else ",", personal)
+    def keyed(header: list[str]) -> Callable[[list[str]], bool] | None:
+        where = []
+        for m, name in reads:
+            j = csv_mapping.lookup_key_position(m, name, header)
+            theirs = keys.of((str(m.path), name)) if keys is not None else set()
+            if j is not None and theirs:
+                where.append((j, theirs))
+        if not where:
+            return None
+        return lambda row: any(j < len(row) and row[j].strip() in ks for j, ks in where)
+
+    delimiter = reads[0][0].delimiter if reads else ","
+    return _scrub_records(data, scrubber, delimiter, personal, keyed=keyed)
 
 
 def _merged(positions: Iterable[dict[int, bool]]) -> dict[int, bool]:
@@ -271,24 +338,44 @@ def _scrub_records(
     scrubber: _Scrubber,
     delimiter: str,
     personal_positions: Callable[[list[str]], dict[int, bool]],
+    *,
+    keyed: Callable[[list[str]], Callable[[list[str]], bool] | None] | None = None,
+    noting: Callable[[list[str]], Callable[[list[str], bool], None] | None] | None = None,
 ) -> bytes:
     """Blank the customer's values in CSV text: on the records holding the customer's id as a
     field, the ``personal_positions`` of the header (``[erased]`` where a value is required),
     and elsewhere on the records mentioning them the known names and e-mails. Records that do
-    not mention the customer keep their bytes."""
-    if scrubber.customer_id.encode() not in data:
+    not mention the customer keep their bytes.
+
+    ``keyed`` (given the header) tells which other records are the customer's too (a lookup
+    row keyed by one of their subscription ids); ``noting`` (given the header) is told of
+    every record, with whether it holds the customer's id (the keys their rows look
+    lookups up with are read so)."""
+    cid = scrubber.customer_id
+    if cid.encode() not in data and keyed is None and noting is None:
         return data
     text = data.decode("utf-8", errors="surrogateescape")
     lines = text.split("\n")
-    records = list(_csv_records(lines, delimiter))
-    header = records[0][2] if records else []
+    found = _csv_records(lines, delimiter)
+    first = next(found, None)
+    header = first[2] if first else []
+    also = keyed(header) if keyed is not None else None
+    note = noting(header) if noting is not None else None
+    if cid.encode() not in data and also is None and note is None:
+        return data
+    records = [first, *found] if first else []
     personal = personal_positions(header)  # position -> a mapping requires a value there
     out: list[str] = []
     for start, end, row in records:
-        if scrubber.customer_id not in "\n".join(lines[start:end]):
+        mentions = cid in "\n".join(lines[start:end])
+        theirs = start > 0 and (
+            (mentions and cid in (f.strip() for f in row)) or (also is not None and also(row))
+        )
+        if note is not None and start > 0:
+            note(row, theirs)
+        if not (mentions or theirs):
             out.extend(lines[start:end])
             continue
-        theirs = start > 0 and scrubber.customer_id in (f.strip() for f in row)
         new = [
             scrubber.personal(f, required=personal[j])
             if theirs and j in personal
@@ -346,9 +433,15 @@ def _lookup_copies(lake: Lake, mappings: dict[str, list[Any]]) -> dict[str, list
     return out
 
 
-def _scrub(name: str, data: bytes, scrubber: _Scrubber, mappings: list[Any] | None) -> bytes:
+def _scrub(
+    name: str,
+    data: bytes,
+    scrubber: _Scrubber,
+    mappings: list[Any] | None,
+    keys: LookupKeys | None = None,
+) -> bytes:
     if name.lower().endswith(".csv"):
-        return _scrub_csv(data, scrubber, mappings)
+        return _scrub_csv(data, scrubber, mappings, keys)
     return _scrub_json(data, scrubber)
 
 
@@ -480,15 +573,18 @@ def erase_customer(
         # The lookup copies of the mappings are rewritten like the received files: in place,
         # keeping their name, which the pinned mappings name (readers take the hash they must
         # have now from the log).
+        # The received CSV files come before the lookup copies: their rows tell the keys the
+        # customer's rows look a name or e-mail up with (a lookup keyed by subscription id).
         files_rewritten = values = 0
+        keys = LookupKeys()
         for _ in range(2):
             for rel in [*objects, *lookups]:
                 scrubber = _Scrubber(customer_id, known)
                 old = lake.read(rel)
                 new = (
-                    _scrub_lookup(old, scrubber, lookups[rel])
+                    _scrub_lookup(old, scrubber, lookups[rel], keys)
                     if rel in lookups
-                    else _scrub(rel, old, scrubber, mappings.get(rel))
+                    else _scrub(rel, old, scrubber, mappings.get(rel), keys)
                 )
                 known |= scrubber.known
                 if new == old:
