@@ -12,7 +12,8 @@ effects"); T and X on LightGBM, S a penalised logistic regression, and ``d`` (th
   cancel, and a decision ends the subscription at once or only at the end of the billing
   period (:mod:`workbench.models.cancellation`). A model of the monthly decision to cancel
   (:class:`DecisionHazardModel`: LightGBM and a logistic regression averaged on the log-odds
-  scale; :func:`decision_hazards`, fitted on the warehouse's cancellation requests of
+  scale, with the health outlook of :mod:`workbench.models.outlook`, next month's CRM
+  health score predicted, among their inputs; :func:`decision_hazards`, fitted on the warehouse's cancellation requests of
   the accounts outside the experiment and of the control arm from eligibility on; the
   experiment's own rows scored out-of-fold) gives each account's hazard ``h``; the billing
   features give the chance ``w_k`` that a decision in month ``k`` ends the subscription
@@ -80,6 +81,7 @@ from workbench.features import labels as flabels
 from workbench.features import offline
 from workbench.models import training
 from workbench.models.linear import LogisticModel, log_odds_mean
+from workbench.models.outlook import OUTLOOK, HealthOutlook, next_health_scores
 from workbench.models.training import FeatureSpec
 
 log = logging.getLogger(__name__)
@@ -742,6 +744,7 @@ def fit_risk_model(
     involuntary: np.ndarray | None = None,
     refit: bool = False,
     window: pd.DateOffset | None = None,
+    extra_features: Sequence[str] = (),
 ) -> training.BinaryModel:
     """A churn model for the uplift learners' ``churn_risk`` input, fitted on accounts
     outside the experiment (so no experiment outcome is seen through it).
@@ -757,6 +760,8 @@ def fit_risk_model(
             the chosen number of rounds (the latest months then inform the ranking too;
             the calibration stays the one fitted on the held-out months).
         window: How far past ``as_of`` the label looks (default: :func:`label_window`).
+        extra_features: Columns of ``churn_frame`` to use beside the declared features
+            (the decision model's :data:`~workbench.models.outlook.OUTLOOK`).
 
     Returns:
         A calibrated :class:`~workbench.models.training.BinaryModel`. The last 20% of
@@ -771,6 +776,7 @@ def fit_risk_model(
     months = np.sort(rows["as_of"].unique())
     cut = months[int(len(months) * 0.8)]
     feats = training.model_features(rows)
+    feats += [c for c in extra_features if c in rows.columns and c not in feats]
     as_of = pd.to_datetime(rows["as_of"], utc=True)
     closed = (as_of + (window or label_window(target))) <= pd.Timestamp(cut)
     if not closed.any():
@@ -849,6 +855,9 @@ class DecisionHazardModel:
 
     trees: training.BinaryModel
     linear: LogisticModel
+    #: Next month's health score predicted from the features (:mod:`workbench.models.outlook`),
+    #: an input of both halves; ``None`` for models saved before it existed.
+    outlook: HealthOutlook | None = None
 
     @property
     def target(self) -> str:
@@ -863,20 +872,27 @@ class DecisionHazardModel:
         return self.trees.meta
 
     def predict(self, frame: pd.DataFrame) -> np.ndarray:
-        """The monthly probability of a cancellation request for each row."""
+        """The monthly probability of a cancellation request for each row (its health
+        outlook computed from the row's features first)."""
+        if self.outlook is not None:
+            frame = self.outlook.with_outlook(frame)
         return log_odds_mean([self.trees.predict(frame), self.linear.predict(frame)])
 
     def save(self, path: Path) -> Path:
-        """The LightGBM model's files plus ``linear.json`` in the folder ``path``."""
+        """The LightGBM model's files plus ``linear.json`` (and the health outlook's, in
+        ``outlook/``) in the folder ``path``."""
         path = self.trees.save(path)
         (path / "linear.json").write_text(json.dumps(self.linear.to_json(), indent=1))
+        if self.outlook is not None:
+            self.outlook.save(path / "outlook")
         return path
 
     @classmethod
     def load(cls, path: Path) -> DecisionHazardModel:
         path = Path(path)
         linear = LogisticModel.from_json(json.loads((path / "linear.json").read_text()))
-        return cls(trees=training.BinaryModel.load(path), linear=linear)
+        outlook = HealthOutlook.load(path / "outlook") if (path / "outlook").is_dir() else None
+        return cls(trees=training.BinaryModel.load(path), linear=linear, outlook=outlook)
 
 
 def _load_risk(path: Path) -> training.BinaryModel | DecisionHazardModel:
@@ -891,7 +907,12 @@ def _fit_decision(
     exclude_accounts: Sequence[str] = (),
     seed: int = 0,
     params: Mapping[str, Any] | None = None,
+    outlook: HealthOutlook | None = None,
 ) -> DecisionHazardModel:
+    """A decision model fitted on ``frame`` (a :func:`decision_frame`) without
+    ``exclude_accounts``; with ``outlook``, its prediction is one more input."""
+    if outlook is not None and OUTLOOK not in frame.columns:
+        frame = outlook.with_outlook(frame)
     trees = fit_risk_model(
         frame,
         target=DECISION,
@@ -899,10 +920,13 @@ def _fit_decision(
         seed=seed,
         params={**DECISION_PARAMS, **dict(params or {})},
         refit=True,
+        extra_features=(OUTLOOK,) if outlook is not None else (),
     )
     rows = _labelled_rows(frame, DECISION, exclude_accounts)
     return DecisionHazardModel(
-        trees=trees, linear=LogisticModel.fit(rows, target=DECISION, spec=trees.spec)
+        trees=trees,
+        linear=LogisticModel.fit(rows, target=DECISION, spec=trees.spec),
+        outlook=outlook,
     )
 
 
@@ -927,14 +951,17 @@ def _fit_decisions(
     *,
     seed: int,
     params: Mapping[str, Any] | None,
+    outlook: HealthOutlook | None = None,
 ) -> list[DecisionHazardModel]:
     """One decision model per entry of ``exclusions`` (accounts left out), fitted one after
     the other. They once ran side by side in threads (25 s -> 17 s on the default company),
     but LightGBM's thread count is process-wide OpenMP state that its documentation warns
     against changing while several jobs run at once, and a test run crashed (segfault) in
     those threads; a crash costs more than the 8 s."""
+    if outlook is not None:  # once for every model
+        pool = outlook.with_outlook(pool)
     return [
-        _fit_decision(pool, exclude_accounts=held_out, seed=seed, params=params)
+        _fit_decision(pool, exclude_accounts=held_out, seed=seed, params=params, outlook=outlook)
         for held_out in exclusions
     ]
 
@@ -970,13 +997,16 @@ def out_of_fold_hazards(
     folds: int = 5,
     seed: int = 0,
     params: Mapping[str, Any] | None = None,
+    outlook: HealthOutlook | None = None,
 ) -> tuple[np.ndarray, DecisionHazardModel]:
     """``rows``' decision hazards, each from a model fitted on ``pool`` (a
     :func:`decision_frame`) without its account's fold (``accounts``, which every row
     belongs to, in ``folds`` seeded groups), and the model fitted on the whole pool (for
-    new accounts; fitted alongside the folds' models)."""
+    new accounts; fitted alongside the folds' models). With ``outlook`` (fitted on accounts
+    outside ``accounts``), every model has its prediction as one more input."""
     fold, groups = _account_folds(accounts, rows, folds=folds, seed=seed)
-    full, *parts = _fit_decisions(pool, [[], *groups], seed=seed, params=params)
+    full, *parts = _fit_decisions(pool, [[], *groups], seed=seed, params=params,
+                                  outlook=outlook)  # fmt: skip
     return _score_folds(parts, rows, fold), full
 
 
@@ -998,6 +1028,11 @@ def decision_hazards(
     control account's own outcome must not shape the hazard it is evaluated with, so
     ``rows``' hazards are out-of-fold by account (:func:`out_of_fold_hazards`).
 
+    Every model has one more input, the health outlook: next month's CRM health score
+    predicted from the features (:mod:`workbench.models.outlook`), fitted on the accounts
+    outside the experiment (a dense label beside the few hundred decisions). A warehouse
+    without CRM health scores gets models without it (logged).
+
     Args:
         churn_frame: Monthly modelling rows (:func:`workbench.models.training.churn_dataset`).
         experiment: ``account_id``, ``as_of`` (eligibility) and ``treatment``.
@@ -1008,13 +1043,22 @@ def decision_hazards(
         out-of-fold hazards.
     """
     keep = decision_pool(churn_frame, experiment)
+    in_experiment = churn_frame["account_id"].isin(set(experiment["account_id"])).to_numpy()
+    outside = churn_frame[~in_experiment]
+    scores = next_health_scores(con, outside)
+    outlook = None
+    if np.isfinite(scores).any():
+        outlook = HealthOutlook.fit(outside, scores, seed=seed)
+    else:
+        log.warning("no CRM health scores: the decision hazard is fitted without its outlook")
     pool = decision_frame(con, churn_frame[keep])
     hazard, model = out_of_fold_hazards(
-        pool, experiment["account_id"], rows, folds=folds, seed=seed, params=params
-    )
-    in_experiment = churn_frame["account_id"].isin(set(experiment["account_id"])).to_numpy()
+        pool, experiment["account_id"], rows, folds=folds, seed=seed, params=params,
+        outlook=outlook,
+    )  # fmt: skip
     model.meta["control_rows"] = int((keep & in_experiment).sum())
     model.meta["hazard_folds"] = int(folds)
+    model.meta["outlook_rows"] = outlook.meta["rows"] if outlook is not None else 0
     return model, hazard
 
 
@@ -1491,7 +1535,15 @@ def train_uplift(
         else {
             "target": risk_model.target,
             "label": "monthly decision to cancel" if learner == "d" else f"{risk_label} churn",
-            "model": "LightGBM and logistic regression, log-odds mean"
+            "model": (
+                "LightGBM and logistic regression, log-odds mean"
+                + (
+                    "; input health_score_outlook: next month's CRM health score predicted "
+                    "by a LightGBM regression fitted on the accounts outside the experiment"
+                    if risk_model.outlook is not None
+                    else ""
+                )
+            )
             if isinstance(risk_model, DecisionHazardModel)
             else "LightGBM",
             "features": len(risk_model.features),
