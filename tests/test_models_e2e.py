@@ -142,7 +142,12 @@ def test_uplift_decision_learner_trains_on_the_warehouse_and_scores_with_reasons
     assert model.learner == "d" and model.risk.target == uplift.DECISION
     assert res.card["risk_model"]["label"] == "monthly decision to cancel"
     assert isinstance(model.risk, uplift.DecisionHazardModel)
-    assert res.card["risk_model"]["model"] == "LightGBM and logistic regression, log-odds mean"
+    card_model = res.card["risk_model"]["model"]
+    assert card_model.startswith("LightGBM and logistic regression, log-odds mean")
+    # the health outlook (next month's CRM score) is an input, learned from the company's CRM
+    assert "health_score_outlook" in card_model and "health_score_outlook" in model.risk.features
+    assert model.risk.outlook is not None
+    assert res.card["risk_model"]["outlook_rows"] == model.risk.outlook.meta["rows"] > 100
     assert res.scored["uplift"].notna().all() and res.scored[uplift.HAZARD].between(0, 1).all()
     # the billing mechanics come from the warehouse's own cancellations
     assert model.linear["immediate"] == shares and model.linear["penalty"] in uplift.D_PENALTIES

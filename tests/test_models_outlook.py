@@ -79,13 +79,44 @@ def test_the_decision_hazard_computes_its_outlook_and_keeps_it(tmp_path) -> None
     again = uplift.DecisionHazardModel.load(model.save(tmp_path / "decision"))
     assert again.outlook is not None
     np.testing.assert_array_equal(again.predict(frame), h)
-    # out-of-fold hazards: every model has the outlook as an input
+    # out-of-fold hazards: every model has the outlook as an input, the same one or one
+    # fitted without the accounts the model leaves out
     accounts = [f"cus_{i}" for i in range(300)]
     rows = frame.drop_duplicates("account_id").head(300)
     oof, full = uplift.out_of_fold_hazards(pool, accounts, rows, folds=3, outlook=outlook)
     assert np.isfinite(oof).all() and OUTLOOK in full.features and full.outlook is outlook
+    left_out = []
+
+    def outlook_for(held_out):
+        left_out.append(sorted(held_out))
+        keep = ~frame["account_id"].isin(set(held_out)).to_numpy()
+        return HealthOutlook.fit(frame[keep], scores[keep])
+
+    per_fold, full = uplift.out_of_fold_hazards(pool, accounts, rows, folds=3,
+                                                outlook=outlook_for)  # fmt: skip
+    _, groups = uplift._account_folds(accounts, rows, folds=3, seed=0)
+    assert left_out == [[], *map(sorted, groups)]  # the full model's outlook saw everyone
+    assert full.outlook.meta["rows"] == outlook.meta["rows"]
+    assert np.isfinite(per_fold).all() and not np.array_equal(per_fold, oof)
     # a model saved before the outlook existed still loads and scores without it
     plain = uplift._fit_decision(pool)
     old = uplift.DecisionHazardModel.load(plain.save(tmp_path / "plain"))
     assert old.outlook is None and OUTLOOK not in old.features
     np.testing.assert_array_equal(old.predict(frame), plain.predict(frame))
+
+
+def test_the_outlook_learns_from_rows_no_offer_touched() -> None:
+    t = pd.Timestamp("2024-05-01", tz="UTC")
+    months = [t - pd.DateOffset(months=1), t, t + pd.DateOffset(months=1)]
+    frame = pd.DataFrame(
+        {
+            "account_id": [a for a in ("out", "ctl", "trt") for _ in months],
+            "as_of": months * 3,
+        }
+    )
+    experiment = pd.DataFrame({"account_id": ["ctl", "trt"], "as_of": [t, t], "treatment": [0, 1]})
+    # outside: every month; control: every month (before eligibility no offer, from it on
+    # none ever); treated: only before eligibility
+    assert uplift.outlook_rows(frame, experiment).tolist() == [
+        True, True, True, True, True, True, True, False, False,
+    ]  # fmt: skip

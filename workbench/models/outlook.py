@@ -8,10 +8,11 @@ development company: Spearman 0.91 with the true hazard against 0.78), so the fe
 the information and the sparse label is what limits. The CRM health score is the customer
 success team's reading of the same health, recorded for every account every month: next
 month's score is a dense, observable target. This module fits it (a LightGBM regression on
-the features at ``as_of``) on the accounts outside the experiment, and its prediction,
-``health_score_outlook``, is one more input of the decision hazard (both its trees and its
-regression). On both development companies that lifted the hazard's rank correlation with
-the true hazard by 0.03-0.05 and the uplift's expected-Qini ratio by 0.013-0.016
+the features at ``as_of``), and its prediction, ``health_score_outlook``, is one more input
+of the decision hazard (both its trees and its regression); :func:`workbench.models.uplift.
+decision_hazards` fits it on the rows no offer touched, out-of-fold by account like the
+hazard. On both development companies the outlook lifted the hazard's rank correlation with
+the true hazard by 0.03-0.05 and the uplift's expected-Qini ratio by 0.015-0.021
 (docs/model-quality.md, "Uplift").
 
 The label looks past ``as_of`` (the first CRM row dated in ``[as_of, as_of + 1 month)``; a

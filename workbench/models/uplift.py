@@ -66,7 +66,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -945,23 +945,32 @@ def decision_pool(churn_frame: pd.DataFrame, experiment: pd.DataFrame) -> np.nda
     return (~account.isin(exp.index) | control).to_numpy()
 
 
+#: The health outlook a decision model uses, given the accounts it leaves out (fitted
+#: without them too: :func:`decision_hazards`).
+OutlookFor = Callable[[Sequence[str]], HealthOutlook]
+
+
 def _fit_decisions(
     pool: pd.DataFrame,
     exclusions: Sequence[Sequence[str]],
     *,
     seed: int,
     params: Mapping[str, Any] | None,
-    outlook: HealthOutlook | None = None,
+    outlook_for: OutlookFor | None = None,
 ) -> list[DecisionHazardModel]:
     """One decision model per entry of ``exclusions`` (accounts left out), fitted one after
     the other. They once ran side by side in threads (25 s -> 17 s on the default company),
     but LightGBM's thread count is process-wide OpenMP state that its documentation warns
     against changing while several jobs run at once, and a test run crashed (segfault) in
     those threads; a crash costs more than the 8 s."""
-    if outlook is not None:  # once for every model
-        pool = outlook.with_outlook(pool)
     return [
-        _fit_decision(pool, exclude_accounts=held_out, seed=seed, params=params, outlook=outlook)
+        _fit_decision(
+            pool,
+            exclude_accounts=held_out,
+            seed=seed,
+            params=params,
+            outlook=outlook_for(held_out) if outlook_for is not None else None,
+        )
         for held_out in exclusions
     ]
 
@@ -997,16 +1006,20 @@ def out_of_fold_hazards(
     folds: int = 5,
     seed: int = 0,
     params: Mapping[str, Any] | None = None,
-    outlook: HealthOutlook | None = None,
+    outlook: HealthOutlook | OutlookFor | None = None,
 ) -> tuple[np.ndarray, DecisionHazardModel]:
     """``rows``' decision hazards, each from a model fitted on ``pool`` (a
     :func:`decision_frame`) without its account's fold (``accounts``, which every row
     belongs to, in ``folds`` seeded groups), and the model fitted on the whole pool (for
-    new accounts; fitted alongside the folds' models). With ``outlook`` (fitted on accounts
-    outside ``accounts``), every model has its prediction as one more input."""
+    new accounts; fitted alongside the folds' models). With ``outlook``, every model has a
+    health outlook's prediction as one more input: the same one, or (a function of the
+    accounts a model leaves out) one fitted without those accounts too."""
+    if isinstance(outlook, HealthOutlook):
+        shared = outlook
+        outlook = lambda _held_out: shared  # noqa: E731
     fold, groups = _account_folds(accounts, rows, folds=folds, seed=seed)
     full, *parts = _fit_decisions(pool, [[], *groups], seed=seed, params=params,
-                                  outlook=outlook)  # fmt: skip
+                                  outlook_for=outlook)  # fmt: skip
     return _score_folds(parts, rows, fold), full
 
 
@@ -1029,9 +1042,12 @@ def decision_hazards(
     ``rows``' hazards are out-of-fold by account (:func:`out_of_fold_hazards`).
 
     Every model has one more input, the health outlook: next month's CRM health score
-    predicted from the features (:mod:`workbench.models.outlook`), fitted on the accounts
-    outside the experiment (a dense label beside the few hundred decisions). A warehouse
-    without CRM health scores gets models without it (logged).
+    predicted from the features (:mod:`workbench.models.outlook`; a dense label beside the
+    few hundred decisions), fitted on the rows whose score no offer can have touched (see
+    :func:`outlook_rows`) and, like the hazard, out-of-fold by account: the outlook of a
+    fold's model never learned from that fold's accounts (an experiment row's own label is
+    the score that made it eligible). A warehouse without CRM health scores gets models
+    without it (logged).
 
     Args:
         churn_frame: Monthly modelling rows (:func:`workbench.models.training.churn_dataset`).
@@ -1044,22 +1060,43 @@ def decision_hazards(
     """
     keep = decision_pool(churn_frame, experiment)
     in_experiment = churn_frame["account_id"].isin(set(experiment["account_id"])).to_numpy()
-    outside = churn_frame[~in_experiment]
-    scores = next_health_scores(con, outside)
-    outlook = None
+    usable = outlook_rows(churn_frame, experiment)
+    scores = np.where(usable, next_health_scores(con, churn_frame), np.nan)
+    account = churn_frame["account_id"].astype(str)
+    outlook_for = None
     if np.isfinite(scores).any():
-        outlook = HealthOutlook.fit(outside, scores, seed=seed)
+
+        def outlook_for(held_out: Sequence[str]) -> HealthOutlook:
+            fit = ~account.isin({str(a) for a in held_out}).to_numpy()
+            return HealthOutlook.fit(churn_frame[fit], scores[fit], seed=seed)
+
     else:
         log.warning("no CRM health scores: the decision hazard is fitted without its outlook")
     pool = decision_frame(con, churn_frame[keep])
     hazard, model = out_of_fold_hazards(
         pool, experiment["account_id"], rows, folds=folds, seed=seed, params=params,
-        outlook=outlook,
+        outlook=outlook_for,
     )  # fmt: skip
     model.meta["control_rows"] = int((keep & in_experiment).sum())
     model.meta["hazard_folds"] = int(folds)
-    model.meta["outlook_rows"] = outlook.meta["rows"] if outlook is not None else 0
+    model.meta["outlook_rows"] = model.outlook.meta["rows"] if model.outlook is not None else 0
     return model, hazard
+
+
+def outlook_rows(churn_frame: pd.DataFrame, experiment: pd.DataFrame) -> np.ndarray:
+    """Which rows of ``churn_frame`` the health outlook may learn from: every row of the
+    accounts outside the experiment, every experiment account's rows before eligibility
+    (either arm: no offer yet; its label is a health score, not survival, so having
+    survived to eligibility does not bias it), and the control arm's rows from eligibility
+    on (never offered anything). Treated accounts' rows from eligibility on are left out
+    (an offer might change how an account feels, and so its score). Every account that
+    meets the eligibility rule joins the experiment, so without its rows the outlook would
+    never see the state the experiment's accounts are in."""
+    exp = experiment.drop_duplicates("account_id").set_index("account_id")
+    account = churn_frame["account_id"]
+    eligible = pd.to_datetime(account.map(exp["as_of"]), utc=True)
+    before = (pd.to_datetime(churn_frame["as_of"], utc=True) < eligible).fillna(False)
+    return (~account.isin(exp.index) | before).to_numpy() | decision_pool(churn_frame, experiment)
 
 
 def fit_uplift(
