@@ -6,7 +6,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pytest
-from test_models_uplift import billing_experiment
+from test_models_uplift import billing_experiment, months_around_eligibility
 
 from workbench.models import uplift
 from workbench.models.outlook import OUTLOOK, HealthOutlook, next_health_scores
@@ -106,15 +106,7 @@ def test_the_decision_hazard_computes_its_outlook_and_keeps_it(tmp_path) -> None
 
 
 def test_the_outlook_learns_from_rows_no_offer_touched() -> None:
-    t = pd.Timestamp("2024-05-01", tz="UTC")
-    months = [t - pd.DateOffset(months=1), t, t + pd.DateOffset(months=1)]
-    frame = pd.DataFrame(
-        {
-            "account_id": [a for a in ("out", "ctl", "trt") for _ in months],
-            "as_of": months * 3,
-        }
-    )
-    experiment = pd.DataFrame({"account_id": ["ctl", "trt"], "as_of": [t, t], "treatment": [0, 1]})
+    frame, experiment = months_around_eligibility()
     # outside: every month; control: every month (before eligibility no offer, from it on
     # none ever); treated: only before eligibility
     assert uplift.outlook_rows(frame, experiment).tolist() == [

@@ -325,7 +325,9 @@ def test_learner_d_likelihood_gradient_is_exact() -> None:
         np.testing.assert_allclose(grad, numeric, rtol=1e-5, atol=1e-5)
 
 
-def test_decision_pool_adds_the_control_arm_from_eligibility_on() -> None:
+def months_around_eligibility() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Three months (before, at and after eligibility) of an account outside the experiment
+    (``out``), a control (``ctl``) and a treated one (``trt``), and the experiment."""
     t = pd.Timestamp("2024-05-01", tz="UTC")
     months = [t - pd.DateOffset(months=1), t, t + pd.DateOffset(months=1)]
     frame = pd.DataFrame(
@@ -335,6 +337,11 @@ def test_decision_pool_adds_the_control_arm_from_eligibility_on() -> None:
         }
     )
     experiment = pd.DataFrame({"account_id": ["ctl", "trt"], "as_of": [t, t], "treatment": [0, 1]})
+    return frame, experiment
+
+
+def test_decision_pool_adds_the_control_arm_from_eligibility_on() -> None:
+    frame, experiment = months_around_eligibility()
     keep = uplift.decision_pool(frame, experiment)
     # outside the experiment: every month; control: from eligibility on (not the month it
     # survived to reach eligibility); treated: never

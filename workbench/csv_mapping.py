@@ -2336,13 +2336,19 @@ def _personal_headers(mapping: Mapping, resolved: _Resolved, headers: list[str])
     }
 
 
-def _personal_refs(mapping: Mapping) -> Iterator[Ref]:
-    """The source-column references of ``mapping`` that feed personal canonical columns."""
+def _personal_nodes(mapping: Mapping, kind: type) -> Iterator[Any]:
+    """The expression nodes of type ``kind`` in ``mapping``'s personal canonical columns
+    (names, e-mails)."""
     for table_name, spec in mapping.tables.items():
         personal = set(TABLES[table_name].personal)
         for col_name, expr in spec.columns.items():
             if col_name in personal:
-                yield from (e for e in _walk([expr]) if isinstance(e, Ref))
+                yield from (e for e in _walk([expr]) if isinstance(e, kind))
+
+
+def _personal_refs(mapping: Mapping) -> Iterator[Ref]:
+    """The source-column references of ``mapping`` that feed personal canonical columns."""
+    return _personal_nodes(mapping, Ref)
 
 
 def personal_positions(mapping: Mapping, headers: list[str]) -> dict[int, bool]:
@@ -2373,11 +2379,7 @@ def _header_hits(col: SourceColumn | None, headers: list[str]) -> set[int]:
 
 def _personal_lookups(mapping: Mapping) -> Iterator[LookupOf]:
     """The lookups ``mapping`` reads a personal canonical column (names, e-mails) through."""
-    for table_name, table in mapping.tables.items():
-        personal = set(TABLES[table_name].personal)
-        for col_name, expr in table.columns.items():
-            if col_name in personal:
-                yield from (e for e in _walk([expr]) if isinstance(e, LookupOf))
+    return _personal_nodes(mapping, LookupOf)
 
 
 def reads_personal_lookups(mapping: Mapping) -> bool:
