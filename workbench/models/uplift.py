@@ -13,8 +13,9 @@ effects"); T and X on LightGBM, S a penalised logistic regression, and ``d`` (th
   period (:mod:`workbench.models.cancellation`). A model of the monthly decision to cancel
   (:class:`DecisionHazardModel`: LightGBM and a logistic regression averaged on the log-odds
   scale, with the health outlook of :mod:`workbench.models.outlook`, next month's CRM
-  health score predicted, among their inputs; :func:`decision_hazards`, fitted on the warehouse's cancellation requests of
-  the accounts outside the experiment and of the control arm from eligibility on; the
+  health score predicted, among their inputs; :func:`decision_hazards`, fitted on the
+  warehouse's cancellation requests of the accounts outside the experiment and of the
+  control arm from eligibility on; the
   experiment's own rows scored out-of-fold) gives each account's hazard ``h``; the billing
   features give the chance ``w_k`` that a decision in month ``k`` ends the subscription
   within the horizon (with the shares of immediate cancellations measured on the
