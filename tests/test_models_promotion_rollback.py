@@ -45,6 +45,13 @@ def new_model(settings, name: str, versions: int = 3) -> list[str]:
     return made
 
 
+def with_champion(settings, name: str) -> list[str]:
+    """:func:`new_model` with three versions, the first made champion directly by alice."""
+    versions = new_model(settings, name)
+    registry.promote(name, versions[0], who="alice", reason="first", settings=settings)
+    return versions
+
+
 def champion(settings, model: str) -> str | None:
     return registry.alias_version(model, "champion", settings=settings)
 
@@ -66,8 +73,7 @@ def promoted(settings, model: str, version: str, now: pd.Timestamp) -> ap.Action
 
 def test_an_approved_promotion_is_rolled_back_within_the_window(settings) -> None:
     model = "churn_30d"
-    v1, v2, _ = new_model(settings, model)
-    registry.promote(model, v1, who="alice", reason="first", settings=settings)
+    v1, v2, _ = with_champion(settings, model)
     registry.client(settings).set_registered_model_alias(model, "challenger", v2)
     now = pd.Timestamp.now(tz="UTC")
     item = promoted(settings, model, v2, now)
@@ -99,8 +105,7 @@ def test_an_approved_promotion_is_rolled_back_within_the_window(settings) -> Non
 
 def test_a_rollback_after_the_champion_moved_on_is_refused(settings) -> None:
     model = "churn_90d"
-    v1, v2, v3 = new_model(settings, model)
-    registry.promote(model, v1, who="alice", reason="first", settings=settings)
+    v1, v2, v3 = with_champion(settings, model)
     now = pd.Timestamp.now(tz="UTC")
     item = promoted(settings, model, v2, now)
     registry.promote(model, v3, who="dave", reason="hotfix", settings=settings)
@@ -118,8 +123,7 @@ def test_a_rollback_after_the_champion_moved_on_is_refused(settings) -> None:
 
 def test_a_rollback_after_the_window_is_refused(settings) -> None:
     model = "churn_180d"
-    v1, v2, _ = new_model(settings, model)
-    registry.promote(model, v1, who="alice", reason="first", settings=settings)
+    v1, v2, _ = with_champion(settings, model)
     now = pd.Timestamp.now(tz="UTC")
     item = promoted(settings, model, v2, now)
     history = registry.champion_history(model, settings=settings)
@@ -215,8 +219,7 @@ def interrupted_note(settings, item_id: str) -> str:
 @pytest.mark.parametrize("after", [True, False])
 def test_an_interrupted_rollback_is_recovered_from_the_champion_history(settings, after) -> None:
     model = f"churn_{45 if after else 60}d"
-    v1, v2, _ = new_model(settings, model)
-    registry.promote(model, v1, who="alice", reason="first", settings=settings)
+    v1, v2, _ = with_champion(settings, model)
     now = pd.Timestamp.now(tz="UTC")
     item = promoted(settings, model, v2, now)
     interrupted_rollback(settings, item, after=after, now=now)
@@ -247,8 +250,7 @@ def test_an_interrupted_rollback_is_recovered_from_the_champion_history(settings
 
 def test_an_interrupted_rollback_is_left_to_a_person_when_the_champion_moved(settings) -> None:
     model = "churn_365d"
-    v1, v2, v3 = new_model(settings, model)
-    registry.promote(model, v1, who="alice", reason="first", settings=settings)
+    v1, v2, v3 = with_champion(settings, model)
     now = pd.Timestamp.now(tz="UTC")
     item = promoted(settings, model, v2, now)
     interrupted_rollback(settings, item, after=False, now=now)
@@ -297,8 +299,7 @@ def interrupted_promotion(settings, out: ap.Outcome, *, dies_in, now: pd.Timesta
 @pytest.mark.parametrize("dies_in", ["start", "history", "end"])
 def test_an_interrupted_promotion_is_recovered_from_the_champion_history(settings, dies_in) -> None:
     model = {"start": "recovery_3d", "history": "recovery_5d", "end": "recovery_9d"}[dies_in]
-    v1, v2, _ = new_model(settings, model)
-    registry.promote(model, v1, who="alice", reason="first", settings=settings)
+    v1, v2, _ = with_champion(settings, model)
     registry.client(settings).set_registered_model_alias(model, "challenger", v2)
     now = pd.Timestamp.now(tz="UTC")
     out = registry.request_promotion(model, v2, who=ANN, reason="beats v1", settings=settings,
@@ -334,8 +335,7 @@ def test_the_dashboards_roll_back_button_undoes_a_promotion(settings, monkeypatc
     from workbench.dashboards.approvals import ApprovalsDashboard
 
     model = "churn_14d"
-    v1, v2, _ = new_model(settings, model)
-    registry.promote(model, v1, who="alice", reason="first", settings=settings)
+    v1, v2, _ = with_champion(settings, model)
     item = promoted(settings, model, v2, pd.Timestamp.now(tz="UTC"))
     roles = Path(settings.data_dir) / "roles.yaml"
     roles.write_text("roles:\n  ann: analyst\n  bob: approver\n  carol: approver\n")
