@@ -31,10 +31,11 @@ reference for the leakage checks.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 
 import duckdb
@@ -77,6 +78,28 @@ def to_utc(values: Iterable | pd.Series | pd.Timestamp | datetime | str) -> pd.S
 def to_us(values: pd.Series) -> np.ndarray:
     """Epoch microseconds (int64) of UTC times."""
     return pd.DatetimeIndex(to_utc(values)).asi8.astype(np.int64, copy=False)
+
+
+@contextlib.contextmanager
+def registered_rows(
+    con: duckdb.DuckDBPyConnection, frame: pd.DataFrame, **extra_us: np.ndarray
+) -> Iterator[str]:
+    """``frame``'s (``account_id``, ``as_of``) rows registered on ``con`` for a join: a table
+    with ``_row`` (the row's position), ``account_id``, ``t_us`` (``as_of`` in epoch
+    microseconds) and each of ``extra_us`` (int64 per row, e.g. a window's end); yields its
+    name and unregisters it after."""
+    name = f"_wb_rows_{uuid.uuid4().hex[:12]}"
+    columns = {
+        "_row": pa.array(np.arange(len(frame), dtype=np.int64)),
+        "account_id": pa.array(frame["account_id"].astype(str).to_numpy(), type=pa.string()),
+        "t_us": pa.array(to_us(frame["as_of"])),
+        **{k: pa.array(np.asarray(v, dtype=np.int64)) for k, v in extra_us.items()},
+    }
+    con.register(name, pa.table(columns))
+    try:
+        yield name
+    finally:
+        con.unregister(name)
 
 
 def ts_literal(t: pd.Timestamp | datetime | str) -> str:

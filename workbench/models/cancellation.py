@@ -30,9 +30,8 @@ from collections.abc import Mapping
 import duckdb
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
-from workbench.features.offline import to_us
+from workbench.features.offline import registered_rows, to_us
 
 log = logging.getLogger(__name__)
 
@@ -212,17 +211,7 @@ def rows_with_event(
     """Per row (``account_id``, ``as_of``): does ``events_sql`` (a query with columns
     ``account_id`` and ``event_at``) have an event of the account in ``(as_of, end]``
     (``end_us``: per row, epoch microseconds)?"""
-    name = "_wb_event_window"
-    probe = pa.table(
-        {
-            "_row": pa.array(np.arange(len(frame), dtype=np.int64)),
-            "account_id": pa.array(frame["account_id"].astype(str).to_numpy(), type=pa.string()),
-            "t_us": pa.array(to_us(frame["as_of"])),
-            "end_us": pa.array(np.asarray(end_us, dtype=np.int64)),
-        }
-    )
-    con.register(name, probe)
-    try:
+    with registered_rows(con, frame, end_us=end_us) as name:
         hit = con.execute(
             f"""
             WITH e AS ({events_sql})
@@ -230,8 +219,6 @@ def rows_with_event(
             WHERE epoch_us(e.event_at) > p.t_us AND epoch_us(e.event_at) <= p.end_us
             """
         ).fetchnumpy()["_row"]
-    finally:
-        con.unregister(name)
     out = np.zeros(len(frame), dtype=bool)
     out[np.asarray(hit, dtype=np.int64)] = True
     return out

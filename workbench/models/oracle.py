@@ -58,16 +58,14 @@ decisions end nothing within 90 days) and is reported beside it (``decision_*``)
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
-from workbench.features.offline import ANNOUNCE_WINDOW_S, to_us
+from workbench.features.offline import ANNOUNCE_WINDOW_S, registered_rows, to_us
 from workbench.models.cancellation import ended_by, ending_weights, month_starts
 
 log = logging.getLogger(__name__)
@@ -95,16 +93,7 @@ def read_truth(truth_dir: Path | str, name: str) -> pd.DataFrame:
 def _billing_state(con: duckdb.DuckDBPyConnection, spine: pd.DataFrame) -> pd.DataFrame:
     """Per spine row, the main paying subscription item at ``as_of``: its billing interval,
     current period end and whether it is set to cancel at period end."""
-    name = f"_wb_oracle_{uuid.uuid4().hex[:12]}"
-    probe = pa.table(
-        {
-            "_row": pa.array(np.arange(len(spine), dtype=np.int64)),
-            "account_id": pa.array(spine["account_id"].astype(str).to_numpy(), type=pa.string()),
-            "t_us": pa.array(to_us(spine["as_of"])),
-        }
-    )
-    con.register(name, probe)
-    try:
+    with registered_rows(con, spine) as name:
         df = con.execute(
             f"""
             WITH h AS (
@@ -124,8 +113,6 @@ def _billing_state(con: duckdb.DuckDBPyConnection, spine: pd.DataFrame) -> pd.Da
             GROUP BY s._row
             """
         ).df()
-    finally:
-        con.unregister(name)
     out = pd.DataFrame(index=np.arange(len(spine)))
     out["interval"] = None
     out["cpe_us"] = np.nan

@@ -32,9 +32,8 @@ import duckdb
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
-from workbench.features.offline import to_us
+from workbench.features.offline import registered_rows
 from workbench.models import training
 
 #: The column the outlook adds to a frame.
@@ -60,16 +59,7 @@ def next_health_scores(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame) -> n
     dated in ``[as_of, as_of + 1 month)`` (the day of ``as_of`` included: its row is known
     only at the end of that day), NaN where there is none (the account left, or the month
     has not been observed)."""
-    name = "_wb_outlook_rows"
-    probe = pa.table(
-        {
-            "_row": pa.array(np.arange(len(frame), dtype=np.int64)),
-            "account_id": pa.array(frame["account_id"].astype(str).to_numpy(), type=pa.string()),
-            "t_us": pa.array(to_us(frame["as_of"])),
-        }
-    )
-    con.register(name, probe)
-    try:
+    with registered_rows(con, frame) as name:
         got = con.execute(
             f"""
             WITH p AS (SELECT _row, account_id, make_timestamp(t_us) AS t FROM {name})
@@ -81,8 +71,6 @@ def next_health_scores(con: duckdb.DuckDBPyConnection, frame: pd.DataFrame) -> n
             GROUP BY p._row
             """
         ).fetchnumpy()
-    finally:
-        con.unregister(name)
     out = np.full(len(frame), np.nan)
     out[np.asarray(got["_row"], dtype=np.int64)] = np.asarray(got["score"], dtype=np.float64)
     return out
