@@ -150,7 +150,8 @@ def _pin_lookups(batch: _Batch, inp: _Input, mapping: Any) -> Any:
     erasure map with the copies this load read, whatever became of the files, and the same
     file loaded again beside an edited lookup file counts as loaded under another mapping
     (a file loaded before lookup files were kept, whose load stored the mapping unpinned,
-    counts as loaded under this one: ``inp.unpinned_mapping_lake``). A lookup file that is not there is recorded as missing (``missing: true``): the file
+    counts as loaded under this one: ``inp.unpinned_mapping_lake``). A lookup file that is
+    not there is recorded as missing (``missing: true``): the file
     fails, naming where it was looked for, and a rebuild fails it the same way.
 
     A replayed load (``inp.replay``) keeps the mapping its receipt names.
