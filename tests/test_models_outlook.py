@@ -72,6 +72,13 @@ def test_the_decision_hazard_computes_its_outlook_and_keeps_it(tmp_path) -> None
     ).drop(columns=["churn_90d"])
     model = uplift._fit_decision(pool, outlook=outlook)
     assert OUTLOOK in model.features and model.outlook is outlook
+    # the trees read every feature and the outlook; the regression the outlook and who the
+    # account is (the behavioural signals reach it through the outlook)
+    assert "health_score" in model.features and "days_to_period_end" in model.features
+    assert set(model.linear.spec.names) == set(uplift.REGRESSION_INPUTS) & set(frame.columns) | {
+        OUTLOOK
+    }
+    assert "health_score" not in model.linear.spec.names and OUTLOOK in model.linear.spec.names
     # scored from the features alone: the outlook is computed, and recomputed over a stale column
     h = model.predict(frame)
     np.testing.assert_array_equal(model.predict(frame.assign(**{OUTLOOK: -1.0})), h)
@@ -102,6 +109,7 @@ def test_the_decision_hazard_computes_its_outlook_and_keeps_it(tmp_path) -> None
     plain = uplift._fit_decision(pool)
     old = uplift.DecisionHazardModel.load(plain.save(tmp_path / "plain"))
     assert old.outlook is None and OUTLOOK not in old.features
+    assert set(old.linear.spec.names) == set(old.features)  # no outlook: every feature
     np.testing.assert_array_equal(old.predict(frame), plain.predict(frame))
 
 

@@ -9,11 +9,13 @@ the information and the sparse label is what limits. The CRM health score is the
 success team's reading of the same health, recorded for every account every month: next
 month's score is a dense, observable target. This module fits it (a LightGBM regression on
 the features at ``as_of``), and its prediction, ``health_score_outlook``, is one more input
-of the decision hazard (both its trees and its regression); :func:`workbench.models.uplift.
-decision_hazards` fits it on the rows no offer touched, out-of-fold by account like the
-hazard. On both development companies the outlook lifted the hazard's rank correlation with
-the true hazard by 0.03-0.05 and the uplift's expected-Qini ratio by 0.015-0.021
-(docs/model-quality.md, "Uplift").
+of the decision hazard's trees and, with who the account is (tenure, billing interval, plan
+and attributes: :data:`workbench.models.uplift.REGRESSION_INPUTS`), the whole input of its
+regression; :func:`workbench.models.uplift.decision_hazards` fits it on the rows no offer
+touched, out-of-fold by account like the hazard. On both development companies the outlook
+lifted the hazard's rank correlation with the true hazard by 0.03-0.05 and the uplift's
+expected-Qini ratio by 0.015-0.021, and narrowing the regression to it lifted them by
+another 0.03-0.04 and 0.002-0.017 (docs/model-quality.md, "Uplift").
 
 The label looks past ``as_of`` (the first CRM row dated in ``[as_of, as_of + 1 month)``; a
 daily row is known at the end of its day), so it is used only to fit; the prediction uses

@@ -851,13 +851,15 @@ class DecisionHazardModel:
     smoothly with the usage and CRM signals; the trees capture interactions and the
     regression is steadier where events are few. With the average, learner ``d`` ranked the
     offer's true effects better than with LightGBM alone on both development companies
-    (see docs/model-quality.md, "Uplift").
+    (see docs/model-quality.md, "Uplift"). With a health outlook the regression reads it
+    and the account's attributes only (:data:`REGRESSION_INPUTS`), the trees every feature.
     """
 
     trees: training.BinaryModel
     linear: LogisticModel
     #: Next month's health score predicted from the features (:mod:`workbench.models.outlook`),
-    #: an input of both halves; ``None`` for models saved before it existed.
+    #: an input of the trees and, with the account's attributes, of the regression
+    #: (:data:`REGRESSION_INPUTS`); ``None`` for models saved before it existed.
     outlook: HealthOutlook | None = None
 
     @property
@@ -911,7 +913,8 @@ def _fit_decision(
     outlook: HealthOutlook | None = None,
 ) -> DecisionHazardModel:
     """A decision model fitted on ``frame`` (a :func:`decision_frame`) without
-    ``exclude_accounts``; with ``outlook``, its prediction is one more input."""
+    ``exclude_accounts``; with ``outlook``, its prediction is one more input of the trees
+    and the regression's inputs are :data:`REGRESSION_INPUTS`."""
     if outlook is not None and OUTLOOK not in frame.columns:
         frame = outlook.with_outlook(frame)
     trees = fit_risk_model(
@@ -924,11 +927,30 @@ def _fit_decision(
         extra_features=(OUTLOOK,) if outlook is not None else (),
     )
     rows = _labelled_rows(frame, DECISION, exclude_accounts)
+    spec = trees.spec
+    if outlook is not None:
+        spec = training.FeatureSpec.infer(rows, [c for c in REGRESSION_INPUTS if c in rows])
     return DecisionHazardModel(
         trees=trees,
-        linear=LogisticModel.fit(rows, target=DECISION, spec=trees.spec),
+        linear=LogisticModel.fit(rows, target=DECISION, spec=spec),
         outlook=outlook,
     )
+
+
+#: The inputs of the decision hazard's regression half when the health outlook is there:
+#: the outlook (the behavioural signals, usage, tickets, CRM and payments, summarised by a
+#: model of a dense label) and who the account is. The few hundred decisions a year then
+#: fit about 15 coefficients rather than about 90; on both development companies the
+#: hazard's rank correlation with the true one rose from 0.83-0.85 to 0.87-0.89 and the
+#: uplift's expected-Qini ratio from 0.877 / 0.870 to 0.879 / 0.887 (docs/model-quality.md).
+#: Without an outlook (no CRM scores) the regression keeps every feature.
+REGRESSION_INPUTS: tuple[str, ...] = (
+    OUTLOOK,
+    "tenure_days",
+    "billing_interval_months",
+    "plan_tier",
+    *training.ATTRIBUTES,
+)
 
 
 def decision_pool(churn_frame: pd.DataFrame, experiment: pd.DataFrame) -> np.ndarray:
@@ -1047,8 +1069,9 @@ def decision_hazards(
     few hundred decisions), fitted on the rows whose score no offer can have touched (see
     :func:`outlook_rows`) and, like the hazard, out-of-fold by account: the outlook of a
     fold's model never learned from that fold's accounts (an experiment row's own label is
-    the score that made it eligible). A warehouse without CRM health scores gets models
-    without it (logged).
+    the score that made it eligible). The regression half then reads the outlook and who
+    the account is only (:data:`REGRESSION_INPUTS`). A warehouse without CRM health scores
+    gets models without an outlook, the regression on every feature (logged).
 
     Args:
         churn_frame: Monthly modelling rows (:func:`workbench.models.training.churn_dataset`).
