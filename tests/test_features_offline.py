@@ -184,6 +184,27 @@ def test_invoice_status_is_never_read_only_payment_times(con) -> None:
     assert out.payment_lag_days_avg_90d.iloc[:3].isna().all()
 
 
+def test_a_mean_does_not_depend_on_the_order_rows_are_read() -> None:
+    # lags of 0.1, 0.2 and 0.3 days: summed as doubles, (0.1 + 0.2) + 0.3 and
+    # (0.3 + 0.2) + 0.1 differ in the last bit, and DuckDB's threads sum in any order: the
+    # same warehouse gave a model different inputs from one run to the next
+    lags = [(f"in{k}", pd.Timedelta(days=k / 10)) for k in (1, 2, 3, 4, 5, 6, 7)]
+    got = []
+    for order in (lags, lags[::-1], lags[3:] + lags[:3]):
+        c = duckdb.connect()
+        create_all(c)
+        rows = []
+        for inv, lag in order:
+            paid = ts("2024-01-01") + lag
+            rows.append(invoice("a", inv, "2024-01-01", status="paid", paid_at=paid))
+        insert(c, "invoices", rows)
+        got.append(
+            build_features(c, spine("a", "2024-01-10"), features=["payment_lag_days_avg_90d"])
+            .payment_lag_days_avg_90d.iloc[0]
+        )
+    assert got[0] == got[1] == got[2] == pytest.approx(0.4, abs=1e-12)
+
+
 def test_invoice_features_as_of_failures(con) -> None:
     insert(
         con,

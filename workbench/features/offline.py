@@ -224,7 +224,11 @@ def compile_features_sql(
                 elif f.aggregation == "sum":
                     cols.append(f"{_filtered(f'sum({f.value})', c)} AS {col}")
                 elif f.aggregation == "avg":
-                    cols.append(f"{_filtered(f'avg({f.value})', c)} AS {col}")
+                    # summed exactly (a DECIMAL sum is integer arithmetic): a sum of doubles
+                    # depends on the order DuckDB's threads add the rows in, so the same
+                    # warehouse gave different values in their last bits from run to run
+                    avg = f"avg(CAST({f.value} AS DECIMAL(38, 10)))"
+                    cols.append(f"{_filtered(avg, c)} AS {col}")
                 elif f.aggregation == "mean_per_day":
                     cols.append(
                         f"{_filtered(f'sum({f.value})', c)} / {float(f.window_days)} AS {col}"
