@@ -199,8 +199,9 @@ def test_a_mean_does_not_depend_on_the_order_rows_are_read() -> None:
             rows.append(invoice("a", inv, "2024-01-01", status="paid", paid_at=paid))
         insert(c, "invoices", rows)
         got.append(
-            build_features(c, spine("a", "2024-01-10"), features=["payment_lag_days_avg_90d"])
-            .payment_lag_days_avg_90d.iloc[0]
+            build_features(
+                c, spine("a", "2024-01-10"), features=["payment_lag_days_avg_90d"]
+            ).payment_lag_days_avg_90d.iloc[0]
         )
     assert got[0] == got[1] == got[2] == pytest.approx(0.4, abs=1e-12)
 
