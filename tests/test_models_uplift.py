@@ -103,6 +103,18 @@ def test_cross_fit_gives_every_row_one_out_of_fold_score() -> None:
     assert oof.index.equals(data.index)
     assert sorted(oof["fold"].unique()) == [0, 1, 2]
     assert oof["uplift"].notna().all()
+    # repeated over splits: the mean of each split's out-of-fold scores, the first split's
+    # folds; one split is the split of the seed alone (learner s: its fit has no seed of
+    # its own, so a split's scores are those of cross_fit with the split's seed)
+    kw = dict(outcome="churn_90d", features=FEATURES, folds=3, learner="s")
+    oof = uplift.cross_fit(data, **kw)
+    again = uplift.cross_fit(data, repeats=3, **kw)
+    splits = [uplift.cross_fit(data, seed=s, **kw) for s in uplift.partition_seeds(0, 3)]
+    pd.testing.assert_frame_equal(splits[0], oof)
+    np.testing.assert_allclose(
+        again["uplift"], np.mean([s["uplift"] for s in splits], axis=0), rtol=1e-12
+    )
+    assert again["fold"].equals(oof["fold"]) and not np.allclose(again["uplift"], oof["uplift"])
 
 
 def test_uplift_model_round_trips_and_explains_additively(tmp_path) -> None:
@@ -372,6 +384,17 @@ def test_out_of_fold_hazards_never_see_their_own_accounts_outcomes() -> None:
     assert again[0] == base[0]
     # the same change reaches the hazards of the accounts in the other folds
     assert not np.allclose(again, base)
+    # repeated over three splits of the accounts: still never its own outcomes, and the
+    # log-odds mean of each split's hazards
+    rep, _ = uplift.out_of_fold_hazards(pool, accounts, rows, folds=3, repeats=3)
+    rep_flipped, _ = uplift.out_of_fold_hazards(flipped, accounts, rows, folds=3, repeats=3)
+    assert rep_flipped[0] == rep[0] and not np.allclose(rep, base)
+    each = []
+    for split in uplift.partition_seeds(0, 3):
+        fold, groups = uplift._account_folds(accounts, rows, folds=3, seed=split)
+        models = [uplift._fit_decision(pool, exclude_accounts=g) for g in groups]
+        each.append(uplift._score_folds(models, rows, fold))
+    np.testing.assert_allclose(rep, uplift.log_odds_mean(each), rtol=1e-12)
     # the folds' models are fitted side by side: each equals the same fit made alone
     fold, groups = uplift._account_folds(accounts, rows, folds=3, seed=0)
     alone = uplift._fit_decision(pool, exclude_accounts=groups[1])

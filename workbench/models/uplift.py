@@ -953,6 +953,22 @@ REGRESSION_INPUTS: tuple[str, ...] = (
 )
 
 
+#: Learner ``d`` cross-fits twice (the experiment's decision hazards, out-of-fold by
+#: account, and the evaluated uplift scores, out-of-fold by row), and each is repeated
+#: over this many splits and averaged: on the development companies the split alone moved
+#: the expected-Qini ratio by up to 0.04 (0.858-0.895); with three splits the mean rose
+#: from 0.879 / 0.887 to 0.900 / 0.894 and the spread fell to 0.010 / 0.005
+#: (docs/model-quality.md). It triples the cross-fitting's cost (default company: 20 s
+#: -> 50 s).
+D_REPEATS = 3
+
+
+def partition_seeds(seed: int, repeats: int) -> list[int]:
+    """The seeds of ``repeats`` splits into folds: ``seed`` first (one split is the split
+    of ``seed`` alone), then seeds 1000 apart, so runs with nearby seeds share no split."""
+    return [seed + 1000 * r for r in range(repeats)]
+
+
 def decision_pool(churn_frame: pd.DataFrame, experiment: pd.DataFrame) -> np.ndarray:
     """Which rows of ``churn_frame`` the decision model may learn from, given the
     experiment (``account_id``, ``as_of`` = eligibility, ``treatment``): every row of the
@@ -1030,20 +1046,29 @@ def out_of_fold_hazards(
     seed: int = 0,
     params: Mapping[str, Any] | None = None,
     outlook: HealthOutlook | OutlookFor | None = None,
+    repeats: int = 1,
 ) -> tuple[np.ndarray, DecisionHazardModel]:
     """``rows``' decision hazards, each from a model fitted on ``pool`` (a
     :func:`decision_frame`) without its account's fold (``accounts``, which every row
     belongs to, in ``folds`` seeded groups), and the model fitted on the whole pool (for
     new accounts; fitted alongside the folds' models). With ``outlook``, every model has a
     health outlook's prediction as one more input: the same one, or (a function of the
-    accounts a model leaves out) one fitted without those accounts too."""
+    accounts a model leaves out) one fitted without those accounts too. With ``repeats``
+    above 1, the accounts are split into folds that many times (:func:`partition_seeds`)
+    and a row's hazard is the log-odds mean of its out-of-fold hazards, each from a model
+    that never saw its account."""
     if isinstance(outlook, HealthOutlook):
         shared = outlook
         outlook = lambda _held_out: shared  # noqa: E731
     fold, groups = _account_folds(accounts, rows, folds=folds, seed=seed)
     full, *parts = _fit_decisions(pool, [[], *groups], seed=seed, params=params,
                                   outlook_for=outlook)  # fmt: skip
-    return _score_folds(parts, rows, fold), full
+    hazards = [_score_folds(parts, rows, fold)]
+    for split in partition_seeds(seed, repeats)[1:]:
+        fold, groups = _account_folds(accounts, rows, folds=folds, seed=split)
+        parts = _fit_decisions(pool, groups, seed=seed, params=params, outlook_for=outlook)
+        hazards.append(_score_folds(parts, rows, fold))
+    return (hazards[0] if repeats == 1 else log_odds_mean(hazards)), full
 
 
 def decision_hazards(
@@ -1055,6 +1080,7 @@ def decision_hazards(
     folds: int = 5,
     seed: int = 0,
     params: Mapping[str, Any] | None = None,
+    repeats: int = 1,
 ) -> tuple[DecisionHazardModel, np.ndarray]:
     """The decision model for learner ``d`` and out-of-fold hazards for the experiment.
 
@@ -1077,6 +1103,8 @@ def decision_hazards(
         churn_frame: Monthly modelling rows (:func:`workbench.models.training.churn_dataset`).
         experiment: ``account_id``, ``as_of`` (eligibility) and ``treatment``.
         rows: The experiment rows to score (``account_id`` and the features).
+        repeats: Splits of the accounts into folds, the hazards averaged over them
+            (:func:`train_uplift` uses :data:`D_REPEATS`).
 
     Returns:
         The model fitted on the whole pool (it scores new accounts) and ``rows``'
@@ -1099,10 +1127,11 @@ def decision_hazards(
     pool = decision_frame(con, churn_frame[keep])
     hazard, model = out_of_fold_hazards(
         pool, experiment["account_id"], rows, folds=folds, seed=seed, params=params,
-        outlook=outlook_for,
+        outlook=outlook_for, repeats=repeats,
     )  # fmt: skip
     model.meta["control_rows"] = int((keep & in_experiment).sum())
     model.meta["hazard_folds"] = int(folds)
+    model.meta["hazard_repeats"] = int(repeats)
     model.meta["outlook_rows"] = model.outlook.meta["rows"] if model.outlook is not None else 0
     return model, hazard
 
@@ -1291,8 +1320,13 @@ def cross_fit(
     rounds: int = 150,
     seed: int = 0,
     risk: training.BinaryModel | DecisionHazardModel | None = None,
+    repeats: int = 1,
 ) -> pd.DataFrame:
     """Out-of-fold uplift predictions for every row (folds stratified by treatment and outcome).
+
+    With ``repeats`` above 1 the rows are split into folds that many times
+    (:func:`partition_seeds`) and each row's predictions are the mean of its out-of-fold
+    predictions (repeated cross-fitting); ``fold`` is its fold in the first split.
 
     Returns:
         ``p_control``, ``p_treated``, ``uplift`` and ``fold``, same index as ``frame``.
@@ -1311,23 +1345,29 @@ def cross_fit(
         names = [*features, RISK] if risk is not None else list(features)
     spec = FeatureSpec.infer(base, names)
     strata = frame[treatment].astype(int).to_numpy() * 2 + frame[outcome].astype(int).to_numpy()
-    kf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    parts = []
-    for i, (tr, te) in enumerate(kf.split(np.zeros(len(frame)), strata)):
-        m = fit_uplift(
-            frame.iloc[tr],
-            outcome=outcome,
-            features=features,
-            treatment=treatment,
-            learner=learner,
-            params=params,
-            rounds=rounds,
-            seed=seed,
-            spec=spec,
-            risk=risk,
-        )
-        parts.append(m.predict_components(frame.iloc[te]).assign(fold=i))
-    return pd.concat(parts).loc[frame.index]
+    runs = []
+    for split in partition_seeds(seed, repeats):
+        kf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=split)
+        parts = []
+        for i, (tr, te) in enumerate(kf.split(np.zeros(len(frame)), strata)):
+            m = fit_uplift(
+                frame.iloc[tr],
+                outcome=outcome,
+                features=features,
+                treatment=treatment,
+                learner=learner,
+                params=params,
+                rounds=rounds,
+                seed=seed,
+                spec=spec,
+                risk=risk,
+            )
+            parts.append(m.predict_components(frame.iloc[te]).assign(fold=i))
+        runs.append(pd.concat(parts).loc[frame.index])
+    out = runs[0].copy()
+    for c in ("p_control", "p_treated", "uplift"):
+        out[c] = np.mean([run[c].to_numpy() for run in runs], axis=0)
+    return out
 
 
 # --------------------------------------------------------------------------- training run
@@ -1441,7 +1481,8 @@ def train_uplift(
             the account attributes (:data:`EFFECT_FEATURES`: who responds to a discount),
             the baseline risk coming from the risk model, which sees every feature; without
             one: every feature. A few hundred experiment rows cannot support many inputs.
-        folds: Cross-fitting folds for the evaluation.
+        folds: Cross-fitting folds for the evaluation (learner ``d``: repeated over
+            :data:`D_REPEATS` splits, as are its out-of-fold hazards).
         dataset: A frame from :func:`uplift_dataset` to reuse.
         risk: ``True``: fit a churn model on the accounts outside the experiment
             (:func:`fit_risk_model`) and give its probability to the learners as
@@ -1487,7 +1528,7 @@ def train_uplift(
             risk_model = risk
         else:
             risk_model, rows[HAZARD] = decision_hazards(
-                con, churn_frame, experiment, rows, seed=seed
+                con, churn_frame, experiment, rows, seed=seed, repeats=D_REPEATS
             )
         params = {"immediate": immediate_shares(con), **dict(params or {})}
     elif risk is True:
@@ -1534,6 +1575,7 @@ def train_uplift(
         rounds=rounds,
         seed=seed,
         risk=risk_model,
+        repeats=D_REPEATS if learner == "d" else 1,
     )
     keep = [
         c
