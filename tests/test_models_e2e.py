@@ -148,6 +148,11 @@ def test_uplift_decision_learner_trains_on_the_warehouse_and_scores_with_reasons
     assert "health_score_outlook" in card_model and "health_score_outlook" in model.risk.features
     assert model.risk.outlook is not None
     assert res.card["risk_model"]["outlook_rows"] == model.risk.outlook.meta["rows"] > 100
+    # the regression half reads the outlook and who the account is; the hazards of the
+    # experiment's rows are averaged over uplift.D_REPEATS splits of the accounts
+    assert "the regression reads only health_score_outlook, tenure_days" in card_model
+    assert res.card["risk_model"]["hazard_repeats"] == uplift.D_REPEATS == 3
+    assert f"averaged over {uplift.D_REPEATS} splits" in res.card["risk_model"]["trained_on"]
     assert res.scored["uplift"].notna().all() and res.scored[uplift.HAZARD].between(0, 1).all()
     # the billing mechanics come from the warehouse's own cancellations
     assert model.linear["immediate"] == shares and model.linear["penalty"] in uplift.D_PENALTIES

@@ -1642,7 +1642,8 @@ def train_uplift(
                 "LightGBM and logistic regression, log-odds mean"
                 + (
                     "; input health_score_outlook: next month's CRM health score predicted "
-                    "by a LightGBM regression fitted on the accounts outside the experiment"
+                    "by a LightGBM regression fitted on the rows no offer touched; the "
+                    "regression reads only " + ", ".join(risk_model.linear.spec.names)
                     if risk_model.outlook is not None
                     else ""
                 )
@@ -1654,7 +1655,8 @@ def train_uplift(
                 "churn spine rows of accounts outside the experiment"
                 + (
                     " and of the control arm from eligibility on (experiment rows scored "
-                    "out-of-fold by account)"
+                    "out-of-fold by account, averaged over "
+                    f"{risk_model.meta.get('hazard_repeats', 1)} splits)"
                     if "control_rows" in risk_model.meta
                     else ""
                 )
