@@ -42,14 +42,13 @@ from workbench.models import training
 OUTLOOK = "health_score_outlook"
 
 #: LightGBM parameters of the outlook regression (no row or feature sampling: the fit does
-#: not depend on the seed).
+#: not depend on the seed; threads by :func:`~workbench.models.training.lgb_threads`).
 PARAMS: dict[str, Any] = {
     "objective": "regression",
     "num_leaves": 15,
     "learning_rate": 0.05,
     "min_data_in_leaf": 50,
     "verbose": -1,
-    "num_threads": 1,
     "deterministic": True,
     "force_col_wise": True,
 }
@@ -105,7 +104,12 @@ class HealthOutlook:
             )
         features = [c for c in training.model_features(frame) if c != OUTLOOK]
         spec = training.FeatureSpec.infer(frame, features)
-        p = {**PARAMS, "seed": int(seed), **dict(params or {})}
+        p = {
+            **PARAMS,
+            "num_threads": training.lgb_threads(int(rows.sum())),
+            "seed": int(seed),
+            **dict(params or {}),
+        }
         rounds = int(p.pop("rounds", ROUNDS))
         data = training.lgb_dataset(spec.matrix(frame[rows]), scores[rows])
         booster = lgb.train(p, data, num_boost_round=rounds)
