@@ -958,8 +958,8 @@ REGRESSION_INPUTS: tuple[str, ...] = (
 #: over this many splits and averaged: on the development companies the split alone moved
 #: the expected-Qini ratio by up to 0.04 (0.858-0.895); with three splits the mean rose
 #: from 0.879 / 0.887 to 0.900 / 0.894 and the spread fell to 0.010 / 0.005
-#: (docs/model-quality.md). It triples the cross-fitting's cost (default company: 20 s
-#: -> 50 s).
+#: (docs/model-quality.md). It triples the cross-fitting's cost (default company's uplift
+#: training 23 s -> 59 s on one thread, 40 s on two: ``training.MULTITHREAD_ROWS``).
 D_REPEATS = 3
 
 
