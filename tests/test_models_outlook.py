@@ -82,6 +82,9 @@ def test_the_decision_hazard_computes_its_outlook_and_keeps_it(tmp_path) -> None
     # scored from the features alone: the outlook is computed, and recomputed over a stale column
     h = model.predict(frame)
     np.testing.assert_array_equal(model.predict(frame.assign(**{OUTLOOK: -1.0})), h)
+    # and fitted the same way: a stale column in the pool is not what it learns from
+    stale = uplift._fit_decision(pool.assign(**{OUTLOOK: -1.0}), outlook=outlook)
+    np.testing.assert_array_equal(stale.predict(frame), h)
     assert np.corrcoef(h, frame["true_hazard"])[0, 1] > 0.5
     again = uplift.DecisionHazardModel.load(model.save(tmp_path / "decision"))
     assert again.outlook is not None
@@ -120,3 +123,18 @@ def test_the_outlook_learns_from_rows_no_offer_touched() -> None:
     assert uplift.outlook_rows(frame, experiment).tolist() == [
         True, True, True, True, True, True, True, False, False,
     ]  # fmt: skip
+
+
+def test_two_threads_fit_the_same_outlook_and_decision_model_as_one() -> None:
+    # training.MULTITHREAD_ROWS gives these fits both cores on the strength of it
+    frame, scores = outlook_frame()
+    fits = [HealthOutlook.fit(frame, scores, params={"num_threads": n}) for n in (1, 2)]
+    np.testing.assert_array_equal(fits[0].predict(frame), fits[1].predict(frame))
+    rng = np.random.default_rng(3)
+    pool = frame.assign(
+        **{uplift.DECISION: (rng.random(len(frame)) < frame["true_hazard"]).astype("Int8")}
+    ).drop(columns=["churn_90d"])
+    models = [
+        uplift._fit_decision(pool, outlook=fits[0], params={"num_threads": n}) for n in (1, 2)
+    ]
+    np.testing.assert_array_equal(models[0].predict(frame), models[1].predict(frame))

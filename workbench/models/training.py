@@ -109,9 +109,10 @@ RECOVERY_FEATURES: tuple[str, ...] = (
 #: Rows from which LightGBM uses every core; below it one thread is faster (and immune to
 #: OpenMP oversubscription on a busy machine). At 10,000 the uplift's decision models
 #: (~25,000 rows) and health outlooks use both cores of the reference machine: learner
-#: ``d``'s training on the default company 65 s -> 51 s, with the same values to the last
-#: bit (the parameters build histograms column-wise and deterministically, so the thread
-#: count does not change a sum's order).
+#: ``d``'s training on the default company 59 s -> 40 s (bench_model_quality), with the
+#: same values to the last bit (the parameters build histograms column-wise and
+#: deterministically, so the thread count does not change a sum's order; tested in
+#: tests/test_models_outlook.py).
 MULTITHREAD_ROWS = 10_000
 
 

@@ -915,7 +915,7 @@ def _fit_decision(
     """A decision model fitted on ``frame`` (a :func:`decision_frame`) without
     ``exclude_accounts``; with ``outlook``, its prediction is one more input of the trees
     and the regression's inputs are :data:`REGRESSION_INPUTS`."""
-    if outlook is not None and OUTLOOK not in frame.columns:
+    if outlook is not None:  # computed again over any column of that name: what predict sees
         frame = outlook.with_outlook(frame)
     trees = fit_risk_model(
         frame,
@@ -975,13 +975,21 @@ def decision_pool(churn_frame: pd.DataFrame, experiment: pd.DataFrame) -> np.nda
     accounts outside it, and the control arm's rows from eligibility on (randomized, never
     offered anything). Treated accounts' rows are left out, and so is every experiment
     account's history before eligibility (it survived to eligibility by construction)."""
-    exp = experiment.drop_duplicates("account_id").set_index("account_id")
+    exp, since_eligible = _eligibility(churn_frame, experiment)
     account = churn_frame["account_id"]
-    eligible = pd.to_datetime(account.map(exp["as_of"]), utc=True)
-    control = account.map(exp["treatment"]).eq(0) & (
-        pd.to_datetime(churn_frame["as_of"], utc=True) >= eligible
-    )
+    control = account.map(exp["treatment"]).eq(0) & since_eligible
     return (~account.isin(exp.index) | control).to_numpy()
+
+
+def _eligibility(
+    churn_frame: pd.DataFrame, experiment: pd.DataFrame
+) -> tuple[pd.DataFrame, pd.Series]:
+    """The experiment by account, and per row of ``churn_frame`` whether its account is in
+    the experiment and ``as_of`` is at or after its eligibility."""
+    exp = experiment.drop_duplicates("account_id").set_index("account_id")
+    eligible = pd.to_datetime(churn_frame["account_id"].map(exp["as_of"]), utc=True)
+    since = (pd.to_datetime(churn_frame["as_of"], utc=True) >= eligible).fillna(False)
+    return exp, since
 
 
 #: The health outlook a decision model uses, given the accounts it leaves out (fitted
@@ -1060,11 +1068,9 @@ def out_of_fold_hazards(
     if isinstance(outlook, HealthOutlook):
         shared = outlook
         outlook = lambda _held_out: shared  # noqa: E731
-    fold, groups = _account_folds(accounts, rows, folds=folds, seed=seed)
-    full, *parts = _fit_decisions(pool, [[], *groups], seed=seed, params=params,
-                                  outlook_for=outlook)  # fmt: skip
-    hazards = [_score_folds(parts, rows, fold)]
-    for split in partition_seeds(seed, repeats)[1:]:
+    (full,) = _fit_decisions(pool, [[]], seed=seed, params=params, outlook_for=outlook)
+    hazards = []
+    for split in partition_seeds(seed, repeats):
         fold, groups = _account_folds(accounts, rows, folds=folds, seed=split)
         parts = _fit_decisions(pool, groups, seed=seed, params=params, outlook_for=outlook)
         hazards.append(_score_folds(parts, rows, fold))
@@ -1145,11 +1151,9 @@ def outlook_rows(churn_frame: pd.DataFrame, experiment: pd.DataFrame) -> np.ndar
     (an offer might change how an account feels, and so its score). Every account that
     meets the eligibility rule joins the experiment, so without its rows the outlook would
     never see the state the experiment's accounts are in."""
-    exp = experiment.drop_duplicates("account_id").set_index("account_id")
-    account = churn_frame["account_id"]
-    eligible = pd.to_datetime(account.map(exp["as_of"]), utc=True)
-    before = (pd.to_datetime(churn_frame["as_of"], utc=True) < eligible).fillna(False)
-    return (~account.isin(exp.index) | before).to_numpy() | decision_pool(churn_frame, experiment)
+    exp, since_eligible = _eligibility(churn_frame, experiment)
+    before = churn_frame["account_id"].isin(exp.index) & ~since_eligible
+    return before.to_numpy() | decision_pool(churn_frame, experiment)
 
 
 def fit_uplift(
