@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from workbench.kernels import voila_options
+
 CHROMIUM_FLAGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -65,6 +67,7 @@ def voila_server(
                 "--no-browser",
                 "--Voila.ip=127.0.0.1",
                 "--VoilaConfiguration.file_allowlist=['.*']",
+                *voila_options(),  # as `workbench serve` runs it
                 *extra_args,
             ],
             cwd=cwd,

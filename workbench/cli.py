@@ -866,6 +866,7 @@ def serve_cmd(ctx: click.Context, port: int, host: str, pool_size: int) -> None:
     import subprocess
 
     from workbench.dashboards.startup import kernel_address, preheat_options
+    from workbench.kernels import voila_options
 
     settings = _settings(ctx)
     folder = settings.root / "notebooks" / "dashboards"
@@ -880,6 +881,7 @@ def serve_cmd(ctx: click.Context, port: int, host: str, pool_size: int) -> None:
         "--no-browser",
         "--Voila.tornado_settings={'headers': {'Content-Security-Policy': \"frame-ancestors 'self'\"}}",
         *preheat_options(pool_size),
+        *voila_options(),
     ]
     env = {"VOILA_APP_IP": kernel_address(host), **os.environ}
     raise SystemExit(subprocess.call(cmd, cwd=settings.root, env=env))

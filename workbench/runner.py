@@ -593,6 +593,8 @@ def run_pipeline(
     from nbclient.exceptions import CellTimeoutError
     from papermill.exceptions import PapermillExecutionError
 
+    from workbench.kernels import KernelManager
+
     settings = settings or load_settings()
     try:
         cell_limit = check_cell_timeout(
@@ -707,6 +709,9 @@ def run_pipeline(
                     request_save_on_cell_execute=True,
                     log_output=False,
                     execution_timeout=cell_limit or None,  # papermill: None is no limit
+                    # a reply the kernel already sent is read within a poll slice, not after
+                    # the cell timeout (workbench.kernels)
+                    kernel_manager_class=KernelManager,
                 )
                 record.status = "ok"
             except PapermillExecutionError as exc:
