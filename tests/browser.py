@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -71,7 +72,8 @@ def voila_server(
                 *extra_args,
             ],
             cwd=cwd,
-            env={**os.environ, **env},
+            # PYTHONFAULTHANDLER: a kernel sent SIGABRT prints every thread's stack (see below)
+            env={**os.environ, "PYTHONFAULTHANDLER": "1", **env},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -96,9 +98,11 @@ def voila_server(
             try:
                 yield url
             except BaseException:
-                # the server's side of a failed visit, shown with the test's failure
+                # the server's side of a failed visit, shown with the test's failure: first
+                # where each of its kernels was waiting (a hang names its place), then the log
+                _dump_kernel_stacks(proc.pid)
                 sys.stderr.write(f"--- voila log ({log_path}) ---\n")
-                sys.stderr.write(log_path.read_text(errors="replace")[-6000:])
+                sys.stderr.write(log_path.read_text(errors="replace")[-20000:])
                 raise
         finally:
             proc.terminate()
@@ -106,6 +110,32 @@ def voila_server(
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+
+
+def _dump_kernel_stacks(server_pid: int, wait: float = 3.0) -> None:
+    """Send SIGABRT to every kernel the server started; Python's faulthandler (on through
+    PYTHONFAULTHANDLER) writes each thread's stack to the kernel's stderr, which is the log."""
+    import psutil  # ipykernel's own dependency
+
+    try:
+        children = psutil.Process(server_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return
+    kernels = [c for c in children if _is_kernel(c)]
+    for kernel in kernels:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            kernel.send_signal(signal.SIGABRT)
+    if kernels:
+        time.sleep(wait)
+
+
+def _is_kernel(process: object) -> bool:
+    import psutil
+
+    try:
+        return any("ipykernel" in part for part in process.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
 
 
 @contextlib.contextmanager
