@@ -115,7 +115,7 @@ def voila_server(
 def _dump_kernel_stacks(server_pid: int, wait: float = 3.0) -> None:
     """Send SIGABRT to every kernel the server started; Python's faulthandler (on through
     PYTHONFAULTHANDLER) writes each thread's stack to the kernel's stderr, which is the log."""
-    import psutil  # ipykernel's own dependency
+    import psutil
 
     try:
         children = psutil.Process(server_pid).children(recursive=True)
