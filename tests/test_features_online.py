@@ -153,3 +153,28 @@ def test_republish_moves_online_values_forward(published) -> None:
             "invoice_failed_attempts",
         ]
     )
+
+
+def test_another_librarys_sqlite_datetime_adapter_does_not_break_the_store(
+    published, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nbformat.sign (imported by jupyter_server) registers ISO text as sqlite3's datetime
+    adapter on import; Feast's store writes epoch seconds and reads them with int(). A publish
+    and a read after it still work, and the other library's adapter is left in place."""
+    import sqlite3
+    from datetime import datetime
+
+    con, settings, t, _ = published
+    key = (datetime, sqlite3.PrepareProtocol)
+    monkeypatch.setitem(sqlite3.adapters, key, sqlite3.adapters.get(key))  # restored after
+
+    def iso(value: datetime) -> str:  # what nbformat.sign registers
+        return value.isoformat()
+
+    sqlite3.register_adapter(datetime, iso)
+    t3 = t + pd.Timedelta(days=40)
+    ol.publish_online(con, as_of=t3, settings=settings)
+    ids = snapshot_spine(con, entity="account_id", as_of=t3).account_id.tolist()
+    got = ol.online(ids, ["mrr"], settings=settings, now=t3)
+    assert got.found.all() and (got.freshness.event_timestamp == t3.floor("s")).all()
+    assert sqlite3.adapters[key] is iso

@@ -31,11 +31,12 @@ import io
 import json
 import logging
 import os
+import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -311,6 +312,35 @@ def open_store(repo: FeatureRepo) -> Any:
     return store
 
 
+@contextlib.contextmanager
+def _feast_datetimes() -> Iterator[None]:
+    """Feast's own sqlite3 datetime adapter, for the length of one online-store call.
+
+    Feast's SQLite online store writes timestamps as epoch seconds through the process-wide
+    ``sqlite3`` adapter it registers on import, and reads them back with ``int()``. A library
+    imported later may register its own: ``nbformat.sign`` registers ISO text on import (and
+    jupyter_server imports it), so Feast would write ``2024-02-29T20:03:56`` into the store and
+    every later read, in any process, fails (``invalid literal for int()``). This puts Feast's
+    adapter in place for the call and the other one back after it, so both libraries keep
+    working in one process (not across threads calling both at once).
+    """
+    from feast.infra.online_stores import sqlite as feast_sqlite  # noqa: PLC0415
+
+    key = (datetime, sqlite3.PrepareProtocol)
+    before = sqlite3.adapters.get(key)
+    if before is feast_sqlite.adapt_datetime_epoch:
+        yield
+        return
+    sqlite3.register_adapter(datetime, feast_sqlite.adapt_datetime_epoch)
+    try:
+        yield
+    finally:
+        if before is None:
+            sqlite3.adapters.pop(key, None)
+        else:
+            sqlite3.register_adapter(datetime, before)
+
+
 def _quiet(fn, **kwargs) -> Any:
     """Run a chatty Feast call with its stdout sent to the log instead."""
     buf = io.StringIO()
@@ -388,12 +418,13 @@ def materialize(repo: FeatureRepo, *, start, end, views: Sequence[str] | None = 
     store = open_store(repo)
     s = to_utc([start]).iloc[0].to_pydatetime()
     e = (to_utc([end]).iloc[0] + pd.Timedelta(microseconds=1)).to_pydatetime()
-    _quiet(
-        store.materialize,
-        start_date=s,
-        end_date=e,
-        feature_views=list(views) if views is not None else None,
-    )
+    with _feast_datetimes():
+        _quiet(
+            store.materialize,
+            start_date=s,
+            end_date=e,
+            feature_views=list(views) if views is not None else None,
+        )
 
 
 def publish_online(
@@ -598,7 +629,9 @@ def online(
     ids = [str(i) for i in entity_ids]
     if ids:
         store = open_store(repo)
-        response = store.get_online_features(features=refs, entity_rows=[{entity: i} for i in ids])
+        with _feast_datetimes():
+            rows = [{entity: i} for i in ids]
+            response = store.get_online_features(features=refs, entity_rows=rows)
         raw = response.to_dict(include_event_timestamps=True)
     else:  # Feast refuses an empty request
         raw = {k: [] for f in feats for k in (f.name, f.name + "__ts")}
