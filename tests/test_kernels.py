@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from pathlib import Path
 from queue import Empty
@@ -93,17 +95,28 @@ def test_papermill_and_voila_get_the_sliced_client() -> None:
     assert client.shell_channel_class is SlicedPollChannel
     assert client.iopub_channel_class is SlicedPollChannel
 
-    from voila.app import Voila
-
-    app = Voila()
-    app.initialize(
-        [str(REPO / "notebooks" / "dashboards" / "finance.ipynb"), "--no-browser",
-         *voila_options()]
-    )  # fmt: skip
-    app.init_settings()
-    per_kernel = app.kernel_manager.kernel_manager_factory(parent=app.kernel_manager)
-    assert type(per_kernel).__name__ == "ServerKernelManager"
-    assert type(per_kernel.client()) is KernelClient
+    # in a process of its own, as Voila runs: importing jupyter_server changes process-wide
+    # state (nbformat.sign registers an sqlite3 datetime adapter) this test should not leave
+    probe = """
+import sys
+from voila.app import Voila
+app = Voila()
+app.initialize([sys.argv[1], "--no-browser", *sys.argv[2:]])
+app.init_settings()
+km = app.kernel_manager.kernel_manager_factory(parent=app.kernel_manager)
+print(type(km).__name__, type(km.client()).__module__ + "." + type(km.client()).__name__)
+"""
+    notebook = str(REPO / "notebooks" / "dashboards" / "finance.ipynb")
+    out = subprocess.run(
+        [sys.executable, "-c", probe, notebook, *voila_options()],
+        capture_output=True, text=True, check=True, timeout=120,
+    ).stdout.split()  # fmt: skip
+    assert out == ["ServerKernelManager", "workbench.kernels.KernelClient"]
+    plain = subprocess.run(
+        [sys.executable, "-c", probe, notebook],
+        capture_output=True, text=True, check=True, timeout=120,
+    ).stdout.split()  # fmt: skip
+    assert plain[1] != "workbench.kernels.KernelClient"  # the option is what does it
 
 
 def test_papermill_engine_workbench_runs_a_notebook_with_the_sliced_client(
