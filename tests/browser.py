@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from workbench.kernels import voila_options
@@ -115,8 +116,6 @@ def voila_server(
 def _dump_kernel_stacks(server_pid: int, wait: float = 3.0) -> None:
     """Send SIGABRT to every kernel the server started; Python's faulthandler (on through
     PYTHONFAULTHANDLER) writes each thread's stack to the kernel's stderr, which is the log."""
-    import psutil
-
     try:
         children = psutil.Process(server_pid).children(recursive=True)
     except psutil.NoSuchProcess:
@@ -129,9 +128,7 @@ def _dump_kernel_stacks(server_pid: int, wait: float = 3.0) -> None:
         time.sleep(wait)
 
 
-def _is_kernel(process: object) -> bool:
-    import psutil
-
+def _is_kernel(process: psutil.Process) -> bool:
     try:
         return any("ipykernel" in part for part in process.cmdline())
     except (psutil.NoSuchProcess, psutil.AccessDenied):

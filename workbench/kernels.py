@@ -71,6 +71,9 @@ CLIENT_CLASS = f"{KernelClient.__module__}.{KernelClient.__qualname__}"
 class KernelManager(AsyncKernelManager):
     """nbclient's default kernel manager, handing out :class:`KernelClient` clients."""
 
+    # both: the factory is what ``client()`` calls, and AsyncKernelManager's has a static
+    # default that a new ``client_class`` default alone does not replace (configuring
+    # ``client_class``, as voila_options does, goes through an observer that does)
     client_class = DottedObjectName(CLIENT_CLASS, config=True)
     client_factory = Type(KernelClient, klass=AsyncKernelClient, config=True)
 
