@@ -6,11 +6,11 @@ socket. That poll wakes on the socket's file descriptor, which is edge-triggered
 use of the socket after the reply has arrived (pyzmq reads ``zmq.EVENTS``, a send, a recv)
 can consume the edge, and the poll then sleeps on a reply that is already in the socket until
 its timeout, when a last non-blocking check finds it. Measured on this project's finance
-dashboard (fresh kernel, 2 cores): 1 to 3 in 100 runs waited out the whole timeout after the
+dashboard (fresh kernel, 2 cores): 1 to 5 in 100 runs waited out the whole timeout after the
 kernel had replied (the reply's own timestamp was before the kernel went idle), with
 ipykernel 7.4 and 6.31 and with pyzmq 27.3 and 26.4 alike. Voila waits without a timeout, so
 there the dashboard never appeared; papermill waits ``cell_timeout_s`` (an hour by default)
-and then goes on as if nothing happened.
+and then goes on as if nothing happened. benchmarks/bench_kernel_replies.py measures it.
 
 :class:`KernelClient` polls in slices of :data:`POLL_SLICE_S`: each slice ends with the same
 non-blocking check, so a stranded message costs at most one slice. It is installed through
